@@ -1,0 +1,36 @@
+"""Thin wrappers over mpi4py buffer collectives used by the emulator (real data, real MPI)."""
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+
+def all_to_all_heads(comm: MPI.Comm, send: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """Split send [Qh, W] by head boundaries `splits` [P+1] over the P ranks of `comm`.
+
+    Returns recv [P, n_mine, W]: the rows of my heads from every member, in member order.
+    """
+    members, me = comm.Get_size(), comm.Get_rank()
+    width = send.shape[1]
+    counts = np.diff(splits) * width
+    n_mine = int(splits[me + 1] - splits[me])
+    recv = np.empty((members, n_mine, width), dtype=np.float32)
+    recv_counts = np.full(members, n_mine * width)
+    recv_displs = np.arange(members) * n_mine * width
+    comm.Alltoallv([np.ascontiguousarray(send), (counts, splits[:-1] * width), MPI.FLOAT],
+                   [recv, (recv_counts, recv_displs), MPI.FLOAT])
+    return recv
+
+
+def all_reduce_sum(comm: MPI.Comm, array: np.ndarray) -> np.ndarray:
+    """Sum of `array` over the members of `comm` (in place; returns it)."""
+    if comm.Get_size() > 1:
+        comm.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
+    return array
+
+
+def group_max(comm: MPI.Comm, value: float) -> float:
+    """Largest `value` over the members (how a collective's modeled start is agreed)."""
+    buf = np.array([value], dtype=np.float64)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    return float(buf[0])

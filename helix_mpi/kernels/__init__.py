@@ -1,0 +1,6 @@
+"""Pure compute kernels of one emulated GPU (no MPI import here)."""
+from .attention import TILE, combine, partial_attention
+from .layers import apply_rope, linear, rms_norm, rope_inv_freq, swiglu
+
+__all__ = ["partial_attention", "combine", "rms_norm", "apply_rope", "rope_inv_freq", "swiglu",
+           "linear", "TILE"]

@@ -1,0 +1,99 @@
+"""RankMesh: world rank -> (kvp, tpa) for attention and (tpf, ep) for the FFN.
+
+Rank order: r = tpa * KVP + kvp (a KVP group is KVP consecutive ranks) and r = ep * TPF + tpf.
+The coordinate arithmetic is pure (no MPI); `RankMesh.build(comm, layout)` adds the
+sub-communicators, made once with Split and passed explicitly to whoever needs them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .axes import ATTENTION_AXES, FFN_AXES, Axis, group_name
+from .config import Layout
+
+
+def coordinates(layout: Layout, rank: int) -> dict[Axis, int]:
+    """Mesh coordinates of a world rank on every axis."""
+    return {
+        Axis.KVP: rank % layout.kvp,
+        Axis.TPA: rank // layout.kvp,
+        Axis.TPF: rank % layout.tpf,
+        Axis.EP: rank // layout.tpf,
+    }
+
+
+def axis_size(layout: Layout, axis: Axis) -> int:
+    return {Axis.KVP: layout.kvp, Axis.TPA: layout.tpa, Axis.TPF: layout.tpf, Axis.EP: layout.ep}[axis]
+
+
+def group_size(layout: Layout, axes: tuple[Axis, ...]) -> int:
+    return int(np.prod([axis_size(layout, axis) for axis in axes], dtype=np.int64))
+
+
+def _phase_axes(axes: tuple[Axis, ...]) -> tuple[Axis, ...]:
+    if set(axes) <= set(ATTENTION_AXES):
+        return ATTENTION_AXES
+    if set(axes) <= set(FFN_AXES):
+        return FFN_AXES
+    raise ValueError(f"a group mixes attention and FFN axes: {axes}")
+
+
+def group_color(layout: Layout, rank: int, axes: tuple[Axis, ...]) -> int:
+    """Ranks with the same color share the group over `axes` (same coords on the other axes)."""
+    coords = coordinates(layout, rank)
+    color = 0
+    for axis in _phase_axes(axes):
+        if axis not in axes:
+            color = color * axis_size(layout, axis) + coords[axis]
+    return color
+
+
+def group_key(layout: Layout, rank: int, axes: tuple[Axis, ...]) -> int:
+    """Rank within the group over `axes` (first axis fastest)."""
+    coords = coordinates(layout, rank)
+    key, stride = 0, 1
+    for axis in axes:
+        key += coords[axis] * stride
+        stride *= axis_size(layout, axis)
+    return key
+
+
+def group_colors(layout: Layout, axes: tuple[Axis, ...]) -> np.ndarray:
+    """Color of every world rank for `axes` [N] (used by the analytic model's clocks)."""
+    return np.array([group_color(layout, r, axes) for r in range(layout.world_size)], dtype=np.int64)
+
+
+@dataclass
+class RankMesh:
+    """This rank's place in the layout and its sub-communicators (built once, passed explicitly)."""
+
+    layout: Layout
+    rank: int
+    comm: Any  # the job's communicator (COMM_WORLD, COMM_SELF or a sub-communicator)
+    _groups: dict[tuple[Axis, ...], Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, comm: Any, layout: Layout) -> "RankMesh":
+        mesh = cls(layout=layout, rank=comm.Get_rank(), comm=comm)
+        for axes in ((Axis.KVP,), (Axis.TPA,), ATTENTION_AXES, (Axis.TPF,), (Axis.EP,), FFN_AXES):
+            color = group_color(layout, mesh.rank, axes)
+            mesh._groups[axes] = comm.Split(color, group_key(layout, mesh.rank, axes))
+        return mesh
+
+    def coord(self, axis: Axis) -> int:
+        return coordinates(self.layout, self.rank)[axis]
+
+    def group(self, axes: tuple[Axis, ...]) -> Any:
+        return self._groups[axes]
+
+    def describe(self) -> str:
+        c = coordinates(self.layout, self.rank)
+        return " ".join(f"{axis.value}={c[axis]}" for axis in Axis) + f" ({group_name(ATTENTION_AXES)})"
+
+    def free(self) -> None:
+        for sub in self._groups.values():
+            sub.Free()
+        self._groups.clear()

@@ -1,0 +1,129 @@
+"""One emulation run on a communicator: build the mesh, decode, write the trace, check the result.
+
+Callable from the CLI (COMM_WORLD under mpiexec, or a 1-rank job) and from tests (COMM_SELF or
+COMM_WORLD), so the same code path is tested both ways.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .analysis import RunShape, summarize
+from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
+from .emulator import EmulationResult, HelixEmulator, warm_up_kernels
+from .mesh import RankMesh
+from .reference import reference_decode, reference_tensors, relative_error
+from .topology import Topology
+from .trace import TraceWriter
+
+# Sharded fp32 against the float64 reference: each output element is a sum of O(H + F) fp32
+# products per layer, rounded at ~6e-8 relative; the errors stay random-signed, so the observed
+# relative error is ~1e-6 after a few layers and steps. 1e-4 leaves ~100x margin for longer sums
+# and reordered reductions while still catching any wrong head, token, shard or position.
+REFERENCE_TOLERANCE = 1e-4
+# Reference check by default only when the unsharded float64 model fits comfortably in memory.
+AUTO_CHECK_MAX_BYTES = 2 << 30
+
+
+@dataclass
+class RunOutcome:
+    result: EmulationResult
+    summary: dict[str, Any] | None  # rank 0 only
+    reference_error: float | None  # rank 0 only, when checked
+    trace_path: Path | None
+
+
+def reference_bytes(model: ModelConfig, run: RunConfig) -> int:
+    """float64 bytes of the unsharded weights and KV caches the reference needs."""
+    H, Q, K, D, F = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim, model.ffn_size
+    per_layer = H * (Q + 2 * K) * D + Q * D * H + 3 * H * F + 2 * run.batch * K * (run.context + run.steps) * D
+    return 8 * run.layers * per_layer * 2
+
+
+def versions() -> dict[str, str]:
+    import h5py
+    import mpi4py
+    import numba
+    from mpi4py import MPI
+
+    return {"helix_mpi": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
+            "mpi": MPI.Get_library_version().splitlines()[0].strip()}
+
+
+def trace_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> dict[str, Any]:
+    return {
+        "config": json.dumps({"model": model.to_dict(), "layout": layout.to_dict(), "run": run.to_dict(),
+                              "strategy": "helix"}),
+        "topology": json.dumps(topo.to_dict()),
+        "versions": json.dumps(versions()),
+        "world_size": layout.world_size,
+    }
+
+
+def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
+                  output: str | Path | None = None, save_tensors: bool = False,
+                  check: bool | None = None, progress: Any = None) -> RunOutcome:
+    """Run on `comm`; rank 0 writes the trace and (optionally) checks against the reference."""
+    validate_layout(model, layout, comm.Get_size())
+    check_run_fits_model(model, run)
+    if check is None:
+        check = reference_bytes(model, run) <= AUTO_CHECK_MAX_BYTES
+    is_root = comm.Get_rank() == 0
+    mesh = RankMesh.build(comm, layout)
+    warm_up_kernels(comm)
+    emulator = HelixEmulator(model, layout, run, topo, mesh)
+    writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
+        if (is_root and output is not None) else None
+    events = []
+
+    def sink(step: int, step_events: np.ndarray, kv_tokens: np.ndarray) -> None:
+        events.append(step_events)
+        if writer is not None:
+            writer.append_step(step_events, kv_tokens)
+        if progress is not None:
+            progress(step)
+
+    try:
+        result = emulator.decode(sink if is_root else None)
+        summary = error = None
+        if is_root:
+            all_events = np.concatenate(events)
+            summary = summarize(all_events, RunShape(layout.world_size, run.batch, run.layers, model.num_layers))
+            summary["host_seconds"] = result.host_seconds
+            if check or save_tensors:
+                tensors = reference_tensors(model, run)
+                if check:
+                    _, expected = reference_decode(model, tensors, run.steps, run.context)
+                    error = relative_error(result.outputs, expected)
+                    summary["reference_error"] = error
+                    summary["reference_tolerance"] = REFERENCE_TOLERANCE
+                if writer is not None and save_tensors:
+                    _write_tensors(writer, model, tensors, result)
+            if writer is not None:
+                writer.write_group("summary", {}, {"json": json.dumps(summary)})
+                path = writer.finish()
+                summary["trace"] = str(path)
+    finally:
+        if writer is not None and not writer.finished:
+            writer.abandon()
+        mesh.free()
+    return RunOutcome(result, summary, error, Path(output) if (is_root and output) else None)
+
+
+def _write_tensors(writer: TraceWriter, model: ModelConfig, tensors: Any, result: EmulationResult) -> None:
+    """/tensors: everything needed to recompute the run independently (README, 'Saved tensors')."""
+    for layer, w in enumerate(tensors.weights):
+        writer.write_group(f"tensors/weights/layer_{layer}", {
+            name: getattr(w, name) for name in
+            ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")})
+        writer.write_group(f"tensors/kv_init/layer_{layer}", {"k": tensors.k_init[layer], "v": tensors.v_init[layer]})
+    writer.write_group("tensors", {"inputs": result.inputs, "outputs": result.outputs,
+                                   "positions": result.positions},
+                       {"model": json.dumps(model.to_dict())})

@@ -1,0 +1,61 @@
+"""Counter-based synthetic tensors: every element is a pure function of (seed, tensor name, index).
+
+A rank generates only its own shard, and every element has the same value whatever the rank
+count, so sharded runs and the single-rank reference see identical weights and caches without
+the whole model ever existing on one rank. The counter hash is SplitMix64 (Steele, Lea & Flood,
+"Fast splittable pseudorandom number generators", OOPSLA 2014) applied to key + flat index.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from numba import njit
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def tensor_key(seed: int, name: str) -> np.uint64:
+    """64-bit key of one named tensor under one seed."""
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+@njit(cache=True)
+def _uniform(key, index):
+    """Uniform in [-1, 1) from SplitMix64 of key + (index+1)*golden (uint64 arithmetic wraps)."""
+    z = key + (index + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) * (2.0 / 9007199254740992.0) - 1.0
+
+
+@njit(cache=True)
+def _fill_rows(key, row_starts, out, scale, offset):
+    """out[r, c] = offset + scale * u(row_starts[r] + c); out [R, M] float32."""
+    for r in range(out.shape[0]):
+        base = np.uint64(row_starts[r])
+        for c in range(out.shape[1]):
+            out[r, c] = offset + scale * _uniform(key, base + np.uint64(c))
+
+
+def rows(seed: int, name: str, row_starts: np.ndarray, row_length: int, scale: float = 1.0,
+         offset: float = 0.0) -> np.ndarray:
+    """[R, row_length] float32: element c of row r has flat index row_starts[r] + c."""
+    out = np.empty((len(row_starts), row_length), dtype=np.float32)
+    _fill_rows(tensor_key(seed, name), np.ascontiguousarray(row_starts, dtype=np.int64), out,
+               float(scale), float(offset))
+    return out
+
+
+def matrix_block(seed: int, name: str, shape: tuple[int, int], row_range: tuple[int, int],
+                 col_range: tuple[int, int], scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """Block [r0:r1, c0:c1] of a virtual [R, C] matrix, float32."""
+    (r0, r1), (c0, c1) = row_range, col_range
+    starts = np.arange(r0, r1, dtype=np.int64) * shape[1] + c0
+    return rows(seed, name, starts, c1 - c0, scale, offset)
+
+
+def vector(seed: int, name: str, length: int, scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    return rows(seed, name, np.zeros(1, dtype=np.int64), length, scale, offset)[0]

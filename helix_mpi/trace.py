@@ -1,0 +1,138 @@
+"""HDF5 traces, schema version 1 (documented in README.md, "Trace format").
+
+Rank 0 writes one file per run through a temporary name (`NAME.partial`), appends events as
+steps complete (bounded memory), and renames it to NAME only after setting `complete = True`.
+Readers refuse files that are not complete traces of a known schema with one clear line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+PARTIAL_SUFFIX = ".partial"
+
+# One row per op per rank per layer per step.
+EVENT_DTYPE = np.dtype([
+    ("rank", "<i4"),
+    ("step", "<i4"),
+    ("layer", "<i4"),
+    ("request", "<i4"),  # request index for per-request ops, -1 for whole-batch ops
+    ("op", "S24"),  # plan.OpName value
+    ("stream", "S8"),  # compute | comm
+    ("group", "S16"),  # mesh axes of a collective, e.g. "kvp", "kvp*tpa"; "" for compute
+    ("group_size", "<i4"),
+    ("bytes", "<f8"),  # compute: HBM bytes; collective: nccl-tests size (per-rank buffer)
+    ("flops", "<f8"),
+    ("start_s", "<f8"),  # modeled start, seconds from the start of the run
+    ("end_s", "<f8"),
+    ("host_start_s", "<f8"),  # wall time on this machine, seconds from the start of the run
+    ("host_end_s", "<f8"),
+])
+
+
+class TraceError(ValueError):
+    """A file that is not a readable helix_mpi trace; the message is one line."""
+
+
+class TraceWriter:
+    """Rank 0's incremental writer. Use as a context manager; `finish()` makes it complete."""
+
+    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int, chunk: int = 65536):
+        self.path = Path(path)
+        self.partial_path = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.partial_path, "w")
+        self.file.attrs["schema_version"] = SCHEMA_VERSION
+        self.file.attrs["complete"] = False
+        for key, value in attrs.items():
+            self.file.attrs[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+        self.events = self.file.create_dataset("events", shape=(0,), maxshape=(None,), dtype=EVENT_DTYPE,
+                                               chunks=(chunk,), compression="gzip", compression_opts=1)
+        self.kv_tokens = self.file.create_dataset("kv_tokens", shape=(0, world_size), maxshape=(None, world_size),
+                                                  dtype="<i8", chunks=(256, world_size))
+        self.finished = False
+
+    def append_step(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
+        """Append one decode step: all ranks' events and KV tokens held per rank [N]."""
+        n = self.events.shape[0]
+        self.events.resize((n + len(events),))
+        self.events[n:] = events
+        m = self.kv_tokens.shape[0]
+        self.kv_tokens.resize((m + 1, self.kv_tokens.shape[1]))
+        self.kv_tokens[m] = kv_tokens
+        self.file.flush()
+
+    def write_group(self, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
+        group = self.file.require_group(name)
+        for key, array in arrays.items():
+            group.create_dataset(key, data=array)
+        for key, value in (attrs or {}).items():
+            group.attrs[key] = value
+
+    def finish(self) -> Path:
+        """Mark complete, close and rename to the final name."""
+        self.file.attrs["complete"] = True
+        self.file.close()
+        os.replace(self.partial_path, self.path)
+        self.finished = True
+        return self.path
+
+    def abandon(self) -> Path:
+        """Close an unfinished trace; it stays under its `.partial` name with complete = False."""
+        if self.file.id.valid:
+            self.file.attrs["complete"] = False
+            self.file.close()
+        return self.partial_path
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.finished:
+            self.abandon()
+
+
+def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.File:
+    """Open a trace for reading, or raise TraceError with one line saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"{path}: no such file")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as exc:
+        reason = "truncated or corrupt HDF5 file" if h5py.is_hdf5(path) else "not an HDF5 file"
+        raise TraceError(f"{path}: {reason} ({str(exc).split(';')[0].strip()})") from None
+    try:
+        version = file.attrs.get("schema_version")
+        if version is None:
+            raise TraceError(f"{path}: HDF5 file without a schema_version attribute: not a helix_mpi trace")
+        if int(version) != SCHEMA_VERSION:
+            raise TraceError(
+                f"{path}: trace schema version {int(version)} is not supported (this helix_mpi reads "
+                f"version {SCHEMA_VERSION}): use the helix_mpi version that wrote it"
+            )
+        if not allow_incomplete and not bool(file.attrs.get("complete", False)):
+            raise TraceError(f"{path}: trace is incomplete (its run did not finish); results would be partial")
+        if "events" not in file or file["events"].dtype != EVENT_DTYPE:
+            raise TraceError(f"{path}: /events is missing or has an unexpected layout")
+    except TraceError:
+        file.close()
+        raise
+    return file
+
+
+def read_attr_json(file: h5py.File, key: str) -> Any:
+    return json.loads(file.attrs[key])
+
+
+def read_events(file: h5py.File, chunk: int = 1 << 20):
+    """Yield the events in chunks of structured rows (bounded memory on huge traces)."""
+    events = file["events"]
+    for start in range(0, events.shape[0], chunk):
+        yield events[start:start + chunk]
