@@ -76,30 +76,28 @@ def run(model_spec, kvp, tpa, batch, context, topology, precision, hopb, tokens_
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace."""
     if ranks is not None and ranks < 1:
         raise UserError(f"-n/--np must be >= 1, got {ranks}")
+    settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, batch=batch, context=context, steps=steps,
+                    layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
+                    key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
+        try:  # refuse bad input here, in one line, before starting any rank
+            _resolve_run(world_size=ranks, **settings)
+        except _user_errors() as exc:
+            raise UserError(str(exc)) from None
         sys.exit(relaunch(ranks, strip_np_option(sys.argv[1:])))
-    os.environ.setdefault("NUMBA_CACHE_DIR", default_numba_cache())
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     is_root = comm.Get_rank() == 0
     try:
-        from .config import RunConfig, load_model, make_layout
-        from .topology import load_topology
-
         if ranks is not None and ranks != comm.Get_size():
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
-        model = load_model(model_spec)
-        layout = make_layout(model, comm.Get_size(), kvp, tpa)
-        run_config = RunConfig(batch=batch, context=context, steps=steps, layers=min(layers, model.num_layers),
-                               tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
-                               key_scale=key_scale)
-        topo = load_topology(topology)
+        model, layout, run_config, topo = _resolve_run(world_size=comm.Get_size(), **settings)
         from .runner import run_emulation
 
         with _progress(is_root and not as_json, steps) as advance:
             outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance)
-    except _user_errors() as exc:
+    except _user_errors() as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
             click.echo(f"helix-mpi: error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -115,6 +113,22 @@ def run(model_spec, kvp, tpa, batch, context, topology, precision, hopb, tokens_
         _print_run(outcome, layout, model, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
+
+
+def _resolve_run(world_size, model_spec, kvp, tpa, batch, context, steps, layers, tokens_per_block, seed,
+                 precision, hopb, key_scale, topology):
+    """Model, layout, run config and topology from the flags, validated for `world_size` ranks."""
+    from .config import RunConfig, check_run_fits_model, load_model, make_layout, validate_layout
+    from .topology import load_topology
+
+    model = load_model(model_spec)
+    layout = make_layout(model, world_size, kvp, tpa)
+    validate_layout(model, layout, world_size)
+    run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
+                           tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
+                           key_scale=key_scale)
+    check_run_fits_model(model, run_config)
+    return model, layout, run_config, load_topology(topology)
 
 
 class _progress:

@@ -67,8 +67,8 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "llama-3.1-8b": ModelConfig("llama-3.1-8b", 4096, 32, 8, 128, 14336, 32, 500000.0, 1e-5),
     # Tiny test models: same structure, shapes small enough for exact checks on a laptop.
     "tiny": ModelConfig("tiny", 64, 8, 4, 16, 96, 4, 10000.0, 1e-5),
-    # Q/K = 3 (not a power of two), F not divisible by 8: uneven FFN shards.
-    "tiny-gqa3": ModelConfig("tiny-gqa3", 48, 24, 8, 8, 100, 3, 10000.0, 1e-5),
+    # Q/K = 3 (not a power of two); 12 heads over 8 ranks and F = 100 over 8 ranks: uneven shards.
+    "tiny-gqa3": ModelConfig("tiny-gqa3", 48, 12, 4, 8, 100, 3, 10000.0, 1e-5),
     # A small model large enough for quick benchmarks.
     "small": ModelConfig("small", 1024, 16, 8, 64, 2816, 8, 500000.0, 1e-5),
 }

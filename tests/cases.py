@@ -1,0 +1,76 @@
+"""Sharded-vs-reference cases: one test body, run on COMM_SELF in pytest and on COMM_WORLD under
+mpiexec (as mpi4py's own test suite does). Run directly: `mpiexec -n 8 python -m mpi4py
+tests/cases.py` runs every case whose layout uses exactly the world's ranks."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from helix_mpi.config import Layout, RunConfig, load_model  # noqa: E402
+from helix_mpi.runner import REFERENCE_TOLERANCE, run_emulation  # noqa: E402
+from helix_mpi.topology import load_topology  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: str
+    kvp: int
+    tpa: int
+    batch: int = 2
+    context: int = 37  # not divisible by KVP * tokens_per_block
+    steps: int = 3
+    layers: int = 2
+    tokens_per_block: int = 4
+    key_scale: float = 1.0
+
+    @property
+    def ranks(self) -> int:
+        return self.kvp * self.tpa
+
+
+CASES = [
+    Case("single", "tiny", 1, 1, batch=1),
+    Case("kvp2-uneven-context", "tiny", 2, 1, context=37),
+    Case("tpa2-odd-batch", "tiny", 1, 2, batch=3),
+    Case("kvp2-tpa2-large-logits", "tiny", 2, 2, key_scale=300.0),
+    Case("kvp4-empty-shards", "tiny", 4, 1, context=10, tokens_per_block=16, batch=1),
+    Case("kvp4-tpa2-gqa3", "tiny-gqa3", 4, 2, batch=3, steps=4, tokens_per_block=2),
+    Case("kvp2-tpa4-gqa3", "tiny-gqa3", 2, 4, batch=1, context=64),
+    Case("kvp8-empty-odd-batch", "tiny-gqa3", 8, 1, context=5, batch=5, tokens_per_block=2, steps=5),
+]
+
+
+def check_case(comm, case: Case) -> dict:
+    """Run one case on `comm`; return rank 0's measured error (and assert it is within tolerance)."""
+    model = load_model(case.model)
+    layout = Layout(kvp=case.kvp, tpa=case.tpa, tpf=case.ranks)
+    run = RunConfig(batch=case.batch, context=case.context, steps=case.steps, layers=case.layers,
+                    tokens_per_block=case.tokens_per_block, key_scale=case.key_scale)
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = run_emulation(comm, model, layout, run, load_topology("gb200-nvl72"),
+                                Path(tmp) / "trace.h5" if comm.Get_rank() == 0 else None, check=True)
+    if comm.Get_rank() != 0:
+        return {}
+    error = outcome.reference_error
+    assert error is not None and error <= REFERENCE_TOLERANCE, f"{case.name}: error {error:.3e}"
+    return {"case": case.name, "ranks": case.ranks, "error": error}
+
+
+def main() -> None:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    selected = [c for c in CASES if c.ranks == comm.Get_size()]
+    results = [check_case(comm, case) for case in selected]
+    if comm.Get_rank() == 0:
+        print(json.dumps({"ranks": comm.Get_size(), "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared test helpers: real `mpiexec` launches with a timeout (never a hang)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# One Numba cache for the whole session (in-process kernels and every mpiexec rank).
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="helix_numba_"))
+
+from helix_mpi.launcher import mpiexec_path, rank_environment  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+MPI_TIMEOUT_S = 240
+
+
+def run_mpi(ranks: int, args: list[str], timeout: float = MPI_TIMEOUT_S, module: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """mpiexec -n RANKS python -m mpi4py (SCRIPT | -m MODULE) ARGS; an uncaught error on any
+    rank aborts all of them, and the timeout turns a hang into a failure."""
+    command = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpi4py"]
+    command += (["-m"] if module else []) + args
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=rank_environment(env), cwd=TESTS.parent)
+
+
+def run_cli(args: list[str], timeout: float = MPI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """The installed console script, as a user types it."""
+    command = [str(Path(sys.executable).parent / "helix-mpi"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=rank_environment())
+
+
+@pytest.fixture
+def mpi():
+    return run_mpi
