@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .axes import Axis, group_name
+from .axes import Axis
 from .clock import LayerSchedule, StreamClocks, op_duration
 from .config import Layout, ModelConfig, RunConfig
 from .kvcache import tokens_held
 from .mesh import coordinates, group_colors
-from .plan import helix_layer_plan
+from .plan import helix_layer_plan, op_collective_fields, op_dep_fields
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -50,19 +50,19 @@ def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology)
             schedule = LayerSchedule(clocks, clocks.now(), group_max)
             for index, op in enumerate(plans[0]):
                 start, end = schedule.place(index, op, durations[index])
-                rows.append(_event_rows(ranks, step, layer, [plan[index] for plan in plans], start, end))
+                rows.append(_event_rows(ranks, step, layer, index, [plan[index] for plan in plans], start, end))
     return np.concatenate(rows)
 
 
-def _event_rows(ranks: np.ndarray, step: int, layer: int, ops: list, start: np.ndarray,
+def _event_rows(ranks: np.ndarray, step: int, layer: int, index: int, ops: list, start: np.ndarray,
                 end: np.ndarray) -> np.ndarray:
     rows = np.zeros(len(ranks), dtype=EVENT_DTYPE)
     op = ops[0]
-    rows["rank"], rows["step"], rows["layer"], rows["request"] = ranks, step, layer, op.request
+    rows["rank"], rows["step"], rows["layer"], rows["request"], rows["index"] = ranks, step, layer, op.request, index
+    rows["dep0"], rows["dep1"] = op_dep_fields(op)
     rows["op"], rows["stream"] = op.name.value, op.stream.value
-    rows["group"] = group_name(op.group) if op.is_collective else ""
-    rows["group_size"] = op.group_size
-    rows["bytes"] = [o.nbytes if o.is_collective else o.hbm_bytes for o in ops]
+    rows["collective"], rows["group"], rows["group_size"], _ = op_collective_fields(op)
+    rows["bytes"] = [op_collective_fields(o)[3] for o in ops]
     rows["flops"] = [o.flops for o in ops]
     rows["start_s"], rows["end_s"] = start, end
     return rows

@@ -97,14 +97,10 @@ def run(model_spec, kvp, tpa, batch, context, topology, precision, hopb, tokens_
 
         with _progress(is_root and not as_json, steps) as advance:
             outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance)
-    except _user_errors() as exc:  # every rank sees the same bad input; rank 0 says it
+    except (*_user_errors(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
-            click.echo(f"helix-mpi: error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except UserError as exc:
-        if is_root:
-            exc.show()
-        sys.exit(EXIT_BAD_INPUT)
+            click.echo(f"helix-mpi: error: {exc.message if isinstance(exc, UserError) else exc}", err=True)
+        _exit_all_ranks(comm, EXIT_BAD_INPUT)
     except Exception as exc:  # any other failure on any rank stops every rank now
         sys.stderr.write(f"helix-mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
@@ -113,6 +109,24 @@ def run(model_spec, kvp, tpa, batch, context, topology, precision, hopb, tokens_
         _print_run(outcome, layout, model, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
+
+
+def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:
+    """Exit every rank with `code` once all have reached here (so rank 0's message is out first);
+    if some rank does not arrive within `wait_s`, abort the job instead of hanging."""
+    import time
+
+    from mpi4py import MPI
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    request, deadline = comm.Ibarrier(), time.monotonic() + wait_s
+    while not request.Test():
+        if time.monotonic() > deadline:
+            comm.Abort(code)
+        time.sleep(0.005)
+    MPI.Finalize()
+    os._exit(code)
 
 
 def _resolve_run(world_size, model_spec, kvp, tpa, batch, context, steps, layers, tokens_per_block, seed,

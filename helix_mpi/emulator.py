@@ -11,14 +11,14 @@ import numpy as np
 from mpi4py import MPI
 
 from . import kernels
-from .axes import Axis, group_name
+from .axes import Axis
 from .clock import LayerSchedule, StreamClocks, op_duration
 from .collectives import all_reduce_sum, all_to_all_heads, group_max
 from .config import Layout, ModelConfig, RunConfig
 from .kvcache import ShardedKVCache, initial_kv, owned_positions, tokens_held
 from .mesh import RankMesh
 from .model import feed_forward, next_step_input, project_output, project_qkv
-from .plan import Op, OpName, helix_layer_plan
+from .plan import Op, OpName, helix_layer_plan, op_collective_fields, op_dep_fields
 from .sharding import helix_shard, initial_input, layer_weights
 from .topology import Topology
 from .trace import EVENT_DTYPE
@@ -123,7 +123,7 @@ class HelixEmulator:
             self._execute(op, state, layer, position, owner_appends)
             host_end = time.perf_counter() - self.host_t0
             start, end = schedule.place(index, op, op_duration(op, self.topo, self.run.precision))
-            self._record(step, layer, op, float(start[0]), float(end[0]), host_start, host_end)
+            self._record(step, layer, index, op, float(start[0]), float(end[0]), host_start, host_end)
         return state.x
 
     def _group_max(self, axes, ready: np.ndarray) -> np.ndarray:
@@ -159,12 +159,11 @@ class HelixEmulator:
             raise NotImplementedError(f"no executor for op {op.name}")
 
     # --- events --------------------------------------------------------------------------
-    def _record(self, step: int, layer: int, op: Op, start: float, end: float,
+    def _record(self, step: int, layer: int, index: int, op: Op, start: float, end: float,
                 host_start: float, host_end: float) -> None:
-        group = group_name(op.group) if op.is_collective else ""
-        nbytes = op.nbytes if op.is_collective else op.hbm_bytes
-        self.step_events.append((self.mesh.rank, step, layer, op.request, op.name.value, op.stream.value, group,
-                                 op.group_size, nbytes, op.flops, start, end, host_start, host_end))
+        self.step_events.append((self.mesh.rank, step, layer, op.request, index, *op_dep_fields(op),
+                                 op.name.value, op.stream.value, *op_collective_fields(op), op.flops,
+                                 start, end, host_start, host_end))
 
     def _flush_step(self, step: int, sink: StepSink | None) -> None:
         events = np.array(self.step_events, dtype=EVENT_DTYPE)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .axes import ATTENTION_AXES, FFN_AXES, Axis, group_name
+from .axes import ATTENTION_AXES, FFN_AXES, Axis
 from .config import Layout
 
 
@@ -88,10 +88,6 @@ class RankMesh:
 
     def group(self, axes: tuple[Axis, ...]) -> Any:
         return self._groups[axes]
-
-    def describe(self) -> str:
-        c = coordinates(self.layout, self.rank)
-        return " ".join(f"{axis.value}={c[axis]}" for axis in Axis) + f" ({group_name(ATTENTION_AXES)})"
 
     def free(self) -> None:
         for sub in self._groups.values():

@@ -11,7 +11,7 @@ from enum import Enum
 
 import numpy as np
 
-from .axes import ATTENTION_AXES, Axis, Stream
+from .axes import ATTENTION_AXES, Axis, Stream, group_name
 from .config import ACTIVATION_BYTES, LSE_BYTES, PRECISION_BYTES, Layout, ModelConfig
 from .costmodel import Collective
 from .mesh import group_size
@@ -35,7 +35,9 @@ class Op:
     name: OpName
     stream: Stream
     request: int = -1  # request index for per-request ops (HOP-B), -1 for the whole batch
-    deps: tuple[int, ...] = ()  # indices of ops in the same layer plan that must finish first
+    # Indices of ops in the same layer plan that must finish first, beyond the order of the op's
+    # own stream (ops on one stream run in plan order). At most two, so traces can store them.
+    deps: tuple[int, ...] = ()
     flops: float = 0.0
     hbm_bytes: float = 0.0
     collective: Collective | None = None
@@ -73,7 +75,7 @@ def helix_layer_plan(model: ModelConfig, layout: Layout, rank: int, kv_lengths: 
     partial_bytes = q_heads * (D * ab + LSE_BYTES)  # one request's out [Qh, D] + lse [Qh]
     for b in range(batch):
         tokens = float(kv_lengths[b])
-        deps = (0,) if hopb or b == 0 else (0, all_to_all_index(b - 1))
+        deps = () if hopb or b == 0 else (all_to_all_index(b - 1),)  # qkv precedes on the stream
         ops.append(Op(OpName.ATTENTION, Stream.COMPUTE, request=b, deps=deps,
                       flops=4.0 * q_heads * D * tokens,
                       hbm_bytes=2.0 * kv_heads * tokens * D * wb + 2 * q_heads * D * ab))
@@ -82,7 +84,7 @@ def helix_layer_plan(model: ModelConfig, layout: Layout, rank: int, kv_lengths: 
                       nbytes=partial_bytes))
     combine = len(ops)
     ops.append(Op(OpName.COMBINE_OUT_PROJ, Stream.COMPUTE,
-                  deps=tuple(all_to_all_index(b) for b in range(batch)),
+                  deps=(all_to_all_index(batch - 1),),  # earlier all-to-alls precede on the comm stream
                   flops=2.0 * batch * n_comb * D * H + 4.0 * kvp_size * batch * n_comb * D,
                   hbm_bytes=n_comb * D * H * wb + kvp_size * batch * n_comb * (D * ab + LSE_BYTES)))
     ops.append(Op(OpName.ALL_REDUCE_ATTN, Stream.COMM, deps=(combine,),
@@ -94,3 +96,16 @@ def helix_layer_plan(model: ModelConfig, layout: Layout, rank: int, kv_lengths: 
                   collective=Collective.ALL_REDUCE, group=(Axis.TPF,), group_size=layout.tpf,
                   nbytes=batch * H * ab))
     return ops
+
+
+def op_dep_fields(op: Op) -> tuple[int, int]:
+    """(dep0, dep1) as stored in traces, -1 for none."""
+    deps = list(op.deps) + [-1, -1]
+    return deps[0], deps[1]
+
+
+def op_collective_fields(op: Op) -> tuple[str, str, int, float]:
+    """(collective, group, group_size, bytes) as stored in traces; bytes are HBM bytes for compute."""
+    if op.is_collective:
+        return op.collective.value, group_name(op.group), op.group_size, op.nbytes
+    return "", "", 1, op.hbm_bytes

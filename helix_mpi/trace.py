@@ -23,8 +23,12 @@ EVENT_DTYPE = np.dtype([
     ("step", "<i4"),
     ("layer", "<i4"),
     ("request", "<i4"),  # request index for per-request ops, -1 for whole-batch ops
+    ("index", "<i4"),  # position of the op in its layer plan
+    ("dep0", "<i4"),  # plan index of a dependency beyond stream order, -1 if none
+    ("dep1", "<i4"),  # a second one, -1 if none
     ("op", "S24"),  # plan.OpName value
     ("stream", "S8"),  # compute | comm
+    ("collective", "S16"),  # costmodel.Collective value, "" for compute ops
     ("group", "S16"),  # mesh axes of a collective, e.g. "kvp", "kvp*tpa"; "" for compute
     ("group_size", "<i4"),
     ("bytes", "<f8"),  # compute: HBM bytes; collective: nccl-tests size (per-rank buffer)
