@@ -54,6 +54,20 @@ def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology)
     return np.concatenate(rows)
 
 
+def layer_time(model: ModelConfig, layout: Layout, kv_lengths: np.ndarray, precision: str, hopb: bool,
+               topo: Topology) -> float:
+    """Modeled seconds of one layer given every rank's local KV tokens per request kv_lengths [N, B]
+    (ragged batches allowed). Layers end with a world-wide all-reduce, so every layer of a step
+    takes the same time: a decode step of L layers takes L * layer_time."""
+    n = layout.world_size
+    plans = [helix_layer_plan(model, layout, r, kv_lengths[r], precision, hopb) for r in range(n)]
+    clocks = StreamClocks(n)
+    schedule = LayerSchedule(clocks, clocks.now(), _GroupMax(layout))
+    for index, op in enumerate(plans[0]):
+        schedule.place(index, op, np.array([op_duration(plan[index], topo, precision) for plan in plans]))
+    return float(schedule.layer_end().max())
+
+
 def _event_rows(ranks: np.ndarray, step: int, layer: int, index: int, ops: list, start: np.ndarray,
                 end: np.ndarray) -> np.ndarray:
     rows = np.zeros(len(ranks), dtype=EVENT_DTYPE)
