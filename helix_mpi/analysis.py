@@ -1,15 +1,32 @@
-"""Figures of a run from its events (emulated trace or analytic simulation alike), vectorised."""
+"""Figures of a run from its events (emulated trace or analytic simulation alike), vectorised.
+
+Two entry points share one accumulator (EventStats), so they agree by construction:
+- `summarize(events, RunShape)`: events already in memory (the runner, `helix-mpi model`);
+- `summarize_trace(path)`: a trace file streamed chunk by chunk, with bounded memory (nothing
+  per event is kept: every chunk is folded into per-op, per-step and per-key sums).
+
+Also here: trace metadata (TraceMeta), KV-cache and memory figures, `compare`, event selection
+by step/layer/rank ranges, and `validate_trace`. Times are seconds unless a name says otherwise
+(`_us` microseconds), bytes are bytes, bandwidths `_gbps` are GB/s = 1e9 bytes/s (nccl-tests).
+"""
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
-from .costmodel import Collective, busbw
-from .plan import OpName
+from .costmodel import busbw
+from .trace import SCHEMA_VERSION, TraceError, open_trace, read_events
 
 GB = 1e9
+US = 1e6  # microseconds per second
+SUMMARY_CHUNK = 1 << 18  # events per read (144 B each: ~38 MB)
+BY_KEYS = ("op", "layer", "rank", "step")
+PRECISION_BYTES = {"fp4": 0.5, "fp8": 1.0, "bf16": 2.0}  # KV cache bytes per element (config.py)
 
 
 @dataclass(frozen=True)
@@ -22,79 +39,494 @@ class RunShape:
     model_layers: int  # layers of the full model (TTL scales the emulated ones to it)
 
 
-_COLLECTIVE_OF = {
-    OpName.ALL_TO_ALL.value: Collective.ALL_TO_ALL,
-    OpName.ALL_REDUCE_ATTN.value: Collective.ALL_REDUCE,
-    OpName.ALL_REDUCE_FFN.value: Collective.ALL_REDUCE,
-}
-
-
 def step_times(events: np.ndarray) -> np.ndarray:
     """Modeled seconds of each decode step [T] (the emulated layers): successive step ends."""
     steps = events["step"]
     ends = np.zeros(steps.max() + 1)
     np.maximum.at(ends, steps, events["end_s"])
+    return step_times_from_ends(ends)
+
+
+def step_times_from_ends(ends: np.ndarray) -> np.ndarray:
+    """Step durations [T] from the modeled end of every step [T] (step 0 starts at 0)."""
     return np.diff(np.concatenate([[0.0], ends]))
+
+
+def ttl_seconds(step_ends: np.ndarray, shape: RunShape) -> float:
+    """Token-to-token latency of the full model: mean step time scaled to all its layers."""
+    return float(step_times_from_ends(step_ends).mean()) * shape.model_layers / shape.layers
 
 
 def summarize(events: np.ndarray, shape: RunShape) -> dict[str, Any]:
     """TTL, throughput, per-op breakdown, exposed communication and collective bandwidths."""
-    per_step = step_times(events)
-    step_time = float(per_step.mean())
-    ttl = step_time * shape.model_layers / shape.layers
-    n_steps = len(per_step)
-    duration = events["end_s"] - events["start_s"]
-    is_comm = events["stream"] == b"comm"
-    compute_busy = float(duration[~is_comm].sum()) / (shape.world_size * n_steps)  # per rank per step
-    comm_busy = float(duration[is_comm].sum()) / (shape.world_size * n_steps)
-    exposed_comm = max(step_time - compute_busy, 0.0)
+    stats = EventStats()
+    stats.add(events)
+    return stats.summary(shape)
+
+
+# --- string columns as small integer codes -------------------------------------------------
+_KEY_FIELDS = ("op", "stream", "collective", "group")  # what identifies an op row of the table
+
+
+def _as_words(column: np.ndarray) -> np.ndarray:
+    """A fixed-width bytes column [n] as uint64 words [n, width/8] (a copy, contiguous)."""
+    width = column.dtype.itemsize
+    padded = np.zeros((len(column), -(-width // 8) * 8), dtype=np.uint8)
+    padded[:, :width] = np.ascontiguousarray(column).view(np.uint8).reshape(len(column), width)
+    return padded.view("<u8")
+
+
+def _unique_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row index of each distinct row, inverse [n]) of a uint64 matrix [n, w]; exact.
+
+    A multiply-add hash makes one sortable uint64 per row (much faster than sorting strings);
+    the result is checked and, on a hash collision, recomputed with an exact row-wise unique."""
+    hashed = np.zeros(len(words), dtype=np.uint64)
+    for column in words.T:
+        hashed = hashed * np.uint64(0x9E3779B97F4A7C15) + column  # wraps modulo 2**64
+    _, first, inverse = np.unique(hashed, return_index=True, return_inverse=True)
+    if not np.array_equal(words[first][inverse], words):
+        _, first, inverse = np.unique(words, axis=0, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+class Vocabulary:
+    """Global integer codes of distinct tuples of bytes fields, stable across chunks."""
+
+    def __init__(self, fields: tuple[str, ...]):
+        self.fields, self.keys, self.codes = fields, [], {}
+
+    def encode(self, chunk: np.ndarray) -> np.ndarray:
+        """Code [n] of every row of the chunk."""
+        words = np.concatenate([_as_words(chunk[f]) for f in self.fields], axis=1)
+        first, inverse = _unique_rows(words)
+        lookup = np.array([self._code(tuple(chunk[f][i].decode() for f in self.fields)) for i in first],
+                          dtype=np.int64)
+        return lookup[inverse]
+
+    def _code(self, key: tuple[str, ...]) -> int:
+        if key not in self.codes:
+            self.codes[key] = len(self.keys)
+            self.keys.append(key)
+        return self.codes[key]
+
+
+def _grow(array: np.ndarray, length: int, fill: float = 0.0) -> np.ndarray:
+    """`array` extended along axis 0 to at least `length` rows with `fill`."""
+    if len(array) >= length:
+        return array
+    extra = np.full((length - len(array),) + array.shape[1:], fill, dtype=array.dtype)
+    return np.concatenate([array, extra])
+
+
+def _sum_by(codes: np.ndarray, size: int, weights: np.ndarray | None = None) -> np.ndarray:
+    return np.bincount(codes, weights=weights, minlength=size).astype(float)
+
+
+# --- the accumulator ------------------------------------------------------------------------
+class EventStats:
+    """Running sums over event chunks; `summary(shape)` turns them into the figures."""
+
+    def __init__(self, by: str = "op"):
+        if by not in BY_KEYS:
+            raise ValueError(f"--by must be one of {', '.join(BY_KEYS)}, got {by!r}")
+        self.by = by
+        self.events = 0
+        self.step_end = np.zeros(0)  # [T] modeled end of each step, s
+        self.compute_s = 0.0  # busy seconds summed over ranks and steps
+        self.comm_s = 0.0
+        self.modeled_end_s = 0.0
+        self.host_end_s = 0.0
+        self.op_keys = Vocabulary(_KEY_FIELDS)
+        self.op_sums = np.zeros((0, 4))  # per op key: count, seconds, bytes, flops
+        self.op_group_size = np.zeros(0, dtype=np.int64)
+        self.key_sums = np.zeros((0, 4))  # per --by value: events, compute s, comm s, comm bytes
+        self.layer_span = np.full((0, 0, 2), np.nan)  # [T, L, (min start, max end)] for --by layer
+
+    def add(self, chunk: np.ndarray) -> None:
+        if len(chunk) == 0:
+            return
+        self.events += len(chunk)
+        duration = chunk["end_s"] - chunk["start_s"]
+        is_comm = chunk["stream"] == b"comm"
+        self.compute_s += float(duration[~is_comm].sum())
+        self.comm_s += float(duration[is_comm].sum())
+        self.modeled_end_s = max(self.modeled_end_s, float(chunk["end_s"].max()))
+        self.host_end_s = max(self.host_end_s, float(chunk["host_end_s"].max()))
+        self._add_step_ends(chunk)
+        self._add_ops(chunk, duration)
+        if self.by != "op":
+            self._add_by_key(chunk, duration, is_comm)
+
+    def _add_step_ends(self, chunk: np.ndarray) -> None:
+        steps = chunk["step"]
+        self.step_end = _grow(self.step_end, int(steps.max()) + 1)
+        np.maximum.at(self.step_end, steps, chunk["end_s"])
+
+    def _add_ops(self, chunk: np.ndarray, duration: np.ndarray) -> None:
+        codes = self.op_keys.encode(chunk)
+        size = len(self.op_keys.keys)
+        new_from = len(self.op_group_size)
+        self.op_sums = _grow(self.op_sums, size)
+        self.op_group_size = _grow(self.op_group_size, size)
+        for column, weights in enumerate((None, duration, chunk["bytes"], chunk["flops"])):
+            self.op_sums[:, column] += _sum_by(codes, size, weights)
+        for code in range(new_from, size):  # group size of a new op key: from its first row
+            self.op_group_size[code] = chunk["group_size"][np.argmax(codes == code)]
+
+    def _add_by_key(self, chunk: np.ndarray, duration: np.ndarray, is_comm: np.ndarray) -> None:
+        keys = chunk[self.by].astype(np.int64)
+        size = int(keys.max()) + 1
+        self.key_sums = _grow(self.key_sums, size)
+        comm_bytes = np.where(is_comm, chunk["bytes"], 0.0)
+        for column, weights in enumerate((None, np.where(is_comm, 0.0, duration),
+                                          np.where(is_comm, duration, 0.0), comm_bytes)):
+            self.key_sums[:size, column] += _sum_by(keys, size, weights)
+        if self.by == "layer":
+            self._add_layer_spans(chunk)
+
+    def _add_layer_spans(self, chunk: np.ndarray) -> None:
+        steps, layers = chunk["step"].astype(np.int64), chunk["layer"].astype(np.int64)
+        shape = (max(self.layer_span.shape[0], int(steps.max()) + 1),
+                 max(self.layer_span.shape[1], int(layers.max()) + 1))
+        if shape != self.layer_span.shape[:2]:
+            grown = np.full(shape + (2,), np.nan)
+            grown[:self.layer_span.shape[0], :self.layer_span.shape[1]] = self.layer_span
+            self.layer_span = grown
+        flat = self.layer_span.reshape(-1, 2)
+        cell = steps * shape[1] + layers
+        first = np.isnan(flat[:, 0])
+        flat[first] = (np.inf, -np.inf)
+        np.minimum.at(flat[:, 0], cell, chunk["start_s"])
+        np.maximum.at(flat[:, 1], cell, chunk["end_s"])
+        flat[np.isinf(flat[:, 0])] = np.nan  # cells no chunk has touched yet
+
+    # --- figures --------------------------------------------------------------------------
+    def summary(self, shape: RunShape) -> dict[str, Any]:
+        if self.events == 0:
+            raise ValueError("no events to summarize")
+        per_step = step_times_from_ends(self.step_end)
+        n_steps = len(per_step)
+        rank_steps = shape.world_size * n_steps
+        step_time = float(per_step.mean())
+        ttl = step_time * shape.model_layers / shape.layers
+        compute_busy, comm_busy = self.compute_s / rank_steps, self.comm_s / rank_steps
+        exposed_comm = max(step_time - compute_busy, 0.0)
+        ops = self._op_rows(rank_steps)
+        summary = {
+            "world_size": shape.world_size,
+            "batch": shape.batch,
+            "steps": n_steps,
+            "layers_emulated": shape.layers,
+            "model_layers": shape.model_layers,
+            "events": self.events,
+            "step_time_s": step_time,
+            "ttl_s": ttl,
+            "tokens_per_s_per_user": 1.0 / ttl if ttl > 0 else math.inf,
+            "tokens_per_s_per_gpu": shape.batch / ttl / shape.world_size if ttl > 0 else math.inf,
+            "compute_busy_s": compute_busy,  # per rank per step
+            "comm_busy_s": comm_busy,
+            "exposed_comm_s": exposed_comm,
+            "hidden_comm_s": max(comm_busy - exposed_comm, 0.0),
+            "ops": ops,
+            "collectives": _collective_rows(ops),
+            "host_seconds": self.host_end_s,
+            "modeled_seconds": self.modeled_end_s,
+        }
+        if self.by != "op":
+            summary["by"] = {"key": self.by, "rows": self._key_rows(shape, n_steps, per_step)}
+        return summary
+
+    def _op_rows(self, rank_steps: int) -> list[dict[str, Any]]:
+        rows = []
+        for code, (op, stream, collective, group) in enumerate(self.op_keys.keys):
+            count, seconds, nbytes, flops = self.op_sums[code]
+            row = {"op": op, "stream": stream, "count": int(count), "seconds_per_step": seconds / rank_steps,
+                   "mean_s": seconds / count, "bytes": nbytes / count, "flops": flops / count}
+            if collective:
+                row.update(_bandwidths(collective, nbytes, seconds, int(self.op_group_size[code])))
+                row.update(collective=collective, group=group, group_size=int(self.op_group_size[code]),
+                           bytes_per_step=nbytes / rank_steps)
+            rows.append(row)
+        rows.sort(key=lambda r: -r["seconds_per_step"])
+        return rows
+
+    def _key_rows(self, shape: RunShape, n_steps: int, per_step: np.ndarray) -> list[dict[str, Any]]:
+        """Rows per step, layer or rank; busy times and bytes per rank per step within the row."""
+        divisor = {"step": shape.world_size, "layer": shape.world_size * n_steps, "rank": n_steps}[self.by]
+        rows = []
+        for value in np.flatnonzero(self.key_sums[:, 0]):
+            events, compute, comm, comm_bytes = self.key_sums[value]
+            row = {self.by: int(value), "events": int(events), "compute_s": compute / divisor,
+                   "comm_s": comm / divisor, "comm_bytes": comm_bytes / divisor}
+            if self.by == "step":
+                row["step_time_s"] = float(per_step[value])
+            if self.by == "layer":
+                spans = self.layer_span[:, value]
+                row["layer_time_s"] = float(np.nanmean(spans[:, 1] - spans[:, 0]))
+            rows.append(row)
+        return rows
+
+
+def _bandwidths(collective: str, nbytes: float, seconds: float, group_size: int) -> dict[str, float]:
+    """nccl-tests algbw and busbw (GB/s) of a collective from summed sizes and times."""
+    if seconds <= 0:
+        return {"algbw_gbps": 0.0, "busbw_gbps": 0.0}
+    try:
+        bus = float(busbw(collective, nbytes, seconds, group_size))
+    except ValueError:  # a collective this version's cost model does not know: algbw only
+        bus = math.nan
+    return {"algbw_gbps": nbytes / seconds / GB, "busbw_gbps": bus / GB}
+
+
+def _collective_rows(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (collective, group): count, mean size, time, algbw and busbw."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for op in ops:
+        if "collective" not in op:
+            continue
+        row = rows.setdefault((op["collective"], op["group"]), {
+            "collective": op["collective"], "group": op["group"], "group_size": op["group_size"],
+            "ops": [], "count": 0, "total_bytes": 0.0, "total_s": 0.0, "seconds_per_step": 0.0,
+            "bytes_per_step": 0.0})
+        row["ops"].append(op["op"])
+        row["count"] += op["count"]
+        row["total_bytes"] += op["bytes"] * op["count"]
+        row["total_s"] += op["mean_s"] * op["count"]
+        row["seconds_per_step"] += op["seconds_per_step"]
+        row["bytes_per_step"] += op["bytes_per_step"]
+    out = []
+    for row in rows.values():
+        total_bytes, total_s = row.pop("total_bytes"), row.pop("total_s")
+        row.update(mean_bytes=total_bytes / row["count"], mean_s=total_s / row["count"])
+        row.update(_bandwidths(row["collective"], total_bytes, total_s, row["group_size"]))
+        out.append(row)
+    return sorted(out, key=lambda r: -r["seconds_per_step"])
+
+
+# --- trace files ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TraceMeta:
+    """The root attributes of a trace that the tools need, parsed and checked."""
+
+    path: str
+    config: dict[str, Any]
+    topology: dict[str, Any]
+    world_size: int
+    events: int
+    kv_steps: int  # rows of /kv_tokens
+    complete: bool
+    memory: dict[str, Any] | None
+    replayed_from: Any
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.config["run"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.config["model"]
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        return self.config["layout"]
+
+    @property
+    def strategy(self) -> str:
+        return str(self.config.get("strategy") or self.layout.get("strategy") or "helix")
+
+    @property
+    def shape(self) -> RunShape:
+        return RunShape(self.world_size, int(self.run["batch"]), int(self.run["layers"]),
+                        int(self.model["num_layers"]))
+
+
+_REQUIRED_CONFIG = {"run": ("batch", "layers", "precision"), "model": ("num_layers",), "layout": ()}
+
+
+def _attr_json(file, path: str, key: str, required: bool = True) -> Any:
+    if key not in file.attrs:
+        if required:
+            raise TraceError(f"{path}: root attribute '{key}' is missing: not a complete helix_mpi trace")
+        return None
+    value = file.attrs[key]
+    try:
+        return json.loads(value) if isinstance(value, (str, bytes)) else value
+    except ValueError:
+        raise TraceError(f"{path}: root attribute '{key}' is not valid JSON") from None
+
+
+def read_meta(file, path: str | Path) -> TraceMeta:
+    """Parse the root attributes of an open trace, or raise TraceError with one line."""
+    path = str(path)
+    config = _attr_json(file, path, "config")
+    for section, keys in _REQUIRED_CONFIG.items():
+        if not isinstance(config, dict) or not isinstance(config.get(section), dict):
+            raise TraceError(f"{path}: attribute 'config' lacks its '{section}' section")
+        missing = [k for k in keys if k not in config[section]]
+        if missing:
+            raise TraceError(f"{path}: attribute 'config' lacks {section}.{missing[0]}")
+    if "kv_tokens" not in file or file["kv_tokens"].ndim != 2:
+        raise TraceError(f"{path}: dataset /kv_tokens is missing or not [steps, ranks]")
+    kv_steps, kv_ranks = file["kv_tokens"].shape
+    world = file.attrs.get("world_size", kv_ranks)
+    return TraceMeta(path=path, config=config, topology=_attr_json(file, path, "topology", False) or {},
+                     world_size=int(world), events=int(file["events"].shape[0]), kv_steps=int(kv_steps),
+                     complete=bool(file.attrs.get("complete", False)),
+                     memory=_attr_json(file, path, "memory", False),
+                     replayed_from=_attr_json(file, path, "replayed_from", False))
+
+
+def iter_event_chunks(file, path: str | Path, chunk: int = SUMMARY_CHUNK) -> Iterator[np.ndarray]:
+    """Event chunks of an open trace; a read error (truncated data) becomes a TraceError."""
+    iterator = read_events(file, chunk)
+    while True:
+        try:
+            rows = next(iterator)
+        except StopIteration:
+            return
+        except (OSError, ValueError, KeyError) as exc:
+            raise TraceError(f"{path}: events are unreadable (truncated or corrupt file: "
+                             f"{str(exc).splitlines()[0]})") from None
+        yield rows
+
+
+def read_kv_tokens(file, path: str | Path) -> np.ndarray:
+    try:
+        return file["kv_tokens"][...]
+    except (OSError, KeyError) as exc:
+        raise TraceError(f"{path}: /kv_tokens is unreadable ({str(exc).splitlines()[0]})") from None
+
+
+def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK,
+                    progress: Any = None) -> dict[str, Any]:
+    """summarize() of a whole trace file, streamed in chunks, plus its configuration, the KV
+    cache per rank and the memory figures when the trace has them."""
+    stats = EventStats(by)
+    with open_trace(path) as file:
+        meta = read_meta(file, path)
+        for rows in iter_event_chunks(file, path, chunk):
+            stats.add(rows)
+            if progress is not None:
+                progress(len(rows))
+        kv_tokens = read_kv_tokens(file, path)
+    if stats.events == 0:
+        raise TraceError(f"{path}: trace has no events")
+    summary = stats.summary(meta.shape)
+    summary.update(describe_run(meta))
+    summary.update(kv_figures(meta, kv_tokens))
+    if summary.get("by", {}).get("key") == "rank":
+        for row in summary["by"]["rows"]:
+            row["kv_tokens"] = summary["kv"]["tokens_per_rank"][row["rank"]]
+    if meta.memory is not None:
+        summary["memory"] = memory_figures(meta.memory)
+    if meta.replayed_from is not None:
+        summary["replayed_from"] = meta.replayed_from
+    return summary
+
+
+def describe_run(meta: TraceMeta) -> dict[str, Any]:
+    """The configuration facts a reader wants next to the figures."""
+    return {"trace": meta.path, "strategy": meta.strategy, "model": meta.model.get("name", "?"),
+            "layout": {k: v for k, v in meta.layout.items() if k != "strategy"},
+            "topology": meta.topology.get("name", "?"), "precision": meta.run["precision"],
+            "hopb": meta.run.get("hopb"), "context": meta.run.get("context")}
+
+
+# --- KV cache and memory ---------------------------------------------------------------------
+def kv_bytes_per_token_per_layer(model: dict[str, Any], layout: dict[str, Any], precision: str) -> float:
+    """Cache bytes one rank stores per token per layer at the modeled precision.
+
+    GQA: K and V of its K_local = ceil(K / TPA) heads, 2 * K_local * D * bytes (TP with N > K
+    duplicates a head, hence the ceil). MLA: one latent of kv_lora_rank + qk_rope_head_dim."""
+    element = PRECISION_BYTES[precision]
+    mla = model.get("mla")
+    if mla:
+        return (mla["kv_lora_rank"] + mla["qk_rope_head_dim"]) * element
+    kv_heads = -(-int(model["num_kv_heads"]) // max(int(layout.get("tpa", 1)), 1))
+    return 2.0 * kv_heads * model["head_dim"] * element
+
+
+def kv_figures(meta: TraceMeta, kv_tokens: np.ndarray) -> dict[str, Any]:
+    """KV tokens and bytes per rank at the last step (all layers of the full model)."""
+    if kv_tokens.size == 0:
+        return {}
+    last = kv_tokens[-1].astype(float)
+    try:
+        per_token = kv_bytes_per_token_per_layer(meta.model, meta.layout, meta.run["precision"])
+    except (KeyError, TypeError):
+        per_token = math.nan
+    per_rank = last * per_token * meta.shape.model_layers
+    mean = float(last.mean())
+    imbalance = float(last.max() / mean) if mean > 0 else 1.0
     return {
-        "world_size": shape.world_size,
-        "batch": shape.batch,
-        "steps": n_steps,
-        "layers_emulated": shape.layers,
-        "model_layers": shape.model_layers,
-        "step_time_s": step_time,
-        "ttl_s": ttl,
-        "tokens_per_s_per_user": 1.0 / ttl,
-        "tokens_per_s_per_gpu": shape.batch / ttl / shape.world_size,
-        "compute_busy_s": compute_busy,
-        "comm_busy_s": comm_busy,
-        "exposed_comm_s": exposed_comm,
-        "hidden_comm_s": max(comm_busy - exposed_comm, 0.0),
-        "ops": _per_op(events, duration, shape.world_size * n_steps),
-        "host_seconds": float(events["host_end_s"].max()) if len(events) else 0.0,
-        "modeled_seconds": float(events["end_s"].max()) if len(events) else 0.0,
+        "kv": {"tokens_per_rank": kv_tokens[-1].tolist(), "bytes_per_rank": per_rank.tolist(),
+               "bytes_per_token_per_layer": per_token, "max_bytes": float(per_rank.max()),
+               "mean_bytes": float(per_rank.mean()), "imbalance_max_over_mean": imbalance},
+        "kv_tokens_per_rank": kv_tokens[-1].tolist(),  # kept for scripts of earlier versions
+        "kv_imbalance_max_over_mean": imbalance,
     }
 
 
-def _per_op(events: np.ndarray, duration: np.ndarray, rank_steps: int) -> list[dict[str, Any]]:
-    """One row per op name: count, modeled seconds per rank per step, and collective bandwidths."""
-    names, inverse = np.unique(events["op"], return_inverse=True)
-    rows = []
-    for i, name in enumerate(names):
-        mask = inverse == i
-        text = name.decode()
-        mean_time = float(duration[mask].mean())
-        row = {
-            "op": text,
-            "stream": events["stream"][mask][0].decode(),
-            "count": int(mask.sum()),
-            "seconds_per_step": float(duration[mask].sum()) / rank_steps,
-            "mean_s": mean_time,
-            "bytes": float(events["bytes"][mask].mean()),
-            "flops": float(events["flops"][mask].mean()),
-        }
-        if text in _COLLECTIVE_OF:
-            size = float(events["bytes"][mask].mean())
-            n = int(events["group_size"][mask][0])
-            row["group"] = events["group"][mask][0].decode()
-            row["group_size"] = n
-            row["algbw_gbps"] = size / mean_time / GB if mean_time > 0 else 0.0
-            row["busbw_gbps"] = float(busbw(_COLLECTIVE_OF[text], size, mean_time, n)) / GB if mean_time > 0 else 0.0
-        rows.append(row)
-    rows.sort(key=lambda r: -r["seconds_per_step"])
-    return rows
+def memory_figures(memory: dict[str, Any]) -> dict[str, Any]:
+    """The trace's `memory` attribute plus the largest per-rank totals."""
+    per_rank = memory.get("per_rank") or []
+    totals = [r.get("weights_bytes", 0.0) + r.get("kv_bytes", 0.0) for r in per_rank]
+    out = dict(memory)
+    if per_rank:
+        out.update(max_weights_bytes=max(r.get("weights_bytes", 0.0) for r in per_rank),
+                   max_kv_bytes=max(r.get("kv_bytes", 0.0) for r in per_rank), max_total_bytes=max(totals))
+    return out
+
+
+# --- compare ---------------------------------------------------------------------------------
+COMPARED = (  # key, label, unit scale, unit
+    ("ttl_s", "token-to-token latency", 1e3, "ms"),
+    ("tokens_per_s_per_user", "tokens/s/user", 1.0, ""),
+    ("tokens_per_s_per_gpu", "tokens/s/GPU", 1.0, ""),
+    ("step_time_s", "step time (emulated layers)", US, "us"),
+    ("compute_busy_s", "compute per rank per step", US, "us"),
+    ("comm_busy_s", "comm per rank per step", US, "us"),
+    ("exposed_comm_s", "exposed comm", US, "us"),
+    ("hidden_comm_s", "hidden comm", US, "us"),
+    ("kv_max_bytes", "KV cache, largest rank", 1e-6, "MB"),
+    ("modeled_seconds", "modeled time", 1e3, "ms"),
+    ("host_seconds", "host wall time", 1.0, "s"),
+)
+COMPARED_CONFIG = ("strategy", "model", "world_size", "layout", "topology", "precision", "hopb", "batch",
+                   "context", "steps", "layers_emulated")
+
+
+def compare_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Side by side: metrics of A and B, ratios B/A, per-op seconds per step, config differences."""
+    for s in (a, b):
+        s["kv_max_bytes"] = s.get("kv", {}).get("max_bytes", math.nan)
+    metrics = {key: {"a": a.get(key), "b": b.get(key), "ratio": _ratio(a.get(key), b.get(key))}
+               for key, *_ in COMPARED}
+    ops_a = {r["op"]: r["seconds_per_step"] for r in a["ops"]}
+    ops_b = {r["op"]: r["seconds_per_step"] for r in b["ops"]}
+    ops = {op: {"a": ops_a.get(op), "b": ops_b.get(op), "ratio": _ratio(ops_a.get(op), ops_b.get(op))}
+           for op in list(ops_a) + [o for o in ops_b if o not in ops_a]}
+    config = {key: {"a": a.get(key), "b": b.get(key), "same": a.get(key) == b.get(key)} for key in COMPARED_CONFIG}
+    return {"a": a["trace"], "b": b["trace"], "config": config, "metrics": metrics, "ops_seconds_per_step": ops,
+            "ratios": {key: value["ratio"] for key, value in metrics.items()}}
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == 0 or math.isnan(a):
+        return None
+    return b / a
+
+
+# --- text --------------------------------------------------------------------------------------
+def human_bytes(value: float) -> str:
+    """Decimal units (as NVIDIA spec sheets): 1.5 GB = 1.5e9 bytes."""
+    if value is None or math.isnan(value):
+        return "?"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -102,20 +534,304 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"ranks {summary['world_size']}  batch {summary['batch']}  steps {summary['steps']}  "
         f"layers {summary['layers_emulated']} of {summary['model_layers']}",
-        f"modeled step time (emulated layers) {summary['step_time_s'] * 1e6:10.2f} us",
+        f"modeled step time (emulated layers) {summary['step_time_s'] * US:10.2f} us",
         f"token-to-token latency (full model) {summary['ttl_s'] * 1e3:10.3f} ms",
         f"tokens/s/user {summary['tokens_per_s_per_user']:10.2f}    tokens/s/GPU {summary['tokens_per_s_per_gpu']:10.2f}",
-        f"per rank per step: compute {summary['compute_busy_s'] * 1e6:.2f} us, comm {summary['comm_busy_s'] * 1e6:.2f} us"
-        f" (exposed {summary['exposed_comm_s'] * 1e6:.2f} us, hidden {summary['hidden_comm_s'] * 1e6:.2f} us)",
+        f"per rank per step: compute {summary['compute_busy_s'] * US:.2f} us, comm {summary['comm_busy_s'] * US:.2f} us"
+        f" (exposed {summary['exposed_comm_s'] * US:.2f} us, hidden {summary['hidden_comm_s'] * US:.2f} us)",
         "",
         f"{'op':18s} {'stream':7s} {'us/step':>10s} {'mean us':>9s} {'bytes':>12s} {'algbw GB/s':>11s} {'busbw GB/s':>11s}",
     ]
     for row in summary["ops"]:
-        bw = (f"{row['algbw_gbps']:11.1f} {row['busbw_gbps']:11.1f}" if "algbw_gbps" in row else f"{'':11s} {'':11s}")
-        lines.append(f"{row['op']:18s} {row['stream']:7s} {row['seconds_per_step'] * 1e6:10.2f} "
-                     f"{row['mean_s'] * 1e6:9.2f} {row['bytes']:12.0f} {bw}")
+        bw = (f"{row['algbw_gbps']:11.3f} {row['busbw_gbps']:11.3f}" if "algbw_gbps" in row else f"{'':11s} {'':11s}")
+        lines.append(f"{row['op']:18s} {row['stream']:7s} {row['seconds_per_step'] * US:10.2f} "
+                     f"{row['mean_s'] * US:9.2f} {row['bytes']:12.0f} {bw}")
+    if summary.get("collectives"):
+        lines += ["", _format_collectives(summary["collectives"])]
     if summary.get("host_seconds"):
-        lines.append("")
-        lines.append(f"host wall time {summary['host_seconds']:.3f} s for {summary['modeled_seconds'] * 1e3:.3f} ms "
-                     "of modeled time")
+        modeled = summary["modeled_seconds"]
+        slowdown = f" (x{summary['host_seconds'] / modeled:,.0f})" if modeled > 0 else ""
+        lines += ["", f"host wall time {summary['host_seconds']:.3f} s for {modeled * 1e3:.3f} ms "
+                      f"of modeled time{slowdown}"]
     return "\n".join(lines)
+
+
+def _format_collectives(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'collective':12s} {'group':9s} {'ranks':>5s} {'count':>7s} {'size B':>10s} {'mean us':>9s} "
+             f"{'B/rank/step':>11s} {'algbw GB/s':>11s} {'busbw GB/s':>11s}"]
+    for r in rows:
+        lines.append(f"{r['collective']:12s} {r['group']:9s} {r['group_size']:5d} {r['count']:7d} "
+                     f"{r['mean_bytes']:10.0f} {r['mean_s'] * US:9.2f} {r['bytes_per_step']:11.0f} "
+                     f"{r['algbw_gbps']:11.3f} {r['busbw_gbps']:11.3f}")
+    return "\n".join(lines)
+
+
+def format_trace_summary(summary: dict[str, Any]) -> str:
+    """format_summary plus the run description, KV cache, memory and the --by table."""
+    layout = " ".join(f"{k.upper()}={v}" for k, v in summary["layout"].items())
+    hopb = {True: "on", False: "off"}.get(summary.get("hopb"), "?")
+    lines = [f"{summary['trace']}: {summary['strategy']} on {summary['world_size']} ranks ({layout}), "
+             f"model {summary['model']}, {summary['topology']}, {summary['precision']}, HOP-B {hopb}, "
+             f"context {summary.get('context')}, {summary['events']:,} events",
+             format_summary(summary)]
+    if summary.get("kv"):
+        lines += ["", _format_kv(summary["kv"], summary["precision"], summary["model_layers"])]
+    if summary.get("memory"):
+        lines.append(_format_memory(summary["memory"]))
+    if summary.get("by"):
+        lines += ["", format_by_table(summary["by"])]
+    if summary.get("replayed_from"):
+        lines.append(f"replayed from {json.dumps(summary['replayed_from'])}")
+    return "\n".join(lines)
+
+
+def _format_kv(kv: dict[str, Any], precision: str, layers: int) -> str:
+    tokens = np.asarray(kv["tokens_per_rank"])
+    return (f"KV cache per rank at the last step ({human_bytes(kv['bytes_per_token_per_layer'])} per token per layer "
+            f"at {precision}, {layers} layers): tokens min {tokens.min()} max {tokens.max()}, bytes max "
+            f"{human_bytes(kv['max_bytes'])} mean {human_bytes(kv['mean_bytes'])}, "
+            f"imbalance max/mean {kv['imbalance_max_over_mean']:.3f}")
+
+
+def _format_memory(memory: dict[str, Any]) -> str:
+    fits = {True: "fits", False: "DOES NOT FIT"}.get(memory.get("fits"), "?")
+    if "max_total_bytes" not in memory:
+        return f"memory: HBM {human_bytes(memory.get('hbm_bytes', math.nan))} per GPU: {fits}"
+    return (f"memory per rank (largest): weights {human_bytes(memory['max_weights_bytes'])} + KV "
+            f"{human_bytes(memory['max_kv_bytes'])} = {human_bytes(memory['max_total_bytes'])} of "
+            f"{human_bytes(memory.get('hbm_bytes', math.nan))} HBM: {fits}")
+
+
+def format_by_table(by: dict[str, Any]) -> str:
+    key = by["key"]
+    extra = {"step": ("step_time_s", "step us"), "layer": ("layer_time_s", "layer us"),
+             "rank": ("kv_tokens", "KV tokens")}[key]
+    lines = [f"{key:>6s} {'events':>9s} {'compute us':>11s} {'comm us':>10s} {'comm B':>10s} {extra[1]:>10s}"
+             f"   (per rank per step)"]
+    for row in by["rows"]:
+        value = row.get(extra[0], math.nan)
+        shown = f"{value * US:10.2f}" if extra[0].endswith("_s") else f"{value:10d}"
+        lines.append(f"{row[key]:6d} {row['events']:9d} {row['compute_s'] * US:11.2f} {row['comm_s'] * US:10.2f} "
+                     f"{row['comm_bytes']:10.0f} {shown}")
+    return "\n".join(lines)
+
+
+def format_compare(result: dict[str, Any]) -> str:
+    lines = [f"A: {result['a']}", f"B: {result['b']}", "",
+             f"{'':28s} {'A':>22s} {'B':>22s}"]
+    for key, value in result["config"].items():
+        mark = "" if value["same"] else "   <- differs"
+        lines.append(f"{key:28s} {_cell(value['a']):>22s} {_cell(value['b']):>22s}{mark}")
+    lines += ["", f"{'metric':28s} {'A':>14s} {'B':>14s} {'B/A':>8s}"]
+    for key, label, scale, unit in COMPARED:
+        m = result["metrics"][key]
+        lines.append(f"{(label + (f' ({unit})' if unit else '')):28s} {_number(m['a'], scale):>14s} "
+                     f"{_number(m['b'], scale):>14s} {_ratio_text(m['ratio']):>8s}")
+    lines += ["", f"{'op (us per rank per step)':28s} {'A':>14s} {'B':>14s} {'B/A':>8s}"]
+    for op, m in result["ops_seconds_per_step"].items():
+        lines.append(f"{op:28s} {_number(m['a'], US):>14s} {_number(m['b'], US):>14s} {_ratio_text(m['ratio']):>8s}")
+    ttl = result["metrics"]["ttl_s"]["ratio"]
+    if ttl:
+        lines += ["", f"B's token-to-token latency is {ttl:.3f}x A's "
+                      f"({'B faster' if ttl < 1 else 'A faster' if ttl > 1 else 'equal'})"]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+def _number(value: Any, scale: float) -> str:
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return "-"
+    return f"{value * scale:,.3f}" if abs(value * scale) < 1e6 else f"{value * scale:.4g}"
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.3f}"
+
+
+# --- selection by step / layer / rank ranges ---------------------------------------------------
+def parse_ranges(text: str | None) -> np.ndarray | None:
+    """'0-1' -> [0, 1]; '0,3' -> [0, 3]; '0-2,7' -> [0, 1, 2, 7]; None or 'all' -> None (everything)."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    values: set[int] = set()
+    for part in text.split(","):
+        bounds = part.strip().split("-")
+        try:
+            low, high = (int(bounds[0]), int(bounds[-1])) if len(bounds) in (1, 2) else (None, None)
+        except ValueError:
+            low = high = None
+        if low is None or low < 0 or high < low:
+            raise ValueError(f"cannot parse range {part.strip()!r} in {text!r}: use e.g. 0-3 or 0,2,5")
+        values.update(range(low, high + 1))
+    return np.array(sorted(values), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which events to keep (None: all); each field is sorted indices."""
+
+    steps: np.ndarray | None = None
+    layers: np.ndarray | None = None
+    ranks: np.ndarray | None = None
+
+    def mask(self, rows: np.ndarray) -> np.ndarray:
+        keep = np.ones(len(rows), dtype=bool)
+        for field, wanted in (("step", self.steps), ("layer", self.layers), ("rank", self.ranks)):
+            if wanted is not None:
+                keep &= np.isin(rows[field], wanted)
+        return keep
+
+    def describe(self) -> str:
+        parts = [f"{name} {_compact(values)}" for name, values in
+                 (("steps", self.steps), ("layers", self.layers), ("ranks", self.ranks)) if values is not None]
+        return ", ".join(parts) or "all events"
+
+
+def _compact(values: np.ndarray) -> str:
+    if len(values) > 1 and np.all(np.diff(values) == 1):
+        return f"{values[0]}-{values[-1]}"
+    return ",".join(str(v) for v in values)
+
+
+def iter_selected(file, path: str | Path, selection: Selection, chunk: int = SUMMARY_CHUNK) -> Iterator[np.ndarray]:
+    """Chunks of the selected events (bounded memory)."""
+    for rows in iter_event_chunks(file, path, chunk):
+        kept = rows[selection.mask(rows)]
+        if len(kept):
+            yield kept
+
+
+def check_selection(selection: Selection, meta: TraceMeta) -> None:
+    """Refuse ranges outside the trace with one line saying what the trace has."""
+    limits = (("--steps", selection.steps, meta.kv_steps), ("--layers", selection.layers, meta.shape.layers),
+              ("--ranks", selection.ranks, meta.world_size))
+    for flag, values, count in limits:
+        if values is not None and values.max() >= count:
+            raise ValueError(f"{flag} {_compact(values)} is outside the trace, which has 0-{count - 1}")
+
+
+# --- validate ------------------------------------------------------------------------------------
+def _ids(rows: np.ndarray, mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(rank, step, layer, index) of the masked rows, to name examples of a problem."""
+    picked = rows[mask]
+    return list(zip(*(picked[f].tolist() for f in ("rank", "step", "layer", "index"))))
+
+
+class _EventChecks:
+    """Running checks of event chunks: times, per-stream overlaps, per-step event counts, deps."""
+
+    EXAMPLES = 3
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.streams = Vocabulary(("stream",))
+        self.counts = np.zeros((0, max(world_size, 1)), dtype=np.int64)  # [steps, ranks]
+        self.last_end = np.full(0, -np.inf)  # per (rank, stream) track: latest end so far
+        self.found: dict[str, list] = {}  # problem kind -> [count, examples]
+        self.events = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.events += len(rows)
+        self._flag("end before start", _ids(rows, ~(rows["end_s"] >= rows["start_s"])))
+        self._flag("host end before host start", _ids(rows, ~(rows["host_end_s"] >= rows["host_start_s"])))
+        self._flag("negative or non-finite modeled start",
+                   _ids(rows, ~(np.isfinite(rows["start_s"]) & (rows["start_s"] >= 0))))
+        bad_rank = (rows["rank"] < 0) | (rows["rank"] >= self.world_size) | (rows["step"] < 0)
+        self._flag("rank outside 0..world_size-1 or negative step", _ids(rows, bad_rank))
+        bad_dep = np.zeros(len(rows), dtype=bool)
+        for dep in ("dep0", "dep1"):
+            bad_dep |= (rows[dep] < -1) | (rows[dep] >= rows["index"])
+        self._flag("dependency on an op that is not earlier in its layer plan", _ids(rows, bad_dep))
+        good = rows[~bad_rank]
+        self._count(good)
+        self._overlaps(good)
+
+    def _flag(self, kind: str, examples: list) -> None:
+        if examples:
+            entry = self.found.setdefault(kind, [0, []])
+            entry[0] += len(examples)
+            entry[1].extend(examples[:self.EXAMPLES - len(entry[1])])
+
+    def _count(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        steps = rows["step"].astype(np.int64)
+        self.counts = _grow(self.counts, int(steps.max()) + 1)
+        cells = np.bincount(steps * self.world_size + rows["rank"], minlength=self.counts.size)
+        self.counts += cells[:self.counts.size].reshape(self.counts.shape)
+
+    def _overlaps(self, rows: np.ndarray) -> None:
+        """Per rank and stream, sorted by start: every op must start after the previous one ends."""
+        if len(rows) == 0:
+            return
+        streams = self.streams.encode(rows)
+        track = rows["rank"].astype(np.int64) * 64 + streams
+        order = np.lexsort((rows["start_s"], track))
+        track, start, end = track[order], rows["start_s"][order], rows["end_s"][order]
+        self.last_end = _grow(self.last_end, int(track.max()) + 1, -np.inf)
+        first = np.concatenate([[True], track[1:] != track[:-1]])
+        previous_end = np.where(first, self.last_end[track], np.concatenate([[-np.inf], end[:-1]]))
+        self._flag("overlapping ops on one rank's stream", _ids(rows[order], start < previous_end))
+        np.maximum.at(self.last_end, track, end)
+
+    def problems(self, kv_steps: int, kv_ranks: int) -> list[str]:
+        out = [f"{count} event(s) with {kind}, e.g. (rank, step, layer, index) = {', '.join(map(str, examples))}"
+               for kind, (count, examples) in self.found.items()]
+        if self.events == 0:
+            return out + ["/events is empty"]
+        return out + self._step_problems() + self._kv_problems(kv_steps, kv_ranks)
+
+    def _step_problems(self) -> list[str]:
+        present = np.flatnonzero(self.counts.sum(axis=1))
+        out = []
+        missing = np.setdiff1d(np.arange(len(self.counts)), present)
+        if len(missing):
+            out.append(f"steps are not contiguous: no events for step(s) {_compact(missing[:10])} "
+                       f"of 0-{len(self.counts) - 1}")
+        uneven = [s for s in present if len(set(self.counts[s])) > 1]
+        for step in uneven[:self.EXAMPLES]:
+            counts = self.counts[step]
+            expected = int(np.bincount(counts).argmax())
+            odd = np.flatnonzero(counts != expected)
+            out.append(f"step {step}: ranks have different numbers of events (most have {expected}; "
+                       + ", ".join(f"rank {r} has {counts[r]}" for r in odd[:4]) + ")")
+        if len(uneven) > self.EXAMPLES:
+            out.append(f"... and {len(uneven) - self.EXAMPLES} more step(s) with uneven event counts")
+        return out
+
+    def _kv_problems(self, kv_steps: int, kv_ranks: int) -> list[str]:
+        out = []
+        if kv_steps != len(self.counts):
+            out.append(f"/kv_tokens has {kv_steps} row(s) but the events have {len(self.counts)} step(s)")
+        if kv_ranks != self.world_size:
+            out.append(f"/kv_tokens has {kv_ranks} column(s) but world_size is {self.world_size}")
+        return out
+
+
+def validate_trace(path: str | Path, chunk: int = SUMMARY_CHUNK) -> tuple[dict[str, Any], list[str]]:
+    """(facts, problems) of a trace; problems is empty for a valid trace. Files that are not
+    traces at all (not HDF5, truncated, unknown schema) raise TraceError instead."""
+    problems: list[str] = []
+    with open_trace(path, allow_incomplete=True) as file:
+        if not bool(file.attrs.get("complete", False)):
+            problems.append("trace is incomplete (attribute 'complete' is missing or false): its run did not finish")
+        try:
+            meta = read_meta(file, path)
+        except TraceError as exc:
+            return {"events": int(file["events"].shape[0])}, problems + [str(exc).split(": ", 1)[-1]]
+        checks = _EventChecks(meta.world_size)
+        try:
+            for rows in iter_event_chunks(file, path, chunk):
+                checks.add(rows)
+        except TraceError as exc:
+            problems.append(str(exc).split(": ", 1)[-1])
+        kv_shape = file["kv_tokens"].shape
+    problems += checks.problems(kv_shape[0], kv_shape[1])
+    facts = {"events": meta.events, "steps": meta.kv_steps, "ranks": meta.world_size,
+             "schema_version": SCHEMA_VERSION, "complete": meta.complete}
+    return facts, problems

@@ -6,16 +6,19 @@ import numpy as np
 
 from .axes import Axis
 from .clock import LayerSchedule, StreamClocks, op_duration
-from .config import Layout, ModelConfig, RunConfig
+from .config import Layout, ModelConfig, RunConfig, Strategy
 from .kvcache import tokens_held
 from .mesh import coordinates, group_colors
-from .plan import helix_layer_plan, op_collective_fields, op_dep_fields
+from .plan import Op, dp_requests, layer_plan, op_collective_fields, op_dep_fields
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
 
 def local_kv_lengths(layout: Layout, run: RunConfig, rank: int, step: int) -> np.ndarray:
-    """Tokens [B] a rank holds at `step`, including that step's new token."""
+    """Tokens [b] a rank holds per request at `step`, including that step's new token (dp-ep: for
+    the requests it owns, whole)."""
+    if layout.strategy is Strategy.DP_EP:
+        return np.full(len(dp_requests(run.batch, layout.world_size, rank)), run.context + step + 1, dtype=np.int64)
     held = tokens_held(run.context + step + 1, layout.kvp, run.tokens_per_block)
     return np.full(run.batch, held[coordinates(layout, rank)[Axis.KVP]], dtype=np.int64)
 
@@ -35,6 +38,32 @@ class _GroupMax:
         return group_ready[colors]
 
 
+class _Plans:
+    """Every rank's plan and op durations for one step, built once per kind of layer."""
+
+    def __init__(self, model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], precision: str,
+                 hopb: bool, topo: Topology):
+        self.args = (model, layout, kv_lengths, precision, hopb, topo)
+        self.cache: dict[bool, tuple[list, np.ndarray]] = {}
+
+    def __call__(self, layer: int) -> tuple[list[list[Op]], np.ndarray]:
+        model, layout, kv_lengths, precision, hopb, topo = self.args
+        kind = model.is_moe_layer(layer)
+        if kind not in self.cache:
+            plans = [layer_plan(model, layout, r, layer, kv_lengths[r], precision, hopb)
+                     for r in range(layout.world_size)]
+            durations = np.array([[op_duration(plan[i], topo, precision) for plan in plans]
+                                  for i in range(len(plans[0]))])  # [ops, N]
+            self.cache[kind] = (plans, durations)
+        return self.cache[kind]
+
+
+def _place_layer(clocks: StreamClocks, group_max: "_GroupMax", plans: list[list[Op]],
+                 durations: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    schedule = LayerSchedule(clocks, clocks.now(), group_max)
+    return [schedule.place(index, op, durations[index]) for index, op in enumerate(plans[0])]
+
+
 def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> np.ndarray:
     """Events (trace dtype, host times 0) of every op of every rank, layer and step."""
     n = layout.world_size
@@ -42,30 +71,36 @@ def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology)
     ranks = np.arange(n, dtype=np.int32)
     rows = []
     for step in range(run.steps):
-        plans = [helix_layer_plan(model, layout, r, local_kv_lengths(layout, run, r, step), run.precision,
-                                  run.hopb) for r in range(n)]
-        durations = np.array([[op_duration(plan[i], topo, run.precision) for plan in plans]
-                              for i in range(len(plans[0]))])  # [ops, N]
+        lengths = [local_kv_lengths(layout, run, r, step) for r in range(n)]
+        plans_of = _Plans(model, layout, lengths, run.precision, run.hopb, topo)
         for layer in range(run.layers):
-            schedule = LayerSchedule(clocks, clocks.now(), group_max)
-            for index, op in enumerate(plans[0]):
-                start, end = schedule.place(index, op, durations[index])
+            plans, durations = plans_of(layer)
+            for index, (start, end) in enumerate(_place_layer(clocks, group_max, plans, durations)):
                 rows.append(_event_rows(ranks, step, layer, index, [plan[index] for plan in plans], start, end))
     return np.concatenate(rows)
 
 
+def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], precision: str, hopb: bool,
+              topo: Topology, layers: int | None = None) -> float:
+    """Modeled seconds of one decode step over the first `layers` layers (default: all), given
+    every rank's local KV tokens per request (ragged batches allowed). Layers of the same kind
+    take the same time once a step is under way, so each kind is timed once and multiplied."""
+    layers = model.num_layers if layers is None else layers
+    plans_of = _Plans(model, layout, kv_lengths, precision, hopb, topo)
+    group_max, total = _GroupMax(layout), 0.0
+    kinds = [model.is_moe_layer(layer) for layer in range(layers)]
+    for kind in set(kinds):
+        clocks = StreamClocks(layout.world_size)
+        plans, durations = plans_of(kinds.index(kind))
+        _place_layer(clocks, group_max, plans, durations)
+        total += kinds.count(kind) * float(clocks.now().max())
+    return total
+
+
 def layer_time(model: ModelConfig, layout: Layout, kv_lengths: np.ndarray, precision: str, hopb: bool,
                topo: Topology) -> float:
-    """Modeled seconds of one layer given every rank's local KV tokens per request kv_lengths [N, B]
-    (ragged batches allowed). Layers end with a world-wide all-reduce, so every layer of a step
-    takes the same time: a decode step of L layers takes L * layer_time."""
-    n = layout.world_size
-    plans = [helix_layer_plan(model, layout, r, kv_lengths[r], precision, hopb) for r in range(n)]
-    clocks = StreamClocks(n)
-    schedule = LayerSchedule(clocks, clocks.now(), _GroupMax(layout))
-    for index, op in enumerate(plans[0]):
-        schedule.place(index, op, np.array([op_duration(plan[index], topo, precision) for plan in plans]))
-    return float(schedule.layer_end().max())
+    """Modeled seconds of one layer of the first kind, kv_lengths [N, B] (kept for serving)."""
+    return step_time(model, layout, list(kv_lengths), precision, hopb, topo, layers=1)
 
 
 def _event_rows(ranks: np.ndarray, step: int, layer: int, index: int, ops: list, start: np.ndarray,

@@ -46,6 +46,9 @@ def model_options(fn):
                      help="preset name, or a .toml / Hugging Face config.json path"),
         click.option("--kvp", type=int, help="KV parallelism (default: N / TPA)"),
         click.option("--tpa", type=int, help="attention TP (default: largest divisor of K dividing N)"),
+        click.option("--ep", type=int, help="MoE expert parallelism (default: largest divisor of N and E)"),
+        click.option("--strategy", type=click.Choice(["helix", "tp", "kvp", "dp-ep"]), default="helix",
+                     show_default=True, help="Helix or a baseline (tp, Medha-style kvp, DP attention + EP)"),
         click.option("--batch", type=int, default=1, show_default=True, help="requests decoded together"),
         click.option("--context", type=int, default=256, show_default=True, help="tokens already cached"),
         click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path"),
@@ -71,12 +74,12 @@ def model_options(fn):
 @click.option("-o", "--output", default="helix-run.h5", show_default=True, help="HDF5 trace to write")
 @click.option("--save-tensors", is_flag=True, help="also store weights, caches, inputs and outputs")
 @click.option("--check/--no-check", default=None, help="compare with the NumPy reference (default: if it fits)")
-def run(model_spec, kvp, tpa, batch, context, topology, precision, hopb, tokens_per_block, as_json,
+def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block, as_json,
         ranks, steps, layers, seed, key_scale, output, save_tensors, check) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace."""
     if ranks is not None and ranks < 1:
         raise UserError(f"-n/--np must be >= 1, got {ranks}")
-    settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, batch=batch, context=context, steps=steps,
+    settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context, steps=steps,
                     layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
                     key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
@@ -129,14 +132,14 @@ def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:
     os._exit(code)
 
 
-def _resolve_run(world_size, model_spec, kvp, tpa, batch, context, steps, layers, tokens_per_block, seed,
-                 precision, hopb, key_scale, topology):
+def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
+                 seed, precision, hopb, key_scale, topology):
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks."""
     from .config import RunConfig, check_run_fits_model, load_model, make_layout, validate_layout
     from .topology import load_topology
 
     model = load_model(model_spec)
-    layout = make_layout(model, world_size, kvp, tpa)
+    layout = make_layout(model, world_size, kvp, tpa, strategy, ep)
     validate_layout(model, layout, world_size)
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
                            tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
@@ -162,13 +165,17 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
+def _layout_text(layout) -> str:
+    return f"KVP={layout.kvp} TPA={layout.tpa} TPF={layout.tpf} EP={layout.ep}"
+
+
 def _print_run(outcome, layout, model, as_json: bool) -> None:
     from .analysis import format_summary
 
     summary = outcome.summary
     summary["layout"] = layout.to_dict()
     summary["model"] = model.name
-    text = [f"helix on {layout.world_size} ranks: KVP={layout.kvp} TPA={layout.tpa} TPF={layout.tpf}  model {model.name}",
+    text = [f"{layout.strategy.value} on {layout.world_size} ranks: {_layout_text(layout)}  model {model.name}",
             format_summary(summary)]
     if outcome.reference_error is not None:
         ok = outcome.reference_error <= summary["reference_tolerance"]
@@ -182,12 +189,10 @@ def _print_run(outcome, layout, model, as_json: bool) -> None:
 @cli.command("model")
 @model_options
 @click.option("--gpus", "-g", type=int, default=8, show_default=True, help="GPUs N")
-@click.option("--strategy", type=click.Choice(["helix"]), default="helix", show_default=True,
-              help="sharding strategy")
 @click.option("--layers", type=int, help="layers to time (default: all of the model)")
 @click.option("--steps", type=int, default=1, show_default=True, help="decode steps (context grows by one each)")
-def model_command(model_spec, kvp, tpa, batch, context, topology, precision, hopb, tokens_per_block, as_json,
-                  gpus, strategy, layers, steps) -> None:
+def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block,
+                  as_json, gpus, layers, steps) -> None:
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data."""
     from .analysis import RunShape, format_summary, summarize
     from .analytic import simulate
@@ -198,7 +203,7 @@ def model_command(model_spec, kvp, tpa, batch, context, topology, precision, hop
         model = load_model(model_spec)
         if gpus < 1:
             raise UserError(f"--gpus must be >= 1, got {gpus}")
-        layout = make_layout(model, gpus, kvp, tpa)
+        layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
         validate_layout(model, layout, gpus)
         run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers or model.num_layers,
                                tokens_per_block=tokens_per_block, precision=precision, hopb=hopb)
@@ -210,7 +215,7 @@ def model_command(model_spec, kvp, tpa, batch, context, topology, precision, hop
     summary.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
                    precision=precision, context=context, hopb=hopb)
     summary.pop("host_seconds", None)
-    header = (f"{strategy} on {gpus} GPUs of {topo.name}: KVP={layout.kvp} TPA={layout.tpa} TPF={layout.tpf}  "
+    header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  "
               f"{model.name} at {context} tokens, {precision}, HOP-B {'on' if hopb else 'off'}")
     _emit(summary, as_json, header + "\n" + format_summary(summary))
 

@@ -22,6 +22,31 @@ def all_to_all_heads(comm: MPI.Comm, send: np.ndarray, splits: np.ndarray) -> np
     return recv
 
 
+def all_to_all_rows(comm: MPI.Comm, rows: np.ndarray, send_counts: np.ndarray,
+                    recv_counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Send consecutive blocks of rows [n, W] (send_counts[j] rows to member j); returns the rows
+    received [m, W] in member order and how many came from each member (exchanged if not given)."""
+    width = rows.shape[1]
+    send_counts = np.asarray(send_counts, dtype=np.int64)
+    if recv_counts is None:
+        recv_counts = np.empty_like(send_counts)
+        comm.Alltoall(send_counts, recv_counts)
+    recv_counts = np.asarray(recv_counts, dtype=np.int64)
+    received = np.empty((int(recv_counts.sum()), width), dtype=np.float32)
+    send_displs = np.concatenate([[0], np.cumsum(send_counts)[:-1]]) * width
+    recv_displs = np.concatenate([[0], np.cumsum(recv_counts)[:-1]]) * width
+    comm.Alltoallv([np.ascontiguousarray(rows, dtype=np.float32), (send_counts * width, send_displs), MPI.FLOAT],
+                   [received, (recv_counts * width, recv_displs), MPI.FLOAT])
+    return received, recv_counts
+
+
+def all_gather(comm: MPI.Comm, array: np.ndarray) -> np.ndarray:
+    """[members, *array.shape]: every member's array, in member order."""
+    out = np.empty((comm.Get_size(), *array.shape), dtype=array.dtype)
+    comm.Allgather(np.ascontiguousarray(array), out)
+    return out
+
+
 def all_reduce_sum(comm: MPI.Comm, array: np.ndarray) -> np.ndarray:
     """Sum of `array` over the members of `comm` (in place; returns it)."""
     if comm.Get_size() > 1:

@@ -10,6 +10,7 @@ import difflib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,48 @@ def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+class Strategy(str, Enum):
+    """How the N ranks are used (DESIGN.md section 1: Helix and the baselines)."""
+
+    HELIX = "helix"  # attention KVP x TPA, FFN re-provisioned as TPF x EP = N, HOP-B
+    TP = "tp"  # heads over N (KV heads duplicated when N > K), FFN TP = N, two all-reduces
+    KVP = "kvp"  # Medha-style: KV over KVP x TPA, FFN stays TP over the TPA ranks, nothing overlapped
+    DP_EP = "dp-ep"  # each rank owns whole requests; MoE experts over N with all-to-all dispatch
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2/V3), decoded in the absorbed form."""
+
+    q_lora_rank: int = _help("query compression rank (0: no query compression)")
+    kv_lora_rank: int = _help("latent KV rank L (the cached latent per token)")
+    qk_rope_head_dim: int = _help("RoPE part R of q and k per head (k's is shared by all heads)")
+    qk_nope_head_dim: int = _help("non-RoPE part of q and k per head")
+    v_head_dim: int = _help("value head size")
+
+    @property
+    def cache_dim(self) -> int:
+        """Cached values per token: latent L + shared RoPE key R."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Routed experts + shared experts replacing the FFN after the first dense layers."""
+
+    n_routed_experts: int = _help("routed experts E")
+    n_shared_experts: int = _help("shared experts (always active; one SwiGLU of that many widths)")
+    experts_per_token: int = _help("top-k routed experts per token")
+    expert_ffn_size: int = _help("width of one expert's SwiGLU")
+    first_dense_layers: int = _help("leading layers with a dense FFN of width ffn_size", default=0)
+    scoring: str = _help("router scores: softmax or sigmoid", default="softmax")
+    normalize_topk: bool = _help("renormalise the top-k weights to sum to 1", default=True)
+    routed_scaling: float = _help("factor on the routed experts' sum", default=1.0)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shapes of a Llama-style dense decoder (GQA attention, SwiGLU FFN)."""
+    """Shapes of a decoder: GQA or MLA attention, dense SwiGLU or MoE FFN."""
 
     name: str = _help("model name")
     hidden_size: int = _help("hidden size H")
@@ -35,6 +75,8 @@ class ModelConfig:
     num_layers: int = _help("decoder layers of the full model")
     rope_theta: float = _help("RoPE base theta", default=500000.0)
     norm_eps: float = _help("RMSNorm epsilon", default=1e-5)
+    mla: MLAConfig | None = _help("latent attention (then K = 1 and D = nope + rope)", default=None)
+    moe: MoEConfig | None = _help("mixture of experts FFN", default=None)
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "num_layers"):
@@ -50,6 +92,23 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: head_dim {self.head_dim} must be even for RoPE")
         if not (self.rope_theta > 0 and self.norm_eps > 0):
             raise ConfigError(f"model {self.name!r}: rope_theta and norm_eps must be positive")
+        if self.mla is not None:
+            mla = self.mla
+            if self.num_kv_heads != 1 or self.head_dim != mla.qk_nope_head_dim + mla.qk_rope_head_dim:
+                raise ConfigError(f"model {self.name!r}: MLA needs num_kv_heads = 1 and head_dim = nope + rope")
+            if mla.qk_rope_head_dim % 2 or min(mla.kv_lora_rank, mla.qk_rope_head_dim, mla.v_head_dim) <= 0:
+                raise ConfigError(f"model {self.name!r}: MLA ranks must be positive and the rope dim even")
+        if self.moe is not None:
+            moe = self.moe
+            if not 0 < moe.experts_per_token <= moe.n_routed_experts:
+                raise ConfigError(f"model {self.name!r}: experts per token must be in 1..{moe.n_routed_experts}")
+            if moe.scoring not in ("softmax", "sigmoid"):
+                raise ConfigError(f"model {self.name!r}: scoring_func must be softmax or sigmoid, got {moe.scoring!r}")
+            if not 0 <= moe.first_dense_layers <= self.num_layers or moe.expert_ffn_size <= 0:
+                raise ConfigError(f"model {self.name!r}: bad MoE sizes (first_k_dense_replace, expert width)")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.moe is not None and layer >= self.moe.first_dense_layers
 
     @property
     def group_size(self) -> int:
@@ -58,6 +117,21 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> "ModelConfig":
+        fields = dict(fields)
+        if fields.get("mla"):
+            fields["mla"] = MLAConfig(**fields["mla"])
+        if fields.get("moe"):
+            fields["moe"] = MoEConfig(**fields["moe"])
+        return cls(**fields)
+
+
+def _mla_model(name: str, hidden: int, heads: int, layers: int, mla: MLAConfig, ffn: int, moe: MoEConfig | None,
+               rope_theta: float = 10000.0, eps: float = 1e-6) -> ModelConfig:
+    return ModelConfig(name, hidden, heads, 1, mla.qk_nope_head_dim + mla.qk_rope_head_dim, ffn, layers,
+                       rope_theta, eps, mla=mla, moe=moe)
 
 
 # Public shapes from each model's Hugging Face config.json (meta-llama/Llama-3.1-*).
@@ -71,6 +145,17 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny-gqa3": ModelConfig("tiny-gqa3", 48, 12, 4, 8, 100, 3, 10000.0, 1e-5),
     # A small model large enough for quick benchmarks.
     "small": ModelConfig("small", 1024, 16, 8, 64, 2816, 8, 500000.0, 1e-5),
+    # deepseek-ai/DeepSeek-R1 config.json: hidden 7168, 128 heads, q_lora 1536, kv_lora 512, rope 64,
+    # nope 128, v 128, 61 layers (first 3 dense, FFN 18432), 256 routed experts of width 2048 + 1
+    # shared, top-8, sigmoid scoring, norm_topk_prob, routed_scaling_factor 2.5. Not modeled:
+    # group-limited routing (n_group/topk_group), the score-correction bias, YaRN rope scaling.
+    "deepseek-r1": _mla_model("deepseek-r1", 7168, 128, 61, MLAConfig(1536, 512, 64, 128, 128), 18432,
+                              MoEConfig(256, 1, 8, 2048, 3, "sigmoid", True, 2.5)),
+    # Tiny MLA + MoE test model: 8 experts (top-2) so a small batch leaves some experts idle.
+    "tiny-mla-moe": _mla_model("tiny-mla-moe", 64, 8, 3, MLAConfig(24, 32, 8, 16, 16), 96,
+                               MoEConfig(8, 1, 2, 24, 1, "softmax", True, 1.0)),
+    "tiny-mla-moe-sigmoid": _mla_model("tiny-mla-moe-sigmoid", 64, 8, 2, MLAConfig(0, 32, 8, 16, 12), 96,
+                                       MoEConfig(8, 2, 3, 20, 0, "sigmoid", True, 2.5)),
 }
 
 DEFAULT_MODEL = "tiny"
@@ -87,11 +172,39 @@ _HF_FIELDS = {
     "rms_norm_eps": "norm_eps",
 }
 _REQUIRED_HF = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")
+_HF_MLA = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+_HF_MOE = ("n_routed_experts", "n_shared_experts", "num_experts_per_tok", "moe_intermediate_size",
+           "first_k_dense_replace", "scoring_func", "norm_topk_prob", "routed_scaling_factor")
+
+
+def _int_field(fields: dict[str, Any], key: str, source: str, default: int | None = None) -> int:
+    value = fields.get(key, default)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{source}: {key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _mla_from_hf(fields: dict[str, Any], source: str) -> MLAConfig | None:
+    if fields.get("kv_lora_rank") is None:
+        return None
+    return MLAConfig(*(_int_field(fields, key, source) for key in _HF_MLA))
+
+
+def _moe_from_hf(fields: dict[str, Any], source: str) -> MoEConfig | None:
+    if not fields.get("n_routed_experts"):
+        return None
+    return MoEConfig(
+        _int_field(fields, "n_routed_experts", source), _int_field(fields, "n_shared_experts", source, 0),
+        _int_field(fields, "num_experts_per_tok", source), _int_field(fields, "moe_intermediate_size", source),
+        _int_field(fields, "first_k_dense_replace", source, 0), str(fields.get("scoring_func", "softmax")),
+        bool(fields.get("norm_topk_prob", True)), float(fields.get("routed_scaling_factor", 1.0)))
 
 
 def _model_from_hf(fields: dict[str, Any], name: str, source: str, strict: bool) -> ModelConfig:
     if strict:
-        known = set(_HF_FIELDS) | {"name"}
+        known = set(_HF_FIELDS) | {"name"} | set(_HF_MLA) | set(_HF_MOE)
         for key in fields:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -104,6 +217,11 @@ def _model_from_hf(fields: dict[str, Any], name: str, source: str, strict: bool)
     for hf_key, ours in _HF_FIELDS.items():
         if hf_key in fields:
             kwargs[ours] = fields[hf_key]
+    mla, moe = _mla_from_hf(fields, source), _moe_from_hf(fields, source)
+    if mla is not None:  # one latent KV "head"; head_dim is the q/k head size nope + rope
+        kwargs["num_kv_heads"], kwargs["head_dim"] = 1, mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        kwargs["mla"] = mla
+    kwargs["moe"] = moe
     kwargs.setdefault("num_kv_heads", kwargs["num_heads"])
     if "head_dim" not in kwargs or kwargs["head_dim"] is None:
         if kwargs["hidden_size"] % kwargs["num_heads"]:
@@ -143,69 +261,113 @@ def load_model(spec: str) -> ModelConfig:
 
 @dataclass(frozen=True)
 class Layout:
-    """How N ranks are arranged: attention N = KVP x TPA, FFN N = TPF x EP."""
+    """How N ranks are arranged: attention N = KVP x TPA, FFN N = TPF x EP (per strategy)."""
 
     kvp: int = _help("KV parallelism: ranks sharing the KV cache along the sequence")
-    tpa: int = _help("attention tensor parallelism over KV heads (TPA <= K)")
+    tpa: int = _help("attention tensor parallelism over heads (TPA <= K under Helix)")
     tpf: int = _help("FFN tensor parallelism (Helix dense: TPF = N)")
     ep: int = _help("expert parallelism (1 for dense models)", default=1)
+    strategy: Strategy = _help("helix, tp, kvp or dp-ep", default=Strategy.HELIX)
 
     @property
     def world_size(self) -> int:
-        return self.kvp * self.tpa
+        return self.tpf * self.ep if self.strategy is Strategy.DP_EP else self.kvp * self.tpa
 
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-
-def default_layout(model: ModelConfig, world_size: int) -> Layout:
-    """TPA = the largest divisor of K that divides N, KVP = N / TPA, TPF = N."""
-    tpa = max(d for d in range(1, model.num_kv_heads + 1) if model.num_kv_heads % d == 0 and world_size % d == 0)
-    return Layout(kvp=world_size // tpa, tpa=tpa, tpf=world_size)
+    def to_dict(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)
+        fields["strategy"] = self.strategy.value
+        return fields
 
 
-def make_layout(model: ModelConfig, world_size: int, kvp: int | None, tpa: int | None) -> Layout:
-    """The layout from optional --kvp/--tpa flags, completing the missing one from the world size."""
+def _largest_common_divisor_at_most(value: int, world_size: int) -> int:
+    return max(d for d in range(1, value + 1) if value % d == 0 and world_size % d == 0)
+
+
+def default_ep(model: ModelConfig, world_size: int) -> int:
+    """Helix MoE default: as many EP groups as divide both N and E (TPF = N / EP)."""
+    return _largest_common_divisor_at_most(model.moe.n_routed_experts, world_size) if model.moe else 1
+
+
+def default_layout(model: ModelConfig, world_size: int, strategy: Strategy = Strategy.HELIX) -> Layout:
+    """TPA = the largest divisor of K that divides N, KVP = N / TPA, TPF x EP = N."""
+    return make_layout(model, world_size, None, None, strategy)
+
+
+def make_layout(model: ModelConfig, world_size: int, kvp: int | None, tpa: int | None,
+                strategy: Strategy | str = Strategy.HELIX, ep: int | None = None) -> Layout:
+    """The layout of a strategy from optional --kvp/--tpa/--ep flags, completing the rest from N."""
+    strategy = Strategy(strategy)
+    for flag, value in (("--kvp", kvp), ("--tpa", tpa), ("--ep", ep)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if strategy is Strategy.TP:
+        return Layout(kvp=1, tpa=world_size, tpf=world_size, ep=1, strategy=strategy)
+    if strategy is Strategy.DP_EP:
+        return Layout(kvp=1, tpa=1, tpf=1, ep=world_size, strategy=strategy)
     if kvp is None and tpa is None:
-        return default_layout(model, world_size)
-    if kvp is not None and kvp < 1 or tpa is not None and tpa < 1:
-        raise ConfigError(f"--kvp and --tpa must be >= 1 (got kvp={kvp}, tpa={tpa})")
-    if tpa is None:
-        tpa = world_size // kvp if world_size % kvp == 0 else 0
-        if tpa == 0:
-            raise ConfigError(f"--kvp {kvp} does not divide the {world_size} ranks: choose KVP*TPA = {world_size}")
-    if kvp is None:
-        kvp = world_size // tpa if world_size % tpa == 0 else 0
-        if kvp == 0:
-            raise ConfigError(f"--tpa {tpa} does not divide the {world_size} ranks: choose KVP*TPA = {world_size}")
-    return Layout(kvp=kvp, tpa=tpa, tpf=kvp * tpa)
+        tpa = _largest_common_divisor_at_most(model.num_kv_heads, world_size)
+    for flag, value in (("--kvp", kvp), ("--tpa", tpa)):
+        if value is not None and world_size % value:
+            raise ConfigError(f"{flag} {value} does not divide the {world_size} ranks: choose KVP*TPA = {world_size}")
+    kvp = kvp if kvp is not None else world_size // tpa
+    tpa = tpa if tpa is not None else world_size // kvp
+    if strategy is Strategy.KVP:
+        return Layout(kvp=kvp, tpa=tpa, tpf=tpa, ep=1, strategy=strategy)
+    ep = ep if ep is not None else default_ep(model, kvp * tpa)
+    if (kvp * tpa) % ep:
+        raise ConfigError(f"--ep {ep} does not divide the {kvp * tpa} ranks: choose TPF*EP = N")
+    return Layout(kvp=kvp, tpa=tpa, tpf=(kvp * tpa) // ep, ep=ep, strategy=strategy)
 
 
 def validate_layout(model: ModelConfig, layout: Layout, world_size: int) -> None:
     """Refuse, with one line, a layout that does not fit the model or the world size."""
-    n = layout.kvp * layout.tpa
+    n = layout.world_size
     if n != world_size:
         raise ConfigError(
             f"layout KVP={layout.kvp} x TPA={layout.tpa} = {n} ranks but the job has {world_size}: "
             f"run with -n {n} or choose --kvp/--tpa with KVP*TPA = {world_size}"
         )
+    {Strategy.HELIX: _validate_helix, Strategy.KVP: _validate_helix, Strategy.TP: _validate_tp,
+     Strategy.DP_EP: _validate_dp_ep}[layout.strategy](model, layout, n)
+    if model.moe is not None and model.moe.n_routed_experts % layout.ep:
+        raise ConfigError(f"EP={layout.ep} must divide the {model.moe.n_routed_experts} routed experts: "
+                          "choose --ep among the divisors of both N and E")
+
+
+def _validate_helix(model: ModelConfig, layout: Layout, n: int) -> None:
     if layout.tpa > model.num_kv_heads or model.num_kv_heads % layout.tpa:
         raise ConfigError(
             f"TPA={layout.tpa} must divide the {model.num_kv_heads} KV heads of {model.name} "
-            "(Helix never duplicates KV heads): lower --tpa and raise --kvp"
+            f"({layout.strategy.value} never duplicates KV heads): lower --tpa and raise --kvp"
         )
-    if layout.tpf * layout.ep != n:
+    ffn_ranks = layout.tpf * layout.ep
+    if layout.strategy is Strategy.HELIX and ffn_ranks != n:
         raise ConfigError(f"FFN layout TPF={layout.tpf} x EP={layout.ep} must use all {n} ranks")
-    if layout.ep != 1:
+    if layout.ep != 1 and model.moe is None:
         raise ConfigError(f"EP={layout.ep}: expert parallelism needs an MoE model; {model.name} is dense")
-    if model.ffn_size < layout.tpf:
-        raise ConfigError(f"FFN width {model.ffn_size} is smaller than TPF={layout.tpf}: use fewer ranks")
+    if model.ffn_size < n or (model.moe and model.moe.expert_ffn_size < layout.tpf):
+        raise ConfigError(f"FFN widths of {model.name} are too small for {n} ranks: use fewer ranks")
     heads_per_tpa = model.num_heads // layout.tpa
     if heads_per_tpa < layout.kvp:
         raise ConfigError(
             f"after the all-to-all each of the KVP={layout.kvp} ranks needs at least one of the "
             f"{heads_per_tpa} query heads of its TPA group: use at most {model.num_heads} ranks"
         )
+
+
+def _validate_tp(model: ModelConfig, layout: Layout, n: int) -> None:
+    K = model.num_kv_heads
+    if model.num_heads % n:
+        raise ConfigError(f"TP={n} must divide the {model.num_heads} query heads of {model.name}")
+    if K % n and n % K:
+        raise ConfigError(f"TP={n} must divide or be a multiple of the {K} KV heads (to duplicate them whole)")
+    if model.ffn_size < n:
+        raise ConfigError(f"FFN width {model.ffn_size} of {model.name} is smaller than TP={n}")
+
+
+def _validate_dp_ep(model: ModelConfig, layout: Layout, n: int) -> None:
+    if model.moe is None:
+        raise ConfigError(f"dp-ep needs an MoE model (expert-parallel FFN); {model.name} is dense: use helix or tp")
 
 
 PRECISIONS = ("fp4", "fp8", "bf16")

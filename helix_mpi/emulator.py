@@ -3,6 +3,7 @@ collectives, and charges each op the time the modeled hardware would take on its
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -13,13 +14,15 @@ from mpi4py import MPI
 from . import kernels
 from .axes import Axis
 from .clock import LayerSchedule, StreamClocks, op_duration
-from .collectives import all_reduce_sum, all_to_all_heads, group_max
-from .config import Layout, ModelConfig, RunConfig
+from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
+from .config import PRECISION_BYTES, Layout, ModelConfig, RunConfig, Strategy
 from .kvcache import ShardedKVCache, initial_kv, owned_positions, tokens_held
 from .mesh import RankMesh
-from .model import feed_forward, next_step_input, project_output, project_qkv
-from .plan import Op, OpName, helix_layer_plan, op_collective_fields, op_dep_fields
-from .sharding import helix_shard, initial_input, layer_weights
+from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, mla_project, moe_forward,
+                    next_step_input, project_output, project_qkv, route, swiglu_mlp)
+from .plan import (Op, OpName, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_collective_fields,
+                   op_dep_fields)
+from .sharding import initial_input, layer_weights, rank_shard
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -43,9 +46,13 @@ class _LayerState:
 
     x: np.ndarray  # [B, H] residual stream (full on every rank)
     q: np.ndarray | None = None  # [B, Qh, D]
-    partials: list = field(default_factory=list)  # per request: [Qh, D+1] out and lse
-    received: list = field(default_factory=list)  # per request: [KVP, n, D+1]
-    partial_sum: np.ndarray | None = None  # [B, H] this rank's term of an all-reduce
+    attention: np.ndarray | None = None  # [B, Qh, W] attention output when nothing is exchanged
+    partials: list = field(default_factory=list)  # per request: [Qh, W+1] out and lse
+    received: list = field(default_factory=list)  # per request: [KVP, n, W+1]
+    partial_sum: np.ndarray | None = None  # [B, H] this rank's term of a sum over ranks
+    g: np.ndarray | None = None  # [B, H] FFN input (dp-ep MoE)
+    routing: tuple | None = None  # (experts [B, k], weights [B, k])
+    dispatch: tuple | None = None  # dp-ep: (rows [n, H+2], token of each sent row, sent, received counts)
 
 
 def warm_up_kernels(comm: MPI.Comm) -> None:
@@ -60,7 +67,7 @@ def warm_up_kernels(comm: MPI.Comm) -> None:
         out, lse = kernels.partial_attention(q, kv, kv, np.ones(1, np.int64))
         kernels.combine(out[None], lse[None])
         kernels.swiglu(x, np.ones((4, 2), np.float32), np.ones((4, 2), np.float32))
-        initial_kv(0, 0, 1, 1, 1, 4, range(1), np.zeros(1, np.int64))
+        initial_kv(0, 0, range(1), 1, 1, 4, range(1), np.zeros(1, np.int64))
     if comm.Get_rank() == 0:
         compile_all()
     comm.Barrier()
@@ -68,13 +75,16 @@ def warm_up_kernels(comm: MPI.Comm) -> None:
         compile_all()
 
 
-class HelixEmulator:
-    """One rank's share of a Helix decode run (dense GQA model)."""
+class Emulator:
+    """One rank's share of a decode run under any strategy (Helix or a baseline)."""
 
     def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh):
         self.model, self.layout, self.run, self.topo, self.mesh = model, layout, run, topo, mesh
-        self.shard = helix_shard(model, layout, mesh.rank)
+        self.shard = rank_shard(model, layout, mesh.rank)
         self.kvp_rank = mesh.coord(Axis.KVP)
+        self.data_parallel = layout.strategy is Strategy.DP_EP
+        self.requests = dp_requests(run.batch, layout.world_size, mesh.rank) if self.data_parallel \
+            else range(run.batch)
         self.weights = [layer_weights(model, run.seed, layer, self.shard) for layer in range(run.layers)]
         self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
         self.clocks = StreamClocks(1)
@@ -83,26 +93,27 @@ class HelixEmulator:
     def _initial_cache(self, layer: int) -> ShardedKVCache:
         run, model, layout = self.run, self.model, self.layout
         positions = owned_positions(run.context, self.kvp_rank, layout.kvp, run.tokens_per_block)
-        k, v = initial_kv(run.seed, layer, run.batch, model.num_kv_heads, run.context, model.head_dim,
-                          self.shard.kv_heads, positions, run.key_scale)
+        heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
+        k, v = initial_kv(run.seed, layer, self.requests, heads, run.context, width, self.shard.kv_heads,
+                          positions, run.key_scale, with_values=model.mla is None)
         capacity = int(tokens_held(run.context + run.steps, layout.kvp, run.tokens_per_block)[self.kvp_rank])
         return ShardedKVCache(k, v, capacity)
 
     # --- the decode loop -------------------------------------------------------------------
     def decode(self, sink: StepSink | None = None) -> EmulationResult:
         run, model = self.run, self.model
-        x = initial_input(model, run.seed, run.batch)
+        x = initial_input(model, run.seed, run.batch)[self.requests.start:self.requests.stop]
         inputs, outputs, step_times = [], [], []
         self.mesh.comm.Barrier()
         self.host_t0 = time.perf_counter()
         for step in range(run.steps):
             position = run.context + step
             step_start = float(self.clocks.now()[0])
-            inputs.append(x)
+            inputs.append(self._whole_batch(x))
             self.step_events = []
             for layer in range(run.layers):
                 x = self._layer(step, layer, x, position)
-            outputs.append(x)
+            outputs.append(self._whole_batch(x))
             step_times.append(float(self.clocks.now()[0]) - step_start)
             self._flush_step(step, sink)
             x = next_step_input(x, model)
@@ -110,17 +121,24 @@ class HelixEmulator:
         positions = np.arange(run.context, run.context + run.steps, dtype=np.int64)
         return EmulationResult(np.stack(inputs), np.stack(outputs), positions, np.array(step_times), host_seconds)
 
+    def _whole_batch(self, x: np.ndarray) -> np.ndarray:
+        """The full [B, H] batch on rank 0 (dp-ep ranks hold only their requests; host-only gather)."""
+        if not self.data_parallel:
+            return x
+        parts = self.mesh.comm.gather(x, root=0)
+        return np.concatenate(parts) if parts is not None else x
+
     def _layer(self, step: int, layer: int, x: np.ndarray, position: int) -> np.ndarray:
         cache = self.caches[layer]
         owner_appends = (position // self.run.tokens_per_block) % self.layout.kvp == self.kvp_rank
         kv_lengths = cache.lengths + (1 if owner_appends else 0)  # local tokens incl. the new one
-        plan = helix_layer_plan(self.model, self.layout, self.mesh.rank, kv_lengths, self.run.precision,
-                                self.run.hopb)
+        plan = layer_plan(self.model, self.layout, self.mesh.rank, layer, kv_lengths, self.run.precision,
+                          self.run.hopb)
         schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
         state = _LayerState(x=x.copy())
         for index, op in enumerate(plan):
             host_start = time.perf_counter() - self.host_t0
-            self._execute(op, state, layer, position, owner_appends)
+            op = self._execute(op, state, layer, position, owner_appends) or op
             host_end = time.perf_counter() - self.host_t0
             start, end = schedule.place(index, op, op_duration(op, self.topo, self.run.precision))
             self._record(step, layer, index, op, float(start[0]), float(end[0]), host_start, host_end)
@@ -129,34 +147,112 @@ class HelixEmulator:
     def _group_max(self, axes, ready: np.ndarray) -> np.ndarray:
         return np.array([group_max(self.mesh.group(axes), float(ready[0]))])
 
-    # --- op execution --------------------------------------------------------------------
-    def _execute(self, op: Op, state: _LayerState, layer: int, position: int, owner_appends: bool) -> None:
-        w, model = self.weights[layer], self.model
-        if op.name is OpName.QKV:
-            positions = np.full(len(state.x), position, dtype=np.int64)
+    # --- op execution: each returns nothing, or the op with its data-dependent cost -----------
+    def _execute(self, op: Op, state: _LayerState, layer: int, position: int, owner_appends: bool) -> Op | None:
+        return getattr(self, "_op_" + op.name.value)(op, state, layer, position, owner_appends)
+
+    def _op_qkv(self, op, state, layer, position, owner_appends):
+        w, model, cache = self.weights[layer].attn, self.model, self.caches[layer]
+        positions = np.full(len(state.x), position, dtype=np.int64)
+        if model.mla is None:
             state.q, k, v = project_qkv(state.x, w, positions, model)
-            if owner_appends:
-                self.caches[layer].append(k, v)
-        elif op.name is OpName.ATTENTION:
-            b, cache = op.request, self.caches[layer]
-            out, lse = kernels.partial_attention(state.q[b:b + 1], cache.k[b:b + 1], cache.v[b:b + 1],
-                                                 cache.lengths[b:b + 1])
-            state.partials.append(np.concatenate([out[0], lse[0][:, None]], axis=1))  # [Qh, D+1]
-        elif op.name is OpName.ALL_TO_ALL:
-            send = state.partials[op.request]
-            state.received.append(all_to_all_heads(self.mesh.group(op.group), send, self.shard.a2a_splits))
-        elif op.name is OpName.COMBINE_OUT_PROJ:
-            received = np.stack(state.received, axis=1)  # [KVP, B, n, D+1]
-            outs = np.ascontiguousarray(received[..., :-1])
-            lses = np.ascontiguousarray(received[..., -1])
-            combined, _ = kernels.combine(outs, lses)  # [B, n, D]
-            state.partial_sum = project_output(combined, w)
-        elif op.name in (OpName.ALL_REDUCE_ATTN, OpName.ALL_REDUCE_FFN):
-            state.x = state.x + all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
-        elif op.name is OpName.FFN:
-            state.partial_sum = feed_forward(state.x, w, model)
-        else:  # pragma: no cover - a plan op without an executor is a programming error
-            raise NotImplementedError(f"no executor for op {op.name}")
+        else:
+            state.q, latent = mla_project(state.x, w, positions, model)
+            k, v = latent[:, None, :], None
+        if owner_appends:
+            cache.append(k, v)
+
+    def _op_attention(self, op, state, layer, position, owner_appends):
+        cache, model = self.caches[layer], self.model
+        rows = slice(None) if op.request < 0 else slice(op.request, op.request + 1)
+        if model.mla is None:
+            out, lse = kernels.partial_attention(state.q[rows], cache.k[rows], cache.v[rows], cache.lengths[rows])
+        else:
+            out, lse = mla_partial_attention(state.q[rows], cache.k[rows], cache.lengths[rows],
+                                             model.mla.kv_lora_rank)
+        if op.request < 0:
+            state.attention = out
+        else:
+            state.partials.append(np.concatenate([out[0], lse[0][:, None]], axis=1))  # [Qh, W+1]
+
+    def _op_all_to_all(self, op, state, layer, position, owner_appends):
+        send = state.partials[op.request]
+        state.received.append(all_to_all_heads(self.mesh.group(op.group), send, self.shard.a2a_splits))
+
+    def _op_combine_out_proj(self, op, state, layer, position, owner_appends):
+        w = self.weights[layer].attn
+        if state.attention is not None:
+            combined = state.attention
+        else:
+            received = np.stack(state.received, axis=1)  # [KVP, B, n, W+1]
+            combined, _ = kernels.combine(np.ascontiguousarray(received[..., :-1]),
+                                          np.ascontiguousarray(received[..., -1]))  # [B, n, W]
+        state.partial_sum = (project_output if self.model.mla is None else mla_output)(combined, w)
+        if self.data_parallel:  # whole heads on the rank: nothing to sum over ranks
+            state.x = state.x + state.partial_sum
+
+    def _op_all_reduce_attn(self, op, state, layer, position, owner_appends):
+        state.x = state.x + all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+
+    def _op_ffn(self, op, state, layer, position, owner_appends):
+        state.partial_sum = feed_forward(state.x, self.weights[layer].ffn, self.model)
+        if self.data_parallel:
+            state.x = state.x + state.partial_sum
+
+    def _op_moe(self, op, state, layer, position, owner_appends):
+        w, moe = self.weights[layer].ffn, self.model.moe
+        state.g = ffn_input(state.x, w, self.model)
+        experts, weights = state.routing = route(state.g, w.router, moe)
+        if self.data_parallel:  # the shared expert now; routed experts after the dispatch
+            state.partial_sum = swiglu_mlp(state.g, w.shared) if w.shared is not None else np.zeros_like(state.g)
+            return None
+        state.partial_sum = moe_forward(state.g, w, experts, weights)
+        held = np.isin(experts, np.asarray(self.shard.experts))
+        flops, nbytes = moe_cost(self.model, self.shard, len(state.g), len(np.unique(experts[held])),
+                                 int(held.sum()), PRECISION_BYTES[self.run.precision])
+        return dataclasses.replace(op, flops=flops, hbm_bytes=nbytes)
+
+    def _op_all_reduce_ffn(self, op, state, layer, position, owner_appends):
+        summed = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+        if self.model.is_moe_layer(layer) and self.layout.ep > 1:
+            state.partial_sum = summed  # the EP group's sum, gathered next
+        else:
+            state.x = state.x + summed
+
+    def _op_all_gather_ep(self, op, state, layer, position, owner_appends):
+        state.x = state.x + all_gather(self.mesh.group(op.group), state.partial_sum).sum(axis=0)
+
+    def _op_all_to_all_dispatch(self, op, state, layer, position, owner_appends):
+        experts, weights = state.routing
+        per_rank = self.model.moe.n_routed_experts // self.layout.ep
+        tokens, slots = np.nonzero(np.ones_like(experts, dtype=bool))  # every (token, slot) pair
+        chosen = experts[tokens, slots]
+        order = np.argsort(chosen // per_rank, kind="stable")  # grouped by destination rank
+        rows = np.concatenate([state.g[tokens], chosen[:, None].astype(np.float32),
+                               weights[tokens, slots][:, None]], axis=1)[order]  # [n, H+2]
+        counts = np.bincount(chosen // per_rank, minlength=self.layout.ep)
+        received, received_counts = all_to_all_rows(self.mesh.group(op.group), rows, counts)
+        state.dispatch = (received, tokens[order], counts, received_counts)
+
+    def _op_experts(self, op, state, layer, position, owner_appends):
+        received = state.dispatch[0]
+        w, H = self.weights[layer].ffn, self.model.hidden_size
+        ids = received[:, H].astype(np.int64)
+        out = np.zeros((len(received), H), dtype=np.float32)
+        for expert in np.unique(ids):
+            mask = ids == expert
+            out[mask] = received[mask, H + 1][:, None] * swiglu_mlp(np.ascontiguousarray(received[mask, :H]),
+                                                                  w.experts[int(expert)])
+        state.dispatch = (out, *state.dispatch[1:])
+        flops, nbytes = dp_ep_expert_cost(self.model, self.shard, len(np.unique(ids)), len(ids),
+                                          PRECISION_BYTES[self.run.precision])
+        return dataclasses.replace(op, flops=flops, hbm_bytes=nbytes)
+
+    def _op_all_to_all_combine(self, op, state, layer, position, owner_appends):
+        out, tokens, sent_counts, received_counts = state.dispatch
+        returned, _ = all_to_all_rows(self.mesh.group(op.group), out, received_counts, sent_counts)
+        np.add.at(state.partial_sum, tokens, returned)
+        state.x = state.x + state.partial_sum
 
     # --- events --------------------------------------------------------------------------
     def _record(self, step: int, layer: int, index: int, op: Op, start: float, end: float,
@@ -172,4 +268,3 @@ class HelixEmulator:
         if sink is not None and gathered is not None:
             all_events = np.concatenate([e for e, _ in gathered])
             sink(step, all_events, np.array([h for _, h in gathered], dtype=np.int64))
-

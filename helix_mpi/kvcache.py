@@ -33,38 +33,44 @@ def tokens_held(end: int, kvp: int, tokens_per_block: int) -> np.ndarray:
     return held
 
 
-def initial_kv(seed: int, layer: int, batch: int, num_kv_heads: int, context: int, head_dim: int,
-               kv_heads: range, positions: np.ndarray, key_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Initial (post-RoPE) keys and values of the given KV heads and positions, [B, Kh, n, D] each.
+def initial_kv(seed: int, layer: int, requests: range, num_kv_heads: int, context: int, head_dim: int,
+               kv_heads: range, positions: np.ndarray, key_scale: float = 1.0,
+               with_values: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Initial (post-RoPE) keys and values of the given requests, KV heads and positions,
+    [b, Kh, n, D] each (values None for MLA, whose latent cache is its own value).
 
     Element [b, h, s, d] of the virtual full cache [B, K, S, D] is a pure function of its index.
     """
-    b = np.arange(batch, dtype=np.int64)[:, None, None]
+    b = np.asarray(requests, dtype=np.int64)[:, None, None]
     h = np.asarray(kv_heads, dtype=np.int64)[None, :, None]
     s = np.asarray(positions, dtype=np.int64)[None, None, :]
     starts = (((b * num_kv_heads + h) * context + s) * head_dim).reshape(-1)
-    shape = (batch, len(kv_heads), len(positions), head_dim)
+    shape = (len(requests), len(kv_heads), len(positions), head_dim)
     unit = np.sqrt(3.0)  # uniform [-1, 1) scaled to unit variance
     k = synth.rows(seed, f"layer{layer}.k_init", starts, head_dim, unit * key_scale).reshape(shape)
-    v = synth.rows(seed, f"layer{layer}.v_init", starts, head_dim, unit).reshape(shape)
+    v = synth.rows(seed, f"layer{layer}.v_init", starts, head_dim, unit).reshape(shape) if with_values else None
     return k, v
 
 
 class ShardedKVCache:
-    """One layer's KV shard on one rank: k, v [B, Kh, capacity, D] and valid lengths [B]."""
+    """One layer's KV shard on one rank: k, v [B, Kh, capacity, D] (v None for an MLA latent cache,
+    k [B, 1, capacity, L+R]) and valid lengths [B]."""
 
-    def __init__(self, k_init: np.ndarray, v_init: np.ndarray, capacity: int):
+    def __init__(self, k_init: np.ndarray, v_init: np.ndarray | None, capacity: int):
         batch, heads, held, head_dim = k_init.shape
         self.k = np.zeros((batch, heads, capacity, head_dim), dtype=np.float32)
-        self.v = np.zeros_like(self.k)
         self.k[:, :, :held] = k_init
-        self.v[:, :, :held] = v_init
+        self.v = None
+        if v_init is not None:
+            self.v = np.zeros_like(self.k)
+            self.v[:, :, :held] = v_init
         self.lengths = np.full(batch, held, dtype=np.int64)
 
-    def append(self, k_new: np.ndarray, v_new: np.ndarray) -> None:
+    def append(self, k_new: np.ndarray, v_new: np.ndarray | None) -> None:
         """Store one new token per request: k_new, v_new [B, Kh, D]."""
         slot = self.lengths  # [B]
         for b in range(len(slot)):
             self.k[b, :, slot[b]] = k_new[b]
-            self.v[b, :, slot[b]] = v_new[b]
+            if self.v is not None:
+                self.v[b, :, slot[b]] = v_new[b]
         self.lengths = slot + 1

@@ -11,22 +11,24 @@ import numpy as np
 
 from .config import ModelConfig, RunConfig
 from .kvcache import initial_kv
-from .sharding import DenseLayerWeights, full_layer_weights, initial_input
+from .sharding import (DenseFFNWeights, GQAWeights, LayerWeights, MLAWeights, MoEWeights, SwiGLUWeights,
+                       full_layer_weights, initial_input)
 
 
 @dataclass
 class ReferenceTensors:
-    weights: list[DenseLayerWeights]  # per emulated layer, unsharded
-    k_init: list[np.ndarray]  # per layer [B, K, S, D], keys after RoPE at positions 0..S-1
-    v_init: list[np.ndarray]  # per layer [B, K, S, D]
+    weights: list[LayerWeights]  # per emulated layer, unsharded
+    k_init: list[np.ndarray]  # per layer [B, K, S, D] keys after RoPE (MLA: latent [B, 1, S, L+R])
+    v_init: list[np.ndarray | None]  # per layer [B, K, S, D] (MLA: None)
     x0: np.ndarray  # [B, H] input of layer 0 at step 0
 
 
 def reference_tensors(model: ModelConfig, run: RunConfig) -> ReferenceTensors:
     weights = [full_layer_weights(model, run.seed, layer) for layer in range(run.layers)]
     positions = np.arange(run.context, dtype=np.int64)
-    caches = [initial_kv(run.seed, layer, run.batch, model.num_kv_heads, run.context, model.head_dim,
-                         range(model.num_kv_heads), positions, run.key_scale) for layer in range(run.layers)]
+    heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
+    caches = [initial_kv(run.seed, layer, range(run.batch), heads, run.context, width, range(heads), positions,
+                         run.key_scale, with_values=model.mla is None) for layer in range(run.layers)]
     return ReferenceTensors(weights, [k for k, _ in caches], [v for _, v in caches],
                             initial_input(model, run.seed, run.batch))
 
@@ -50,33 +52,111 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     group = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # [B, Q, S, D]
     scores = np.einsum("bqd,bqsd->bqs", q, k) / np.sqrt(q.shape[-1])
-    scores -= scores.max(axis=-1, keepdims=True)
-    p = np.exp(scores)
-    return np.einsum("bqs,bqsd->bqd", p / p.sum(axis=-1, keepdims=True), v)
+    return np.einsum("bqs,bqsd->bqd", _softmax(scores), v)
 
 
-def _layer(x: np.ndarray, w: DenseLayerWeights, k_cache: np.ndarray, v_cache: np.ndarray, position: int,
-           model: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+def _f64(a):
+    return None if a is None else np.asarray(a, dtype=np.float64)
+
+
+def _gqa(x: np.ndarray, w: GQAWeights, k_cache: np.ndarray, v_cache: np.ndarray, position: int,
+         model: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Attention output [B, H] and the caches with the new token appended."""
     B, D = x.shape[0], model.head_dim
-    h = _rms_norm(x, f64(w.attn_norm), model.norm_eps)
-    q = _rope((h @ f64(w.wq)).reshape(B, -1, D), position, model.rope_theta)
-    k = _rope((h @ f64(w.wk)).reshape(B, -1, D), position, model.rope_theta)
-    v = (h @ f64(w.wv)).reshape(B, -1, D)
+    h = _rms_norm(x, _f64(w.attn_norm), model.norm_eps)
+    q = _rope((h @ _f64(w.wq)).reshape(B, -1, D), position, model.rope_theta)
+    k = _rope((h @ _f64(w.wk)).reshape(B, -1, D), position, model.rope_theta)
+    v = (h @ _f64(w.wv)).reshape(B, -1, D)
     k_cache = np.concatenate([k_cache, k[:, :, None]], axis=2)
     v_cache = np.concatenate([v_cache, v[:, :, None]], axis=2)
-    x = x + _attention(q, k_cache, v_cache).reshape(B, -1) @ f64(w.wo)
-    g = _rms_norm(x, f64(w.ffn_norm), model.norm_eps)
-    gate, up = g @ f64(w.w_gate), g @ f64(w.w_up)
-    x = x + (gate / (1.0 + np.exp(-gate)) * up) @ f64(w.w_down)
-    return x, k_cache, v_cache
+    return _attention(q, k_cache, v_cache).reshape(B, -1) @ _f64(w.wo), k_cache, v_cache
+
+
+def _mla_inputs(x: np.ndarray, w: MLAWeights, position: int, model: ModelConfig):
+    """(q_nope [B, Q, nope], q_pe [B, Q, R] after RoPE, new cache entry [B, L+R])."""
+    m, B = model.mla, x.shape[0]
+    L, nope = m.kv_lora_rank, m.qk_nope_head_dim
+    h = _rms_norm(x, _f64(w.attn_norm), model.norm_eps)
+    c_q = _rms_norm(h @ _f64(w.wq_a), _f64(w.q_a_norm), model.norm_eps) if w.wq_a is not None else h
+    q = (c_q @ _f64(w.wq_b)).reshape(B, -1, nope + m.qk_rope_head_dim)
+    kv = h @ _f64(w.wkv_a)
+    c_kv = _rms_norm(kv[:, :L], _f64(w.kv_a_norm), model.norm_eps)
+    k_pe = _rope(kv[:, L:], position, model.rope_theta)
+    return q[..., :nope], _rope(q[..., nope:], position, model.rope_theta), np.concatenate([c_kv, k_pe], axis=-1)
+
+
+def _mla(x: np.ndarray, w: MLAWeights, cache: np.ndarray, position: int, model: ModelConfig,
+         absorbed: bool = True) -> tuple[np.ndarray, np.ndarray, None]:
+    """MLA attention output [B, H]; absorbed (decode) or naive (k, v up-projected per head) form."""
+    m, B = model.mla, x.shape[0]
+    L = m.kv_lora_rank
+    q_nope, q_pe, entry = _mla_inputs(x, w, position, model)
+    cache = np.concatenate([cache, entry[:, None, None, :]], axis=2)  # [B, 1, S+1, L+R]
+    c_kv, k_pe = cache[:, 0, :, :L], cache[:, 0, :, L:]  # [B, S, L], [B, S, R]
+    scale = 1.0 / np.sqrt(m.qk_nope_head_dim + m.qk_rope_head_dim)
+    w_uk, w_uv = _f64(w.w_uk), _f64(w.w_uv)  # [Q, nope, L], [Q, L, v]
+    if absorbed:
+        q_latent = np.einsum("bhn,hnl->bhl", q_nope, w_uk)
+        scores = (np.einsum("bhl,bsl->bhs", q_latent, c_kv) + np.einsum("bhr,bsr->bhs", q_pe, k_pe)) * scale
+        p = _softmax(scores)
+        values = np.einsum("bhl,hlv->bhv", np.einsum("bhs,bsl->bhl", p, c_kv), w_uv)
+    else:  # materialise per-head keys and values from the latent cache
+        k_nope = np.einsum("bsl,hnl->bhsn", c_kv, w_uk)  # [B, Q, S, nope]
+        v = np.einsum("bsl,hlv->bhsv", c_kv, w_uv)  # [B, Q, S, v]
+        scores = (np.einsum("bhn,bhsn->bhs", q_nope, k_nope) + np.einsum("bhr,bsr->bhs", q_pe, k_pe)) * scale
+        values = np.einsum("bhs,bhsv->bhv", _softmax(scores), v)
+    return values.reshape(B, -1) @ _f64(w.wo), cache, None
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    p = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _swiglu(g: np.ndarray, w: SwiGLUWeights) -> np.ndarray:
+    gate, up = g @ _f64(w.w_gate), g @ _f64(w.w_up)
+    return (gate / (1.0 + np.exp(-gate)) * up) @ _f64(w.w_down)
+
+
+def reference_route(g: np.ndarray, w: MoEWeights, model: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(experts [B, k], weights [B, k]) in float64."""
+    moe = model.moe
+    logits = g @ _f64(w.router)
+    scores = _softmax(logits) if moe.scoring == "softmax" else 1.0 / (1.0 + np.exp(-logits))
+    experts = np.argsort(-scores, axis=-1, kind="stable")[:, : moe.experts_per_token]
+    weights = np.take_along_axis(scores, experts, axis=-1)
+    if moe.normalize_topk:
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+    return experts, weights * moe.routed_scaling
+
+
+def _ffn(x: np.ndarray, w: DenseFFNWeights | MoEWeights, model: ModelConfig) -> np.ndarray:
+    g = _rms_norm(x, _f64(w.ffn_norm), model.norm_eps)
+    if isinstance(w, DenseFFNWeights):
+        return _swiglu(g, w.mlp)
+    experts, weights = reference_route(g, w, model)
+    out = _swiglu(g, w.shared) if w.shared is not None else np.zeros_like(g)
+    for b in range(len(g)):
+        for expert, weight in zip(experts[b], weights[b]):
+            out[b] += weight * _swiglu(g[b:b + 1], w.experts[int(expert)])[0]
+    return out
+
+
+def _layer(x: np.ndarray, w: LayerWeights, k_cache: np.ndarray, v_cache: np.ndarray | None, position: int,
+           model: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    if model.mla is None:
+        attention, k_cache, v_cache = _gqa(x, w.attn, k_cache, v_cache, position, model)
+    else:
+        attention, k_cache, v_cache = _mla(x, w.attn, k_cache, position, model)
+    x = x + attention
+    return x + _ffn(x, w.ffn, model), k_cache, v_cache
 
 
 def reference_decode(model: ModelConfig, tensors: ReferenceTensors, steps: int,
                      context: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns (inputs [T, B, H], outputs [T, B, H]) in float64."""
     k_caches = [np.asarray(k, np.float64) for k in tensors.k_init]
-    v_caches = [np.asarray(v, np.float64) for v in tensors.v_init]
+    v_caches = [_f64(v) for v in tensors.v_init]
     x = np.asarray(tensors.x0, np.float64)
     inputs, outputs = [], []
     for step in range(steps):

@@ -5,6 +5,7 @@ COMM_WORLD), so the same code path is tested both ways.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ import numpy as np
 from . import __version__
 from .analysis import RunShape, summarize
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
-from .emulator import EmulationResult, HelixEmulator, warm_up_kernels
+from .emulator import EmulationResult, Emulator, warm_up_kernels
 from .mesh import RankMesh
 from .reference import reference_decode, reference_tensors, relative_error
+from .sharding import DenseFFNWeights
 from .topology import Topology
 from .trace import TraceWriter
 
@@ -46,6 +48,12 @@ def reference_bytes(model: ModelConfig, run: RunConfig) -> int:
     return 8 * run.layers * per_layer * 2
 
 
+def _arrays(weights: Any) -> dict[str, np.ndarray]:
+    """The array fields of a weights dataclass (None fields skipped)."""
+    return {f.name: getattr(weights, f.name) for f in dataclasses.fields(weights)
+            if isinstance(getattr(weights, f.name), np.ndarray)}
+
+
 def versions() -> dict[str, str]:
     import h5py
     import mpi4py
@@ -60,7 +68,7 @@ def versions() -> dict[str, str]:
 def trace_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> dict[str, Any]:
     return {
         "config": json.dumps({"model": model.to_dict(), "layout": layout.to_dict(), "run": run.to_dict(),
-                              "strategy": "helix"}),
+                              "strategy": layout.strategy.value}),
         "topology": json.dumps(topo.to_dict()),
         "versions": json.dumps(versions()),
         "world_size": layout.world_size,
@@ -78,7 +86,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     is_root = comm.Get_rank() == 0
     mesh = RankMesh.build(comm, layout)
     warm_up_kernels(comm)
-    emulator = HelixEmulator(model, layout, run, topo, mesh)
+    emulator = Emulator(model, layout, run, topo, mesh)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
     events = []
@@ -120,10 +128,20 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
 def _write_tensors(writer: TraceWriter, model: ModelConfig, tensors: Any, result: EmulationResult) -> None:
     """/tensors: everything needed to recompute the run independently (README, 'Saved tensors')."""
     for layer, w in enumerate(tensors.weights):
-        writer.write_group(f"tensors/weights/layer_{layer}", {
-            name: getattr(w, name) for name in
-            ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")})
-        writer.write_group(f"tensors/kv_init/layer_{layer}", {"k": tensors.k_init[layer], "v": tensors.v_init[layer]})
+        prefix = f"tensors/weights/layer_{layer}"
+        writer.write_group(prefix, _arrays(w.attn) | {"ffn_norm": w.ffn.ffn_norm})
+        if isinstance(w.ffn, DenseFFNWeights):
+            writer.write_group(prefix, _arrays(w.ffn.mlp))
+        else:
+            writer.write_group(prefix, {"router": w.ffn.router})
+            for expert, mlp in w.ffn.experts.items():
+                writer.write_group(f"{prefix}/experts/{expert}", _arrays(mlp))
+            if w.ffn.shared is not None:
+                writer.write_group(f"{prefix}/shared", _arrays(w.ffn.shared))
+        cache = {"k": tensors.k_init[layer]} if model.mla is None else {"latent": tensors.k_init[layer]}
+        if model.mla is None:
+            cache["v"] = tensors.v_init[layer]
+        writer.write_group(f"tensors/kv_init/layer_{layer}", cache)
     writer.write_group("tensors", {"inputs": result.inputs, "outputs": result.outputs,
                                    "positions": result.positions},
                        {"model": json.dumps(model.to_dict())})

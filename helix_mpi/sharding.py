@@ -11,10 +11,11 @@ import numpy as np
 
 from . import synth
 from .axes import Axis
-from .config import Layout, ModelConfig
+from .config import Layout, ModelConfig, Strategy
 from .mesh import coordinates
 
 TRIVIAL_LAYOUT = Layout(kvp=1, tpa=1, tpf=1)
+UNIT = np.sqrt(3.0)  # uniform [-1, 1) * sqrt(3) has unit variance
 
 
 def even_splits(total: int, parts: int) -> np.ndarray:
@@ -24,79 +25,198 @@ def even_splits(total: int, parts: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)])
 
 
+def _piece(total: int, parts: int, index: int) -> range:
+    bounds = even_splits(total, parts)
+    return range(int(bounds[index]), int(bounds[index + 1]))
+
+
 @dataclass(frozen=True)
-class HelixShard:
-    """Index ranges a rank owns (half-open [start, stop))."""
+class RankShard:
+    """Index ranges a rank owns (half-open)."""
 
-    q_heads: range  # query heads of its TPA group: Q/TPA heads (attention phase)
-    kv_heads: range  # KV heads of its TPA group: K/TPA heads
-    combine_heads: range  # query heads it combines after the all-to-all (TP = N layout)
-    a2a_splits: np.ndarray  # [KVP+1] boundaries of the TPA group's heads over its KVP ranks
-    ffn_cols: range  # columns of F it holds (TPF shard)
+    q_heads: range  # query heads whose attention it computes
+    kv_heads: range  # KV heads it caches (MLA: the one latent head)
+    combine_heads: range  # query heads it combines and projects after the all-to-all (TP = N layout)
+    a2a_splits: np.ndarray  # [KVP+1] boundaries of q_heads over the KVP group (relative to q_heads)
+    ffn_cols: range  # columns of the dense FFN width F it holds
+    experts: range  # routed experts it holds
+    expert_cols: range  # columns of each held expert's width
+    shared_cols: range  # columns of the shared experts' total width
 
 
-def helix_shard(model: ModelConfig, layout: Layout, rank: int) -> HelixShard:
+def rank_shard(model: ModelConfig, layout: Layout, rank: int) -> RankShard:
     c = coordinates(layout, rank)
-    q_per, kv_per = model.num_heads // layout.tpa, model.num_kv_heads // layout.tpa
-    q0, kv0 = c[Axis.TPA] * q_per, c[Axis.TPA] * kv_per
-    splits = even_splits(q_per, layout.kvp)
-    k = c[Axis.KVP]
-    ffn = even_splits(model.ffn_size, layout.tpf)
-    return HelixShard(
-        q_heads=range(q0, q0 + q_per),
-        kv_heads=range(kv0, kv0 + kv_per),
-        combine_heads=range(q0 + int(splits[k]), q0 + int(splits[k + 1])),
-        a2a_splits=splits,
-        ffn_cols=range(int(ffn[c[Axis.TPF]]), int(ffn[c[Axis.TPF] + 1])),
-    )
+    strategy = layout.strategy
+    Q, K = model.num_heads, model.num_kv_heads
+    if strategy is Strategy.DP_EP:  # every rank runs whole requests: all heads, all KV heads
+        q_heads, kv_heads, splits = range(Q), range(K), np.array([0, Q])
+    else:
+        q_heads = _piece(Q, layout.tpa, c[Axis.TPA])
+        if layout.tpa <= K:
+            kv_heads = _piece(K, layout.tpa, c[Axis.TPA])
+        else:  # TP beyond K: this rank's heads share one KV head, duplicated N/K times
+            first = q_heads.start // model.group_size
+            kv_heads = range(first, first + 1)
+        splits = even_splits(len(q_heads), layout.kvp)
+    k = c[Axis.KVP] if strategy is not Strategy.DP_EP else 0
+    combine = range(q_heads.start + int(splits[k]), q_heads.start + int(splits[k + 1]))
+    return RankShard(q_heads, kv_heads, combine, splits, *_ffn_pieces(model, layout, rank))
+
+
+def _ffn_pieces(model: ModelConfig, layout: Layout, rank: int) -> tuple[range, range, range, range]:
+    """(dense FFN columns, experts, expert columns, shared-expert columns) of a rank."""
+    c = coordinates(layout, rank)
+    strategy, moe = layout.strategy, model.moe
+    expert_width = moe.expert_ffn_size if moe else 0
+    shared_width = moe.n_shared_experts * expert_width if moe else 0
+    n_experts = moe.n_routed_experts if moe else 0
+    if strategy is Strategy.DP_EP:  # dense layers and shared experts replicated, experts over N
+        return (range(model.ffn_size), _piece(n_experts, layout.ep, c[Axis.EP]), range(expert_width),
+                range(shared_width))
+    if strategy is Strategy.KVP:  # FFN stays TP over the TPA ranks, replicated over KVP
+        t, parts = c[Axis.TPA], layout.tpa
+        return (_piece(model.ffn_size, parts, t), range(n_experts), _piece(expert_width, parts, t),
+                _piece(shared_width, parts, t))
+    # Helix and TP: dense FFN and shared experts over all N = TPF x EP ranks; experts over EP,
+    # each expert's width over TPF.
+    n = layout.tpf * layout.ep
+    flat = c[Axis.EP] * layout.tpf + c[Axis.TPF]
+    return (_piece(model.ffn_size, n, flat), _piece(n_experts, layout.ep, c[Axis.EP]),
+            _piece(expert_width, layout.tpf, c[Axis.TPF]), _piece(shared_width, n, flat))
+
+
+# --- weights -------------------------------------------------------------------------------
+@dataclass
+class GQAWeights:
+    """One layer's GQA attention weights held by a rank (x @ W convention, float32)."""
+
+    attn_norm: np.ndarray  # [H]
+    wq: np.ndarray  # [H, Qh*D]   columns of its query heads
+    wk: np.ndarray  # [H, Kh*D]
+    wv: np.ndarray  # [H, Kh*D]
+    wo: np.ndarray  # [n*D, H]    rows of the heads it combines
 
 
 @dataclass
-class DenseLayerWeights:
-    """One layer's weights as held by one rank (x @ W convention, float32)."""
+class MLAWeights:
+    """One layer's MLA weights held by a rank (absorbed decode form)."""
 
     attn_norm: np.ndarray  # [H]
-    wq: np.ndarray  # [H, Qh*D]   columns of the rank's query heads
-    wk: np.ndarray  # [H, Kh*D]
-    wv: np.ndarray  # [H, Kh*D]
-    wo: np.ndarray  # [n*D, H]    rows of the heads the rank combines
-    ffn_norm: np.ndarray  # [H]
-    w_gate: np.ndarray  # [H, f]  column shard of F
+    wq_a: np.ndarray | None  # [H, q_lora] query down-projection (replicated), None without q_lora
+    q_a_norm: np.ndarray | None  # [q_lora]
+    wq_b: np.ndarray  # [q_lora or H, Qh*(nope+rope)] columns of its query heads
+    wkv_a: np.ndarray  # [H, L+R] latent KV down-projection (replicated)
+    kv_a_norm: np.ndarray  # [L]
+    w_uk: np.ndarray  # [Qh, nope, L] key up-projection of its query heads (absorbed into q)
+    w_uv: np.ndarray  # [n, L, v] value up-projection of the heads it combines
+    wo: np.ndarray  # [n*v, H]
+
+
+@dataclass
+class SwiGLUWeights:
+    w_gate: np.ndarray  # [H, f]  column shard
     w_up: np.ndarray  # [H, f]
-    w_down: np.ndarray  # [f, H]  row shard of F
+    w_down: np.ndarray  # [f, H]  row shard
 
 
-def _heads_cols(heads: range, head_dim: int) -> tuple[int, int]:
-    return heads.start * head_dim, heads.stop * head_dim
+@dataclass
+class DenseFFNWeights:
+    ffn_norm: np.ndarray  # [H]
+    mlp: SwiGLUWeights
 
 
-def layer_weights(model: ModelConfig, seed: int, layer: int, shard: HelixShard) -> DenseLayerWeights:
-    """Generate exactly the rank's slices; values do not depend on the layout."""
-    H, Q, K, D, F = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim, model.ffn_size
-    p = f"layer{layer}."
-    unit = np.sqrt(3.0)  # uniform [-1, 1) * sqrt(3) has unit variance
-    all_rows = (0, H)
-    f0, f1 = shard.ffn_cols.start, shard.ffn_cols.stop
-    return DenseLayerWeights(
+@dataclass
+class MoEWeights:
+    ffn_norm: np.ndarray  # [H]
+    router: np.ndarray  # [H, E] (replicated: every rank routes every token it holds)
+    experts: dict[int, SwiGLUWeights]  # routed experts held, each a column shard of its width
+    shared: SwiGLUWeights | None  # column shard of the shared experts (one SwiGLU)
+
+
+@dataclass
+class LayerWeights:
+    attn: GQAWeights | MLAWeights
+    ffn: DenseFFNWeights | MoEWeights
+
+
+def _cols(heads: range, width: int) -> tuple[int, int]:
+    return heads.start * width, heads.stop * width
+
+
+def _block(seed, name, shape, rows, cols, fan_in, offset=0.0):
+    return synth.matrix_block(seed, name, shape, rows, cols, UNIT / np.sqrt(fan_in), offset)
+
+
+def gqa_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> GQAWeights:
+    H, Q, K, D = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim
+    p, rows = f"layer{layer}.", (0, H)
+    return GQAWeights(
         attn_norm=synth.vector(seed, p + "attn_norm", H, 0.1, 1.0),
-        wq=synth.matrix_block(seed, p + "wq", (H, Q * D), all_rows, _heads_cols(shard.q_heads, D), unit / np.sqrt(H)),
-        wk=synth.matrix_block(seed, p + "wk", (H, K * D), all_rows, _heads_cols(shard.kv_heads, D), unit / np.sqrt(H)),
-        wv=synth.matrix_block(seed, p + "wv", (H, K * D), all_rows, _heads_cols(shard.kv_heads, D), unit / np.sqrt(H)),
-        wo=synth.matrix_block(seed, p + "wo", (Q * D, H), _heads_cols(shard.combine_heads, D), (0, H),
-                              unit / np.sqrt(Q * D)),
-        ffn_norm=synth.vector(seed, p + "ffn_norm", H, 0.1, 1.0),
-        w_gate=synth.matrix_block(seed, p + "w_gate", (H, F), all_rows, (f0, f1), unit / np.sqrt(H)),
-        w_up=synth.matrix_block(seed, p + "w_up", (H, F), all_rows, (f0, f1), unit / np.sqrt(H)),
-        w_down=synth.matrix_block(seed, p + "w_down", (F, H), (f0, f1), (0, H), unit / np.sqrt(F)),
+        wq=_block(seed, p + "wq", (H, Q * D), rows, _cols(shard.q_heads, D), H),
+        wk=_block(seed, p + "wk", (H, K * D), rows, _cols(shard.kv_heads, D), H),
+        wv=_block(seed, p + "wv", (H, K * D), rows, _cols(shard.kv_heads, D), H),
+        wo=_block(seed, p + "wo", (Q * D, H), _cols(shard.combine_heads, D), (0, H), Q * D),
     )
 
 
-def full_layer_weights(model: ModelConfig, seed: int, layer: int) -> DenseLayerWeights:
+def mla_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> MLAWeights:
+    H, Q, mla = model.hidden_size, model.num_heads, model.mla
+    L, R, nope, v = mla.kv_lora_rank, mla.qk_rope_head_dim, mla.qk_nope_head_dim, mla.v_head_dim
+    p, qk = f"layer{layer}.", nope + R
+    q_in = mla.q_lora_rank or H
+    qh, comb = shard.q_heads, shard.combine_heads
+    return MLAWeights(
+        attn_norm=synth.vector(seed, p + "attn_norm", H, 0.1, 1.0),
+        wq_a=_block(seed, p + "wq_a", (H, q_in), (0, H), (0, q_in), H) if mla.q_lora_rank else None,
+        q_a_norm=synth.vector(seed, p + "q_a_norm", q_in, 0.1, 1.0) if mla.q_lora_rank else None,
+        wq_b=_block(seed, p + "wq_b", (q_in, Q * qk), (0, q_in), _cols(qh, qk), q_in),
+        wkv_a=_block(seed, p + "wkv_a", (H, L + R), (0, H), (0, L + R), H),
+        kv_a_norm=synth.vector(seed, p + "kv_a_norm", L, 0.1, 1.0),
+        w_uk=_block(seed, p + "w_uk", (Q * nope, L), _cols(qh, nope), (0, L), nope).reshape(len(qh), nope, L),
+        w_uv=_block(seed, p + "w_uv", (Q * L, v), _cols(comb, L), (0, v), L).reshape(len(comb), L, v),
+        wo=_block(seed, p + "wo", (Q * v, H), _cols(comb, v), (0, H), Q * v),
+    )
+
+
+def swiglu_weights(seed: int, prefix: str, hidden: int, width: int, cols: range) -> SwiGLUWeights:
+    c = (cols.start, cols.stop)
+    return SwiGLUWeights(
+        w_gate=_block(seed, prefix + "w_gate", (hidden, width), (0, hidden), c, hidden),
+        w_up=_block(seed, prefix + "w_up", (hidden, width), (0, hidden), c, hidden),
+        w_down=_block(seed, prefix + "w_down", (width, hidden), c, (0, hidden), width),
+    )
+
+
+def ffn_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> DenseFFNWeights | MoEWeights:
+    H, p = model.hidden_size, f"layer{layer}."
+    norm = synth.vector(seed, p + "ffn_norm", H, 0.1, 1.0)
+    if not model.is_moe_layer(layer):
+        return DenseFFNWeights(norm, swiglu_weights(seed, p, H, model.ffn_size, shard.ffn_cols))
+    moe = model.moe
+    E, width = moe.n_routed_experts, moe.expert_ffn_size
+    shared_width = moe.n_shared_experts * width
+    return MoEWeights(
+        ffn_norm=norm,
+        router=_block(seed, p + "router", (H, E), (0, H), (0, E), H),
+        experts={e: swiglu_weights(seed, f"{p}expert{e}.", H, width, shard.expert_cols) for e in shard.experts},
+        shared=swiglu_weights(seed, p + "shared.", H, shared_width, shard.shared_cols) if shared_width else None,
+    )
+
+
+def layer_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> LayerWeights:
+    """Generate exactly the rank's slices; values do not depend on the layout."""
+    attn = (mla_weights if model.mla else gqa_weights)(model, seed, layer, shard)
+    return LayerWeights(attn, ffn_weights(model, seed, layer, shard))
+
+
+def full_layer_weights(model: ModelConfig, seed: int, layer: int) -> LayerWeights:
     """The unsharded weights: the shard of the 1-rank layout."""
-    return layer_weights(model, seed, layer, helix_shard(model, TRIVIAL_LAYOUT, 0))
+    return layer_weights(model, seed, layer, rank_shard(model, TRIVIAL_LAYOUT, 0))
 
 
 def initial_input(model: ModelConfig, seed: int, batch: int) -> np.ndarray:
     """Input of layer 0 at step 0 [B, H], unit variance."""
-    return synth.matrix_block(seed, "x0", (batch, model.hidden_size), (0, batch), (0, model.hidden_size),
-                              np.sqrt(3.0))
+    return synth.matrix_block(seed, "x0", (batch, model.hidden_size), (0, batch), (0, model.hidden_size), UNIT)
+
+
+helix_shard = rank_shard  # deprecated name kept for helix_mpi.serving

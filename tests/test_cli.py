@@ -36,7 +36,7 @@ def test_bad_run_input_is_refused_before_any_rank_starts(args, message, tmp_path
 
 
 @pytest.mark.parametrize("ranks, args, message", [
-    (4, ["--kvp", "3", "--tpa", "1"], "= 3 ranks but the job has 4"),
+    (4, ["--kvp", "3", "--tpa", "1"], "--kvp 3 does not divide the 4 ranks"),
     (2, ["-n", "4"], "-n 4 but mpiexec started 2 ranks"),
 ])
 def test_bad_layout_under_user_mpiexec_stops_every_rank(ranks, args, message, tmp_path):
@@ -62,7 +62,7 @@ def test_model_command_reports_keys_used_by_scripts():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert {"ttl_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu"} <= set(data)
-    assert data["layout"] == {"kvp": 8, "tpa": 8, "tpf": 64, "ep": 1}
+    assert data["layout"] == {"kvp": 8, "tpa": 8, "tpf": 64, "ep": 1, "strategy": "helix"}
     assert data["tokens_per_s_per_gpu"] == pytest.approx(8 / data["ttl_s"] / 64)
 
 

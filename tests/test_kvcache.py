@@ -7,7 +7,7 @@ import pytest
 from helix_mpi import synth
 from helix_mpi.config import MODEL_PRESETS, Layout
 from helix_mpi.kvcache import initial_kv, kvp_owner, owned_positions, tokens_held
-from helix_mpi.sharding import full_layer_weights, helix_shard, layer_weights
+from helix_mpi.sharding import full_layer_weights, rank_shard, layer_weights
 
 
 @pytest.mark.parametrize("end, kvp, block", [(0, 4, 16), (10, 4, 16), (37, 2, 4), (1000, 8, 16), (65, 3, 7)])
@@ -33,29 +33,30 @@ def test_shards_equal_slices_of_the_full_tensors_whatever_the_layout():
     D = model.head_dim
     for layout in (Layout(2, 4, 8), Layout(8, 1, 8), Layout(3, 1, 3)):
         for rank in range(layout.world_size):
-            shard = helix_shard(model, layout, rank)
+            shard = rank_shard(model, layout, rank)
             w = layer_weights(model, 7, 1, shard)
+            full_attn, full_ffn = full.attn, full.ffn.mlp
             q, kv, comb, f = shard.q_heads, shard.kv_heads, shard.combine_heads, shard.ffn_cols
-            np.testing.assert_array_equal(w.wq, full.wq[:, q.start * D:q.stop * D])
-            np.testing.assert_array_equal(w.wk, full.wk[:, kv.start * D:kv.stop * D])
-            np.testing.assert_array_equal(w.wo, full.wo[comb.start * D:comb.stop * D])
-            np.testing.assert_array_equal(w.w_gate, full.w_gate[:, f.start:f.stop])
-            np.testing.assert_array_equal(w.w_down, full.w_down[f.start:f.stop])
+            np.testing.assert_array_equal(w.attn.wq, full_attn.wq[:, q.start * D:q.stop * D])
+            np.testing.assert_array_equal(w.attn.wk, full_attn.wk[:, kv.start * D:kv.stop * D])
+            np.testing.assert_array_equal(w.attn.wo, full_attn.wo[comb.start * D:comb.stop * D])
+            np.testing.assert_array_equal(w.ffn.mlp.w_gate, full_ffn.w_gate[:, f.start:f.stop])
+            np.testing.assert_array_equal(w.ffn.mlp.w_down, full_ffn.w_down[f.start:f.stop])
 
 
 def test_combine_heads_tile_all_heads_exactly_once():
     model = MODEL_PRESETS["tiny-gqa3"]
     layout = Layout(4, 2, 8)
-    heads = np.concatenate([list(helix_shard(model, layout, r).combine_heads) for r in range(8)])
+    heads = np.concatenate([list(rank_shard(model, layout, r).combine_heads) for r in range(8)])
     np.testing.assert_array_equal(heads, np.arange(model.num_heads))
 
 
 def test_initial_kv_shard_equals_full_cache_slice():
     positions = owned_positions(40, 1, 3, 4)
-    k_full, v_full = initial_kv(3, 0, 2, 4, 40, 8, range(4), np.arange(40))
-    k, v = initial_kv(3, 0, 2, 4, 40, 8, range(2, 4), positions)
-    np.testing.assert_array_equal(k, k_full[:, 2:4][:, :, positions])
-    np.testing.assert_array_equal(v, v_full[:, 2:4][:, :, positions])
+    k_full, v_full = initial_kv(3, 0, range(2), 4, 40, 8, range(4), np.arange(40))
+    k, v = initial_kv(3, 0, range(1, 2), 4, 40, 8, range(2, 4), positions)
+    np.testing.assert_array_equal(k, k_full[1:2, 2:4][:, :, positions])
+    np.testing.assert_array_equal(v, v_full[1:2, 2:4][:, :, positions])
 
 
 def test_synthetic_values_are_uniform_and_seed_dependent():

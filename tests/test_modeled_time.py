@@ -13,7 +13,7 @@ from conftest import run_cli
 from helix_mpi.analytic import simulate
 from helix_mpi.clock import op_duration
 from helix_mpi.config import MODEL_PRESETS, Layout, RunConfig
-from helix_mpi.plan import OpName, all_to_all_index, attention_index, helix_layer_plan
+from helix_mpi.plan import OpName, all_to_all_index, attention_index, layer_plan
 from helix_mpi.topology import load_topology
 from helix_mpi.trace import EVENT_DTYPE, SCHEMA_VERSION
 
@@ -82,7 +82,7 @@ def test_trace_layout_and_summarize(traces):
     with h5py.File(path, "r") as f:
         assert f.attrs["schema_version"] == SCHEMA_VERSION and bool(f.attrs["complete"])
         config = json.loads(f.attrs["config"])
-        assert config["layout"] == {"kvp": 4, "tpa": 2, "tpf": 8, "ep": 1}
+        assert config["layout"] == {"kvp": 4, "tpa": 2, "tpf": 8, "ep": 1, "strategy": "helix"}
         assert json.loads(f.attrs["topology"])["name"] == "dgx-b200"
         assert "numpy" in json.loads(f.attrs["versions"])
         assert f["events"].dtype == EVENT_DTYPE
@@ -108,7 +108,7 @@ def test_hopb_exposes_one_all_to_all(hopb):
     run = RunConfig(batch=batch, context=4_000_000, steps=1, layers=1, hopb=hopb)
     events = _layer_times(run, layout)
     topo = load_topology("gb200-nvl72")
-    plan = helix_layer_plan(MODEL_PRESETS["tiny"], layout, 0, np.full(batch, 1_000_001), "fp4", hopb)
+    plan = layer_plan(MODEL_PRESETS["tiny"], layout, 0, 0, np.full(batch, 1_000_001), "fp4", hopb)
     t_attn = op_duration(plan[attention_index(0)], topo, "fp4")
     t_a2a = op_duration(plan[all_to_all_index(0)], topo, "fp4")
     assert t_a2a < t_attn
@@ -121,6 +121,6 @@ def test_hopb_exposes_one_all_to_all(hopb):
 
 def test_one_rank_plan_has_free_collectives():
     topo = load_topology("gb200-nvl72")
-    plan = helix_layer_plan(MODEL_PRESETS["tiny"], Layout(1, 1, 1), 0, np.array([10, 10]), "bf16", True)
+    plan = layer_plan(MODEL_PRESETS["tiny"], Layout(1, 1, 1), 0, 0, np.array([10, 10]), "bf16", True)
     collectives = [op for op in plan if op.is_collective]
     assert collectives and all(op_duration(op, topo, "bf16") == 0.0 for op in collectives)

@@ -1,0 +1,339 @@
+"""What-if replay: re-time a recorded trace's ops on another hardware model, with no MPI and no data.
+
+For every (step, layer) the per-rank op sequence is rebuilt from the event rows (ordered by
+`index`: stream, deps dep0/dep1, collective, group, group_size, bytes, flops), every op gets a
+new duration from the cost model (compute: roofline of its FLOPs and HBM bytes at the run's
+precision; collectives: their kind, size and group size), and the ops are placed with
+clock.LayerSchedule on StreamClocks for all ranks at once, a collective starting at the max of
+its group's ready times. That is the emulator's own arithmetic, so a replay onto the recorded
+topology with the recorded HOP-B setting reproduces the modeled times bit for bit.
+
+HOP-B changes dependencies only: without it, the attention of request b > 0 also waits for the
+all-to-all of request b - 1 (the collective "all_to_all" op of that request in the same layer
+plan, i.e. plan.all_to_all_index(b - 1) in the Helix plan); with it, it does not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import __version__
+from .analysis import iter_event_chunks, read_kv_tokens, read_meta, step_times_from_ends, ttl_seconds
+from .axes import Axis, Stream
+from .clock import LayerSchedule, StreamClocks
+from .config import Layout
+from .costmodel import Collective, collective_time, compute_time
+from .mesh import group_colors
+from .plan import Op
+from .topology import FabricSpec, GpuSpec, ScaleOutSpec, Topology
+from .trace import TraceError, TraceWriter, open_trace
+
+A2A = Collective.ALL_TO_ALL.value.encode()
+COPIED_ATTRS_SKIP = ("schema_version", "complete", "config", "topology", "replayed_from", "memory")
+
+
+# --- hardware ------------------------------------------------------------------------------------
+def topology_from_dict(data: dict[str, Any]) -> Topology:
+    """The Topology recorded in a trace (Topology.to_dict(), SI units), exactly as it was."""
+    try:
+        gpu = dict(data["gpu"])
+        gpu["flops_per_s"] = MappingProxyType(dict(gpu["flops_per_s"]))
+        return Topology(name=data["name"], description=data.get("description", ""), source=data.get("source", ""),
+                        gpu=GpuSpec(**gpu), fabric=FabricSpec(**data["fabric"]),
+                        scale_out=ScaleOutSpec(**data["scale_out"]))
+    except (KeyError, TypeError) as exc:
+        raise TraceError(f"the trace's topology attribute is incomplete ({exc}): pass --topology") from None
+
+
+def scaled_topology(topo: Topology, nvlink_scale: float = 1.0, hbm_scale: float = 1.0) -> Topology:
+    """`topo` with NVLink bandwidth per GPU x nvlink_scale and HBM bandwidth x hbm_scale."""
+    if nvlink_scale <= 0 or hbm_scale <= 0:
+        raise ValueError(f"scales must be > 0, got --nvlink-scale {nvlink_scale} --hbm-scale {hbm_scale}")
+    if nvlink_scale == 1.0 and hbm_scale == 1.0:
+        return topo
+    note = ", ".join(f"{name} x{scale:g}" for name, scale in (("NVLink", nvlink_scale), ("HBM", hbm_scale))
+                     if scale != 1.0)
+    return dataclasses.replace(
+        topo, name=f"{topo.name} ({note})", description=f"{topo.description} ({note})",
+        fabric=dataclasses.replace(topo.fabric, link_bytes_per_s=topo.fabric.link_bytes_per_s * nvlink_scale),
+        gpu=dataclasses.replace(topo.gpu, hbm_bytes_per_s=topo.gpu.hbm_bytes_per_s * hbm_scale))
+
+
+def layout_from_dict(data: dict[str, Any]) -> Layout:
+    """Layout from the trace's config; enum fields (e.g. strategy) are rebuilt from their text."""
+    kwargs = {}
+    for field in dataclasses.fields(Layout):
+        if field.name in data:
+            default = field.default
+            value = data[field.name]
+            kwargs[field.name] = type(default)(value) if isinstance(default, enum.Enum) else value
+    try:
+        return Layout(**kwargs)
+    except TypeError as exc:
+        raise TraceError(f"the trace's layout {data} is incomplete ({exc})") from None
+
+
+def parse_group(text: str) -> tuple[Axis, ...]:
+    """'kvp*tpa' -> (Axis.KVP, Axis.TPA); 'self' or '' -> ()."""
+    if text in ("", "self"):
+        return ()
+    try:
+        return tuple(Axis(name) for name in text.split("*"))
+    except ValueError:
+        raise TraceError(f"collective group {text!r} names an unknown mesh axis "
+                         f"(known: {', '.join(a.value for a in Axis)})") from None
+
+
+class GroupMax:
+    """Per-group max of ready times [N]: ranks of one communicator start a collective together."""
+
+    def __init__(self, layout: Layout):
+        self.layout, self.colors = layout, {}
+
+    def __call__(self, axes: tuple[Axis, ...], ready: np.ndarray) -> np.ndarray:
+        colors = self.colors.get(axes)
+        if colors is None:
+            colors = self.colors[axes] = group_colors(self.layout, axes)
+        group_ready = np.full(colors.max() + 1, -np.inf)
+        np.maximum.at(group_ready, colors, ready)
+        return group_ready[colors]
+
+
+# --- durations -----------------------------------------------------------------------------------
+def op_seconds(rows: np.ndarray, topo: Topology, precision: str) -> np.ndarray:
+    """Modeled seconds [n] of event rows on `topo`: the same formulas as clock.op_duration."""
+    seconds = np.zeros(len(rows))
+    kinds = rows["collective"]
+    compute = kinds == b""
+    seconds[compute] = compute_time(rows["flops"][compute], rows["bytes"][compute], topo, precision)
+    for kind in np.unique(kinds[~compute]):
+        try:
+            collective = Collective(kind.decode())
+        except ValueError:
+            raise TraceError(f"collective {kind.decode()!r} is not known to this cost model") from None
+        same = kinds == kind
+        seconds[same] = collective_time(collective, rows["bytes"][same], rows["group_size"][same], topo)
+    return seconds
+
+
+# --- one layer -------------------------------------------------------------------------------------
+def _layer_grid(rows: np.ndarray, world: int, where: str) -> np.ndarray:
+    """A layer's rows sorted by (index, rank) as a grid [ops, N]; refuses ragged plans."""
+    if len(rows) % world:
+        raise TraceError(f"{where}: {len(rows)} events are not the same op list on all {world} ranks "
+                         "(run `helix-mpi validate`)")
+    grid = rows.reshape(-1, world)
+    if not (np.all(grid["rank"] == np.arange(world)) and np.all(grid["index"] == np.arange(len(grid))[:, None])):
+        raise TraceError(f"{where}: ranks do not share one op list indexed 0..n-1 (run `helix-mpi validate`)")
+    return grid
+
+
+def _deps(plan: np.ndarray, hopb: bool | None) -> list[tuple[int, ...]]:
+    """Dependencies of every op of a layer plan (rank 0's rows [ops]); HOP-B changes only the
+    attention -> previous request's all-to-all edges. hopb None keeps the recorded deps."""
+    deps = [tuple(int(d) for d in (row["dep0"], row["dep1"]) if d >= 0) for row in plan]
+    if hopb is None:
+        return deps
+    all_to_all = {int(row["request"]): int(row["index"]) for row in plan if row["collective"] == A2A}
+    for i, row in enumerate(plan):
+        request = int(row["request"])
+        if not row["op"].endswith(b"attention") or request < 1 or (request - 1) not in all_to_all:
+            continue
+        edge = all_to_all[request - 1]
+        kept = tuple(d for d in deps[i] if d != edge)
+        deps[i] = kept if hopb else kept + (edge,)
+        if len(deps[i]) > 2:
+            raise TraceError(f"op {row['op'].decode()} would need {len(deps[i])} dependencies; traces store 2")
+    return deps
+
+
+def _plan_ops(plan: np.ndarray, deps: list[tuple[int, ...]]) -> list[Op]:
+    """plan.Op objects for LayerSchedule from rank 0's rows of one layer [ops]."""
+    ops = []
+    for row, op_deps in zip(plan, deps):
+        kind = row["collective"].decode()
+        try:
+            stream = Stream(row["stream"].decode())
+        except ValueError:
+            raise TraceError(f"unknown stream {row['stream'].decode()!r} in op {row['op'].decode()}") from None
+        ops.append(Op(name=row["op"].decode(), stream=stream, request=int(row["request"]), deps=op_deps,
+                      collective=Collective(kind) if kind else None,
+                      group=parse_group(row["group"].decode()) if kind else (), group_size=int(row["group_size"])))
+    return ops
+
+
+class Retimer:
+    """Places every layer of every step on all ranks' clocks, in order."""
+
+    def __init__(self, layout: Layout, world: int, topo: Topology, precision: str, hopb: bool | None):
+        self.world, self.topo, self.precision, self.hopb = world, topo, precision, hopb
+        self.clocks, self.group_max = StreamClocks(world), GroupMax(layout)
+        self.checked_groups: set[tuple[Axis, ...]] = set()
+        self.layout = layout
+
+    def step(self, rows: np.ndarray) -> np.ndarray:
+        """The step's rows (any order) with new start_s, end_s, dep0, dep1 (same order)."""
+        order = np.lexsort((rows["rank"], rows["index"], rows["layer"]))
+        ordered = rows[order]
+        ordered_seconds = op_seconds(ordered, self.topo, self.precision)
+        starts = np.flatnonzero(np.diff(ordered["layer"])) + 1
+        for begin, end in zip(np.r_[0, starts], np.r_[starts, len(ordered)]):
+            self._layer(ordered[begin:end], ordered_seconds[begin:end])  # views: updated in place
+        out = np.empty_like(rows)
+        out[order] = ordered
+        return out
+
+    def _layer(self, rows: np.ndarray, seconds: np.ndarray) -> None:
+        where = f"step {rows['step'][0]} layer {rows['layer'][0]}"
+        grid, durations = _layer_grid(rows, self.world, where), seconds.reshape(-1, self.world)
+        deps = _deps(grid[:, 0], self.hopb)
+        ops = _plan_ops(grid[:, 0], deps)
+        schedule = LayerSchedule(self.clocks, self.clocks.now(), self.group_max)
+        for index, op in enumerate(ops):
+            self._check_group(op, where)
+            start, end = schedule.place(index, op, durations[index])
+            grid["start_s"][index], grid["end_s"][index] = start, end
+            grid["dep0"][index], grid["dep1"][index] = (list(op.deps) + [-1, -1])[:2]
+
+    def _check_group(self, op: Op, where: str) -> None:
+        """A collective's group, rebuilt from its axes and the layout, must have its recorded size."""
+        if not op.is_collective or op.group_size <= 1 or op.group in self.checked_groups:
+            return
+        sizes = np.bincount(group_colors(self.layout, op.group))
+        if not np.all(sizes == op.group_size):
+            raise TraceError(f"{where}: group {'*'.join(a.value for a in op.group)} of the layout has "
+                             f"{sizes.max()} ranks but op {op.name} records {op.group_size}")
+        self.checked_groups.add(op.group)
+
+
+# --- the trace --------------------------------------------------------------------------------------
+def iter_steps(file, path: str | Path) -> Iterator[np.ndarray]:
+    """All ranks' rows of one step at a time (rows of a step are contiguous: one append per step)."""
+    carry, seen = None, set()
+    for rows in iter_event_chunks(file, path):
+        if carry is not None:
+            rows = np.concatenate([carry, rows])
+        cuts = np.flatnonzero(np.diff(rows["step"])) + 1
+        pieces = np.split(rows, cuts)
+        for piece in pieces[:-1]:
+            yield _fresh_step(piece, seen, path)
+        carry = pieces[-1]
+    if carry is not None and len(carry):
+        yield _fresh_step(carry, seen, path)
+
+
+def _fresh_step(rows: np.ndarray, seen: set, path: str | Path) -> np.ndarray:
+    step = int(rows["step"][0])
+    if step in seen:
+        raise TraceError(f"{path}: events of step {step} are not contiguous (run `helix-mpi validate`)")
+    seen.add(step)
+    return rows
+
+
+@dataclass
+class ReplayResult:
+    path: Path
+    source_topology: str
+    topology: str
+    hopb: bool
+    source_ttl_s: float
+    ttl_s: float
+    source_step_time_s: float
+    step_time_s: float
+    events: int
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["path"] = str(self.path)
+        out["ttl_ratio"] = self.ttl_s / self.source_ttl_s if self.source_ttl_s > 0 else None
+        return out
+
+
+def replay_trace(source: str | Path, output: str | Path, topo: Topology | None = None, hopb: bool | None = None,
+                 nvlink_scale: float = 1.0, hbm_scale: float = 1.0,
+                 progress: Callable[[int], None] | None = None) -> ReplayResult:
+    """Re-time `source` on `topo` (default: the trace's own) scaled by the factors, with HOP-B
+    on/off (default: as recorded), and write a new complete trace to `output`."""
+    if Path(output).resolve() == Path(source).resolve():
+        raise ValueError(f"-o {output} is the source trace: choose another output path")
+    with open_trace(source) as file:
+        meta = read_meta(file, source)
+        base = topo if topo is not None else topology_from_dict(meta.topology)
+        target = scaled_topology(base, nvlink_scale, hbm_scale)
+        recorded_hopb = bool(meta.run.get("hopb", True))
+        retimer = Retimer(layout_from_dict(meta.layout), meta.world_size, target, meta.run["precision"],
+                          None if hopb is None or hopb == recorded_hopb else hopb)
+        kv_tokens = read_kv_tokens(file, source)
+        attrs = _replay_attrs(file, meta, source, target, recorded_hopb if hopb is None else hopb)
+        writer = TraceWriter(output, attrs, meta.world_size)
+        try:
+            ends = _write_steps(file, source, retimer, writer, kv_tokens, progress)
+            writer.finish()
+        finally:
+            if not writer.finished:  # a replay that failed half-way leaves nothing behind
+                writer.abandon().unlink(missing_ok=True)
+    old_ends, new_ends = ends
+    return ReplayResult(Path(output), meta.topology.get("name", "?"), target.name,
+                        recorded_hopb if hopb is None else hopb, ttl_seconds(old_ends, meta.shape),
+                        ttl_seconds(new_ends, meta.shape), float(step_times_from_ends(old_ends).mean()),
+                        float(step_times_from_ends(new_ends).mean()), meta.events)
+
+
+def _write_steps(file, source, retimer: Retimer, writer: TraceWriter, kv_tokens: np.ndarray,
+                 progress) -> tuple[np.ndarray, np.ndarray]:
+    """Re-time and append every step; returns the (recorded, new) modeled end of each step."""
+    old_ends, new_ends = [], []
+    for count, rows in enumerate(iter_steps(file, source)):
+        step = int(rows["step"][0])
+        if step != count or step >= len(kv_tokens):
+            raise TraceError(f"{source}: step {step} is out of order or has no /kv_tokens row "
+                             "(run `helix-mpi validate`)")
+        new = retimer.step(rows)
+        writer.append_step(new, kv_tokens[step])
+        old_ends.append(float(rows["end_s"].max()))
+        new_ends.append(float(new["end_s"].max()))
+        if progress is not None:
+            progress(len(rows))
+    if not new_ends:
+        raise TraceError(f"{source}: trace has no events")
+    return np.array(old_ends), np.array(new_ends)
+
+
+def _replay_attrs(file, meta, source, target: Topology, hopb: bool) -> dict[str, Any]:
+    """Root attributes of the replayed trace: the source's, with config/topology updated."""
+    attrs = {key: _plain(value) for key, value in file.attrs.items() if key not in COPIED_ATTRS_SKIP}
+    config = json.loads(json.dumps(meta.config))
+    config["run"]["hopb"] = hopb
+    attrs["config"] = json.dumps(config)
+    attrs["topology"] = json.dumps(target.to_dict())
+    attrs["replayed_from"] = json.dumps({"path": os.path.abspath(source), "topology": meta.topology.get("name"),
+                                         "hopb": meta.run.get("hopb"), "helix_mpi": __version__})
+    if meta.memory is not None:
+        attrs["memory"] = json.dumps(_memory_on(meta.memory, target))
+    return attrs
+
+
+def _memory_on(memory: dict[str, Any], topo: Topology) -> dict[str, Any]:
+    """The memory figures with the new GPU's HBM capacity (bytes per rank do not change)."""
+    out = dict(memory)
+    out["hbm_bytes"] = topo.gpu.hbm_bytes
+    totals = [r.get("weights_bytes", 0.0) + r.get("kv_bytes", 0.0) for r in memory.get("per_rank", [])]
+    out["fits"] = bool(all(t <= topo.gpu.hbm_bytes for t in totals))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute value as a Python scalar or str (what TraceWriter stores unchanged)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
