@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from numpy.lib.recfunctions import repack_fields
 
 from .costmodel import busbw
 from .trace import SCHEMA_VERSION, TraceError, open_trace, read_events
@@ -68,24 +69,30 @@ def summarize(events: np.ndarray, shape: RunShape) -> dict[str, Any]:
 _KEY_FIELDS = ("op", "stream", "collective", "group")  # what identifies an op row of the table
 
 
-def _as_words(column: np.ndarray) -> np.ndarray:
-    """A fixed-width bytes column [n] as uint64 words [n, width/8] (a copy, contiguous)."""
-    width = column.dtype.itemsize
-    padded = np.zeros((len(column), -(-width // 8) * 8), dtype=np.uint8)
-    padded[:, :width] = np.ascontiguousarray(column).view(np.uint8).reshape(len(column), width)
-    return padded.view("<u8")
+def _as_words(rows: np.ndarray, fields: tuple[str, ...]) -> np.ndarray:
+    """The bytes of some fields of structured rows [n] as uint64 words [n, w] (one packed copy)."""
+    packed = repack_fields(rows[list(fields)])
+    width = packed.dtype.itemsize
+    raw = packed.view(np.uint8).reshape(len(rows), width)
+    if width % 8:
+        raw = np.concatenate([raw, np.zeros((len(rows), 8 - width % 8), dtype=np.uint8)], axis=1)
+    return raw.view("<u8")
+
+
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd 64-bit constant (2**64 / golden ratio)
 
 
 def _unique_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first row index of each distinct row, inverse [n]) of a uint64 matrix [n, w]; exact.
 
-    A multiply-add hash makes one sortable uint64 per row (much faster than sorting strings);
-    the result is checked and, on a hash collision, recomputed with an exact row-wise unique."""
-    hashed = np.zeros(len(words), dtype=np.uint64)
-    for column in words.T:
-        hashed = hashed * np.uint64(0x9E3779B97F4A7C15) + column  # wraps modulo 2**64
-    _, first, inverse = np.unique(hashed, return_index=True, return_inverse=True)
-    if not np.array_equal(words[first][inverse], words):
+    A polynomial hash (sum of word_j * base**j modulo 2**64, one integer matmul) makes one
+    sortable uint64 per row, much faster than sorting byte strings. Every row is then compared
+    word by word with its group's first row; on a hash collision an exact row-wise unique runs."""
+    powers = np.array([pow(_HASH_BASE, j, 1 << 64) for j in range(words.shape[1])], dtype=np.uint64)
+    _, first, inverse = np.unique(words @ powers, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    representative = words[first]
+    if not all(np.array_equal(representative[:, j][inverse], words[:, j]) for j in range(words.shape[1])):
         _, first, inverse = np.unique(words, axis=0, return_index=True, return_inverse=True)
     return first, inverse.reshape(-1)
 
@@ -98,8 +105,7 @@ class Vocabulary:
 
     def encode(self, chunk: np.ndarray) -> np.ndarray:
         """Code [n] of every row of the chunk."""
-        words = np.concatenate([_as_words(chunk[f]) for f in self.fields], axis=1)
-        first, inverse = _unique_rows(words)
+        first, inverse = _unique_rows(_as_words(chunk, self.fields))
         lookup = np.array([self._code(tuple(chunk[f][i].decode() for f in self.fields)) for i in first],
                           dtype=np.int64)
         return lookup[inverse]
@@ -159,9 +165,11 @@ class EventStats:
             self._add_by_key(chunk, duration, is_comm)
 
     def _add_step_ends(self, chunk: np.ndarray) -> None:
+        """Max end per step; rows of a step come in long runs, so reduce runs first (fast)."""
         steps = chunk["step"]
         self.step_end = _grow(self.step_end, int(steps.max()) + 1)
-        np.maximum.at(self.step_end, steps, chunk["end_s"])
+        run_starts = np.flatnonzero(np.concatenate([[True], steps[1:] != steps[:-1]]))
+        np.maximum.at(self.step_end, steps[run_starts], np.maximum.reduceat(chunk["end_s"], run_starts))
 
     def _add_ops(self, chunk: np.ndarray, duration: np.ndarray) -> None:
         codes = self.op_keys.encode(chunk)

@@ -165,6 +165,14 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
+def _memory_text(memory) -> str:
+    gb = 1e9
+    verdict = "fits" if memory["fits"] else "DOES NOT FIT"
+    return (f"per-GPU memory (busiest rank): weights {memory['max_weights_bytes'] / gb:.2f} GB + KV "
+            f"{memory['max_kv_bytes'] / gb:.2f} GB = {memory['max_total_bytes'] / gb:.2f} GB of "
+            f"{memory['hbm_bytes'] / gb:.0f} GB HBM: {verdict}; KV read per step {memory['kv_read_s'] * 1e3:.3f} ms")
+
+
 def _layout_text(layout) -> str:
     return f"KVP={layout.kvp} TPA={layout.tpa} TPF={layout.tpf} EP={layout.ep}"
 
@@ -196,6 +204,7 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data."""
     from .analysis import RunShape, format_summary, summarize
     from .analytic import simulate
+    from .memory import memory_report
     from .config import RunConfig, load_model, make_layout, validate_layout
     from .topology import load_topology
 
@@ -212,12 +221,14 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         raise UserError(str(exc)) from None
     events = simulate(model, layout, run_config, topo)
     summary = summarize(events, RunShape(gpus, batch, run_config.layers, model.num_layers))
+    memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block)
     summary.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
-                   precision=precision, context=context, hopb=hopb)
+                   precision=precision, context=context, hopb=hopb, memory=memory, fits=memory["fits"],
+                   kv_bytes_per_gpu=memory["max_kv_bytes"], kv_read_s=memory["kv_read_s"])
     summary.pop("host_seconds", None)
     header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  "
               f"{model.name} at {context} tokens, {precision}, HOP-B {'on' if hopb else 'off'}")
-    _emit(summary, as_json, header + "\n" + format_summary(summary))
+    _emit(summary, as_json, header + "\n" + format_summary(summary) + "\n" + _memory_text(memory))
 
 
 @cli.command()

@@ -38,6 +38,7 @@ class EmulationResult:
     positions: np.ndarray  # [T] global position of each step's new token
     step_times: np.ndarray  # [T] modeled seconds of each step (emulated layers)
     host_seconds: float  # wall time of the decode loop on this machine
+    routing: dict = field(default_factory=dict)  # MoE layer -> (experts [T, B, k], weights [T, B, k])
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Emulator:
         self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
         self.clocks = StreamClocks(1)
         self.step_events: list[tuple] = []
+        self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
 
     def _initial_cache(self, layer: int) -> ShardedKVCache:
         run, model, layout = self.run, self.model, self.layout
@@ -119,7 +121,17 @@ class Emulator:
             x = next_step_input(x, model)
         host_seconds = time.perf_counter() - self.host_t0
         positions = np.arange(run.context, run.context + run.steps, dtype=np.int64)
-        return EmulationResult(np.stack(inputs), np.stack(outputs), positions, np.array(step_times), host_seconds)
+        return EmulationResult(np.stack(inputs), np.stack(outputs), positions, np.array(step_times), host_seconds,
+                               self._whole_routing())
+
+    def _whole_routing(self) -> dict:
+        """The routing of every MoE layer for the whole batch, [T, B, k] (dp-ep: gathered)."""
+        routing = {}
+        for layer, per_step in self.routing_log.items():
+            experts = np.stack([self._whole_batch(e) for e, _ in per_step])
+            weights = np.stack([self._whole_batch(w) for _, w in per_step])
+            routing[layer] = (experts, weights)
+        return routing
 
     def _whole_batch(self, x: np.ndarray) -> np.ndarray:
         """The full [B, H] batch on rank 0 (dp-ep ranks hold only their requests; host-only gather)."""
@@ -203,6 +215,7 @@ class Emulator:
         w, moe = self.weights[layer].ffn, self.model.moe
         state.g = ffn_input(state.x, w, self.model)
         experts, weights = state.routing = route(state.g, w.router, moe)
+        self.routing_log.setdefault(layer, []).append(state.routing)
         if self.data_parallel:  # the shared expert now; routed experts after the dispatch
             state.partial_sum = swiglu_mlp(state.g, w.shared) if w.shared is not None else np.zeros_like(state.g)
             return None

@@ -71,18 +71,48 @@ def _collective(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis
 
 
 # --- attention ---------------------------------------------------------------------------------
-def _qkv_op(model: ModelConfig, shard: RankShard, batch: int, wb: float) -> Op:
-    H, D, ab = model.hidden_size, model.head_dim, ACTIVATION_BYTES
-    q_heads, kv_heads = len(shard.q_heads), len(shard.kv_heads)
+def qkv_weight_elements(model: ModelConfig, shard: RankShard) -> int:
+    """Weights read by the QKV op: W_Q/W_K/W_V columns, or MLA's down/up projections and W_UK."""
+    H, q_heads = model.hidden_size, len(shard.q_heads)
     if model.mla is None:
-        weights = H * (q_heads + 2 * kv_heads) * D
-        outputs = (q_heads + 2 * kv_heads) * D
+        return H * (q_heads + 2 * len(shard.kv_heads)) * model.head_dim
+    m = model.mla
+    q_in = m.q_lora_rank or H
+    return (H * m.q_lora_rank + q_in * q_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
+            + H * m.cache_dim + q_heads * m.qk_nope_head_dim * m.kv_lora_rank)
+
+
+def out_weight_elements(model: ModelConfig, shard: RankShard) -> int:
+    """Weights read after the combine: W_O rows (MLA: also W_UV) of the heads the rank combines."""
+    H, n = model.hidden_size, len(shard.combine_heads)
+    if model.mla is None:
+        return n * model.head_dim * H
+    m = model.mla
+    return n * m.kv_lora_rank * m.v_head_dim + n * m.v_head_dim * H
+
+
+def kv_elements_per_token(model: ModelConfig, shard: RankShard) -> int:
+    """Cached elements per token per layer on a rank: K and V of its KV heads, or MLA's latent."""
+    return 2 * len(shard.kv_heads) * model.head_dim if model.mla is None else model.mla.cache_dim
+
+
+def ffn_weight_elements(model: ModelConfig, shard: RankShard, layer: int) -> int:
+    """FFN weights held (dense shard, or router + held experts' shards + shared-expert shard)."""
+    H = model.hidden_size
+    if not model.is_moe_layer(layer):
+        return 3 * H * len(shard.ffn_cols)
+    moe = model.moe
+    return H * moe.n_routed_experts + 3 * H * (len(shard.experts) * len(shard.expert_cols) + len(shard.shared_cols))
+
+
+def _qkv_op(model: ModelConfig, shard: RankShard, batch: int, wb: float) -> Op:
+    H, ab = model.hidden_size, ACTIVATION_BYTES
+    q_heads, kv_heads = len(shard.q_heads), len(shard.kv_heads)
+    weights = qkv_weight_elements(model, shard)
+    if model.mla is None:
+        outputs = (q_heads + 2 * kv_heads) * model.head_dim
     else:
-        m = model.mla
-        q_in = m.q_lora_rank or H
-        weights = (H * m.q_lora_rank + q_in * q_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
-                   + H * m.cache_dim + q_heads * m.qk_nope_head_dim * m.kv_lora_rank)
-        outputs = q_heads * m.cache_dim + m.cache_dim
+        outputs = q_heads * model.mla.cache_dim + model.mla.cache_dim
     return Op(OpName.QKV, Stream.COMPUTE, flops=2.0 * batch * weights,
               hbm_bytes=weights * wb + batch * (H + outputs) * ab)
 
@@ -104,11 +134,8 @@ def partial_width(model: ModelConfig) -> int:
 
 def _combine_op(model: ModelConfig, shard: RankShard, batch: int, kvp: int, wb: float, deps) -> Op:
     H, n, width = model.hidden_size, len(shard.combine_heads), partial_width(model)
-    if model.mla is None:
-        weights, values = n * width * H, n * width
-    else:
-        v = model.mla.v_head_dim
-        weights, values = n * width * v + n * v * H, n * v
+    weights = out_weight_elements(model, shard)
+    values = n * (width if model.mla is None else model.mla.v_head_dim)
     flops = 2.0 * batch * weights + 4.0 * kvp * batch * n * width
     exchanged = kvp * batch * n * (width * ACTIVATION_BYTES + LSE_BYTES) if kvp > 1 else 0.0
     return Op(OpName.COMBINE_OUT_PROJ, Stream.COMPUTE, deps=deps, flops=flops,

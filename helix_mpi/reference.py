@@ -172,3 +172,29 @@ def reference_decode(model: ModelConfig, tensors: ReferenceTensors, steps: int,
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| / max |expected| (one number per comparison)."""
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+def _weights_from_group(cls, group) -> object:
+    import dataclasses
+
+    return cls(**{f.name: (group[f.name][...] if f.name in group else None) for f in dataclasses.fields(cls)})
+
+
+def load_saved_tensors(file, model: ModelConfig) -> ReferenceTensors:
+    """ReferenceTensors from the /tensors group a `--save-tensors` run wrote (an open h5py File)."""
+    layers = sorted(int(name.split("_")[1]) for name in file["tensors/weights"])
+    weights, k_init, v_init = [], [], []
+    for layer in layers:
+        group = file[f"tensors/weights/layer_{layer}"]
+        attn = _weights_from_group(MLAWeights if model.mla else GQAWeights, group)
+        if model.is_moe_layer(layer):
+            experts = {int(e): _weights_from_group(SwiGLUWeights, g) for e, g in group["experts"].items()}
+            shared = _weights_from_group(SwiGLUWeights, group["shared"]) if "shared" in group else None
+            ffn = MoEWeights(group["ffn_norm"][...], group["router"][...], experts, shared)
+        else:
+            ffn = DenseFFNWeights(group["ffn_norm"][...], _weights_from_group(SwiGLUWeights, group))
+        weights.append(LayerWeights(attn, ffn))
+        cache = file[f"tensors/kv_init/layer_{layer}"]
+        k_init.append(cache["k"][...] if model.mla is None else cache["latent"][...])
+        v_init.append(cache["v"][...] if model.mla is None else None)
+    return ReferenceTensors(weights, k_init, v_init, file["tensors/inputs"][0])

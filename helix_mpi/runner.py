@@ -18,6 +18,7 @@ from . import __version__
 from .analysis import RunShape, summarize
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import EmulationResult, Emulator, warm_up_kernels
+from .memory import memory_report
 from .mesh import RankMesh
 from .reference import reference_decode, reference_tensors, relative_error
 from .sharding import DenseFFNWeights
@@ -67,12 +68,18 @@ def versions() -> dict[str, str]:
 
 def trace_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> dict[str, Any]:
     return {
+        "memory": json.dumps(run_memory(model, layout, run, topo)),
         "config": json.dumps({"model": model.to_dict(), "layout": layout.to_dict(), "run": run.to_dict(),
                               "strategy": layout.strategy.value}),
         "topology": json.dumps(topo.to_dict()),
         "versions": json.dumps(versions()),
         "world_size": layout.world_size,
     }
+
+
+def run_memory(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> dict[str, Any]:
+    """Modeled per-GPU memory of the full model at the end of the run."""
+    return memory_report(model, layout, run.batch, run.context + run.steps, run.precision, topo, run.tokens_per_block)
 
 
 def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
@@ -105,6 +112,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
             all_events = np.concatenate(events)
             summary = summarize(all_events, RunShape(layout.world_size, run.batch, run.layers, model.num_layers))
             summary["host_seconds"] = result.host_seconds
+            summary["memory"] = run_memory(model, layout, run, topo)
             if check or save_tensors:
                 tensors = reference_tensors(model, run)
                 if check:
@@ -142,6 +150,8 @@ def _write_tensors(writer: TraceWriter, model: ModelConfig, tensors: Any, result
         if model.mla is None:
             cache["v"] = tensors.v_init[layer]
         writer.write_group(f"tensors/kv_init/layer_{layer}", cache)
+    for layer, (experts, weights) in result.routing.items():
+        writer.write_group(f"tensors/routing/layer_{layer}", {"experts": experts, "weights": weights})
     writer.write_group("tensors", {"inputs": result.inputs, "outputs": result.outputs,
                                    "positions": result.positions},
                        {"model": json.dumps(model.to_dict())})

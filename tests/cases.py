@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helix_mpi.config import Layout, RunConfig, load_model  # noqa: E402
+from helix_mpi.config import RunConfig, load_model, make_layout, validate_layout  # noqa: E402
 from helix_mpi.runner import REFERENCE_TOLERANCE, run_emulation  # noqa: E402
 from helix_mpi.topology import load_topology  # noqa: E402
 
@@ -23,6 +23,8 @@ class Case:
     kvp: int
     tpa: int
     batch: int = 2
+    strategy: str = "helix"
+    ep: int | None = None
     context: int = 37  # not divisible by KVP * tokens_per_block
     steps: int = 3
     layers: int = 2
@@ -43,13 +45,30 @@ CASES = [
     Case("kvp4-tpa2-gqa3", "tiny-gqa3", 4, 2, batch=3, steps=4, tokens_per_block=2),
     Case("kvp2-tpa4-gqa3", "tiny-gqa3", 2, 4, batch=1, context=64),
     Case("kvp8-empty-odd-batch", "tiny-gqa3", 8, 1, context=5, batch=5, tokens_per_block=2, steps=5),
+    # MLA + MoE under Helix (TPA = 1, KVP = N, TPF x EP = N) and every baseline, both families.
+    # (kvp, tpa) below is the world split: N = kvp * tpa ranks whatever the strategy.
+    Case("mla-moe-helix-ep2", "tiny-mla-moe", 2, 1, ep=2, layers=3),
+    Case("gqa-tp2", "tiny", 1, 2, strategy="tp", batch=3),
+    Case("mla-moe-dp-ep2", "tiny-mla-moe", 2, 1, strategy="dp-ep", batch=3, layers=3),
+    # one request and top-2 of 8 experts: most experts get no token; KVP=4 with 10 tokens in
+    # blocks of 4 leaves the last shard empty
+    Case("mla-moe-helix-tpf2-ep2-empty", "tiny-mla-moe", 4, 1, ep=2, batch=1, context=10, layers=3),
+    Case("gqa-kvp-baseline", "tiny", 2, 2, strategy="kvp", batch=3),
+    Case("gqa3-tp4", "tiny-gqa3", 1, 4, strategy="tp"),
+    Case("mla-moe-tp4", "tiny-mla-moe", 1, 4, strategy="tp", layers=3),
+    Case("mla-moe-sigmoid-kvp4", "tiny-mla-moe-sigmoid", 4, 1, strategy="kvp", batch=3),
+    Case("mla-moe-helix8", "tiny-mla-moe", 8, 1, batch=5, layers=3, tokens_per_block=2),
+    Case("gqa-tp8-duplicated-kv", "tiny", 1, 8, strategy="tp", batch=3),
+    Case("mla-moe-dp-ep8-idle-ranks", "tiny-mla-moe", 8, 1, strategy="dp-ep", batch=5, layers=3),
+    Case("mla-moe-sigmoid-helix8", "tiny-mla-moe-sigmoid", 8, 1, ep=4, batch=2),
 ]
 
 
 def check_case(comm, case: Case) -> dict:
     """Run one case on `comm`; return rank 0's measured error (and assert it is within tolerance)."""
     model = load_model(case.model)
-    layout = Layout(kvp=case.kvp, tpa=case.tpa, tpf=case.ranks)
+    layout = make_layout(model, case.ranks, case.kvp, case.tpa, case.strategy, case.ep)
+    validate_layout(model, layout, case.ranks)
     run = RunConfig(batch=case.batch, context=case.context, steps=case.steps, layers=case.layers,
                     tokens_per_block=case.tokens_per_block, key_scale=case.key_scale)
     with tempfile.TemporaryDirectory() as tmp:
