@@ -294,13 +294,14 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
         click.echo(line)
 
 
-def _register_trace_commands() -> None:
-    from .tracecli import register
+def _register_commands() -> None:
+    from . import sweepcli, tracecli
 
-    register(cli)
+    tracecli.register(cli)
+    sweepcli.register(cli)
 
 
-_register_trace_commands()
+_register_commands()
 
 
 def main() -> None:
