@@ -423,7 +423,7 @@ def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK
     summary = stats.summary(meta.shape)
     summary.update(describe_run(meta))
     summary.update(kv_figures(meta, kv_tokens))
-    if summary.get("by", {}).get("key") == "rank":
+    if summary.get("by", {}).get("key") == "rank" and "kv" in summary:
         for row in summary["by"]["rows"]:
             row["kv_tokens"] = summary["kv"]["tokens_per_rank"][row["rank"]]
     if meta.memory is not None:
@@ -832,14 +832,13 @@ def validate_trace(path: str | Path, chunk: int = SUMMARY_CHUNK) -> tuple[dict[s
             meta = read_meta(file, path)
         except TraceError as exc:
             return {"events": int(file["events"].shape[0])}, problems + [str(exc).split(": ", 1)[-1]]
+        facts = {"events": meta.events, "steps": meta.kv_steps, "ranks": meta.world_size,
+                 "schema_version": SCHEMA_VERSION, "complete": meta.complete}
         checks = _EventChecks(meta.world_size)
         try:
             for rows in iter_event_chunks(file, path, chunk):
                 checks.add(rows)
-        except TraceError as exc:
-            problems.append(str(exc).split(": ", 1)[-1])
+        except TraceError as exc:  # unreadable events: nothing more can be checked
+            return facts, problems + [str(exc).split(": ", 1)[-1]]
         kv_shape = file["kv_tokens"].shape
-    problems += checks.problems(kv_shape[0], kv_shape[1])
-    facts = {"events": meta.events, "steps": meta.kv_steps, "ranks": meta.world_size,
-             "schema_version": SCHEMA_VERSION, "complete": meta.complete}
-    return facts, problems
+    return facts, problems + checks.problems(kv_shape[0], kv_shape[1])

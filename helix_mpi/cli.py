@@ -74,11 +74,13 @@ def model_options(fn):
 @click.option("-o", "--output", default="helix-run.h5", show_default=True, help="HDF5 trace to write")
 @click.option("--save-tensors", is_flag=True, help="also store weights, caches, inputs and outputs")
 @click.option("--check/--no-check", default=None, help="compare with the NumPy reference (default: if it fits)")
+@click.option("--fail-at", hidden=True, help="STEP:RANK: raise on that rank at that step (tests)")
 def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block, as_json,
-        ranks, steps, layers, seed, key_scale, output, save_tensors, check) -> None:
+        ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace."""
     if ranks is not None and ranks < 1:
         raise UserError(f"-n/--np must be >= 1, got {ranks}")
+    failure = _parse_fail_at(fail_at)
     settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context, steps=steps,
                     layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
                     key_scale=key_scale, topology=topology)
@@ -87,9 +89,14 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
             _resolve_run(world_size=ranks, **settings)
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
-        sys.exit(relaunch(ranks, strip_np_option(sys.argv[1:])))
+        code, interrupted = relaunch(ranks, strip_np_option(sys.argv[1:]))
+        if interrupted:
+            click.echo(f"helix-mpi: interrupted; the partial trace is kept as {output}.partial "
+                       "(complete = False)", err=True)
+        sys.exit(code)
     from mpi4py import MPI
 
+    _interrupt_on_sigterm()
     comm = MPI.COMM_WORLD
     is_root = comm.Get_rank() == 0
     try:
@@ -99,19 +106,50 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         from .runner import run_emulation
 
         with _progress(is_root and not as_json, steps) as advance:
-            outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance)
+            outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance,
+                                    failure)
     except (*_user_errors(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
             click.echo(f"helix-mpi: error: {exc.message if isinstance(exc, UserError) else exc}", err=True)
         _exit_all_ranks(comm, EXIT_BAD_INPUT)
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the trace on disk is consistent between steps
+        if is_root:
+            click.echo(f"helix-mpi: interrupted; the partial trace is kept as {output}.partial "
+                       "(complete = False)", err=True)
+        sys.stderr.flush()
+        comm.Abort(130)
     except Exception as exc:  # any other failure on any rank stops every rank now
         sys.stderr.write(f"helix-mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}\n")
+        if os.environ.get("HELIX_MPI_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
         sys.stderr.flush()
         comm.Abort(1)
     if is_root:
         _print_run(outcome, layout, model, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
+
+
+def _parse_fail_at(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        step, rank = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise UserError(f"--fail-at must be STEP:RANK with two integers, got {text!r}") from None
+    return step, rank
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (what mpiexec forwards when it is stopped) behaves like Ctrl-C."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:

@@ -79,8 +79,10 @@ def warm_up_kernels(comm: MPI.Comm) -> None:
 class Emulator:
     """One rank's share of a decode run under any strategy (Helix or a baseline)."""
 
-    def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh):
+    def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
+                 fail_at: tuple[int, int] | None = None):
         self.model, self.layout, self.run, self.topo, self.mesh = model, layout, run, topo, mesh
+        self.fail_at = fail_at  # (step, rank): raise there, to test that a failing rank stops the job
         self.shard = rank_shard(model, layout, mesh.rank)
         self.kvp_rank = mesh.coord(Axis.KVP)
         self.data_parallel = layout.strategy is Strategy.DP_EP
@@ -110,6 +112,8 @@ class Emulator:
         self.host_t0 = time.perf_counter()
         for step in range(run.steps):
             position = run.context + step
+            if self.fail_at == (step, self.mesh.rank):
+                raise RuntimeError(f"injected failure at step {step} (--fail-at)")
             step_start = float(self.clocks.now()[0])
             inputs.append(self._whole_batch(x))
             self.step_events = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +60,20 @@ def mpiexec_command(ranks: int, module_args: list[str]) -> list[str]:
     return [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "helix_mpi", *module_args]
 
 
-def relaunch(ranks: int, module_args: list[str]) -> int:
-    """Run this command again under mpiexec with `ranks` ranks; returns its exit code."""
-    return subprocess.call(mpiexec_command(ranks, module_args), env=rank_environment())
+def relaunch(ranks: int, module_args: list[str]) -> tuple[int, bool]:
+    """Run this command again under mpiexec with `ranks` ranks; returns (exit code, interrupted).
+    Ctrl-C reaches mpiexec too (same process group), which forwards it to the ranks; we wait
+    for them to stop."""
+    child = subprocess.Popen(mpiexec_command(ranks, module_args), env=rank_environment())
+    interrupted = []
+
+    def forward(signum, frame):  # mpiexec forwards it to every rank
+        interrupted.append(signum)
+        child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    return child.wait(), bool(interrupted)
 
 
 def strip_np_option(argv: list[str]) -> list[str]:

@@ -334,6 +334,6 @@ def _plain(value: Any) -> Any:
     """HDF5 attribute value as a Python scalar or str (what TraceWriter stores unchanged)."""
     if isinstance(value, bytes):
         return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
     return value

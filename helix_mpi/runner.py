@@ -84,7 +84,8 @@ def run_memory(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topolog
 
 def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
                   output: str | Path | None = None, save_tensors: bool = False,
-                  check: bool | None = None, progress: Any = None) -> RunOutcome:
+                  check: bool | None = None, progress: Any = None,
+                  fail_at: tuple[int, int] | None = None) -> RunOutcome:
     """Run on `comm`; rank 0 writes the trace and (optionally) checks against the reference."""
     validate_layout(model, layout, comm.Get_size())
     check_run_fits_model(model, run)
@@ -93,7 +94,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     is_root = comm.Get_rank() == 0
     mesh = RankMesh.build(comm, layout)
     warm_up_kernels(comm)
-    emulator = Emulator(model, layout, run, topo, mesh)
+    emulator = Emulator(model, layout, run, topo, mesh, fail_at)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
     events = []
@@ -127,8 +128,6 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
                 path = writer.finish()
                 summary["trace"] = str(path)
     finally:
-        if writer is not None and not writer.finished:
-            writer.abandon()
         mesh.free()
     return RunOutcome(result, summary, error, Path(output) if (is_root and output) else None)
 

@@ -45,61 +45,69 @@ class TraceError(ValueError):
 
 
 class TraceWriter:
-    """Rank 0's incremental writer. Use as a context manager; `finish()` makes it complete."""
+    """Rank 0's incremental writer. The file is opened only while a step is appended, so between
+    steps it is always a consistent HDF5 file marked `complete = False` under `NAME.partial`: a
+    run killed at any point leaves a readable partial trace. `finish()` marks it complete and
+    renames it to NAME."""
 
     def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int, chunk: int = 65536):
         self.path = Path(path)
         self.partial_path = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.partial_path, "w")
-        self.file.attrs["schema_version"] = SCHEMA_VERSION
-        self.file.attrs["complete"] = False
-        for key, value in attrs.items():
-            self.file.attrs[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-        self.events = self.file.create_dataset("events", shape=(0,), maxshape=(None,), dtype=EVENT_DTYPE,
-                                               chunks=(chunk,), compression="gzip", compression_opts=1)
-        self.kv_tokens = self.file.create_dataset("kv_tokens", shape=(0, world_size), maxshape=(None, world_size),
-                                                  dtype="<i8", chunks=(256, world_size))
         self.finished = False
+        with h5py.File(self.partial_path, "w") as file:
+            file.attrs["schema_version"] = SCHEMA_VERSION
+            file.attrs["complete"] = False
+            for key, value in attrs.items():
+                file.attrs[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+            file.create_dataset("events", shape=(0,), maxshape=(None,), dtype=EVENT_DTYPE, chunks=(chunk,),
+                                compression="gzip", compression_opts=1)
+            file.create_dataset("kv_tokens", shape=(0, world_size), maxshape=(None, world_size), dtype="<i8",
+                                chunks=(256, world_size))
+
+    def _open(self) -> h5py.File:
+        return h5py.File(self.partial_path, "a")
 
     def append_step(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
         """Append one decode step: all ranks' events and KV tokens held per rank [N]."""
-        n = self.events.shape[0]
-        self.events.resize((n + len(events),))
-        self.events[n:] = events
-        m = self.kv_tokens.shape[0]
-        self.kv_tokens.resize((m + 1, self.kv_tokens.shape[1]))
-        self.kv_tokens[m] = kv_tokens
-        self.file.flush()
+        with self._open() as file:
+            dataset, kv = file["events"], file["kv_tokens"]
+            n = dataset.shape[0]
+            dataset.resize((n + len(events),))
+            dataset[n:] = events
+            m = kv.shape[0]
+            kv.resize((m + 1, kv.shape[1]))
+            kv[m] = kv_tokens
 
     def write_group(self, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
-        group = self.file.require_group(name)
-        for key, array in arrays.items():
-            group.create_dataset(key, data=array)
-        for key, value in (attrs or {}).items():
-            group.attrs[key] = value
+        with self._open() as file:
+            group = file.require_group(name)
+            for key, array in arrays.items():
+                group.create_dataset(key, data=array)
+            for key, value in (attrs or {}).items():
+                group.attrs[key] = value
+
+    def set_attrs(self, attrs: dict[str, Any]) -> None:
+        with self._open() as file:
+            for key, value in attrs.items():
+                file.attrs[key] = value
 
     def finish(self) -> Path:
-        """Mark complete, close and rename to the final name."""
-        self.file.attrs["complete"] = True
-        self.file.close()
+        """Mark complete and rename to the final name."""
+        self.set_attrs({"complete": True})
         os.replace(self.partial_path, self.path)
         self.finished = True
         return self.path
 
     def abandon(self) -> Path:
-        """Close an unfinished trace; it stays under its `.partial` name with complete = False."""
-        if self.file.id.valid:
-            self.file.attrs["complete"] = False
-            self.file.close()
+        """An unfinished trace stays under its `.partial` name with complete = False."""
         return self.partial_path
 
     def __enter__(self) -> "TraceWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if not self.finished:
-            self.abandon()
+        pass
 
 
 def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.File:

@@ -297,6 +297,13 @@ def _bad_file(kind: str, good: Path, tmp: Path) -> Path:
     elif kind == "truncated":
         data = good.read_bytes()
         path.write_bytes(data[:len(data) // 2])
+    elif kind == "corrupt-events":  # valid HDF5 structure, garbage inside the first events chunk
+        with h5py.File(good, "r") as f:
+            chunk = f["events"].id.get_chunk_info(0)
+        data = bytearray(good.read_bytes())
+        for i in range(chunk.byte_offset + 64, chunk.byte_offset + chunk.size - 8, 7):
+            data[i] ^= 0x5A
+        path.write_bytes(bytes(data))
     else:
         shutil.copy(good, path)
         with h5py.File(path, "a") as f:
@@ -311,6 +318,7 @@ def _bad_file(kind: str, good: Path, tmp: Path) -> Path:
 @pytest.mark.parametrize("kind, message", [
     ("not-hdf5", "not an HDF5 file"),
     ("truncated", "truncated or corrupt HDF5 file"),
+    ("corrupt-events", "events are unreadable"),
     ("no-complete", "incomplete"),
     ("unknown-schema", "schema version 99 is not supported"),
 ])
