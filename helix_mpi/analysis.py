@@ -399,6 +399,15 @@ def iter_event_chunks(file, path: str | Path, chunk: int = SUMMARY_CHUNK) -> Ite
         yield rows
 
 
+def count_events(path: str | Path) -> int:
+    """Events in a trace file, 0 if it cannot be read (callers that read it then say why)."""
+    try:
+        with open_trace(path, allow_incomplete=True) as file:
+            return int(file["events"].shape[0])
+    except (TraceError, OSError, KeyError):
+        return 0
+
+
 def read_kv_tokens(file, path: str | Path) -> np.ndarray:
     try:
         return file["kv_tokens"][...]
@@ -407,11 +416,16 @@ def read_kv_tokens(file, path: str | Path) -> np.ndarray:
 
 
 def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK,
-                    progress: Any = None) -> dict[str, Any]:
+                    progress: Any = None, allow_interrupted: bool = False) -> dict[str, Any]:
     """summarize() of a whole trace file, streamed in chunks, plus its configuration, the KV
-    cache per rank and the memory figures when the trace has them."""
+    cache per rank and the memory figures when the trace has them. With `allow_interrupted`, a
+    trace whose run was interrupted (`complete = False`, as a killed run leaves it) is read too
+    and the summary says `"complete": false`; a file without the attribute is still refused."""
     stats = EventStats(by)
-    with open_trace(path) as file:
+    with open_trace(path, allow_incomplete=allow_interrupted) as file:
+        if "complete" not in file.attrs:
+            raise TraceError(f"{path}: root attribute 'complete' is missing: an incomplete or foreign file, not a helix_mpi trace")
+        complete = bool(file.attrs["complete"])
         meta = read_meta(file, path)
         for rows in iter_event_chunks(file, path, chunk):
             stats.add(rows)
@@ -421,6 +435,7 @@ def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK
     if stats.events == 0:
         raise TraceError(f"{path}: trace has no events")
     summary = stats.summary(meta.shape)
+    summary["complete"] = complete
     summary.update(describe_run(meta))
     summary.update(kv_figures(meta, kv_tokens))
     if summary.get("by", {}).get("key") == "rank" and "kv" in summary:

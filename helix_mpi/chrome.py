@@ -17,7 +17,7 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from .analysis import Selection, TraceMeta, iter_selected, read_meta
+from .analysis import Selection, TraceMeta, check_selection, iter_selected, read_meta
 from .costmodel import busbw
 from .trace import open_trace
 
@@ -32,8 +32,11 @@ def export_chrome(path: str | Path, output: str | Path, selection: Selection = S
         raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     partial = Path(f"{output}.partial")  # renamed to `output` only once complete
     try:
-        with open_trace(path) as file, open(partial, "w", encoding="utf-8") as out:
-            written = _write_events(out, file, read_meta(file, path), selection, clock, progress)
+        with open_trace(path) as file:
+            meta = read_meta(file, path)
+            check_selection(selection, meta)
+            with open(partial, "w", encoding="utf-8") as out:
+                written = _write_events(out, file, meta, selection, clock, progress)
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)

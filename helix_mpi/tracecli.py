@@ -36,23 +36,14 @@ def _one_line_errors() -> Iterator[None]:
 @contextmanager
 def _progress(path: str, label: str) -> Iterator[Callable[[int], None] | None]:
     """A progress bar over events on stderr, for big traces on a terminal only."""
-    total = _event_count(path)
+    from .analysis import count_events
+
+    total = count_events(path)
     if total < PROGRESS_MIN_EVENTS or not sys.stderr.isatty():
         yield None
         return
     with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
         yield bar.update
-
-
-def _event_count(path: str) -> int:
-    """Events in a trace, 0 if it cannot be read (the command itself then says why)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as file:
-            return int(file["events"].shape[0])
-    except Exception:  # noqa: BLE001 - only sizes a progress bar
-        return 0
 
 
 def _selection(steps: str | None, layers: str | None, ranks: str | None, default_steps: str | None = None):
@@ -89,7 +80,10 @@ def summarize(trace_path: str, by: str, as_json: bool) -> None:
     from .analysis import format_trace_summary, summarize_trace
 
     with _one_line_errors(), _progress(trace_path, "summarize") as progress:
-        summary = summarize_trace(trace_path, by=by, progress=progress)
+        summary = summarize_trace(trace_path, by=by, progress=progress, allow_interrupted=True)
+    if not summary["complete"]:
+        click.echo(f"helix-mpi: warning: {trace_path} is incomplete (its run was interrupted): the figures cover "
+                   f"the {summary['steps']} steps it holds", err=True)
     _emit(summary, as_json, format_trace_summary(summary))
 
 
@@ -131,14 +125,10 @@ def timeline(trace_path: str, output: str, steps: str | None, layers: str | None
 def export(trace_path: str, fmt: str, output: str, steps: str | None, layers: str | None, ranks: str | None,
            clock: str) -> None:
     """Chrome trace-event JSON: one process per rank, one thread per stream, ts/dur in us."""
-    from .analysis import check_selection, read_meta
     from .chrome import export_chrome
-    from .trace import open_trace
 
     selection = _selection(steps, layers, ranks)
     with _one_line_errors():
-        with open_trace(trace_path) as file:
-            check_selection(selection, read_meta(file, trace_path))
         with _progress(trace_path, "export") as progress:
             count = export_chrome(trace_path, output, selection, clock, progress)
     click.echo(f"{count:,} ops ({selection.describe()}) written to {output}: open it in https://ui.perfetto.dev")
@@ -171,7 +161,8 @@ def _replay_text(source: str, r: Any) -> str:
         f"replayed {source} ({r.source_topology}) onto {r.topology}, HOP-B {'on' if r.hopb else 'off'}: "
         f"{r.path} ({r.events:,} events)",
         f"modeled step time (emulated layers) {r.source_step_time_s * 1e6:10.2f} us -> {r.step_time_s * 1e6:10.2f} us",
-        f"token-to-token latency (full model) {r.source_ttl_s * 1e3:10.4f} ms -> {r.ttl_s * 1e3:10.4f} ms (x{ratio:.4f})",
+        f"token-to-token latency (full model) {r.source_ttl_s * 1e3:10.4f} ms -> {r.ttl_s * 1e3:10.4f} ms "
+        f"(x{ratio:.4f})",
     ])
 
 

@@ -58,6 +58,9 @@ def test_sigterm_keeps_an_incomplete_readable_trace(tmp_path):
         assert steps >= 3 and len(np.unique(f["events"]["step"])) >= steps
     done = run_cli(["validate", str(partial)])
     assert done.returncode == 2 and "incomplete" in (done.stdout + done.stderr).lower()
+    done = run_cli(["summarize", str(partial), "--json"])  # readable, with a warning
+    assert done.returncode == 0 and "warning" in done.stderr and "incomplete" in done.stderr
+    assert json.loads(done.stdout)["steps"] >= 3
 
 
 def _run_saved(tmp_path, name: str, ranks: int, extra=()):

@@ -343,3 +343,13 @@ def test_bad_options_get_one_line_and_exit_2(traces, tmp_path, args, message):
             .replace("OUT", str(tmp_path / "out")) for a in args]
     assert message in _error_line(invoke(*args, ok=False))
     assert not list(tmp_path.glob("out*"))
+
+
+def test_op_grouping_stays_exact_on_hash_collisions(traces, monkeypatch):
+    """With a degenerate hash (first 8 bytes only), 'all_reduce_attn' and 'all_reduce_ffn'
+    collide; the exact fallback must still count every op separately."""
+    import helix_mpi.analysis as analysis
+
+    expected = {(r["op"], r["count"]) for r in summarize_trace(traces["a"])["ops"]}
+    monkeypatch.setattr(analysis, "_HASH_BASE", 0)
+    assert {(r["op"], r["count"]) for r in summarize_trace(traces["a"])["ops"]} == expected
