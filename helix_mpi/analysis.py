@@ -38,6 +38,31 @@ class RunShape:
     batch: int
     layers: int  # emulated layers
     model_layers: int  # layers of the full model (TTL scales the emulated ones to it)
+    # kind of every layer of the full model (True = MoE) when the model mixes dense and MoE
+    # layers: the TTL then scales each kind's mean emulated layer time by its count
+    layer_kinds: tuple[bool, ...] | None = None
+
+    def layer_weights(self) -> np.ndarray:
+        """Weight of each emulated layer in the full model's TTL [layers]."""
+        even = np.full(self.layers, self.model_layers / self.layers)
+        if not self.layer_kinds or len(set(self.layer_kinds)) == 1:
+            return even
+        emulated = np.array(self.layer_kinds[:self.layers])
+        weights = np.zeros(self.layers)
+        missing = 0
+        for kind in (False, True):
+            in_model, in_run = self.layer_kinds.count(kind), int((emulated == kind).sum())
+            if in_run:
+                weights[emulated == kind] = in_model / in_run
+            else:
+                missing += in_model
+        return weights + missing / self.layers  # a kind not emulated: spread over the emulated layers
+
+
+def shape_of(world_size: int, batch: int, layers: int, model) -> RunShape:
+    """RunShape of a run of `model` (a ModelConfig)."""
+    kinds = tuple(model.is_moe_layer(layer) for layer in range(model.num_layers))
+    return RunShape(world_size, batch, layers, model.num_layers, kinds)
 
 
 def step_times(events: np.ndarray) -> np.ndarray:
@@ -161,6 +186,7 @@ class EventStats:
         self.host_end_s = max(self.host_end_s, float(chunk["host_end_s"].max()))
         self._add_step_ends(chunk)
         self._add_ops(chunk, duration)
+        self._add_layer_spans(chunk)
         if self.by != "op":
             self._add_by_key(chunk, duration, is_comm)
 
@@ -190,8 +216,6 @@ class EventStats:
         for column, weights in enumerate((None, np.where(is_comm, 0.0, duration),
                                           np.where(is_comm, duration, 0.0), comm_bytes)):
             self.key_sums[:size, column] += _sum_by(keys, size, weights)
-        if self.by == "layer":
-            self._add_layer_spans(chunk)
 
     def _add_layer_spans(self, chunk: np.ndarray) -> None:
         steps, layers = chunk["step"].astype(np.int64), chunk["layer"].astype(np.int64)
@@ -209,6 +233,16 @@ class EventStats:
         np.maximum.at(flat[:, 1], cell, chunk["end_s"])
         flat[np.isinf(flat[:, 0])] = np.nan  # cells no chunk has touched yet
 
+    def _layer_times(self) -> np.ndarray:
+        """Modeled seconds of each layer of each step [T, L]: successive layer ends."""
+        ends = self.layer_span[:, :, 1].reshape(-1)
+        return np.diff(np.concatenate([[0.0], np.maximum.accumulate(ends)])).reshape(self.layer_span.shape[:2])
+
+    def _ttl(self, shape: RunShape, step_time: float) -> float:
+        if not shape.layer_kinds or self.layer_span.shape[1] != shape.layers:
+            return step_time * shape.model_layers / shape.layers
+        return float(self._layer_times().mean(axis=0) @ shape.layer_weights())
+
     # --- figures --------------------------------------------------------------------------
     def summary(self, shape: RunShape) -> dict[str, Any]:
         if self.events == 0:
@@ -217,7 +251,7 @@ class EventStats:
         n_steps = len(per_step)
         rank_steps = shape.world_size * n_steps
         step_time = float(per_step.mean())
-        ttl = step_time * shape.model_layers / shape.layers
+        ttl = self._ttl(shape, step_time)
         compute_busy, comm_busy = self.compute_s / rank_steps, self.comm_s / rank_steps
         exposed_comm = max(step_time - compute_busy, 0.0)
         ops = self._op_rows(rank_steps)
@@ -345,8 +379,10 @@ class TraceMeta:
 
     @property
     def shape(self) -> RunShape:
-        return RunShape(self.world_size, int(self.run["batch"]), int(self.run["layers"]),
-                        int(self.model["num_layers"]))
+        from .config import ModelConfig
+
+        return shape_of(self.world_size, int(self.run["batch"]), int(self.run["layers"]),
+                        ModelConfig.from_dict(self.model))
 
 
 _REQUIRED_CONFIG = {"run": ("batch", "layers", "precision"), "model": ("num_layers",), "layout": ()}

@@ -240,7 +240,7 @@ def _print_run(outcome, layout, model, as_json: bool) -> None:
 def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block,
                   as_json, gpus, layers, steps) -> None:
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data."""
-    from .analysis import RunShape, format_summary, summarize
+    from .analysis import format_summary, shape_of, summarize
     from .analytic import simulate
     from .memory import memory_report
     from .config import RunConfig, load_model, make_layout, validate_layout
@@ -258,7 +258,7 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
     events = simulate(model, layout, run_config, topo)
-    summary = summarize(events, RunShape(gpus, batch, run_config.layers, model.num_layers))
+    summary = summarize(events, shape_of(gpus, batch, run_config.layers, model))
     memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block)
     summary.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
                    precision=precision, context=context, hopb=hopb, memory=memory, fits=memory["fits"],

@@ -127,7 +127,7 @@ def plot_frontiers(fronts: dict[str, np.ndarray], path: str | Path, title: str, 
         if len(rows) == 0:
             continue
         color, style, width = STYLE.get(series, ("black", "-", 1.0))
-        ax.step(rows[USER], rows[GPU], where="post", color=color, linestyle=style, linewidth=width,
+        ax.step(rows[USER], rows[GPU], where="pre", color=color, linestyle=style, linewidth=width,
                 label=f"{series} ({len(rows)} points)")
         ax.plot(rows[USER], rows[GPU], ".", color=color, markersize=3)
     ax.set_xscale("log")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .analysis import RunShape, summarize
+from .analysis import shape_of, summarize
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import EmulationResult, Emulator, warm_up_kernels
 from .memory import memory_report
@@ -111,7 +111,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
         summary = error = None
         if is_root:
             all_events = np.concatenate(events)
-            summary = summarize(all_events, RunShape(layout.world_size, run.batch, run.layers, model.num_layers))
+            summary = summarize(all_events, shape_of(layout.world_size, run.batch, run.layers, model))
             summary["host_seconds"] = result.host_seconds
             summary["memory"] = run_memory(model, layout, run, topo)
             if check or save_tensors:

@@ -1,41 +1,45 @@
-"""Analytic decode-only serving of a trace with continuous batching, at full model size.
+"""Decode-only serving of a request trace with continuous batching.
 
-No MPI and no data: every decode step is timed by the same plan and clocks as `analytic.layer_time`
-(DESIGN.md section 2), for the ragged batch the scheduler holds at that step.
+One scheduler (`Scheduler`) serves both modes, so they make the same decisions:
+- analytic (`serve`, `helix-mpi model --workload`): full model size, no MPI, no data; every step is
+  timed by `StepTimer`, a vectorised `analytic.step_time` (same plans and clocks, DESIGN.md
+  section 2) for the ragged batch held at that step; any model (GQA or MLA, dense or MoE) and any
+  strategy (helix, tp, kvp, dp-ep);
+- emulated (`runner.run_serving`, `helix-mpi run --workload`): every rank runs the same scheduler
+  and the emulator times each step on real data.
 
 Model (all times in modeled seconds):
 - Prefill runs elsewhere (a prefill pool). A request waits in a FIFO queue from its arrival until
-  its KV fits in HBM (and, if given, until fewer than `max_batch` requests are held). Admission
-  happens at step boundaries, strictly FIFO (the head blocks the requests behind it). On
-  admission the request reserves the HBM of its *final* KV (input + output tokens) on every rank,
-  so a running request never runs out of memory.
+  its KV fits (and, if given, until fewer than `max_batch` requests are held). Admission happens
+  at step boundaries, strictly FIFO (the head blocks the requests behind it). On admission the
+  request reserves the KV of its *final* length (input + output tokens) on every rank that will
+  hold part of it, so a running request never runs out of memory. Capacity (`kv_capacity`):
+  the HBM each rank has left next to its weight shards (memory.py, full model at the modeled
+  precision), in KV tokens of that rank; `kv_capacity_tokens` overrides it (emulation size).
+- Placement: request r's token p lives on KVP rank (p // tokens_per_block) % KVP, counted from its
+  own position 0 (kvcache.tokens_held), on every TPA replica; under dp-ep a request lives whole on
+  one rank, chosen at admission: the rank with the fewest reserved tokens where it fits.
 - KV transfer: after admission its prompt KV is copied into the decode ranks. Every rank receives
-  its own shard (its round-robin tokens x its KV heads x all layers) concurrently over its own
+  its own shard (its tokens x its KV heads or latent x all layers) concurrently over its own
   link: t = latency + max-shard bytes / bandwidth, over the scale-out NIC (`kv_transfer =
   "scale_out"`, prefill outside the NVLink domain, the default), over NVLink ("nvlink", prefill
   inside the domain) or free ("none"). The transfer is charged to the request's queue time, never
   to a decode step: the request joins the batch at the first step boundary after it completes.
-- Decode: each step decodes one token of every request in the batch; the step takes
-  model.num_layers * layer_time(kv_lengths [N, B]), where kv_lengths are each rank's tokens of
-  each request *including the step's new token*. Request b's token p lives on KVP rank
-  (p // tokens_per_block) % KVP, counted from its own position 0 (kvcache.tokens_held). A request
-  leaves after `output_tokens` steps and frees its KV. Requests arriving during a step join at
-  the next step.
+- Decode: each step decodes one token of every request in the batch, in admission order; it
+  takes step_time(kv_lengths), each rank's tokens of each of its requests *including the step's
+  new token*. A request leaves after `output_tokens` steps and frees its KV. Requests arriving
+  during a step join at the next step; with nothing to decode the clock jumps to the next event.
 
-Metrics: TTL (time-to-token) of a request = (end of its last step - start of its first step) /
-output_tokens, i.e. the mean time between its tokens; queue time = start of its first step -
-arrival; tokens/s/GPU = generated tokens / makespan / N; KV imbalance = max / mean over KVP ranks
-of the batch's KV tokens at a step, reported as the median over steps whose mean context exceeds
-`long_context_tokens`.
-
-`LayerTimer` is a vectorised closed form of `analytic.layer_time` for the Helix dense plan (which
-builds Python plans for every rank and takes ~0.35 s for 64 ranks x 100 requests);
-tests/test_workload.py checks that both agree to 1e-12 on random ragged batches.
+Metrics (`Scheduler.metrics`): TTL (time-to-token) of a request = (end of its last step - start of
+its first step) / output_tokens, i.e. the mean time between its tokens; queue time = start of its
+first step - arrival; first token = end of its first step; tokens/s/GPU = generated tokens /
+makespan / N; KV imbalance = max / mean over ranks of the KV tokens they hold at a step, reported
+as the median over steps whose mean context exceeds `long_context_tokens`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -44,6 +48,7 @@ from .axes import Axis, Stream
 from .clock import LayerSchedule, StreamClocks, op_duration
 from .config import PRECISION_BYTES, Layout, ModelConfig, Strategy, validate_layout
 from .costmodel import compute_time
+from .memory import rank_memory
 from .mesh import coordinates, group_colors
 from .plan import Op, OpName, all_to_all_index, attention_index, layer_plan
 from .sharding import rank_shard
@@ -59,62 +64,29 @@ class ServingError(ValueError):
     """A serving setup that cannot run; the message is one line: what and how to fix it."""
 
 
-# --- memory -------------------------------------------------------------------------------------
+# --- memory (memory.py) ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class MemoryModel:
-    """HBM use of one GPU (the fullest rank) for a dense GQA model under a layout."""
+class KVCapacity:
+    """Per-rank HBM budget of the full model under a layout (from memory.rank_memory)."""
 
-    hbm_bytes: float  # capacity, bytes
-    weight_bytes: float  # all layers' weight shards, bytes (max over ranks)
-    kv_bytes_per_token: float  # bytes per KV token a rank holds: 2 (K,V) x local KV heads x D x precision x layers
-
-    @property
-    def capacity_tokens(self) -> int:
-        """KV tokens a rank can hold next to its weights."""
-        return max(0, math.floor((self.hbm_bytes - self.weight_bytes) / self.kv_bytes_per_token))
-
-    def used_bytes(self, tokens_held: float) -> float:
-        return self.weight_bytes + tokens_held * self.kv_bytes_per_token
+    hbm_bytes: float  # capacity of one GPU
+    weight_bytes: np.ndarray  # [N] weight shards of all layers
+    kv_bytes_per_token: np.ndarray  # [N] bytes of one KV token the rank holds (its KV heads or latent, all layers)
+    tokens: np.ndarray  # [N] KV tokens the rank may hold (HBM left by its weights, or the override)
 
 
-def _check_dense_gqa(model: ModelConfig) -> None:
-    if model.mla is not None or model.moe is not None:
-        raise ServingError(f"serving models dense GQA models only; {model.name} has MLA or MoE layers")
-
-
-def weight_bytes_per_gpu(model: ModelConfig, layout: Layout, precision: str) -> float:
-    """Bytes of the weight shards the fullest rank holds, all layers (embeddings not modeled).
-
-    Exact shards (sharding.rank_shard): W_Q/W_K/W_V of its heads (under Helix replicated over the
-    KVP ranks of its TPA group), W_O rows of the heads it combines, W_gate/W_up/W_down of its FFN
-    columns, two RMSNorm vectors. For KVP = 1 this is the layer's weights / N x layers.
-    """
-    _check_dense_gqa(model)
-    H, D = model.hidden_size, model.head_dim
-    per_rank = []
-    for rank in range(layout.world_size):
-        s = rank_shard(model, layout, rank)
-        qkv = H * (len(s.q_heads) + 2 * len(s.kv_heads)) * D
-        per_rank.append(qkv + len(s.combine_heads) * D * H + 3 * H * len(s.ffn_cols) + 2 * H)
-    return max(per_rank) * PRECISION_BYTES[precision] * model.num_layers
-
-
-def kv_bytes_per_token_per_gpu(model: ModelConfig, layout: Layout, precision: str) -> float:
-    """Bytes one KV token costs the rank that holds it: K and V of its KV heads, all layers."""
-    _check_dense_gqa(model)
-    kv_heads = max(len(rank_shard(model, layout, r).kv_heads) for r in range(layout.world_size))
-    return 2.0 * kv_heads * model.head_dim * PRECISION_BYTES[precision] * model.num_layers
-
-
-def memory_model(model: ModelConfig, layout: Layout, precision: str, topo: Topology) -> MemoryModel:
-    return MemoryModel(topo.gpu.hbm_bytes, weight_bytes_per_gpu(model, layout, precision),
-                       kv_bytes_per_token_per_gpu(model, layout, precision))
-
-
-def hbm_bytes_per_gpu(model: ModelConfig, layout: Layout, precision: str, tokens_held: float,
-                      topo: Topology) -> float:
-    """Weights + KV bytes of a rank holding `tokens_held` KV tokens."""
-    return memory_model(model, layout, precision, topo).used_bytes(tokens_held)
+def kv_capacity(model: ModelConfig, layout: Layout, precision: str, topo: Topology,
+                tokens: int | None = None) -> KVCapacity:
+    """Per-rank budget; `tokens` overrides the HBM-derived capacity (KV tokens per rank)."""
+    n, dp = layout.world_size, layout.strategy is Strategy.DP_EP
+    # one KV token on every rank: one request per rank under dp-ep, else KVP tokens in blocks of 1
+    batch, length = (n, 1) if dp else (1, layout.kvp)
+    per_rank = [rank_memory(model, layout, r, batch, length, precision, 1) for r in range(n)]
+    weights = np.array([m["weights_bytes"] for m in per_rank])
+    per_token = np.array([m["kv_bytes"] for m in per_rank])
+    left = np.floor(np.maximum(topo.gpu.hbm_bytes - weights, 0) / per_token).astype(np.int64)
+    held = left if tokens is None else np.full(n, tokens, dtype=np.int64)
+    return KVCapacity(topo.gpu.hbm_bytes, weights, per_token, held)
 
 
 def tokens_held_batch(lengths: np.ndarray, kvp: int, tokens_per_block: int) -> np.ndarray:
@@ -157,7 +129,7 @@ class _BatchPlan:
 
 
 class LayerTimer:
-    """analytic.layer_time for many ragged batches, vectorised over ranks and requests.
+    """analytic.step_time of one layer for many ragged batches, vectorised over ranks and requests.
 
     Every op is placed by the same LayerSchedule as analytic.layer_time, from plans cached per
     batch size and per class of ranks with equal shard shapes, except the per-request chain of
@@ -167,6 +139,8 @@ class LayerTimer:
                 => X_b = max(G(M0), cummax_{j<=b} (G(A_j) - j t_a2a)) + (b+1) t_a2a
       no HOP-B: A_b = X_{b-1} + t_att_b (b >= 1);  X_b = X_{b-1} + G(t_att_b) + t_a2a
     Attention FLOPs and bytes are affine in the KV length (probed from the plan at 0 and 1 token).
+    Under dp-ep every rank has its own requests (a list of N arrays of different lengths): each
+    op's duration on a rank is that of the plan for the rank's own batch size.
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, precision: str, hopb: bool, topo: Topology,
@@ -252,8 +226,10 @@ class LayerTimer:
         nbytes = plan.zero_attention[1] + self.att_bytes1[:, 0] * tokens
         return np.asarray(compute_time(flops, nbytes, self.topo, self.precision))
 
-    def __call__(self, kv_lengths: np.ndarray) -> float:
-        """Modeled seconds of one layer for local KV lengths [N, B] (as analytic.layer_time)."""
+    def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
+        """Modeled seconds of one layer for local KV lengths [N, B], or N arrays [b_r] (dp-ep)."""
+        if isinstance(kv_lengths, list):
+            return self._per_rank_batches(kv_lengths)
         kv = np.asarray(kv_lengths)
         batch = kv.shape[1]
         plan = self._batch_plan(batch)
@@ -273,8 +249,44 @@ class LayerTimer:
             schedule.place(index, op, duration)
         return float(schedule.layer_end().max())
 
+    def _per_rank_batches(self, kv_lengths: list[np.ndarray]) -> float:
+        """One layer when rank r holds its own b_r requests (no per-request chain: KVP = 1)."""
+        sizes = np.array([len(k) for k in kv_lengths])
+        tokens = np.array([float(np.sum(k)) for k in kv_lengths])
+        plans = {int(b): self._batch_plan(int(b)) for b in np.unique(sizes)}
+        reference = plans[int(sizes[0])]
+        if any(p.chain or [op.name for _, op in p.ops] != [op.name for _, op in reference.ops]
+               for p in plans.values()):
+            raise RuntimeError("plan.layer_plan depends on the batch size: update serving.LayerTimer")
+        clocks = StreamClocks(self.n)
+        schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
+        for index, op in reference.ops:
+            if op.name is OpName.ATTENTION:
+                flops = np.array([plans[b].zero_attention[0][r] for r, b in enumerate(sizes)])
+                nbytes = np.array([plans[b].zero_attention[1][r] for r, b in enumerate(sizes)])
+                duration = np.asarray(compute_time(flops + self.att_flops1[:, 0] * tokens,
+                                                   nbytes + self.att_bytes1[:, 0] * tokens, self.topo, self.precision))
+            else:
+                duration = np.array([plans[b].durations[index][r] for r, b in enumerate(sizes)])
+            schedule.place(index, op, duration)
+        return float(schedule.layer_end().max())
 
-# --- the serving loop ---------------------------------------------------------------------------------
+
+class StepTimer:
+    """analytic.step_time for ragged batches: one LayerTimer per kind of layer (dense, MoE), each
+    timed once and multiplied by its count, as step_time does."""
+
+    def __init__(self, model: ModelConfig, layout: Layout, precision: str, hopb: bool, topo: Topology,
+                 layers: int | None = None):
+        kinds = [model.is_moe_layer(layer) for layer in range(model.num_layers if layers is None else layers)]
+        self.parts = [(kinds.count(kind), LayerTimer(model, layout, precision, hopb, topo, kinds.index(kind)))
+                      for kind in sorted(set(kinds))]
+
+    def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
+        """Modeled seconds of one decode step for local KV lengths [N, B], or N arrays (dp-ep)."""
+        return sum(count * timer(kv_lengths) for count, timer in self.parts)
+
+# --- the scheduler ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServingSetup:
     """Everything fixed for one simulation."""
@@ -285,146 +297,243 @@ class ServingSetup:
     precision: str = "fp4"
     hopb: bool = True
     tokens_per_block: int = 16  # KV round robin block, tokens
-    max_batch: int | None = None  # cap on requests held (decoding or receiving KV); None = HBM only
+    max_batch: int | None = None  # cap on requests held (decoding or receiving KV); None = KV capacity only
     kv_transfer: str = "scale_out"  # link of the prefill -> decode KV copy: scale_out, nvlink or none
     long_context_tokens: int = LONG_CONTEXT_TOKENS
+    kv_capacity_tokens: int | None = None  # KV tokens per rank; None = the HBM left by the weights
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_BYTES:
             raise ServingError(f"precision must be one of {', '.join(PRECISION_BYTES)}, got {self.precision!r}")
         if not isinstance(self.tokens_per_block, int) or self.tokens_per_block < 1:
             raise ServingError(f"tokens_per_block must be an integer >= 1, got {self.tokens_per_block!r}")
-        if self.max_batch is not None and (not isinstance(self.max_batch, int) or self.max_batch < 1):
-            raise ServingError(f"max_batch must be an integer >= 1 or None, got {self.max_batch!r}")
+        for name in ("max_batch", "kv_capacity_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ServingError(f"{name} must be an integer >= 1 or None, got {value!r}")
         if self.kv_transfer not in KV_TRANSFER:
             raise ServingError(f"kv_transfer must be one of {', '.join(KV_TRANSFER)}, got {self.kv_transfer!r}")
-        if self.layout.strategy is Strategy.DP_EP:
-            raise ServingError("serving models helix, tp and kvp layouts; dp-ep needs an MoE model")
         validate_layout(self.model, self.layout, self.layout.world_size)
-        _check_dense_gqa(self.model)
 
-
-def kv_transfer_s(setup: ServingSetup, shard_tokens: np.ndarray, memory: MemoryModel) -> np.ndarray:
-    """Seconds to copy each request's prompt KV into the decode ranks; shard_tokens [KVP, R]."""
-    if setup.kv_transfer == "none":
-        return np.zeros(shard_tokens.shape[1])
-    shard_bytes = shard_tokens.max(axis=0) * memory.kv_bytes_per_token  # the largest shard sets the pace
-    if setup.kv_transfer == "scale_out":
-        return setup.topo.scale_out.latency_s + shard_bytes / setup.topo.scale_out.bytes_per_s
-    return setup.topo.fabric.a2a_base_s + shard_bytes / setup.topo.fabric.link_bytes_per_s
-
-
-class _Requests:
-    """Per-request arrays (index = position in the workload)."""
-
-    def __init__(self, workload: Workload, setup: ServingSetup, memory: MemoryModel):
-        reqs = workload.requests
-        self.arrival = np.array([r.arrival_s for r in reqs])
-        self.input = np.array([r.input_tokens for r in reqs], dtype=np.int64)
-        self.output = np.array([r.output_tokens for r in reqs], dtype=np.int64)
-        kvp, tpb = setup.layout.kvp, setup.tokens_per_block
-        self.final_held = tokens_held_batch(self.input + self.output, kvp, tpb)  # [KVP, R] tokens reserved
-        self.transfer = kv_transfer_s(setup, tokens_held_batch(self.input, kvp, tpb), memory)
-        self.generated = np.zeros(len(reqs), dtype=np.int64)
-        self.first_start = np.full(len(reqs), np.nan)
-        self.finish = np.full(len(reqs), np.nan)
-
-
-def _check_fits(reqs: _Requests, memory: MemoryModel, workload: Workload) -> None:
-    if memory.capacity_tokens < 1:
-        raise ServingError(f"the weights need {memory.weight_bytes / 1e9:.1f} GB per GPU, more than its "
-                           f"{memory.hbm_bytes / 1e9:.1f} GB of HBM: use more ranks or a lower precision")
-    need = reqs.final_held.max(axis=0)
-    worst = int(np.argmax(need))
-    if need[worst] > memory.capacity_tokens:
-        raise ServingError(
-            f"request {workload.requests[worst].index} needs {need[worst]} KV tokens per GPU but only "
-            f"{memory.capacity_tokens} fit next to the weights: use more KVP ranks or a smaller context scale"
-        )
+    @property
+    def data_parallel(self) -> bool:
+        return self.layout.strategy is Strategy.DP_EP
 
 
 @dataclass
-class _Trace:
-    """Per-step records (lists, turned into arrays at the end)."""
+class _Log:
+    """Per-step records (lists, turned into arrays by `metrics`)."""
 
-    start: list
-    duration: list
-    batch: list
-    kv: list  # [KVP] tokens per KVP rank
-    mean_context: list
-    reserved_at_end: int = -1  # KV tokens still reserved when the last request left (0 if all freed)
-
-
-def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology, precision: str = "fp4",
-          hopb: bool = True, tokens_per_block: int = 16, max_batch: int | None = None,
-          kv_transfer: str = "scale_out", exact: bool = False,
-          long_context_tokens: int = LONG_CONTEXT_TOKENS) -> dict:
-    """Simulate decode-only continuous batching of `workload`; metrics as in the module docstring.
-
-    exact=True times steps with analytic.layer_time (slow: for checks) instead of LayerTimer.
-    """
-    setup = ServingSetup(model, layout, topo, precision, hopb, tokens_per_block, max_batch, kv_transfer,
-                         long_context_tokens)
-    memory = memory_model(model, layout, precision, topo)
-    reqs = _Requests(workload, setup, memory)
-    _check_fits(reqs, memory, workload)
-    if exact:
-        from .analytic import layer_time as exact_layer_time
-
-        def timer(kv: np.ndarray) -> float:
-            return exact_layer_time(model, layout, kv, precision, hopb, topo)
-    else:
-        timer = LayerTimer(model, layout, precision, hopb, topo)  # type: ignore[assignment]
-    trace = _run(setup, reqs, memory, timer)
-    return _metrics(setup, reqs, trace, memory)
+    start: list = field(default_factory=list)
+    end: list = field(default_factory=list)
+    batch: list = field(default_factory=list)
+    kv: list = field(default_factory=list)  # [N] KV tokens held per rank, new tokens included
+    mean_context: list = field(default_factory=list)
 
 
-def _run(setup: ServingSetup, reqs: _Requests, memory: MemoryModel, timer: Callable) -> _Trace:
-    """The event loop: admit (FIFO), join after the KV transfer, step, free finished requests."""
-    total = len(reqs.arrival)
-    kvp_of_rank = np.array([coordinates(setup.layout, r)[Axis.KVP] for r in range(setup.layout.world_size)])
-    reserved = np.zeros(setup.layout.kvp, dtype=np.int64)  # KV tokens reserved per KVP rank
-    pending: list[tuple[float, int]] = []  # (join time, request) admitted, KV in transfer
-    active: list[int] = []
-    trace = _Trace([], [], [], [], [])
-    now, head, done = float(reqs.arrival[0]), 0, 0
-    while done < total:
-        while head < total and reqs.arrival[head] <= now and (
-                setup.max_batch is None or len(active) + len(pending) < setup.max_batch):
-            if (reserved + reqs.final_held[:, head]).max() > memory.capacity_tokens:
+class Scheduler:
+    """FIFO continuous batching under the KV capacity (module docstring). Deterministic: every
+    emulated rank runs its own copy on the same clock values and takes the same decisions."""
+
+    def __init__(self, workload: Workload, setup: ServingSetup):
+        self.setup, self.layout = setup, setup.layout
+        self.capacity = kv_capacity(setup.model, setup.layout, setup.precision, setup.topo, setup.kv_capacity_tokens)
+        reqs = workload.requests
+        self.index = np.array([r.index for r in reqs], dtype=np.int64)  # row of the trace file
+        self.arrival = np.array([r.arrival_s for r in reqs], dtype=float)
+        self.input = np.array([r.input_tokens for r in reqs], dtype=np.int64)
+        self.output = np.array([r.output_tokens for r in reqs], dtype=np.int64)
+        n = self.layout.world_size
+        self.kvp_of_rank = np.array([coordinates(self.layout, r)[Axis.KVP] for r in range(n)])
+        self.owner = np.full(len(reqs), -1, dtype=np.int64)  # dp-ep: the rank holding the request
+        self.reserved = np.zeros(n, dtype=np.int64)  # KV tokens reserved per rank
+        self.generated = np.zeros(len(reqs), dtype=np.int64)
+        self.admitted, self.transfer = np.full(len(reqs), np.nan), np.zeros(len(reqs))
+        self.first_start, self.first_token, self.finish = (np.full(len(reqs), np.nan) for _ in range(3))
+        self.pending: list[tuple[float, int]] = []  # (join time, request) admitted, KV in transfer
+        self.active: list[int] = []  # in the batch, in admission order
+        self.head, self.finished = 0, 0
+        self.log = _Log()
+        self._check_fits(workload)
+
+    # --- placement -------------------------------------------------------------------------
+    def held(self, requests: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """KV tokens [N, b] each rank holds of each request when it is `lengths` tokens long."""
+        if self.setup.data_parallel:
+            return np.where(np.arange(self.layout.world_size)[:, None] == self.owner[requests], lengths, 0)
+        return tokens_held_batch(lengths, self.layout.kvp, self.setup.tokens_per_block)[self.kvp_of_rank]
+
+    def max_held(self, rank: int) -> int:
+        """Most KV tokens `rank` may ever hold of one request of the workload (slot size)."""
+        final = self.input + self.output
+        if self.setup.data_parallel:
+            return int(final.max())
+        kvp = coordinates(self.layout, rank)[Axis.KVP]
+        return int(tokens_held_batch(final, self.layout.kvp, self.setup.tokens_per_block)[kvp].max())
+
+    def _check_fits(self, workload: Workload) -> None:
+        cap = self.capacity
+        if cap.tokens.min() < 1:
+            raise ServingError(f"the weights need {cap.weight_bytes.max() / 1e9:.1f} GB per GPU, more than its "
+                               f"{cap.hbm_bytes / 1e9:.1f} GB of HBM: use more ranks or a lower precision")
+        final = self.input + self.output
+        if self.setup.data_parallel:
+            need, room = final, int(cap.tokens.max())
+        else:
+            per_kvp = tokens_held_batch(final, self.layout.kvp, self.setup.tokens_per_block)  # [KVP, R]
+            need, room = per_kvp.max(axis=0), int(cap.tokens.min())
+        worst = int(np.argmax(need))
+        if need[worst] > room:
+            raise ServingError(
+                f"request {workload.requests[worst].index} needs {need[worst]} KV tokens per GPU but only "
+                f"{room} fit next to the weights: use more KVP ranks, a smaller context scale or a larger "
+                "KV capacity")
+
+    def _place(self, r: int) -> int | None:
+        """Owner of request r (-1: every rank holds its shard), or None if it does not fit now."""
+        cap, final = self.capacity.tokens, self.input[r] + self.output[r]
+        if self.setup.data_parallel:
+            fits = np.flatnonzero(self.reserved + final <= cap)
+            return int(fits[np.argmin(self.reserved[fits])]) if len(fits) else None
+        need = self.held(np.array([r]), np.array([final]))[:, 0]
+        return -1 if (self.reserved + need <= cap).all() else None
+
+    def _transfer_s(self, r: int) -> float:
+        """Seconds to copy request r's prompt KV into its ranks (module docstring)."""
+        setup = self.setup
+        if setup.kv_transfer == "none":
+            return 0.0
+        shard = self.held(np.array([r]), self.input[r:r + 1])[:, 0] * self.capacity.kv_bytes_per_token
+        link = setup.topo.scale_out if setup.kv_transfer == "scale_out" else None
+        if link is not None:
+            return float(link.latency_s + shard.max() / link.bytes_per_s)
+        return float(setup.topo.fabric.a2a_base_s + shard.max() / setup.topo.fabric.link_bytes_per_s)
+
+    # --- the loop ----------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.finished == len(self.arrival)
+
+    @property
+    def first_arrival(self) -> float:
+        return float(self.arrival[0])
+
+    def _admit(self, now: float) -> None:
+        cap = self.setup.max_batch
+        while self.head < len(self.arrival) and self.arrival[self.head] <= now and (
+                cap is None or len(self.active) + len(self.pending) < cap):
+            r = self.head
+            owner = self._place(r)
+            if owner is None:
                 break  # strict FIFO: the head waits for memory, and so does everyone behind it
-            reserved += reqs.final_held[:, head]
-            pending.append((now + reqs.transfer[head], head))
-            head += 1
-        active += [i for t, i in pending if t <= now]
-        pending = [(t, i) for t, i in pending if t > now]
-        if not active:  # idle: jump to the next join or arrival
-            events = [t for t, _ in pending]
-            events += [reqs.arrival[head]] if head < total and reqs.arrival[head] > now else []
+            self.owner[r] = owner
+            self.reserved += self.held(np.array([r]), self.input[r:r + 1] + self.output[r:r + 1])[:, 0]
+            self.admitted[r], self.transfer[r] = now, self._transfer_s(r)
+            self.pending.append((now + self.transfer[r], r))
+            self.head += 1
+
+    def next_step(self, now: float) -> tuple[float, np.ndarray]:
+        """(start, requests [B] in batch order) of the next decode step at or after `now`."""
+        while True:
+            self._admit(now)
+            self.active += [r for t, r in self.pending if t <= now]
+            self.pending = [(t, r) for t, r in self.pending if t > now]
+            if self.active:
+                return now, np.array(self.active, dtype=np.int64)
+            events = [t for t, _ in self.pending]
+            if self.head < len(self.arrival) and self.arrival[self.head] > now:
+                events.append(float(self.arrival[self.head]))
             if not events:
                 raise RuntimeError("serving loop stalled: nothing running, nothing admissible")
-            now = float(min(events))
-            continue
-        idx = np.array(active)
-        lengths = reqs.input[idx] + reqs.generated[idx] + 1  # tokens in each request's KV, new one included
-        held = tokens_held_batch(lengths, setup.layout.kvp, setup.tokens_per_block)  # [KVP, B]
-        step_s = setup.model.num_layers * timer(held[kvp_of_rank])
-        new = idx[reqs.generated[idx] == 0]
-        reqs.first_start[new] = now
-        trace.start.append(now)
-        trace.duration.append(step_s)
-        trace.batch.append(len(idx))
-        trace.kv.append(held.sum(axis=1))
-        trace.mean_context.append(float(lengths.mean()))
-        now += step_s
-        reqs.generated[idx] += 1
-        finished = idx[reqs.generated[idx] == reqs.output[idx]]
-        reqs.finish[finished] = now
-        reserved -= reqs.final_held[:, finished].sum(axis=1)
-        done += len(finished)
-        active = [i for i in active if reqs.generated[i] < reqs.output[i]]
-    trace.reserved_at_end = int(reserved.sum())
-    return trace
+            now = min(events)  # idle: jump to the next join or arrival
+
+    def lengths(self, requests: np.ndarray) -> np.ndarray:
+        """Tokens [B] in each request's KV during the step, its new token included."""
+        return self.input[requests] + self.generated[requests] + 1
+
+    def kv_lengths(self, requests: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """Each rank's local KV tokens per request for the step timer: [N, B], or under dp-ep a
+        list of N arrays (each rank its own requests, in batch order)."""
+        lengths = self.lengths(requests)
+        if not self.setup.data_parallel:
+            return self.held(requests, lengths)
+        owners = self.owner[requests]
+        return [lengths[owners == rank] for rank in range(self.layout.world_size)]
+
+    def end_step(self, requests: np.ndarray, start: float, end: float) -> np.ndarray:
+        """Record the step [start, end) of `requests`; returns those that finished (their KV is freed)."""
+        lengths = self.lengths(requests)
+        new = requests[self.generated[requests] == 0]
+        self.first_start[new], self.first_token[new] = start, end
+        log = self.log
+        log.start.append(start)
+        log.end.append(end)
+        log.batch.append(len(requests))
+        log.kv.append(self.held(requests, lengths).sum(axis=1))
+        log.mean_context.append(float(lengths.mean()))
+        self.generated[requests] += 1
+        finished = requests[self.generated[requests] == self.output[requests]]
+        self.finish[finished] = end
+        final = self.input[finished] + self.output[finished]
+        self.reserved -= self.held(finished, final).sum(axis=1)
+        self.finished += len(finished)
+        self.active = [r for r in self.active if self.generated[r] < self.output[r]]
+        return finished
+
+    # --- metrics -------------------------------------------------------------------------------
+    def metrics(self) -> dict:
+        """Scalars (the keys scripts use) and per-request / per-step arrays (module docstring)."""
+        ttl = (self.finish - self.first_start) / self.output  # mean seconds between a request's tokens
+        queue = self.first_start - self.arrival
+        log, n = self.log, self.layout.world_size
+        kv = np.array(log.kv, dtype=np.int64).reshape(len(log.kv), n)  # [steps, N]
+        mean_kv = kv.mean(axis=1)
+        imbalance = np.where(mean_kv > 0, kv.max(axis=1) / np.where(mean_kv > 0, mean_kv, 1), 1.0)
+        long = np.array(log.mean_context) > self.setup.long_context_tokens
+        makespan = float(self.finish.max() - self.arrival.min())
+        cap = self.capacity
+        return {
+            "requests": len(self.arrival),
+            "generated_tokens": int(self.output.sum()),
+            "steps": len(log.start),
+            "makespan_s": makespan,
+            "ttl_p50": float(np.percentile(ttl, 50)),
+            "ttl_p90": float(np.percentile(ttl, 90)),
+            "ttl_p99": float(np.percentile(ttl, 99)),
+            "queue_mean_s": float(queue.mean()),
+            "queue_p99_s": float(np.percentile(queue, 99)),
+            "kv_transfer_mean_s": float(self.transfer.mean()),
+            "tokens_per_s_per_gpu": float(self.output.sum() / makespan / n) if makespan > 0 else math.inf,
+            "max_batch": int(max(log.batch)),
+            "mean_batch": float(np.mean(log.batch)),
+            "mean_step_s": float(np.mean(np.array(log.end) - np.array(log.start))),
+            "kv_imbalance": float(np.median(imbalance[long])) if long.any() else float("nan"),
+            "kv_imbalance_max": float(imbalance[long].max()) if long.any() else float("nan"),
+            "long_context_steps": int(long.sum()),
+            "hbm_weight_bytes_per_gpu": float(cap.weight_bytes.max()),
+            "kv_capacity_tokens_per_gpu": int(cap.tokens.min()),
+            "kv_tokens_at_end": int(self.reserved.sum()),
+            # per request [R]
+            "request_index": self.index,  # row of the trace file
+            "arrival_s": self.arrival,
+            "first_token_s": self.first_token,  # end of its first decode step
+            "last_token_s": self.finish,
+            "queue_s": queue,
+            "ttl_s": ttl,
+            "kv_transfer_s": self.transfer,
+            # per step, subsampled to at most MAX_SAMPLES points
+            "time_s": _subsample(np.array(log.start)),  # step start times
+            "batch_size": _subsample(np.array(log.batch)),  # requests per step
+            "kv_tokens_per_rank": _subsample(kv),  # [samples, N] KV tokens per rank
+            "kv_imbalance_per_step": _subsample(imbalance),
+        }
+
+    def step_log(self) -> dict[str, np.ndarray]:
+        """Every step, not subsampled (for traces): start, end [T], batch [T], KV tokens per rank [T, N]."""
+        log = self.log
+        return {"start_s": np.array(log.start), "end_s": np.array(log.end),
+                "batch": np.array(log.batch, dtype=np.int64),
+                "kv_tokens": np.array(log.kv, dtype=np.int64).reshape(len(log.kv), self.layout.world_size)}
 
 
 def _subsample(values: np.ndarray, limit: int = MAX_SAMPLES) -> np.ndarray:
@@ -433,39 +542,29 @@ def _subsample(values: np.ndarray, limit: int = MAX_SAMPLES) -> np.ndarray:
     return values[np.linspace(0, len(values) - 1, limit).round().astype(np.int64)]
 
 
-def _metrics(setup: ServingSetup, reqs: _Requests, trace: _Trace, memory: MemoryModel) -> dict:
-    ttl = (reqs.finish - reqs.first_start) / reqs.output  # mean seconds between a request's tokens
-    queue = reqs.first_start - reqs.arrival
-    kv = np.array(trace.kv, dtype=np.int64).reshape(len(trace.kv), setup.layout.kvp)  # [steps, KVP]
-    mean_kv = kv.mean(axis=1)
-    imbalance = np.where(mean_kv > 0, kv.max(axis=1) / np.where(mean_kv > 0, mean_kv, 1), 1.0)
-    long = np.array(trace.mean_context) > setup.long_context_tokens
-    makespan = float(reqs.finish.max() - reqs.arrival.min())
-    steps_t = np.array(trace.start)
-    return {
-        "requests": len(reqs.arrival),
-        "generated_tokens": int(reqs.output.sum()),
-        "steps": len(trace.start),
-        "makespan_s": makespan,
-        "ttl_p50": float(np.percentile(ttl, 50)),
-        "ttl_p90": float(np.percentile(ttl, 90)),
-        "ttl_p99": float(np.percentile(ttl, 99)),
-        "queue_mean_s": float(queue.mean()),
-        "queue_p99_s": float(np.percentile(queue, 99)),
-        "kv_transfer_mean_s": float(reqs.transfer.mean()),
-        "tokens_per_s_per_gpu": float(reqs.output.sum() / makespan / setup.layout.world_size),
-        "max_batch": int(max(trace.batch)),
-        "mean_step_s": float(np.mean(trace.duration)),
-        "kv_imbalance": float(np.median(imbalance[long])) if long.any() else float("nan"),
-        "kv_imbalance_max": float(imbalance[long].max()) if long.any() else float("nan"),
-        "long_context_steps": int(long.sum()),
-        "hbm_weight_bytes_per_gpu": memory.weight_bytes,
-        "kv_capacity_tokens_per_gpu": memory.capacity_tokens,
-        "kv_tokens_at_end": trace.reserved_at_end,
-        "ttl_s": ttl,  # [R] per request, seconds
-        "queue_s": queue,  # [R]
-        "time_s": _subsample(steps_t),  # step start times [<= MAX_SAMPLES]
-        "batch_size": _subsample(np.array(trace.batch)),  # requests per step
-        "kv_tokens_per_rank": _subsample(kv),  # [samples, KVP] KV tokens per KVP rank
-        "kv_imbalance_per_step": _subsample(imbalance),
-    }
+def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology, precision: str = "fp4",
+          hopb: bool = True, tokens_per_block: int = 16, max_batch: int | None = None,
+          kv_transfer: str = "scale_out", exact: bool = False,
+          long_context_tokens: int = LONG_CONTEXT_TOKENS, kv_capacity_tokens: int | None = None) -> dict:
+    """Simulate decode-only continuous batching of `workload` at full model size (Scheduler.metrics).
+
+    exact=True times steps with analytic.step_time (slow: for checks) instead of StepTimer.
+    """
+    setup = ServingSetup(model, layout, topo, precision, hopb, tokens_per_block, max_batch, kv_transfer,
+                         long_context_tokens, kv_capacity_tokens)
+    scheduler = Scheduler(workload, setup)
+    timer = _exact_timer(setup) if exact else StepTimer(model, layout, precision, hopb, topo)
+    now = scheduler.first_arrival
+    while not scheduler.done:
+        start, batch = scheduler.next_step(now)
+        now = start + timer(scheduler.kv_lengths(batch))
+        scheduler.end_step(batch, start, now)
+    return scheduler.metrics()
+
+
+def _exact_timer(setup: ServingSetup) -> Callable:
+    from .analytic import step_time
+
+    def timer(kv: np.ndarray | list[np.ndarray]) -> float:
+        return step_time(setup.model, setup.layout, list(kv), setup.precision, setup.hopb, setup.topo)
+    return timer

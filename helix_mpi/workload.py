@@ -14,8 +14,11 @@ Every row is validated; a bad row raises WorkloadError with one line naming the 
 Options are applied in this order (documented, tested):
   1. time window: keep requests with start_s <= arrival_s < end_s;
   2. first N: keep the first `first` of those;
-  3. context scale: input_tokens = round(input_tokens * context_scale) (e.g. x8 turns the Mooncake
-     conversation trace, median 6.9K tokens, into contexts reaching ~1M tokens).
+  3. context scale: input_tokens = round(input_tokens * context_scale) (e.g. x8.29 turns the first
+     200 requests of the Mooncake conversation trace, longest 120,633 tokens, into contexts reaching
+     1M tokens); output scale: output_tokens = max(1, round(output_tokens * output_scale)); time
+     scale: arrival_s *= time_scale (e.g. 0.001 replays 72 s of trace in 72 ms, so that requests
+     arrive while a tiny emulated model decodes).
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ class Request:
     """One request of a trace."""
 
     index: int  # 0-based data row of the file (stable under filtering)
-    arrival_s: float  # seconds from the file's first row
+    arrival_s: float  # seconds from the file's first row (x time_scale)
     input_tokens: int  # prompt tokens (KV computed by prefill), after context_scale
     output_tokens: int  # tokens to decode, >= 1
 
@@ -225,7 +228,8 @@ def detect_format(path: Path | str, fmt: str | None = None) -> str:
     return _EXTENSIONS[suffix]
 
 
-def _check_options(start_s: float | None, end_s: float | None, first: int | None, context_scale: float) -> None:
+def _check_options(start_s: float | None, end_s: float | None, first: int | None,
+                   scales: dict[str, float]) -> None:
     for name, value in (("start_s", start_s), ("end_s", end_s)):
         if value is not None and not math.isfinite(value):
             raise WorkloadError(f"{name} must be a finite number of seconds, got {value!r}")
@@ -233,18 +237,20 @@ def _check_options(start_s: float | None, end_s: float | None, first: int | None
         raise WorkloadError(f"empty time window: end_s {end_s} must be greater than start_s {start_s}")
     if first is not None and (isinstance(first, bool) or not isinstance(first, int) or first < 1):
         raise WorkloadError(f"first must be an integer >= 1, got {first!r}")
-    if not (isinstance(context_scale, (int, float)) and math.isfinite(context_scale) and context_scale > 0):
-        raise WorkloadError(f"context_scale must be a positive number, got {context_scale!r}")
+    for name, value in scales.items():
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise WorkloadError(f"{name} must be a positive number, got {value!r}")
 
 
-def _describe(path: Path, fmt: str, start_s, end_s, first, context_scale) -> str:
+def _describe(path: Path, fmt: str, start_s, end_s, first, scales: dict[str, float]) -> str:
     parts = [f"{path} ({fmt})"]
     if start_s is not None or end_s is not None:
         parts.append(f"window [{start_s if start_s is not None else 0}, {end_s if end_s is not None else 'end'}) s")
     if first is not None:
         parts.append(f"first {first}")
-    if context_scale != 1:
-        parts.append(f"context x{context_scale:g}")
+    for name, value in scales.items():
+        if value != 1:
+            parts.append(f"{name.split('_')[0]} x{value:g}")
     return ", ".join(parts)
 
 
@@ -253,11 +259,13 @@ def _in_window(arrival_s: float, start_s: float | None, end_s: float | None) -> 
 
 
 def load_workload(path: Path | str, fmt: str | None = None, *, start_s: float | None = None,
-                  end_s: float | None = None, first: int | None = None, context_scale: float = 1.0) -> Workload:
-    """Read a trace, then apply window -> first N -> context scale (module docstring)."""
+                  end_s: float | None = None, first: int | None = None, context_scale: float = 1.0,
+                  output_scale: float = 1.0, time_scale: float = 1.0) -> Workload:
+    """Read a trace, then apply window -> first N -> scales (module docstring)."""
     path = Path(path)
     fmt = detect_format(path, fmt)
-    _check_options(start_s, end_s, first, context_scale)
+    scales = {"context_scale": context_scale, "output_scale": output_scale, "time_scale": time_scale}
+    _check_options(start_s, end_s, first, scales)
     if not path.is_file():
         raise WorkloadError(f"trace file {path} not found")
     rows = read_mooncake(path) if fmt == "mooncake" else read_azure(path)
@@ -269,7 +277,6 @@ def load_workload(path: Path | str, fmt: str | None = None, *, start_s: float | 
     requests = requests[:first] if first is not None else requests
     if not requests:
         raise WorkloadError(f"{path}: no requests left in the window [{start_s}, {end_s}) s: widen it")
-    if context_scale != 1:
-        requests = [Request(r.index, r.arrival_s, round(r.input_tokens * context_scale), r.output_tokens)
-                    for r in requests]
-    return Workload(tuple(requests), _describe(path, fmt, start_s, end_s, first, context_scale))
+    requests = [Request(r.index, r.arrival_s * time_scale, round(r.input_tokens * context_scale),
+                        max(1, round(r.output_tokens * output_scale))) for r in requests]
+    return Workload(tuple(requests), _describe(path, fmt, start_s, end_s, first, scales))
