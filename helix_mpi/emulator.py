@@ -41,6 +41,15 @@ class EmulationResult:
     routing: dict = field(default_factory=dict)  # MoE layer -> (experts [T, B, k], weights [T, B, k])
 
 
+@dataclass(frozen=True)
+class StepBatch:
+    """The requests a rank decodes in one step."""
+
+    ids: np.ndarray  # [b] request ids (the `request` column of per-request ops in traces)
+    positions: np.ndarray  # [b] global position of each request's new token
+    appends: np.ndarray  # [b] bool: this rank stores the request's new token (its KVP owner)
+
+
 @dataclass
 class _LayerState:
     """Activations of one layer on one rank while its plan executes."""
@@ -81,15 +90,20 @@ class Emulator:
 
     def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
                  fail_at: tuple[int, int] | None = None):
+        self._setup(model, layout, run, topo, mesh, fail_at)
+        self.requests = dp_requests(run.batch, layout.world_size, mesh.rank) if self.data_parallel \
+            else range(run.batch)
+        self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
+
+    def _setup(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
+               fail_at: tuple[int, int] | None) -> None:
+        """What every emulator needs: the rank's shard, its weights, its clocks."""
         self.model, self.layout, self.run, self.topo, self.mesh = model, layout, run, topo, mesh
         self.fail_at = fail_at  # (step, rank): raise there, to test that a failing rank stops the job
         self.shard = rank_shard(model, layout, mesh.rank)
         self.kvp_rank = mesh.coord(Axis.KVP)
         self.data_parallel = layout.strategy is Strategy.DP_EP
-        self.requests = dp_requests(run.batch, layout.world_size, mesh.rank) if self.data_parallel \
-            else range(run.batch)
         self.weights = [layer_weights(model, run.seed, layer, self.shard) for layer in range(run.layers)]
-        self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
         self.clocks = StreamClocks(1)
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
@@ -110,15 +124,18 @@ class Emulator:
         inputs, outputs, step_times = [], [], []
         self.mesh.comm.Barrier()
         self.host_t0 = time.perf_counter()
+        ids = np.arange(self.requests.start, self.requests.stop)
         for step in range(run.steps):
             position = run.context + step
             if self.fail_at == (step, self.mesh.rank):
                 raise RuntimeError(f"injected failure at step {step} (--fail-at)")
+            owner = (position // run.tokens_per_block) % self.layout.kvp == self.kvp_rank
+            batch = StepBatch(ids, np.full(len(ids), position, dtype=np.int64), np.full(len(ids), owner))
             step_start = float(self.clocks.now()[0])
             inputs.append(self._whole_batch(x))
             self.step_events = []
             for layer in range(run.layers):
-                x = self._layer(step, layer, x, position)
+                x = self._layer(step, layer, x, batch)
             outputs.append(self._whole_batch(x))
             step_times.append(float(self.clocks.now()[0]) - step_start)
             self._flush_step(step, sink)
@@ -144,58 +161,77 @@ class Emulator:
         parts = self.mesh.comm.gather(x, root=0)
         return np.concatenate(parts) if parts is not None else x
 
-    def _layer(self, step: int, layer: int, x: np.ndarray, position: int) -> np.ndarray:
-        cache = self.caches[layer]
-        owner_appends = (position // self.run.tokens_per_block) % self.layout.kvp == self.kvp_rank
-        kv_lengths = cache.lengths + (1 if owner_appends else 0)  # local tokens incl. the new one
+    def _layer(self, step: int, layer: int, x: np.ndarray, batch: StepBatch) -> np.ndarray:
+        kv_lengths = self._held(layer) + batch.appends  # local tokens per request incl. the new one
         plan = layer_plan(self.model, self.layout, self.mesh.rank, layer, kv_lengths, self.run.precision,
                           self.run.hopb)
         schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
         state = _LayerState(x=x.copy())
         for index, op in enumerate(plan):
             host_start = time.perf_counter() - self.host_t0
-            op = self._execute(op, state, layer, position, owner_appends) or op
+            op = self._execute(op, state, layer, batch) or op
             host_end = time.perf_counter() - self.host_t0
             start, end = schedule.place(index, op, op_duration(op, self.topo, self.run.precision))
-            self._record(step, layer, index, op, float(start[0]), float(end[0]), host_start, host_end)
+            request = int(batch.ids[op.request]) if op.request >= 0 else -1
+            self._record(step, layer, index, op, request, float(start[0]), float(end[0]), host_start, host_end)
         return state.x
+
+    # --- the KV cache of the batch (a serving emulator keeps it in slots instead) -------------
+    def _held(self, layer: int) -> np.ndarray:
+        """Local KV tokens [b] of each request before the step's new token."""
+        return self.caches[layer].lengths
+
+    def _held_tokens(self) -> int:
+        """Local KV tokens of the whole batch in layer 0 (the trace's /kv_tokens)."""
+        return int(self.caches[0].lengths.sum())
+
+    def _store(self, layer: int, k: np.ndarray, v: np.ndarray | None, appends: np.ndarray) -> None:
+        """Append the new tokens k, v [b, Kh, W] this rank owns (one position per step: all or none)."""
+        if appends.any():
+            self.caches[layer].append(k, v)
+
+    def _attend(self, layer: int, q: np.ndarray, request: int) -> tuple[np.ndarray, np.ndarray]:
+        """Partial attention of request `request` (-1: every request) over the local shard."""
+        cache = self.caches[layer]
+        rows = slice(None) if request < 0 else slice(request, request + 1)
+        return self._attention_kernel(q[rows], cache.k[rows], None if cache.v is None else cache.v[rows],
+                                      cache.lengths[rows])
+
+    def _attention_kernel(self, q: np.ndarray, k: np.ndarray, v: np.ndarray | None,
+                          lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """q [b, Qh, W], k, v [b, Kh, C, W], lengths [b] -> (out [b, Qh, D or L], lse [b, Qh])."""
+        if self.model.mla is None:
+            return kernels.partial_attention(q, k, v, lengths)
+        return mla_partial_attention(q, k, lengths, self.model.mla.kv_lora_rank)
 
     def _group_max(self, axes, ready: np.ndarray) -> np.ndarray:
         return np.array([group_max(self.mesh.group(axes), float(ready[0]))])
 
     # --- op execution: each returns nothing, or the op with its data-dependent cost -----------
-    def _execute(self, op: Op, state: _LayerState, layer: int, position: int, owner_appends: bool) -> Op | None:
-        return getattr(self, "_op_" + op.name.value)(op, state, layer, position, owner_appends)
+    def _execute(self, op: Op, state: _LayerState, layer: int, batch: StepBatch) -> Op | None:
+        return getattr(self, "_op_" + op.name.value)(op, state, layer, batch)
 
-    def _op_qkv(self, op, state, layer, position, owner_appends):
-        w, model, cache = self.weights[layer].attn, self.model, self.caches[layer]
-        positions = np.full(len(state.x), position, dtype=np.int64)
+    def _op_qkv(self, op, state, layer, batch):
+        w, model = self.weights[layer].attn, self.model
         if model.mla is None:
-            state.q, k, v = project_qkv(state.x, w, positions, model)
+            state.q, k, v = project_qkv(state.x, w, batch.positions, model)
         else:
-            state.q, latent = mla_project(state.x, w, positions, model)
+            state.q, latent = mla_project(state.x, w, batch.positions, model)
             k, v = latent[:, None, :], None
-        if owner_appends:
-            cache.append(k, v)
+        self._store(layer, k, v, batch.appends)
 
-    def _op_attention(self, op, state, layer, position, owner_appends):
-        cache, model = self.caches[layer], self.model
-        rows = slice(None) if op.request < 0 else slice(op.request, op.request + 1)
-        if model.mla is None:
-            out, lse = kernels.partial_attention(state.q[rows], cache.k[rows], cache.v[rows], cache.lengths[rows])
-        else:
-            out, lse = mla_partial_attention(state.q[rows], cache.k[rows], cache.lengths[rows],
-                                             model.mla.kv_lora_rank)
+    def _op_attention(self, op, state, layer, batch):
+        out, lse = self._attend(layer, state.q, op.request)
         if op.request < 0:
             state.attention = out
         else:
             state.partials.append(np.concatenate([out[0], lse[0][:, None]], axis=1))  # [Qh, W+1]
 
-    def _op_all_to_all(self, op, state, layer, position, owner_appends):
+    def _op_all_to_all(self, op, state, layer, batch):
         send = state.partials[op.request]
         state.received.append(all_to_all_heads(self.mesh.group(op.group), send, self.shard.a2a_splits))
 
-    def _op_combine_out_proj(self, op, state, layer, position, owner_appends):
+    def _op_combine_out_proj(self, op, state, layer, batch):
         w = self.weights[layer].attn
         if state.attention is not None:
             combined = state.attention
@@ -207,15 +243,15 @@ class Emulator:
         if self.data_parallel:  # whole heads on the rank: nothing to sum over ranks
             state.x = state.x + state.partial_sum
 
-    def _op_all_reduce_attn(self, op, state, layer, position, owner_appends):
+    def _op_all_reduce_attn(self, op, state, layer, batch):
         state.x = state.x + all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
 
-    def _op_ffn(self, op, state, layer, position, owner_appends):
+    def _op_ffn(self, op, state, layer, batch):
         state.partial_sum = feed_forward(state.x, self.weights[layer].ffn, self.model)
         if self.data_parallel:
             state.x = state.x + state.partial_sum
 
-    def _op_moe(self, op, state, layer, position, owner_appends):
+    def _op_moe(self, op, state, layer, batch):
         w, moe = self.weights[layer].ffn, self.model.moe
         state.g = ffn_input(state.x, w, self.model)
         experts, weights = state.routing = route(state.g, w.router, moe)
@@ -229,17 +265,17 @@ class Emulator:
                                  int(held.sum()), PRECISION_BYTES[self.run.precision])
         return dataclasses.replace(op, flops=flops, hbm_bytes=nbytes)
 
-    def _op_all_reduce_ffn(self, op, state, layer, position, owner_appends):
+    def _op_all_reduce_ffn(self, op, state, layer, batch):
         summed = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
         if self.model.is_moe_layer(layer) and self.layout.ep > 1:
             state.partial_sum = summed  # the EP group's sum, gathered next
         else:
             state.x = state.x + summed
 
-    def _op_all_gather_ep(self, op, state, layer, position, owner_appends):
+    def _op_all_gather_ep(self, op, state, layer, batch):
         state.x = state.x + all_gather(self.mesh.group(op.group), state.partial_sum).sum(axis=0)
 
-    def _op_all_to_all_dispatch(self, op, state, layer, position, owner_appends):
+    def _op_all_to_all_dispatch(self, op, state, layer, batch):
         experts, weights = state.routing
         per_rank = self.model.moe.n_routed_experts // self.layout.ep
         tokens, slots = np.nonzero(np.ones_like(experts, dtype=bool))  # every (token, slot) pair
@@ -251,7 +287,7 @@ class Emulator:
         received, received_counts = all_to_all_rows(self.mesh.group(op.group), rows, counts)
         state.dispatch = (received, tokens[order], counts, received_counts)
 
-    def _op_experts(self, op, state, layer, position, owner_appends):
+    def _op_experts(self, op, state, layer, batch):
         received = state.dispatch[0]
         w, H = self.weights[layer].ffn, self.model.hidden_size
         ids = received[:, H].astype(np.int64)
@@ -265,22 +301,22 @@ class Emulator:
                                           PRECISION_BYTES[self.run.precision])
         return dataclasses.replace(op, flops=flops, hbm_bytes=nbytes)
 
-    def _op_all_to_all_combine(self, op, state, layer, position, owner_appends):
+    def _op_all_to_all_combine(self, op, state, layer, batch):
         out, tokens, sent_counts, received_counts = state.dispatch
         returned, _ = all_to_all_rows(self.mesh.group(op.group), out, received_counts, sent_counts)
         np.add.at(state.partial_sum, tokens, returned)
         state.x = state.x + state.partial_sum
 
     # --- events --------------------------------------------------------------------------
-    def _record(self, step: int, layer: int, index: int, op: Op, start: float, end: float,
+    def _record(self, step: int, layer: int, index: int, op: Op, request: int, start: float, end: float,
                 host_start: float, host_end: float) -> None:
-        self.step_events.append((self.mesh.rank, step, layer, op.request, index, *op_dep_fields(op),
+        self.step_events.append((self.mesh.rank, step, layer, request, index, *op_dep_fields(op),
                                  op.name.value, op.stream.value, *op_collective_fields(op), op.flops,
                                  start, end, host_start, host_end))
 
     def _flush_step(self, step: int, sink: StepSink | None) -> None:
         events = np.array(self.step_events, dtype=EVENT_DTYPE)
-        held = int(self.caches[0].lengths.sum())
+        held = self._held_tokens()
         gathered = self.mesh.comm.gather((events, held), root=0)
         if sink is not None and gathered is not None:
             all_events = np.concatenate([e for e, _ in gathered])
