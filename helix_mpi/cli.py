@@ -24,10 +24,12 @@ class UserError(click.ClickException):
 
 def _user_errors():
     from .config import ConfigError
+    from .serving import ServingError
     from .topology import TopologyError
     from .trace import TraceError
+    from .workload import WorkloadError
 
-    return (ConfigError, TopologyError, TraceError)
+    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError)
 
 
 def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
@@ -64,11 +66,37 @@ def model_options(fn):
     return fn
 
 
+def workload_options(fn):
+    """Trace-driven serving (helix_mpi.serving): shared by `run` (emulated) and `model` (analytic)."""
+    for option in reversed([
+        click.option("--workload", type=str, metavar="FILE",
+                     help="serve this request trace (Mooncake .jsonl/.json or Azure .csv) with continuous "
+                          "batching instead of a fixed batch"),
+        click.option("--first", type=int, metavar="N", help="serve only the first N requests (after the window)"),
+        click.option("--start", "start_s", type=float, metavar="S", help="window start, trace seconds"),
+        click.option("--end", "end_s", type=float, metavar="S", help="window end (exclusive), trace seconds"),
+        click.option("--context-scale", type=float, default=1.0, show_default=True,
+                     help="multiply prompt lengths (x8.29 takes the first 200 Mooncake requests to 1M tokens)"),
+        click.option("--output-scale", type=float, default=1.0, show_default=True,
+                     help="multiply output lengths (at least 1 token each)"),
+        click.option("--time-scale", type=float, default=1.0, show_default=True,
+                     help="multiply arrival times (e.g. 0.001 so requests arrive while a tiny model decodes)"),
+        click.option("--max-batch", type=int, help="cap on requests held at once (default: KV capacity only)"),
+        click.option("--kv-capacity", type=int, metavar="TOKENS",
+                     help="KV tokens each rank may hold (default: the HBM its weight shards leave, full model)"),
+        click.option("--kv-transfer", type=click.Choice(["scale_out", "nvlink", "none"]), default="scale_out",
+                     show_default=True, help="link of the prefill pool -> decode KV copy (charged to queue time)"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @model_options
+@workload_options
 @click.option("-n", "--np", "ranks", type=int, help="ranks; when not started by mpiexec, relaunch under it")
 @click.option("--steps", type=int, default=4, show_default=True, help="decode steps")
-@click.option("--layers", type=int, default=2, show_default=True, help="layers to emulate")
+@click.option("--layers", type=int, help="layers to emulate (default 2; with --workload all of the model's)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of all synthetic tensors")
 @click.option("--key-scale", type=float, default=1.0, hidden=True, help="scale of initial keys (tests)")
 @click.option("-o", "--output", default="helix-run.h5", show_default=True, help="HDF5 trace to write")
@@ -76,17 +104,25 @@ def model_options(fn):
 @click.option("--check/--no-check", default=None, help="compare with the NumPy reference (default: if it fits)")
 @click.option("--fail-at", hidden=True, help="STEP:RANK: raise on that rank at that step (tests)")
 def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block, as_json,
-        ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at) -> None:
-    """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace."""
+        ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, **serving) -> None:
+    """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
+
+    With --workload, serve a request trace instead: requests join the batch at their (scaled)
+    arrival on the modeled clock, decode their output tokens and leave, freeing their KV."""
     if ranks is not None and ranks < 1:
         raise UserError(f"-n/--np must be >= 1, got {ranks}")
     failure = _parse_fail_at(fail_at)
+    if serving["workload"] is None and layers is None:
+        layers = 2
     settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context, steps=steps,
                     layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
                     key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
-            _resolve_run(world_size=ranks, **settings)
+            resolved = _resolve_run(world_size=ranks, **settings)
+            if serving["workload"] is not None:
+                _refuse_fixed_batch_flags(save_tensors)
+                _resolve_serving(*resolved, serving)
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
         code, interrupted = relaunch(ranks, strip_np_option(sys.argv[1:]))
@@ -103,11 +139,16 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         if ranks is not None and ranks != comm.Get_size():
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
         model, layout, run_config, topo = _resolve_run(world_size=comm.Get_size(), **settings)
-        from .runner import run_emulation
+        if serving["workload"] is not None:
+            _refuse_fixed_batch_flags(save_tensors)
+            outcome = _run_serving(comm, model, layout, run_config, topo, serving, output, check, failure,
+                                   is_root and not as_json)
+        else:
+            from .runner import run_emulation
 
-        with _progress(is_root and not as_json, steps) as advance:
-            outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance,
-                                    failure)
+            with _progress(is_root and not as_json, steps) as advance:
+                outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance,
+                                        failure)
     except (*_user_errors(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
             click.echo(f"helix-mpi: error: {exc.message if isinstance(exc, UserError) else exc}", err=True)
@@ -127,7 +168,7 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         sys.stderr.flush()
         comm.Abort(1)
     if is_root:
-        _print_run(outcome, layout, model, as_json)
+        (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, layout, model, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
 
@@ -172,13 +213,15 @@ def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:
 
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
                  seed, precision, hopb, key_scale, topology):
-    """Model, layout, run config and topology from the flags, validated for `world_size` ranks."""
+    """Model, layout, run config and topology from the flags, validated for `world_size` ranks
+    (layers None: every layer of the model, as --workload runs default to)."""
     from .config import RunConfig, check_run_fits_model, load_model, make_layout, validate_layout
     from .topology import load_topology
 
     model = load_model(model_spec)
     layout = make_layout(model, world_size, kvp, tpa, strategy, ep)
     validate_layout(model, layout, world_size)
+    layers = model.num_layers if layers is None else layers
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
                            tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
                            key_scale=key_scale)
@@ -186,16 +229,59 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
     return model, layout, run_config, load_topology(topology)
 
 
-class _progress:
-    """Click's progress bar over decode steps on rank 0 (stderr), nothing elsewhere."""
+def _refuse_fixed_batch_flags(save_tensors: bool) -> None:
+    """--batch, --context, --steps and --save-tensors describe a fixed batch: not a served trace."""
+    ctx = click.get_current_context()
+    given = [f"--{name}" for name in ("batch", "context", "steps")
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if save_tensors:
+        given.append("--save-tensors")
+    if given:
+        raise UserError(f"{', '.join(given)} cannot be used with --workload (the trace sets every request's "
+                        f"context and length): drop {'it' if len(given) == 1 else 'them'}")
 
-    def __init__(self, enabled: bool, steps: int):
-        self.bar = click.progressbar(length=steps, label="decode steps", file=sys.stderr) if enabled else None
+
+def _load_workload(serving: dict):
+    from .workload import load_workload
+
+    return load_workload(serving["workload"], start_s=serving["start_s"], end_s=serving["end_s"],
+                         first=serving["first"], context_scale=serving["context_scale"],
+                         output_scale=serving["output_scale"], time_scale=serving["time_scale"])
+
+
+def _resolve_serving(model, layout, run_config, topo, serving: dict):
+    """(workload, ServingSetup) from the flags; the scheduler's checks run here (one line if bad)."""
+    from .serving import Scheduler, ServingSetup
+
+    workload = _load_workload(serving)
+    setup = ServingSetup(model, layout, topo, run_config.precision, run_config.hopb, run_config.tokens_per_block,
+                         serving["max_batch"], serving["kv_transfer"], kv_capacity_tokens=serving["kv_capacity"])
+    Scheduler(workload, setup)  # refuses requests that can never fit
+    return workload, setup
+
+
+def _run_serving(comm, model, layout, run_config, topo, serving: dict, output, check, failure, show: bool):
+    from .runner import run_serving
+
+    workload, setup = _resolve_serving(model, layout, run_config, topo, serving)
+    with _progress(show, len(workload), "requests served", absolute=True) as advance:
+        return run_serving(comm, model, layout, run_config, topo, workload, setup, output, check, advance, failure)
+
+
+class _progress:
+    """Click's progress bar on rank 0 (stderr), nothing elsewhere: one unit per call, or with
+    `absolute` the callback gets the units done so far."""
+
+    def __init__(self, enabled: bool, length: int, label: str = "decode steps", absolute: bool = False):
+        self.bar = click.progressbar(length=length, label=label, file=sys.stderr) if enabled else None
+        self.absolute = absolute
 
     def __enter__(self):
         if self.bar is None:
             return None
         self.bar.__enter__()
+        if self.absolute:
+            return lambda done: self.bar.update(done - self.bar.pos)
         return lambda step: self.bar.update(1)
 
     def __exit__(self, *exc):
@@ -234,12 +320,20 @@ def _print_run(outcome, layout, model, as_json: bool) -> None:
 
 @cli.command("model")
 @model_options
+@workload_options
 @click.option("--gpus", "-g", type=int, default=8, show_default=True, help="GPUs N")
 @click.option("--layers", type=int, help="layers to time (default: all of the model)")
 @click.option("--steps", type=int, default=1, show_default=True, help="decode steps (context grows by one each)")
 def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block,
-                  as_json, gpus, layers, steps) -> None:
-    """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data."""
+                  as_json, gpus, layers, steps, **serving) -> None:
+    """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data.
+
+    With --workload, serve a request trace at full model size (continuous batching, analytic)."""
+    if serving["workload"] is not None:
+        _refuse_fixed_batch_flags(False)
+        _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
+                       gpus, serving)
+        return
     from .analysis import format_summary, shape_of, summarize
     from .analytic import simulate
     from .memory import memory_report
@@ -330,6 +424,75 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
         if measure:
             line += f" {row['measured_s'] * 1e6:12.1f}"
         click.echo(line)
+
+
+def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json, gpus,
+                   serving: dict) -> None:
+    """`model --workload`: helix_mpi.serving.serve at full model size."""
+    from .config import RunConfig, load_model, make_layout, validate_layout
+    from .serving import scalar_metrics, serve
+    from .topology import load_topology
+
+    try:
+        if gpus < 1:
+            raise UserError(f"--gpus must be >= 1, got {gpus}")
+        model = load_model(model_spec)
+        layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
+        validate_layout(model, layout, gpus)
+        topo = load_topology(topology)
+        run_config = RunConfig(tokens_per_block=tokens_per_block, precision=precision, hopb=hopb, layers=1)
+        workload, setup = _resolve_serving(model, layout, run_config, topo, serving)
+        metrics = serve(workload, model, layout, topo, precision, hopb, tokens_per_block, setup.max_batch,
+                        setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens)
+    except _user_errors() as exc:
+        raise UserError(str(exc)) from None
+    data = scalar_metrics(metrics)
+    data.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
+                precision=precision, hopb=hopb, workload=workload.source)
+    header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  {model.name}, {precision}, "
+              f"HOP-B {'on' if hopb else 'off'} (analytic, full model)")
+    _emit(data, as_json, "\n".join([header, _workload_text(workload), _serving_text(metrics)]))
+
+
+def _workload_text(workload) -> str:
+    return f"workload: {workload.source}: {len(workload)} requests arriving over {workload.duration_s:.4g} s"
+
+
+def _serving_text(m: dict) -> str:
+    """The serving figures (Scheduler.metrics) for the terminal."""
+    ms = 1e3
+    imbalance = "n/a (no long contexts)"
+    if m["long_context_steps"]:
+        imbalance = (f"{m['kv_imbalance']:.4f} (median over {m['long_context_steps']} steps with contexts "
+                     f"> 100K tokens; worst {m['kv_imbalance_max']:.4f})")
+    return "\n".join([
+        f"served {m['requests']} requests: {m['generated_tokens']:,} tokens in {m['steps']:,} decode steps, "
+        f"makespan {m['makespan_s']:.4g} s (modeled)",
+        f"TTL p50 / p90 / p99          {m['ttl_p50'] * ms:.4g} / {m['ttl_p90'] * ms:.4g} / {m['ttl_p99'] * ms:.4g} ms",
+        f"queue mean / p99             {m['queue_mean_s'] * ms:.4g} / {m['queue_p99_s'] * ms:.4g} ms "
+        f"(KV transfer mean {m['kv_transfer_mean_s'] * ms:.4g} ms)",
+        f"tokens/s/GPU {m['tokens_per_s_per_gpu']:.4g}   batch max {m['max_batch']} mean {m['mean_batch']:.3g}   "
+        f"KV capacity {m['kv_capacity_tokens_per_gpu']:,} tokens/GPU",
+        f"KV imbalance (max/mean over ranks) {imbalance}",
+    ])
+
+
+def _print_serving_run(outcome, layout, model, as_json: bool) -> None:
+    summary = outcome.summary
+    summary.update(layout=layout.to_dict(), model=model.name, strategy=layout.strategy.value)
+    text = [f"{layout.strategy.value} on {layout.world_size} ranks: {_layout_text(layout)}  model {model.name}, "
+            f"{summary['layers_emulated']} of {summary['model_layers']} layers emulated",
+            _serving_text(outcome.metrics),
+            f"host: {summary['steps']:,} emulated steps in {summary['host_seconds']:.3g} s = "
+            f"{summary['steps_per_host_s']:.1f} steps/s; {summary['kv_slots']} KV slots on rank 0"]
+    if outcome.reference_error is not None:
+        ok = outcome.reference_error <= summary["reference_tolerance"]
+        text.append(f"reference check (every request alone, float64): max relative error "
+                    f"{outcome.reference_error:.2e} (tolerance {summary['reference_tolerance']:.0e}) "
+                    f"{'OK' if ok else 'FAILED'}")
+    if outcome.trace_path:
+        text.append(f"trace: {outcome.trace_path}")
+    _emit(summary, as_json, "\n".join(text))
 
 
 def _register_commands() -> None:

@@ -16,13 +16,15 @@ from .axes import Axis
 from .clock import LayerSchedule, StreamClocks, op_duration
 from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
 from .config import PRECISION_BYTES, Layout, ModelConfig, RunConfig, Strategy
-from .kvcache import ShardedKVCache, initial_kv, owned_positions, tokens_held
+from . import synth
+from .kvcache import ShardedKVCache, initial_kv, kvp_owner, owned_positions, tokens_held
 from .mesh import RankMesh
 from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, mla_project, moe_forward,
                     next_step_input, project_output, project_qkv, route, swiglu_mlp)
 from .plan import (Op, OpName, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_collective_fields,
                    op_dep_fields)
-from .sharding import initial_input, layer_weights, rank_shard
+from .serving import Scheduler, emulated_layer_weights
+from .sharding import UNIT, initial_input, layer_weights, rank_shard
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -321,3 +323,217 @@ class Emulator:
         if sink is not None and gathered is not None:
             all_events = np.concatenate([e for e, _ in gathered])
             sink(step, all_events, np.array([h for _, h in gathered], dtype=np.int64))
+
+
+# --- trace-driven serving ---------------------------------------------------------------------------
+def request_input(model: ModelConfig, seed: int, request: int) -> np.ndarray:
+    """Input of layer 0 at a served request's first decode step [H], unit variance; keyed by the
+    request's row in its trace file, so it does not depend on the batch it joins."""
+    return synth.vector(seed, f"request{request}.x0", model.hidden_size, UNIT)
+
+
+def request_kv(model: ModelConfig, seed: int, request: int, layer: int, kv_heads: range, positions: np.ndarray,
+               key_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """A served request's prompt KV (post-RoPE keys, values; MLA: the latent cache and None) at the
+    given KV heads and positions, [Kh, n, W] each, as a prefill pool would have computed it.
+
+    Element [h, p, d] of the request's virtual cache [K, S, W] is a pure function of (seed, request,
+    layer, p, h, d), position-major: it does not depend on the prompt length S."""
+    heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
+    h = np.asarray(kv_heads, dtype=np.int64)[:, None]
+    p = np.asarray(positions, dtype=np.int64)[None, :]
+    starts = ((p * heads + h) * width).reshape(-1)
+    shape = (len(kv_heads), p.shape[1], width)
+    name = f"request{request}.layer{layer}"
+    k = synth.rows(seed, name + ".k_init", starts, width, UNIT * key_scale).reshape(shape)
+    v = synth.rows(seed, name + ".v_init", starts, width, UNIT).reshape(shape) if model.mla is None else None
+    return k, v
+
+
+class SlotKVPool:
+    """The KV shards of the requests a rank serves: one slot per request holding, per layer,
+    k, v [Kh, C, W] (v None for MLA) and the tokens held. A leaving request's slot goes back to the
+    free list and the next request to join reuses it (no allocation once the pool is warm)."""
+
+    def __init__(self, layers: int, heads: int, width: int, capacity: int, with_values: bool):
+        self.shape = (heads, max(capacity, 1), width)
+        self.layers, self.with_values = layers, with_values
+        self.k: list[list[np.ndarray]] = [[] for _ in range(layers)]  # [layer][slot] -> [Kh, C, W]
+        self.v: list[list[np.ndarray | None]] = [[] for _ in range(layers)]
+        self.lengths = np.zeros((layers, 0), dtype=np.int64)  # [layers, slots]
+        self.free: list[int] = []
+        self.taken = 0  # requests that have taken a slot so far
+
+    @property
+    def slots(self) -> int:
+        return self.lengths.shape[1]
+
+    def take(self, k_init: list[np.ndarray], v_init: list[np.ndarray | None]) -> int:
+        """A slot filled with one request's shard per layer, k_init[l], v_init[l] [Kh, n, W]."""
+        if not self.free:
+            for layer in range(self.layers):
+                self.k[layer].append(np.zeros(self.shape, dtype=np.float32))
+                self.v[layer].append(np.zeros(self.shape, dtype=np.float32) if self.with_values else None)
+            self.lengths = np.concatenate([self.lengths, np.zeros((self.layers, 1), dtype=np.int64)], axis=1)
+            self.free.append(self.slots - 1)
+        slot = self.free.pop()
+        for layer in range(self.layers):
+            held = k_init[layer].shape[1]
+            self.k[layer][slot][:, :held] = k_init[layer]
+            if self.with_values:
+                self.v[layer][slot][:, :held] = v_init[layer]
+            self.lengths[layer, slot] = held
+        self.taken += 1
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.lengths[:, slot] = 0
+        self.free.append(slot)
+
+    def append(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray | None, mask: np.ndarray) -> None:
+        """Store the new token k, v [b, Kh, W] of the requests in `slots` [b] where mask [b] is set."""
+        for b in np.flatnonzero(mask):
+            slot, at = slots[b], self.lengths[layer, slots[b]]
+            self.k[layer][slot][:, at] = k[b]
+            if self.with_values:
+                self.v[layer][slot][:, at] = v[b]
+            self.lengths[layer, slot] = at + 1
+
+    def view(self, layer: int, slot: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(k [1, Kh, C, W], v or None, lengths [1]) of one slot, as the attention kernel takes them."""
+        v = self.v[layer][slot]
+        return self.k[layer][slot][None], None if v is None else v[None], self.lengths[layer, slot:slot + 1]
+
+
+@dataclass
+class ServingResult:
+    """What a serving rank returns (outputs on rank 0 only, when kept)."""
+
+    inputs: dict  # request -> [T_r, H] input of layer 0 at each of its steps
+    outputs: dict  # request -> [T_r, H] output of the last layer at each of its steps
+    steps: int
+    host_seconds: float  # wall time of the serving loop on this machine
+    slots: int  # KV slots this rank allocated
+    requests_served: int  # requests that took a slot on this rank
+    kv_tokens_left: int  # KV tokens still held when the last request left (0: all freed)
+
+
+class ServingEmulator(Emulator):
+    """One rank's share of trace-driven decode serving (serving.py, module docstring).
+
+    Every rank runs the same Scheduler on the same clock, so all agree on each step's batch. A
+    request joining the batch gets a KV slot on every rank holding part of it, filled with its
+    synthetic prompt KV (the rank's round-robin positions and KV heads; under dp-ep the whole
+    request on its owner); it decodes one token per step at its own position (RoPE per request)
+    and its slots are freed when it leaves. Modeled time: each step starts on every rank at the
+    same emulated time (the max over ranks of the previous step's end); the serving clock
+    advances by the step's emulated time, each layer weighted to the full model (layer_weights).
+    """
+
+    def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
+                 scheduler: Scheduler, fail_at: tuple[int, int] | None = None):
+        self._setup(model, layout, run, topo, mesh, fail_at)
+        self.scheduler = scheduler
+        heads, width = (len(self.shard.kv_heads), model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
+        self.pool = SlotKVPool(run.layers, heads, width, scheduler.max_held(mesh.rank), model.mla is None)
+        self.slot_of: dict[int, int] = {}  # request -> slot
+        self.x: dict[int, np.ndarray] = {}  # request -> [H] input of layer 0 at its next step
+        self.slots = np.zeros(0, dtype=np.int64)  # [b] slots of the step's local requests
+        self.layer_weight = emulated_layer_weights(model, run.layers)  # [layers] full-model weight of each
+
+    def serve(self, sink: StepSink | None = None, keep_outputs: bool = False) -> ServingResult:
+        sched, comm = self.scheduler, self.mesh.comm
+        kept: dict[int, list] = {}  # request -> [(input [H], output [H]) per step]
+        now, emulated, step = sched.first_arrival, 0.0, 0
+        comm.Barrier()
+        self.host_t0 = time.perf_counter()
+        while not sched.done:
+            if self.fail_at == (step, self.mesh.rank):
+                raise RuntimeError(f"injected failure at step {step} (--fail-at)")
+            start, requests = sched.next_step(now)
+            local = requests if not self.data_parallel else requests[sched.owner[requests] == self.mesh.rank]
+            batch = self._join(local)
+            x = np.stack([self.x[r] for r in local]) if len(local) else np.zeros((0, self.model.hidden_size),
+                                                                                np.float32)  # [b, H]
+            x_in = x
+            ends, x = self._step(step, x, batch, emulated)
+            now = start + float(np.diff(np.concatenate([[emulated], ends])) @ self.layer_weight)
+            emulated = float(ends[-1])
+            if keep_outputs:
+                self._keep(kept, local, x_in, x)
+            for r, row in zip(local, next_step_input(x, self.model)):
+                self.x[int(r)] = row
+            finished = sched.end_step(requests, start, now)
+            self._flush_step(step, sink)
+            self._leave(finished)
+            step += 1
+        host_seconds = time.perf_counter() - self.host_t0
+        inputs = {r: np.stack([i for i, _ in rows]) for r, rows in kept.items()}
+        outputs = {r: np.stack([o for _, o in rows]) for r, rows in kept.items()}
+        return ServingResult(inputs, outputs, step, host_seconds,
+                             self.pool.slots, self.pool.taken, int(self.pool.lengths.sum()))
+
+    def _join(self, local: np.ndarray) -> StepBatch:
+        """Slots for the local requests that join now; the step's positions and owned appends."""
+        sched, run = self.scheduler, self.run
+        for r in map(int, local):
+            if r not in self.slot_of:
+                index = int(sched.index[r])
+                held = self._positions_held(int(sched.input[r]))
+                kv = [request_kv(self.model, run.seed, index, layer, self.shard.kv_heads, held, run.key_scale)
+                      for layer in range(run.layers)]
+                self.slot_of[r] = self.pool.take([k for k, _ in kv], [v for _, v in kv])
+                self.x[r] = request_input(self.model, run.seed, index)
+        self.slots = np.array([self.slot_of[int(r)] for r in local], dtype=np.int64)
+        positions = sched.input[local] + sched.generated[local]  # [b] the new token's position
+        appends = kvp_owner(positions, run.tokens_per_block, self.layout.kvp) == self.kvp_rank
+        return StepBatch(local, positions, appends)
+
+    def _positions_held(self, prompt: int) -> np.ndarray:
+        """Prompt positions this rank holds: its round-robin blocks (the whole prompt under dp-ep)."""
+        return owned_positions(prompt, self.kvp_rank, self.layout.kvp, self.run.tokens_per_block)
+
+    def _step(self, step: int, x: np.ndarray, batch: StepBatch, start: float) -> tuple[np.ndarray, np.ndarray]:
+        """All emulated layers from the common start; returns (global end of each layer [layers], x)."""
+        for stream in self.clocks.free:
+            self.clocks.free[stream][:] = start
+        self.step_events, self.routing_log = [], {}
+        ends = np.empty(self.run.layers)
+        for layer in range(self.run.layers):
+            x = self._layer(step, layer, x, batch)
+            ends[layer] = self.clocks.now()[0]
+        self.mesh.comm.Allreduce(MPI.IN_PLACE, ends, op=MPI.MAX)
+        return ends, x
+
+    def _keep(self, kept: dict, local: np.ndarray, x_in: np.ndarray, x_out: np.ndarray) -> None:
+        """Rank 0 keeps every request's input and output rows (dp-ep: gathered from the owners)."""
+        parts = [(local, x_in, x_out)]
+        if self.data_parallel:
+            parts = self.mesh.comm.gather(parts[0], root=0) or []
+        for ids, rows_in, rows_out in parts:
+            for r, row_in, row_out in zip(ids, rows_in, rows_out):
+                kept.setdefault(int(r), []).append((row_in, row_out))
+
+    def _leave(self, finished: np.ndarray) -> None:
+        for r in map(int, finished):
+            if r in self.slot_of:
+                self.pool.release(self.slot_of.pop(r))
+                del self.x[r]
+
+    # --- the KV cache of the batch: slots --------------------------------------------------------
+    def _held(self, layer: int) -> np.ndarray:
+        return self.pool.lengths[layer, self.slots]
+
+    def _held_tokens(self) -> int:
+        return int(self.pool.lengths[0, self.slots].sum())
+
+    def _store(self, layer: int, k: np.ndarray, v: np.ndarray | None, appends: np.ndarray) -> None:
+        self.pool.append(layer, self.slots, k, v, appends)
+
+    def _attend(self, layer: int, q: np.ndarray, request: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = range(len(q)) if request < 0 else (request,)
+        parts = [self._attention_kernel(q[b:b + 1], *self.pool.view(layer, self.slots[b])) for b in rows]
+        if not parts:  # a dp-ep rank with no request this step
+            width = self.model.head_dim if self.model.mla is None else self.model.mla.kv_lora_rank
+            return np.zeros((0, q.shape[1], width), np.float32), np.zeros((0, q.shape[1]), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -96,7 +96,8 @@ def compare(configs: np.ndarray, helix_series: str = HELIX, baselines: tuple[str
 def key_ratios(configs: np.ndarray) -> dict[str, Any]:
     """The JSON of `helix-mpi pareto`: throughput_gain, batch_gain, min_ttl_gain (Helix with HOP-B)
     and the same with a _no_hopb suffix, plus the configurations behind each."""
-    out: dict[str, Any] = {}
+    keys = ("throughput_gain", "batch_gain", "min_ttl_gain")
+    out: dict[str, Any] = {key + suffix: None for suffix in ("", "_no_hopb") for key in keys}
     for series, suffix in ((HELIX, ""), (HELIX_NO_HOPB, "_no_hopb")):
         if not np.any(configs["strategy"] == series.encode()):
             continue
@@ -104,7 +105,7 @@ def key_ratios(configs: np.ndarray) -> dict[str, Any]:
             result = compare(configs, series)
         except ValueError as exc:  # e.g. no baseline fits: the frontiers are still worth a plot
             result = {"throughput_gain": None, "batch_gain": None, "min_ttl_gain": None, "details": {"note": str(exc)}}
-        for key in ("throughput_gain", "batch_gain", "min_ttl_gain"):
+        for key in keys:
             out[key + suffix] = result[key]
         out["details" + suffix] = result["details"]
     return out
@@ -115,7 +116,8 @@ STYLE = {HELIX: ("tab:red", "-", 2.2), HELIX_NO_HOPB: ("tab:red", "--", 1.4), "t
          "pp-tp": ("tab:purple", "-", 1.4), "kvp": ("tab:green", "-", 1.4), "dp-ep": ("tab:orange", "-", 1.4)}
 
 
-def plot_frontiers(fronts: dict[str, np.ndarray], path: str | Path, title: str, ratios: dict[str, Any] | None = None) -> None:
+def plot_frontiers(fronts: dict[str, np.ndarray], path: str | Path, title: str,
+                   ratios: dict[str, Any] | None = None) -> None:
     """Frontier staircases of every series, log-log (Agg canvas, no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -15,15 +15,19 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .analysis import shape_of, summarize
+from .analysis import EventStats, shape_of, summarize
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
-from .emulator import EmulationResult, Emulator, warm_up_kernels
+from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult, request_input, request_kv,
+                       warm_up_kernels)
 from .memory import memory_report
 from .mesh import RankMesh
+from .reference import _layer as reference_layer
 from .reference import reference_decode, reference_tensors, relative_error
-from .sharding import DenseFFNWeights
+from .serving import Scheduler, ServingSetup, scalar_metrics
+from .sharding import DenseFFNWeights, full_layer_weights
 from .topology import Topology
 from .trace import TraceWriter
+from .workload import Workload
 
 # Sharded fp32 against the float64 reference: each output element is a sum of O(H + F) fp32
 # products per layer, rounded at ~6e-8 relative; the errors stay random-signed, so the observed
@@ -154,3 +158,178 @@ def _write_tensors(writer: TraceWriter, model: ModelConfig, tensors: Any, result
     writer.write_group("tensors", {"inputs": result.inputs, "outputs": result.outputs,
                                    "positions": result.positions},
                        {"model": json.dumps(model.to_dict())})
+
+
+# --- trace-driven serving ------------------------------------------------------------------------------
+# Check served runs against the reference by default when its work is small: the float64
+# reference decodes every request alone, reading its whole cache once per token and layer.
+AUTO_CHECK_MAX_SERVED_READS = 2e8
+
+
+@dataclass
+class ServingOutcome:
+    result: ServingResult
+    summary: dict[str, Any] | None  # rank 0 only: event figures + serving metrics
+    metrics: dict[str, Any] | None  # rank 0 only: Scheduler.metrics (arrays included)
+    reference_error: float | None  # rank 0 only, when checked
+    trace_path: Path | None
+
+
+def served_reference_reads(model: ModelConfig, run: RunConfig, workload: Workload) -> float:
+    """Cache elements the per-request float64 reference reads (tokens x steps x layers x width)."""
+    width = 2 * model.num_kv_heads * model.head_dim if model.mla is None else model.mla.cache_dim
+    return float(sum(r.output_tokens * (r.input_tokens + r.output_tokens) for r in workload.requests)
+                 * width * run.layers)
+
+
+def reference_serving(model: ModelConfig, run: RunConfig, workload: Workload,
+                      inputs: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """float64 outputs [T_r, H] of every served request r (position in the workload), each decoded
+    alone over its own prompt (the request's synthetic tensors), step t fed inputs[r][t].
+
+    Teacher forcing: fed its own previous output instead, the float64 chain drifts from the fp32
+    one by ~1.6x per token (the synthetic model amplifies rounding through every step), past any
+    fixed tolerance after ~20 tokens; fed the emulator's inputs, every step is compared alone, and
+    `serving_error` checks separately that each input is the normed previous output."""
+    weights = [full_layer_weights(model, run.seed, layer) for layer in range(run.layers)]
+    heads = range(model.num_kv_heads if model.mla is None else 1)
+    outputs = {}
+    for r, request in enumerate(workload.requests):
+        prompt = np.arange(request.input_tokens, dtype=np.int64)
+        kv = [request_kv(model, run.seed, request.index, layer, heads, prompt, run.key_scale)
+              for layer in range(run.layers)]
+        k = [np.asarray(k_l[None], np.float64) for k_l, _ in kv]  # [1, K, S, W] per layer
+        v = [None if v_l is None else np.asarray(v_l[None], np.float64) for _, v_l in kv]
+        rows = []
+        for t, x_t in enumerate(inputs[r]):
+            x = np.asarray(x_t[None], np.float64)  # [1, H]
+            for layer, w in enumerate(weights):
+                x, k[layer], v[layer] = reference_layer(x, w, k[layer], v[layer], request.input_tokens + t, model)
+            rows.append(x[0])
+        outputs[r] = np.stack(rows)
+    return outputs
+
+
+def serving_error(model: ModelConfig, run: RunConfig, workload: Workload, result: ServingResult,
+                  expected: dict[int, np.ndarray]) -> float:
+    """Largest relative error (reference.relative_error, per request) of: the outputs against the
+    reference, the first input against the request's synthetic input, every later input against
+    the float64 RMSNorm of the request's previous output (so no request ever got another's state)."""
+    if set(result.outputs) != set(expected):
+        raise RuntimeError(f"served {len(result.outputs)} requests, expected {len(expected)}")
+    errors = []
+    for r, request in enumerate(workload.requests):
+        inputs, outputs = result.inputs[r], result.outputs[r]
+        previous = np.asarray(outputs[:-1], np.float64)
+        normed = previous / np.sqrt(np.mean(previous * previous, axis=-1, keepdims=True) + model.norm_eps)
+        chain = np.concatenate([request_input(model, run.seed, request.index)[None], normed])  # [T_r, H]
+        errors += [relative_error(outputs, expected[r]), relative_error(inputs, chain)]
+    return max(errors)
+
+
+def serving_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
+                       workload: Workload, setup: ServingSetup) -> dict[str, Any]:
+    """Root attributes of a serving trace (`config` is rewritten with the run's batch and steps at the end)."""
+    attrs = trace_attributes(model, layout, run, topo)
+    attrs.pop("memory")
+    attrs["workload"] = json.dumps({"source": workload.source, "requests": len(workload),
+                                    "max_batch": setup.max_batch, "kv_transfer": setup.kv_transfer,
+                                    "kv_capacity_tokens": setup.kv_capacity_tokens})
+    return attrs
+
+
+def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
+                workload: Workload, setup: ServingSetup, output: str | Path | None = None,
+                check: bool | None = None, progress: Any = None,
+                fail_at: tuple[int, int] | None = None) -> ServingOutcome:
+    """Serve `workload` on `comm` (ServingEmulator); rank 0 writes the trace and checks the outputs."""
+    validate_layout(model, layout, comm.Get_size())
+    check_run_fits_model(model, run)
+    if check is None:
+        check = served_reference_reads(model, run, workload) <= AUTO_CHECK_MAX_SERVED_READS
+    is_root = comm.Get_rank() == 0
+    scheduler = Scheduler(workload, setup)
+    mesh = RankMesh.build(comm, layout)
+    warm_up_kernels(comm)
+    emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at)
+    writer = TraceWriter(output, serving_attributes(model, layout, run, topo, workload, setup),
+                         layout.world_size) if (is_root and output is not None) else None
+    stats, buffered = EventStats(), _StepBuffer(writer)
+
+    def sink(step: int, step_events: np.ndarray, kv_tokens: np.ndarray) -> None:
+        stats.add(step_events)
+        buffered.add(step_events, kv_tokens)
+        if progress is not None:
+            progress(scheduler.finished)
+
+    try:
+        result = emulator.serve(sink if is_root else None, keep_outputs=bool(check))
+        summary = metrics = error = None
+        if is_root:
+            metrics = scheduler.metrics()
+            summary = _serving_summary(stats, model, layout, run, result, metrics)
+            if check:
+                expected = reference_serving(model, run, workload, result.inputs)
+                error = serving_error(model, run, workload, result, expected)
+                summary["reference_error"], summary["reference_tolerance"] = error, REFERENCE_TOLERANCE
+            buffered.flush()
+            if writer is not None:
+                _write_serving(writer, model, layout, run, scheduler.step_log(), metrics, summary)
+                summary["trace"] = str(writer.finish())
+    finally:
+        mesh.free()
+    return ServingOutcome(result, summary, metrics, error, Path(output) if (is_root and output) else None)
+
+
+class _StepBuffer:
+    """Steps appended to the trace a chunk of events at a time: served steps are small, and each
+    append rewrites the dataset's last compressed chunk (65,536 rows), so per-step appends would
+    cost more than the emulation. A killed run's partial trace lacks at most the buffered steps."""
+
+    def __init__(self, writer: TraceWriter | None, rows: int = 65536):
+        self.writer, self.rows = writer, rows
+        self.events: list[np.ndarray] = []
+        self.kv: list[np.ndarray] = []
+
+    def add(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
+        if self.writer is None:
+            return
+        self.events.append(events)
+        self.kv.append(kv_tokens)
+        if sum(len(e) for e in self.events) >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """All buffered events with the first step's KV row, then the other steps' KV rows."""
+        if self.writer is None or not self.kv:
+            return
+        self.writer.append_step(np.concatenate(self.events), self.kv[0])
+        for kv_tokens in self.kv[1:]:
+            self.writer.append_step(self.events[0][:0], kv_tokens)
+        self.events, self.kv = [], []
+
+
+def _serving_summary(stats: EventStats, model: ModelConfig, layout: Layout, run: RunConfig,
+                     result: ServingResult, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Event figures (per-op breakdown over all steps) + the serving scalars, which win."""
+    summary = stats.summary(shape_of(layout.world_size, metrics["max_batch"], run.layers, model))
+    for key in ("ttl_s", "tokens_per_s_per_user", "batch"):  # figures of a fixed batch: not a served trace's
+        summary.pop(key, None)
+    summary.update(scalar_metrics(metrics))
+    summary.update(host_seconds=result.host_seconds, steps_per_host_s=result.steps / max(result.host_seconds, 1e-12),
+                   kv_slots=result.slots, kv_tokens_left=result.kv_tokens_left)
+    return summary
+
+
+def _write_serving(writer: TraceWriter, model: ModelConfig, layout: Layout, run: RunConfig,
+                   steps: dict[str, np.ndarray], metrics: dict[str, Any], summary: dict[str, Any]) -> None:
+    """/serving/requests/* [R], /serving/steps/* [T] (kv_tokens [T, N]), root attribute `serving`."""
+    writer.write_group("serving/requests", {k: np.asarray(v) for k, v in summary["per_request"].items()})
+    writer.write_group("serving/steps", steps)
+    scalars = {k: v for k, v in summary.items() if k not in ("per_request", "series", "ops", "collectives")}
+    config = dataclasses.replace(run, batch=int(metrics["max_batch"]), steps=int(metrics["steps"]),
+                                 context=int(metrics["input_tokens"].max()))  # the longest prompt
+    writer.set_attrs({"serving": json.dumps(scalars, default=float),
+                      "config": json.dumps({"model": model.to_dict(), "layout": layout.to_dict(),
+                                            "run": config.to_dict(), "strategy": layout.strategy.value})})
+    writer.write_group("summary", {}, {"json": json.dumps(summary, default=float)})

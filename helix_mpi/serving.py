@@ -286,6 +286,21 @@ class StepTimer:
         """Modeled seconds of one decode step for local KV lengths [N, B], or N arrays (dp-ep)."""
         return sum(count * timer(kv_lengths) for count, timer in self.parts)
 
+def emulated_layer_weights(model: ModelConfig, layers: int) -> np.ndarray:
+    """Weight [layers] of each emulated layer in a full-model step: the count of its kind (dense or
+    MoE) in the model over its count among the emulated layers; a kind not emulated is spread
+    evenly. All ones when every layer is emulated."""
+    kinds = np.array([model.is_moe_layer(layer) for layer in range(model.num_layers)])
+    emulated, weights, missing = kinds[:layers], np.zeros(layers), 0.0
+    for kind in (False, True):
+        in_model, in_run = int((kinds == kind).sum()), int((emulated == kind).sum())
+        if in_run:
+            weights[emulated == kind] = in_model / in_run
+        else:
+            missing += in_model
+    return weights + missing / layers
+
+
 # --- the scheduler ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServingSetup:
@@ -383,11 +398,12 @@ class Scheduler:
             per_kvp = tokens_held_batch(final, self.layout.kvp, self.setup.tokens_per_block)  # [KVP, R]
             need, room = per_kvp.max(axis=0), int(cap.tokens.min())
         worst = int(np.argmax(need))
+        source = "--kv-capacity" if self.setup.kv_capacity_tokens else "the HBM its weight shards leave"
         if need[worst] > room:
             raise ServingError(
-                f"request {workload.requests[worst].index} needs {need[worst]} KV tokens per GPU but only "
-                f"{room} fit next to the weights: use more KVP ranks, a smaller context scale or a larger "
-                "KV capacity")
+                f"request {workload.requests[worst].index} needs {need[worst]} KV tokens per GPU but a GPU "
+                f"holds at most {room} ({source}): use more KVP ranks, a smaller context scale or a "
+                "larger KV capacity")
 
     def _place(self, r: int) -> int | None:
         """Owner of request r (-1: every rank holds its shard), or None if it does not fit now."""
@@ -515,6 +531,8 @@ class Scheduler:
             "kv_tokens_at_end": int(self.reserved.sum()),
             # per request [R]
             "request_index": self.index,  # row of the trace file
+            "input_tokens": self.input,
+            "output_tokens": self.output,
             "arrival_s": self.arrival,
             "first_token_s": self.first_token,  # end of its first decode step
             "last_token_s": self.finish,
@@ -534,6 +552,17 @@ class Scheduler:
         return {"start_s": np.array(log.start), "end_s": np.array(log.end),
                 "batch": np.array(log.batch, dtype=np.int64),
                 "kv_tokens": np.array(log.kv, dtype=np.int64).reshape(len(log.kv), self.layout.world_size)}
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar serving figures; `per_request` and `series` hold the arrays as lists (JSON)."""
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)}
+    per_request = ("request_index", "input_tokens", "output_tokens", "arrival_s", "first_token_s", "last_token_s",
+                   "queue_s", "ttl_s", "kv_transfer_s")
+    series = ("time_s", "batch_size", "kv_tokens_per_rank", "kv_imbalance_per_step")
+    scalars["per_request"] = {k: metrics[k].tolist() for k in per_request}
+    scalars["series"] = {k: metrics[k].tolist() for k in series}
+    return scalars
 
 
 def _subsample(values: np.ndarray, limit: int = MAX_SAMPLES) -> np.ndarray:

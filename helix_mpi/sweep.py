@@ -89,9 +89,10 @@ class WhatIf:
         return self == WhatIf()
 
     def describe(self) -> str:
-        parts = [f"a2a latency x{self.a2a_latency_scale:g}" if self.a2a_latency_scale != 1 else "",
-                 f"ring/NVLS latency x{self.reduce_latency_scale:g}" if self.reduce_latency_scale != 1 else "",
-                 {1: "", 0: "one all-to-all per batch"}.get(self.a2a_chunk, f"{self.a2a_chunk} requests per all-to-all")]
+        parts = [f"a2a latency x{self.a2a_latency_scale:.3g}" if self.a2a_latency_scale != 1 else "",
+                 f"ring/NVLS latency x{self.reduce_latency_scale:.3g}" if self.reduce_latency_scale != 1 else "",
+                 {1: "", 0: "one all-to-all per batch"}.get(self.a2a_chunk,
+                                                            f"{self.a2a_chunk} requests per all-to-all")]
         return ", ".join(p for p in parts if p) or "plan"
 
 
@@ -119,7 +120,8 @@ class SweepSpec:
             raise ConfigError(f"--context must be >= 0, got {self.context}")
         unknown = [s for s in self.strategies if s not in SERIES]
         if unknown or not self.strategies:
-            raise ConfigError(f"unknown strategy {unknown[0] if unknown else '(none)'!r}: choose among {', '.join(SERIES)}")
+            name = unknown[0] if unknown else "(none)"
+            raise ConfigError(f"unknown strategy {name!r}: choose among {', '.join(SERIES)}")
 
     @property
     def tokens(self) -> int:
@@ -200,7 +202,8 @@ def _layouts(series: str, model: ModelConfig, n: int) -> list[tuple[Layout, int]
         return [(Layout(n // tpa, tpa, n // ep, ep, Strategy.HELIX), 1)
                 for tpa in _divisors(n) if K % tpa == 0 and n // tpa >= 2 for ep in eps]
     if series == KVP:
-        return [(Layout(n // tpa, tpa, tpa, 1, Strategy.KVP), 1) for tpa in _divisors(n) if K % tpa == 0 and n // tpa >= 2]
+        return [(Layout(n // tpa, tpa, tpa, 1, Strategy.KVP), 1)
+                for tpa in _divisors(n) if K % tpa == 0 and n // tpa >= 2]
     if series == TP:
         return [(Layout(1, n, n, 1, Strategy.TP), 1)]
     if series == PP_TP:
@@ -316,7 +319,8 @@ class LayerKind:
 
     def __init__(self, spec: SweepSpec, layout: Layout, classes: tuple[ShardClass, ...], layer: int, hopb: bool,
                  topo: Topology):
-        self.spec, self.layout, self.classes, self.layer, self.hopb, self.topo = spec, layout, classes, layer, hopb, topo
+        self.spec, self.layout, self.classes, self.layer = spec, layout, classes, layer
+        self.hopb, self.topo = hopb, topo
         self.moe_layer = spec.model.is_moe_layer(layer)
         self.plans = [[self._plan(cls, batch) for cls in classes] for batch in (1, 2)]
         names = {tuple(op.name for op in plan) for plan in self.plans[0]}
@@ -355,7 +359,8 @@ class LayerKind:
             flops, nbytes = moe_cost(model, cls.shard, b, *expected_moe_load(model, len(cls.shard.experts), b), wb)
         elif op1.name is OpName.EXPERTS:  # dp-ep: the held experts' load from every rank's tokens
             tokens = b * self.layout.world_size
-            flops, nbytes = dp_ep_expert_cost(model, cls.shard, *expected_moe_load(model, len(cls.shard.experts), tokens), wb)
+            load = expected_moe_load(model, len(cls.shard.experts), tokens)
+            flops, nbytes = dp_ep_expert_cost(model, cls.shard, *load, wb)
         else:  # affine in the batch: exact from batch 1 and 2
             flops = op1.flops + (b - 1) * (op2.flops - op1.flops)
             nbytes = op1.hbm_bytes + (b - 1) * (op2.hbm_bytes - op1.hbm_bytes)
@@ -434,10 +439,13 @@ class SweepResult:
         per_series = {}
         for series in self.spec.strategies:
             rows = self.configs[self.configs["strategy"] == series.encode()]
-            per_series[series] = {"configs": int(len(rows)),
-                                  "min_ttl_s": float(rows["ttl_s"].min()) if len(rows) else None,
-                                  "max_tokens_per_s_per_gpu": float(rows["tokens_per_s_per_gpu"].max()) if len(rows) else None}
-        return {"model": self.spec.model.name, "context": self.spec.context, "topology": self.spec.timing_topology().name,
+            found = len(rows) > 0
+            per_series[series] = {
+                "configs": int(len(rows)),
+                "min_ttl_s": float(rows["ttl_s"].min()) if found else None,
+                "max_tokens_per_s_per_gpu": float(rows["tokens_per_s_per_gpu"].max()) if found else None}
+        return {"model": self.spec.model.name, "context": self.spec.context,
+                "topology": self.spec.timing_topology().name,
                 "precision": self.spec.precision, "max_gpus": self.spec.max_gpus, "layouts": self.layouts,
                 "configs": self.timed, "fitting": int(len(self.configs)), "seconds": self.seconds,
                 "configs_per_s": self.timed / self.seconds if self.seconds > 0 else None,

@@ -2,7 +2,6 @@
 here: the work is in sweep.py (enumerate and time) and pareto.py (frontiers, ratios, plot)."""
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -39,11 +38,21 @@ def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strateg
                      names, tokens_per_block, whatif)
 
 
+def _check_writable(output: str) -> None:
+    """Refuse an output in a missing or read-only folder before the sweep runs, not after."""
+    import os
+    from pathlib import Path
+
+    folder = Path(output).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {output}: folder {folder} does not exist or is not writable")
+
+
 def _sweep_text(summary: dict[str, Any], output: str) -> str:
     lines = [f"{summary['model']} at {summary['context']:,} tokens on {summary['topology']}, {summary['precision']}, "
              f"1..{summary['max_gpus']} GPUs",
-             f"{summary['layouts']:,} layouts, {summary['configs']:,} configurations timed in {summary['seconds']:.2f} s "
-             f"({summary['configs_per_s']:,.0f}/s), {summary['fitting']:,} fit in HBM",
+             f"{summary['layouts']:,} layouts, {summary['configs']:,} configurations timed in "
+             f"{summary['seconds']:.2f} s ({summary['configs_per_s']:,.0f}/s), {summary['fitting']:,} fit in HBM",
              f"{'strategy':14s} {'configs':>8s} {'min TTL ms':>11s} {'max tok/s/GPU':>14s}"]
     for series, row in summary["series"].items():
         ttl = f"{row['min_ttl_s'] * 1e3:11.3f}" if row["min_ttl_s"] else f"{'-':>11s}"
@@ -84,6 +93,7 @@ def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strateg
     with _one_line_errors():
         spec = _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
                      a2a_latency_scale, reduce_latency_scale, a2a_chunk)
+        _check_writable(output)
         total = len(candidates(spec))
         with click.progressbar(length=total, label="timing layouts", file=sys.stderr) as bar:
             result = run_sweep(spec, bar.update)

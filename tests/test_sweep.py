@@ -292,9 +292,10 @@ def test_sweep_and_pareto_commands(tmp_path):
     (["sweep", "--model", "tiny", "--a2a-latency-scale", "-1"], "--a2a-latency-scale must be >= 0"),
     (["sweep", "--model", "nope"], "unknown model 'nope'"),
     (["pareto", "missing.h5"], "missing.h5: no such file"),
+    (["sweep", "--model", "tiny", "-o", "/no/such/folder/s.h5"], "cannot write /no/such/folder/s.h5"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    done = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "x")])
+    done = CliRunner().invoke(cli, [*args] if "-o" in args else [*args, "-o", str(tmp_path / "x")])
     assert done.exit_code == 2
     lines = [line for line in done.output.splitlines() if line.startswith("helix-mpi: error:")]
     assert len(lines) == 1 and message in lines[0], done.output

@@ -1,17 +1,24 @@
-"""Trace readers (Mooncake JSON lines, Azure CSV) and the analytic serving simulation."""
+"""Trace readers (Mooncake JSON lines, Azure CSV) and the analytic serving simulation (any model,
+any strategy), its step timer against analytic.step_time, and `helix-mpi model --workload`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helix_mpi.analytic import layer_time
+from click.testing import CliRunner
+
+from conftest import run_cli
+from helix_mpi.analytic import layer_time, step_time
+from helix_mpi.cli import cli
 from helix_mpi.config import MODEL_PRESETS, Layout, Strategy, make_layout
 from helix_mpi.kvcache import tokens_held
-from helix_mpi.serving import (LayerTimer, ServingError, kv_bytes_per_token_per_gpu, memory_model, serve,
-                               tokens_held_batch, weight_bytes_per_gpu)
+from helix_mpi.memory import memory_report
+from helix_mpi.serving import (LayerTimer, Scheduler, ServingError, ServingSetup, StepTimer, emulated_layer_weights,
+                               kv_capacity, serve, tokens_held_batch)
 from helix_mpi.topology import load_topology
 from helix_mpi.workload import Request, Workload, WorkloadError, load_workload
 
@@ -22,6 +29,7 @@ MOONCAKE_FULL = ROOT.parent / "shared" / "data" / "mooncake" / "conversation_tra
 TOPO = load_topology("gb200-nvl72")
 TINY = MODEL_PRESETS["tiny"]
 LLAMA = MODEL_PRESETS["llama-3.1-405b"]
+DEEPSEEK = MODEL_PRESETS["deepseek-r1"]
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -164,12 +172,22 @@ def test_context_scale_applies_last(ten):
     assert "context x8" in w.source and "first 3" in w.source
 
 
+def test_output_and_time_scales(ten):
+    w = load_workload(ten, first=3, output_scale=0.4, time_scale=0.001)
+    assert [(r.arrival_s, r.output_tokens) for r in w.requests] == [(0.0, 1), (0.001, 1), (0.002, 1)]  # at least 1
+    assert [r.output_tokens for r in load_workload(ten, output_scale=2.5).requests][:3] == [2, 5, 8]
+    assert load_workload(ten, start_s=2.0, time_scale=0.5).requests[0].arrival_s == 1.0  # window in trace seconds
+    assert "output x0.4" in w.source and "time x0.001" in w.source
+
+
 @pytest.mark.parametrize("kwargs, what", [
     (dict(start_s=5.0, end_s=5.0), "empty time window"),
     (dict(start_s=float("nan")), "finite"),
     (dict(first=0), "first"),
     (dict(first=2.5), "first"),
     (dict(context_scale=0), "context_scale"),
+    (dict(output_scale=-1.0), "output_scale"),
+    (dict(time_scale=float("inf")), "time_scale"),
     (dict(start_s=20.0), "no requests left"),
 ])
 def test_bad_options(ten, kwargs, what):
@@ -212,18 +230,64 @@ def test_layer_timer_equals_layer_time(name, layout, hopb):
                 assert timer(kv) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
-# --- memory ----------------------------------------------------------------------------------------------------
-def test_memory_model():
-    sharded = 16384 * 128 * 128 * 2 + 2 * 16384 * 8 * 128 + 3 * 16384 * 53248  # W_Q, W_O, W_K, W_V, FFN
-    tp = Layout(1, 8, 8, strategy=Strategy.TP)  # layer weights / N (+ the replicated RMSNorm vectors)
-    assert weight_bytes_per_gpu(LLAMA, tp, "fp4") == (sharded / 8 + 2 * 16384) * 0.5 * 126
-    helix = Layout(8, 8, 64)  # W_Q/W_K/W_V replicated over the 8 KVP ranks of a TPA group
-    qkv_per_rank = 16384 * (16 + 2) * 128
-    assert weight_bytes_per_gpu(LLAMA, helix, "fp4") == (qkv_per_rank + 2 * 128 * 16384 + 53248 * 3 * 16384 // 64
-                                                         + 2 * 16384) * 0.5 * 126
-    assert kv_bytes_per_token_per_gpu(LLAMA, helix, "fp8") == 2 * 1 * 128 * 1.0 * 126
-    with pytest.raises(ServingError, match="dense GQA"):
-        memory_model(MODEL_PRESETS["deepseek-r1"], Layout(64, 1, 64), "fp4", TOPO)
+STEP_LAYOUTS = [  # (model, N, kvp, tpa, strategy): MLA + MoE under every strategy, and dense GQA
+    ("tiny-mla-moe", 4, 4, 1, "helix"),
+    ("tiny-mla-moe", 4, None, None, "tp"),
+    ("tiny-mla-moe", 4, 4, 1, "kvp"),
+    ("tiny-mla-moe", 4, None, None, "dp-ep"),
+    ("deepseek-r1", 16, None, None, "helix"),
+    ("deepseek-r1", 8, None, None, "dp-ep"),
+    ("tiny-gqa3", 8, 2, 4, "helix"),
+]
+
+
+@pytest.mark.parametrize("name, n, kvp, tpa, strategy", STEP_LAYOUTS,
+                         ids=[f"{c[0]}-{c[4]}-{c[1]}" for c in STEP_LAYOUTS])
+def test_step_timer_equals_step_time(name, n, kvp, tpa, strategy):
+    model, rng = MODEL_PRESETS[name], np.random.default_rng(11)
+    layout = make_layout(model, n, kvp, tpa, strategy)
+    for hopb in (True, False):
+        timer = StepTimer(model, layout, "fp4", hopb, TOPO)
+        for batch in (1, 3, 7):
+            for scale in (1, 100, 2_000_000):
+                if strategy == "dp-ep":  # every rank its own requests, some none
+                    kv = [rng.integers(0, scale, int(rng.integers(0, batch + 1))) for _ in range(n)]
+                else:
+                    kv = rng.integers(0, scale, (n, batch))
+                assert timer(kv) == pytest.approx(step_time(model, layout, list(kv), "fp4", hopb, TOPO), rel=1e-12)
+
+
+# --- memory: memory.py ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, n, strategy", [("llama-3.1-405b", 64, "helix"), ("llama-3.1-405b", 8, "tp"),
+                                              ("deepseek-r1", 64, "helix"), ("deepseek-r1", 16, "tp"),
+                                              ("deepseek-r1", 8, "dp-ep")])
+def test_kv_capacity_is_what_memory_report_fits(name, n, strategy):
+    model = MODEL_PRESETS[name]
+    layout = make_layout(model, n, None, None, strategy)
+    cap = kv_capacity(model, layout, "fp4", TOPO)
+    tokens = int(cap.tokens.min())
+    if strategy == "dp-ep":  # one request of `tokens` tokens on every rank
+        fits, over = (memory_report(model, layout, n, t, "fp4", TOPO) for t in (tokens, tokens + 1))
+    else:  # one request whose busiest rank holds `tokens` tokens
+        fits, over = (memory_report(model, layout, 1, layout.kvp * t, "fp4", TOPO, 1) for t in (tokens, tokens + 1))
+    assert fits["fits"] and not over["fits"]
+    assert fits["max_weights_bytes"] == cap.weight_bytes.max()
+    assert kv_capacity(model, layout, "fp4", TOPO, tokens=123).tokens.tolist() == [123] * n
+
+
+def test_tp_holds_the_whole_latent_helix_a_shard():
+    tp = kv_capacity(DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "tp"), "fp4", TOPO)
+    helix = kv_capacity(DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "helix"), "fp4", TOPO)
+    assert tp.kv_bytes_per_token[0] == helix.kv_bytes_per_token[0] == 576 * 0.5 * 61  # latent 512 + rope 64
+    # both hold ~10M tokens per GPU, but a Helix GPU holds 1/64 of each request: 64x the users
+    assert helix.tokens.min() == pytest.approx(tp.tokens.min(), rel=0.02)
+
+
+def test_emulated_layer_weights():
+    assert emulated_layer_weights(TINY, 4).tolist() == [1, 1, 1, 1]
+    assert emulated_layer_weights(TINY, 2).tolist() == [2, 2]
+    assert emulated_layer_weights(DEEPSEEK, 4).tolist() == [1, 1, 1, 58]  # 3 dense + 58 MoE layers
+    assert emulated_layer_weights(DEEPSEEK, 2).tolist() == [1.5 + 29, 1.5 + 29]  # no MoE layer emulated: spread
 
 
 # --- serving on hand-checkable workloads ----------------------------------------------------------------------
@@ -241,8 +305,8 @@ def step_s(*lengths: int, model=TINY, layout=ONE_RANK) -> float:
 
 def tiny_topology(kv_tokens: int):
     """gb200-nvl72 with HBM for the tiny model's weights plus `kv_tokens` KV tokens on one rank."""
-    memory = memory_model(TINY, ONE_RANK, "fp4", TOPO)
-    hbm = memory.weight_bytes + (kv_tokens + 0.5) * memory.kv_bytes_per_token
+    cap = kv_capacity(TINY, ONE_RANK, "fp4", TOPO)
+    hbm = cap.weight_bytes[0] + (kv_tokens + 0.5) * cap.kv_bytes_per_token[0]
     return dataclasses.replace(TOPO, gpu=dataclasses.replace(TOPO.gpu, hbm_bytes=hbm))
 
 
@@ -300,7 +364,7 @@ def test_kv_transfer_is_charged_to_the_queue():
     layout = Layout(4, 1, 4)
     w = workload((0.0, 1000, 2))
     result = serve(w, TINY, layout, TOPO, kv_transfer="scale_out", tokens_per_block=16)
-    shard_bytes = 256 * kv_bytes_per_token_per_gpu(TINY, layout, "fp4")  # 1000 tokens over 4 ranks: max 256
+    shard_bytes = 256 * kv_capacity(TINY, layout, "fp4", TOPO).kv_bytes_per_token.max()  # 1000 tokens / 4: max 256
     transfer = TOPO.scale_out.latency_s + shard_bytes / TOPO.scale_out.bytes_per_s
     assert result["queue_s"][0] == pytest.approx(transfer, rel=1e-12)
     free = serve(w, TINY, layout, TOPO, kv_transfer="none")
@@ -324,7 +388,7 @@ def test_kv_imbalance_is_small_on_long_contexts():
     w = load_workload(MOONCAKE_SAMPLE, context_scale=8)
     result = serve(w, LLAMA, Layout(8, 8, 64), TOPO)
     assert result["long_context_steps"] > 0 and 1.0 <= result["kv_imbalance"] < 1.05
-    assert result["kv_tokens_per_rank"].shape[1] == 8 and len(result["time_s"]) <= 1000
+    assert result["kv_tokens_per_rank"].shape[1] == 64 and len(result["time_s"]) <= 1000
     assert result["kv_tokens_at_end"] == 0
 
 
@@ -337,3 +401,96 @@ def test_kv_imbalance_is_small_on_long_contexts():
 def test_bad_serving_options(kwargs, what):
     with pytest.raises(ServingError, match=what):
         serve(workload((0.0, 10, 3)), TINY, ONE_RANK, TOPO, **kwargs)
+
+
+# --- any model, any strategy --------------------------------------------------------------------------------------
+def random_workload(seed: int, count: int, span_s: float, max_prompt: int, max_output: int) -> Workload:
+    rng = np.random.default_rng(seed)
+    arrivals = np.sort(rng.uniform(0, span_s, count)).tolist()
+    return workload(*[(t, int(rng.integers(0, max_prompt)), int(rng.integers(1, max_output))) for t in arrivals])
+
+
+@pytest.mark.parametrize("name, n, strategy", [("tiny-mla-moe", 4, "helix"), ("tiny-mla-moe", 4, "dp-ep"),
+                                              ("tiny-mla-moe", 4, "kvp"), ("tiny", 4, "tp")])
+def test_fast_timer_gives_the_exact_simulation_for_every_strategy(name, n, strategy):
+    model = MODEL_PRESETS[name]
+    layout = make_layout(model, n, None, None, strategy)
+    w = random_workload(5, 10, 0.003, 400, 12)
+    options = dict(tokens_per_block=4, kv_capacity_tokens=500, max_batch=6)
+    fast, exact = serve(w, model, layout, TOPO, **options), serve(w, model, layout, TOPO, exact=True, **options)
+    assert fast["steps"] == exact["steps"] and fast["max_batch"] == exact["max_batch"]
+    np.testing.assert_allclose(fast["ttl_s"], exact["ttl_s"], rtol=1e-12)
+    assert fast["kv_tokens_at_end"] == 0
+
+
+def test_dp_ep_places_each_request_whole_on_the_least_loaded_rank():
+    model = MODEL_PRESETS["tiny-mla-moe"]
+    layout = make_layout(model, 4, None, None, "dp-ep")
+    w = workload((0.0, 30, 5), (0.0, 10, 5), (0.0, 20, 5), (0.0, 5, 5), (0.0, 7, 5))
+    setup = ServingSetup(model, layout, TOPO, kv_transfer="none", kv_capacity_tokens=40)
+    scheduler = Scheduler(w, setup)
+    start, batch = scheduler.next_step(0.0)
+    # reserved final lengths 35, 15, 25, 10 on ranks 0..3; the fifth (12) goes to rank 3 (10 + 12 <= 40)
+    assert batch.tolist() == [0, 1, 2, 3, 4] and scheduler.owner.tolist() == [0, 1, 2, 3, 3]
+    kv = scheduler.kv_lengths(batch)
+    assert [k.tolist() for k in kv] == [[31], [11], [21], [6, 8]]  # each rank its own requests, new token included
+    scheduler.end_step(batch, start, 1.0)
+    assert scheduler.log.kv[-1].tolist() == [31, 11, 21, 14]
+
+
+def test_deepseek_helix_serves_long_contexts_with_balanced_kv():
+    w = load_workload(MOONCAKE_SAMPLE, first=40, context_scale=8.29)  # longest ~1M tokens
+    helix = serve(w, DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "helix"), TOPO)
+    tp = serve(w, DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "tp"), TOPO)
+    assert helix["long_context_steps"] > 0 and 1.0 <= helix["kv_imbalance"] < 1.05
+    assert helix["kv_tokens_at_end"] == tp["kv_tokens_at_end"] == 0
+    assert helix["generated_tokens"] == tp["generated_tokens"] == w.output_tokens
+    # TP keeps the whole latent cache on each GPU, Helix 1/64 of it: far less to copy in
+    assert helix["kv_transfer_mean_s"] < tp["kv_transfer_mean_s"] / 10
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------------
+def test_model_workload_json():
+    result = CliRunner().invoke(cli, ["model", "--model", "deepseek-r1", "--gpus", "64", "--workload",
+                                      str(MOONCAKE_SAMPLE), "--first", "20", "--context-scale", "8.29", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {"ttl_p50", "ttl_p90", "ttl_p99", "tokens_per_s_per_gpu", "max_batch", "kv_imbalance"} <= set(data)
+    assert data["ttl_p50"] <= data["ttl_p90"] <= data["ttl_p99"] and data["requests"] == 20
+    assert data["layout"]["kvp"] == 64 and len(data["per_request"]["queue_s"]) == 20
+
+
+BAD_INPUTS = [
+    ("bad.jsonl", mooncake_line(0) + mooncake_line(1, 3.5), "line 2: input_length must be an integer"),
+    ("neg.jsonl", mooncake_line(0) + mooncake_line(1) + mooncake_line(2, -4), "line 3: negative length"),
+    ("unsorted.jsonl", mooncake_line(0) + mooncake_line(900) + mooncake_line(800), "line 3: timestamp earlier"),
+    ("empty.jsonl", "", "empty file"),
+    ("short.csv", AZURE_HEADER + "2023-11-16 18:15:46.6805900,4\n", "line 2: expected 3 fields"),
+]
+
+
+@pytest.mark.parametrize("name, text, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_model_refuses_bad_workload_in_one_line(tmp_path, name, text, message):
+    path = write(tmp_path, name, text)
+    result = CliRunner().invoke(cli, ["model", "--workload", str(path)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"helix-mpi: error: {path}") and message in lines[0], lines
+
+
+def test_run_refuses_bad_workload_before_any_rank_starts(tmp_path):
+    path = write(tmp_path, "neg.jsonl", mooncake_line(0) + mooncake_line(1, -3))
+    done = run_cli(["run", "-n", "2", "--workload", str(path), "-o", str(tmp_path / "t.h5")], timeout=60)
+    assert done.returncode == 2 and not (tmp_path / "t.h5").exists()
+    expected = f"helix-mpi: error: {path}: line 2: negative length (input_length=-3, output_length=2)"
+    assert done.stderr.strip() == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "4"], "--batch cannot be used with --workload"),
+    (["--kv-capacity", "50"], "request 97 needs"),
+    (["--time-scale", "0"], "time_scale must be a positive number"),
+])
+def test_model_refuses_bad_workload_options(args, message):
+    result = CliRunner().invoke(cli, ["model", "--workload", str(MOONCAKE_SAMPLE), *args])
+    assert result.exit_code == 2 and message in result.output
