@@ -427,7 +427,8 @@ class ServingEmulator(Emulator):
     request on its owner); it decodes one token per step at its own position (RoPE per request)
     and its slots are freed when it leaves. Modeled time: each step starts on every rank at the
     same emulated time (the max over ranks of the previous step's end); the serving clock
-    advances by the step's emulated time, each layer weighted to the full model (layer_weights).
+    advances by the step's emulated time, each layer weighted to the full model
+    (serving.emulated_layer_weights).
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
@@ -453,16 +454,13 @@ class ServingEmulator(Emulator):
             start, requests = sched.next_step(now)
             local = requests if not self.data_parallel else requests[sched.owner[requests] == self.mesh.rank]
             batch = self._join(local)
-            x = np.stack([self.x[r] for r in local]) if len(local) else np.zeros((0, self.model.hidden_size),
-                                                                                np.float32)  # [b, H]
-            x_in = x
-            ends, x = self._step(step, x, batch, emulated)
+            x_in = np.array([self.x[r] for r in local], np.float32).reshape(len(local), self.model.hidden_size)
+            ends, x = self._step(step, x_in, batch, emulated)  # ends [layers], x [b, H]
             now = start + float(np.diff(np.concatenate([[emulated], ends])) @ self.layer_weight)
             emulated = float(ends[-1])
             if keep_outputs:
                 self._keep(kept, local, x_in, x)
-            for r, row in zip(local, next_step_input(x, self.model)):
-                self.x[int(r)] = row
+            self.x.update(zip(map(int, local), next_step_input(x, self.model)))
             finished = sched.end_step(requests, start, now)
             self._flush_step(step, sink)
             self._leave(finished)
@@ -507,9 +505,9 @@ class ServingEmulator(Emulator):
 
     def _keep(self, kept: dict, local: np.ndarray, x_in: np.ndarray, x_out: np.ndarray) -> None:
         """Rank 0 keeps every request's input and output rows (dp-ep: gathered from the owners)."""
-        parts = [(local, x_in, x_out)]
-        if self.data_parallel:
-            parts = self.mesh.comm.gather(parts[0], root=0) or []
+        parts = [(local, x_in, x_out)] if self.mesh.rank == 0 else []
+        if self.data_parallel:  # a collective: every rank takes part
+            parts = self.mesh.comm.gather((local, x_in, x_out), root=0) or []
         for ids, rows_in, rows_out in parts:
             for r, row_in, row_out in zip(ids, rows_in, rows_out):
                 kept.setdefault(int(r), []).append((row_in, row_out))

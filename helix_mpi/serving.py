@@ -419,10 +419,9 @@ class Scheduler:
         setup = self.setup
         if setup.kv_transfer == "none":
             return 0.0
-        shard = self.held(np.array([r]), self.input[r:r + 1])[:, 0] * self.capacity.kv_bytes_per_token
-        link = setup.topo.scale_out if setup.kv_transfer == "scale_out" else None
-        if link is not None:
-            return float(link.latency_s + shard.max() / link.bytes_per_s)
+        shard = self.held(np.array([r]), self.input[r:r + 1])[:, 0] * self.capacity.kv_bytes_per_token  # [N] bytes
+        if setup.kv_transfer == "scale_out":
+            return float(setup.topo.scale_out.latency_s + shard.max() / setup.topo.scale_out.bytes_per_s)
         return float(setup.topo.fabric.a2a_base_s + shard.max() / setup.topo.fabric.link_bytes_per_s)
 
     # --- the loop ----------------------------------------------------------------------------
@@ -534,6 +533,7 @@ class Scheduler:
             "input_tokens": self.input,
             "output_tokens": self.output,
             "arrival_s": self.arrival,
+            "admitted_s": self.admitted,  # KV reserved, its transfer starts
             "first_token_s": self.first_token,  # end of its first decode step
             "last_token_s": self.finish,
             "queue_s": queue,
@@ -557,8 +557,8 @@ class Scheduler:
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar serving figures; `per_request` and `series` hold the arrays as lists (JSON)."""
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)}
-    per_request = ("request_index", "input_tokens", "output_tokens", "arrival_s", "first_token_s", "last_token_s",
-                   "queue_s", "ttl_s", "kv_transfer_s")
+    per_request = ("request_index", "input_tokens", "output_tokens", "arrival_s", "admitted_s", "first_token_s",
+                   "last_token_s", "queue_s", "ttl_s", "kv_transfer_s")
     series = ("time_s", "batch_size", "kv_tokens_per_rank", "kv_imbalance_per_step")
     scalars["per_request"] = {k: metrics[k].tolist() for k in per_request}
     scalars["series"] = {k: metrics[k].tolist() for k in series}

@@ -47,6 +47,7 @@ CASES = [
     Case("mla-moe-helix-kvp4-ep2", "tiny-mla-moe", "helix", 4, 1, 2),
     Case("gqa-tp4", "tiny", "tp"),
     Case("mla-moe-dp-ep4", "tiny-mla-moe", "dp-ep"),
+    Case("gqa-kvp-baseline-2x2", "tiny", "kvp", 2, 2),
 ]
 
 
