@@ -21,7 +21,7 @@ from .kvcache import ShardedKVCache, initial_kv, kvp_owner, owned_positions, tok
 from .mesh import RankMesh
 from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, mla_project, moe_forward,
                     next_step_input, project_output, project_qkv, route, swiglu_mlp)
-from .plan import (Op, OpName, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_collective_fields,
+from .plan import (Op, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_collective_fields,
                    op_dep_fields)
 from .serving import Scheduler, emulated_layer_weights
 from .sharding import UNIT, initial_input, layer_weights, rank_shard

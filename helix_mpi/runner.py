@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .analysis import EventStats, shape_of, summarize
+from .analysis import EventStats, shape_of
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult, request_input, request_kv,
                        warm_up_kernels)
@@ -101,21 +102,20 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     emulator = Emulator(model, layout, run, topo, mesh, fail_at)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
-    events = []
+    stats, buffered = EventStats(), _StepBuffer(writer)  # rank 0's memory stays flat on long runs
 
     def sink(step: int, step_events: np.ndarray, kv_tokens: np.ndarray) -> None:
-        events.append(step_events)
-        if writer is not None:
-            writer.append_step(step_events, kv_tokens)
+        stats.add(step_events)
+        buffered.add(step_events, kv_tokens)
         if progress is not None:
             progress(step)
 
     try:
         result = emulator.decode(sink if is_root else None)
+        buffered.flush()
         summary = error = None
         if is_root:
-            all_events = np.concatenate(events)
-            summary = summarize(all_events, shape_of(layout.world_size, run.batch, run.layers, model))
+            summary = stats.summary(shape_of(layout.world_size, run.batch, run.layers, model))
             summary["host_seconds"] = result.host_seconds
             summary["memory"] = run_memory(model, layout, run, topo)
             if check or save_tensors:
@@ -282,30 +282,31 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
 
 
 class _StepBuffer:
-    """Steps appended to the trace a chunk of events at a time: served steps are small, and each
-    append rewrites the dataset's last compressed chunk (65,536 rows), so per-step appends would
-    cost more than the emulation. A killed run's partial trace lacks at most the buffered steps."""
+    """Steps appended to the trace a chunk of events (or `seconds` of wall time) at a time: steps
+    are small, and each append rewrites the dataset's last compressed chunk (65,536 rows), so
+    per-step appends would cost more than the emulation. A killed run's partial trace lacks at
+    most the buffered steps; memory stays bounded by one chunk."""
 
-    def __init__(self, writer: TraceWriter | None, rows: int = 65536):
-        self.writer, self.rows = writer, rows
+    def __init__(self, writer: TraceWriter | None, rows: int = 65536, seconds: float = 1.0):
+        self.writer, self.rows, self.seconds = writer, rows, seconds
         self.events: list[np.ndarray] = []
         self.kv: list[np.ndarray] = []
+        self.last_flush = time.monotonic()
 
     def add(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
         if self.writer is None:
             return
         self.events.append(events)
         self.kv.append(kv_tokens)
-        if sum(len(e) for e in self.events) >= self.rows:
+        if sum(len(e) for e in self.events) >= self.rows or time.monotonic() - self.last_flush >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
-        """All buffered events with the first step's KV row, then the other steps' KV rows."""
+        """All buffered steps in one append."""
+        self.last_flush = time.monotonic()
         if self.writer is None or not self.kv:
             return
-        self.writer.append_step(np.concatenate(self.events), self.kv[0])
-        for kv_tokens in self.kv[1:]:
-            self.writer.append_step(self.events[0][:0], kv_tokens)
+        self.writer.append_steps(np.concatenate(self.events), np.stack(self.kv))
         self.events, self.kv = [], []
 
 

@@ -70,14 +70,18 @@ class TraceWriter:
 
     def append_step(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
         """Append one decode step: all ranks' events and KV tokens held per rank [N]."""
+        self.append_steps(events, np.asarray(kv_tokens)[None])
+
+    def append_steps(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
+        """Append whole decode steps at once: their events and KV tokens per rank [steps, N]."""
         with self._open() as file:
             dataset, kv = file["events"], file["kv_tokens"]
             n = dataset.shape[0]
             dataset.resize((n + len(events),))
             dataset[n:] = events
             m = kv.shape[0]
-            kv.resize((m + 1, kv.shape[1]))
-            kv[m] = kv_tokens
+            kv.resize((m + len(kv_tokens), kv.shape[1]))
+            kv[m:] = kv_tokens
 
     def write_group(self, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
         with self._open() as file:

@@ -27,8 +27,9 @@ def test_injected_failure_on_one_rank_stops_all_eight(tmp_path):
     assert "helix-mpi: rank 3 failed: RuntimeError: injected failure at step 2" in done.stderr
     assert elapsed < 30
     assert not (tmp_path / "t.h5").exists()
-    with h5py.File(tmp_path / "t.h5.partial", "r") as f:  # the steps before the failure are kept
-        assert not f.attrs["complete"] and f["kv_tokens"].shape == (2, 8)
+    with h5py.File(tmp_path / "t.h5.partial", "r") as f:  # steps flushed before the failure are kept
+        assert not f.attrs["complete"] and f["kv_tokens"].shape[0] <= 2
+        assert len(np.unique(f["events"]["step"])) == f["kv_tokens"].shape[0]
 
 
 def test_sigterm_keeps_an_incomplete_readable_trace(tmp_path):
