@@ -73,7 +73,8 @@ def main() -> None:
           f"{valid.returncode == 0}")
     print(f"private memory after {args.warmup} steps: {total_start:.0f} MB in all, max rank {max(start_mb or [0]):.0f} MB")
     print(f"private memory at the end:          {total_end:.0f} MB in all, max rank {max(end_mb or [0]):.0f} MB")
-    print(f"growth: {total_end - total_start:+.1f} MB")
+    print(f"growth: {total_end - total_start:+.1f} MB; per rank: "
+          + " ".join(f"{b - a:+.1f}" for a, b in zip(start_mb or [], end_mb or [])))
     print(json.dumps({"ok": ok, "steps": steps, "events": events, "seconds": seconds, "valid": valid.returncode == 0,
                       "start_private_mb": total_start, "end_private_mb": total_end,
                       "growth_mb": total_end - total_start}))
