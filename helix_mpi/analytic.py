@@ -42,15 +42,16 @@ class _Plans:
     """Every rank's plan and op durations for one step, built once per kind of layer."""
 
     def __init__(self, model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], precision: str,
-                 hopb: bool, topo: Topology):
+                 hopb: bool, topo: Topology, a2a_chunk: int = 1):
         self.args = (model, layout, kv_lengths, precision, hopb, topo)
+        self.a2a_chunk = a2a_chunk
         self.cache: dict[bool, tuple[list, np.ndarray]] = {}
 
     def __call__(self, layer: int) -> tuple[list[list[Op]], np.ndarray]:
         model, layout, kv_lengths, precision, hopb, topo = self.args
         kind = model.is_moe_layer(layer)
         if kind not in self.cache:
-            plans = [layer_plan(model, layout, r, layer, kv_lengths[r], precision, hopb)
+            plans = [layer_plan(model, layout, r, layer, kv_lengths[r], precision, hopb, self.a2a_chunk)
                      for r in range(layout.world_size)]
             durations = np.array([[op_duration(plan[i], topo, precision) for plan in plans]
                                   for i in range(len(plans[0]))])  # [ops, N]
@@ -72,7 +73,7 @@ def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology)
     rows = []
     for step in range(run.steps):
         lengths = [local_kv_lengths(layout, run, r, step) for r in range(n)]
-        plans_of = _Plans(model, layout, lengths, run.precision, run.hopb, topo)
+        plans_of = _Plans(model, layout, lengths, run.precision, run.hopb, topo, run.a2a_chunk)
         for layer in range(run.layers):
             plans, durations = plans_of(layer)
             for index, (start, end) in enumerate(_place_layer(clocks, group_max, plans, durations)):
@@ -81,12 +82,12 @@ def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology)
 
 
 def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], precision: str, hopb: bool,
-              topo: Topology, layers: int | None = None) -> float:
+              topo: Topology, layers: int | None = None, a2a_chunk: int = 1) -> float:
     """Modeled seconds of one decode step over the first `layers` layers (default: all), given
     every rank's local KV tokens per request (ragged batches allowed). Layers of the same kind
     take the same time once a step is under way, so each kind is timed once and multiplied."""
     layers = model.num_layers if layers is None else layers
-    plans_of = _Plans(model, layout, kv_lengths, precision, hopb, topo)
+    plans_of = _Plans(model, layout, kv_lengths, precision, hopb, topo, a2a_chunk)
     group_max, total = _GroupMax(layout), 0.0
     kinds = [model.is_moe_layer(layer) for layer in range(layers)]
     for kind in set(kinds):

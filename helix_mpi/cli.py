@@ -58,6 +58,8 @@ def model_options(fn):
                      help="modeled precision of weights and KV cache"),
         click.option("--hopb/--no-hopb", default=True, show_default=True,
                      help="overlap request b's all-to-all with request b+1's attention"),
+        click.option("--a2a-chunk", type=int, default=1, show_default=True,
+                     help="requests per KVP all-to-all: 1 per request (HOP-B as in the paper), 0 whole batch"),
         click.option("--tokens-per-block", type=int, default=16, show_default=True,
                      help="KV round robin block (decode steps per KVP rank)"),
         click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table"),
@@ -103,8 +105,8 @@ def workload_options(fn):
 @click.option("--save-tensors", is_flag=True, help="also store weights, caches, inputs and outputs")
 @click.option("--check/--no-check", default=None, help="compare with the NumPy reference (default: if it fits)")
 @click.option("--fail-at", hidden=True, help="STEP:RANK: raise on that rank at that step (tests)")
-def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block, as_json,
-        ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, **serving) -> None:
+def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, a2a_chunk, tokens_per_block,
+        as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
 
     With --workload, serve a request trace instead: requests join the batch at their (scaled)
@@ -116,12 +118,13 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         layers = 2
     settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context, steps=steps,
                     layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
-                    key_scale=key_scale, topology=topology)
+                    a2a_chunk=a2a_chunk, key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
             resolved = _resolve_run(world_size=ranks, **settings)
             if serving["workload"] is not None:
                 _refuse_fixed_batch_flags(save_tensors)
+                _refuse_a2a_chunk(a2a_chunk)
                 _resolve_serving(*resolved, serving)
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
@@ -141,6 +144,7 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         model, layout, run_config, topo = _resolve_run(world_size=comm.Get_size(), **settings)
         if serving["workload"] is not None:
             _refuse_fixed_batch_flags(save_tensors)
+            _refuse_a2a_chunk(a2a_chunk)
             outcome = _run_serving(comm, model, layout, run_config, topo, serving, output, check, failure,
                                    is_root and not as_json)
         else:
@@ -211,8 +215,13 @@ def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:
     os._exit(code)
 
 
+def _refuse_a2a_chunk(a2a_chunk: int) -> None:
+    if a2a_chunk != 1:
+        raise UserError("--a2a-chunk is not supported with --workload yet: serving exchanges per request")
+
+
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
-                 seed, precision, hopb, key_scale, topology):
+                 seed, precision, hopb, a2a_chunk, key_scale, topology):
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks
     (layers None: every layer of the model, as --workload runs default to)."""
     from .config import RunConfig, check_run_fits_model, load_model, make_layout, validate_layout
@@ -224,7 +233,7 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
     layers = model.num_layers if layers is None else layers
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
                            tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
-                           key_scale=key_scale)
+                           a2a_chunk=a2a_chunk, key_scale=key_scale)
     check_run_fits_model(model, run_config)
     return model, layout, run_config, load_topology(topology)
 
@@ -324,13 +333,14 @@ def _print_run(outcome, layout, model, as_json: bool) -> None:
 @click.option("--gpus", "-g", type=int, default=8, show_default=True, help="GPUs N")
 @click.option("--layers", type=int, help="layers to time (default: all of the model)")
 @click.option("--steps", type=int, default=1, show_default=True, help="decode steps (context grows by one each)")
-def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, tokens_per_block,
-                  as_json, gpus, layers, steps, **serving) -> None:
+def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, a2a_chunk,
+                  tokens_per_block, as_json, gpus, layers, steps, **serving) -> None:
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data.
 
     With --workload, serve a request trace at full model size (continuous batching, analytic)."""
     if serving["workload"] is not None:
         _refuse_fixed_batch_flags(False)
+        _refuse_a2a_chunk(a2a_chunk)
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
                        gpus, serving)
         return
@@ -347,7 +357,8 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
         validate_layout(model, layout, gpus)
         run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers or model.num_layers,
-                               tokens_per_block=tokens_per_block, precision=precision, hopb=hopb)
+                               tokens_per_block=tokens_per_block, precision=precision, hopb=hopb,
+                               a2a_chunk=a2a_chunk)
         topo = load_topology(topology)
     except _user_errors() as exc:
         raise UserError(str(exc)) from None

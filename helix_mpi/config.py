@@ -389,6 +389,8 @@ class RunConfig:
     seed: int = _help("seed of the counter-based generator of all weights and inputs", default=0)
     precision: str = _help("modeled precision of weights and KV cache: fp4, fp8 or bf16", default="fp4")
     hopb: bool = _help("HOP-B: overlap request b's all-to-all with request b+1's attention", default=True)
+    a2a_chunk: int = _help("requests per KVP all-to-all (1: per request as in the paper; 0: whole batch)",
+                           default=1)
     key_scale: float = _help("scale of the initial keys (large values test softmax stability)", default=1.0)
 
     def __post_init__(self) -> None:
@@ -402,6 +404,8 @@ class RunConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if not isinstance(self.a2a_chunk, int) or self.a2a_chunk < 0:
+            raise ConfigError(f"--a2a-chunk must be an integer >= 0 (0: the whole batch), got {self.a2a_chunk!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

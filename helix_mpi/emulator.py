@@ -59,7 +59,7 @@ class _LayerState:
     x: np.ndarray  # [B, H] residual stream (full on every rank)
     q: np.ndarray | None = None  # [B, Qh, D]
     attention: np.ndarray | None = None  # [B, Qh, W] attention output when nothing is exchanged
-    partials: list = field(default_factory=list)  # per request: [Qh, W+1] out and lse
+    partials: list = field(default_factory=list)  # per chunk: [c, Qh, W+1] out and lse, FIFO
     received: list = field(default_factory=list)  # per request: [KVP, n, W+1]
     partial_sum: np.ndarray | None = None  # [B, H] this rank's term of a sum over ranks
     g: np.ndarray | None = None  # [B, H] FFN input (dp-ep MoE)
@@ -166,7 +166,7 @@ class Emulator:
     def _layer(self, step: int, layer: int, x: np.ndarray, batch: StepBatch) -> np.ndarray:
         kv_lengths = self._held(layer) + batch.appends  # local tokens per request incl. the new one
         plan = layer_plan(self.model, self.layout, self.mesh.rank, layer, kv_lengths, self.run.precision,
-                          self.run.hopb)
+                          self.run.hopb, self.run.a2a_chunk)
         schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
         state = _LayerState(x=x.copy())
         for index, op in enumerate(plan):
@@ -192,10 +192,9 @@ class Emulator:
         if appends.any():
             self.caches[layer].append(k, v)
 
-    def _attend(self, layer: int, q: np.ndarray, request: int) -> tuple[np.ndarray, np.ndarray]:
-        """Partial attention of request `request` (-1: every request) over the local shard."""
+    def _attend(self, layer: int, q: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Partial attention of the requests `rows` over the local shard."""
         cache = self.caches[layer]
-        rows = slice(None) if request < 0 else slice(request, request + 1)
         return self._attention_kernel(q[rows], cache.k[rows], None if cache.v is None else cache.v[rows],
                                       cache.lengths[rows])
 
@@ -223,22 +222,26 @@ class Emulator:
         self._store(layer, k, v, batch.appends)
 
     def _op_attention(self, op, state, layer, batch):
-        out, lse = self._attend(layer, state.q, op.request)
+        rows = slice(None) if op.request < 0 else slice(op.request, op.request + op.requests)
+        out, lse = self._attend(layer, state.q, rows)
         if op.request < 0:
             state.attention = out
-        else:
-            state.partials.append(np.concatenate([out[0], lse[0][:, None]], axis=1))  # [Qh, W+1]
+        else:  # [c, Qh, W+1] out and lse of the chunk's requests
+            state.partials.append(np.concatenate([out, lse[..., None]], axis=2))
 
     def _op_all_to_all(self, op, state, layer, batch):
-        send = state.partials[op.request]
-        state.received.append(all_to_all_heads(self.mesh.group(op.group), send, self.shard.a2a_splits))
+        chunk = state.partials.pop(0)  # [c, Qh, W+1], split by heads over the KVP group
+        requests, heads, width = chunk.shape
+        send = np.ascontiguousarray(chunk.transpose(1, 0, 2)).reshape(heads, requests * width)
+        received = all_to_all_heads(self.mesh.group(op.group), send, self.shard.a2a_splits)  # [KVP, n, c*(W+1)]
+        state.received.append(received.reshape(len(received), -1, requests, width).transpose(0, 2, 1, 3))
 
     def _op_combine_out_proj(self, op, state, layer, batch):
         w = self.weights[layer].attn
         if state.attention is not None:
             combined = state.attention
         else:
-            received = np.stack(state.received, axis=1)  # [KVP, B, n, W+1]
+            received = np.concatenate(state.received, axis=1)  # [KVP, B, n, W+1]
             combined, _ = kernels.combine(np.ascontiguousarray(received[..., :-1]),
                                           np.ascontiguousarray(received[..., -1]))  # [B, n, W]
         state.partial_sum = (project_output if self.model.mla is None else mla_output)(combined, w)
@@ -528,8 +531,8 @@ class ServingEmulator(Emulator):
     def _store(self, layer: int, k: np.ndarray, v: np.ndarray | None, appends: np.ndarray) -> None:
         self.pool.append(layer, self.slots, k, v, appends)
 
-    def _attend(self, layer: int, q: np.ndarray, request: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = range(len(q)) if request < 0 else (request,)
+    def _attend(self, layer: int, q: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        rows = range(len(q))[rows]
         parts = [self._attention_kernel(q[b:b + 1], *self.pool.view(layer, self.slots[b])) for b in rows]
         if not parts:  # a dp-ep rank with no request this step
             width = self.model.head_dim if self.model.mla is None else self.model.mla.kv_lora_rank

@@ -40,7 +40,8 @@ class Op:
 
     name: OpName
     stream: Stream
-    request: int = -1  # request index for per-request ops (HOP-B), -1 for the whole batch
+    request: int = -1  # first request of a per-request (chunk) op under HOP-B, -1 for the whole batch
+    requests: int = 1  # requests in the chunk starting at `request`
     # Indices of ops in the same layer plan that must finish first, beyond the order of the op's
     # own stream (ops on one stream run in plan order). At most two, so traces can store them.
     deps: tuple[int, ...] = ()
@@ -56,12 +57,19 @@ class Op:
         return self.collective is not None
 
 
-def attention_index(request: int) -> int:
-    return 1 + 2 * request
+def attention_index(chunk: int) -> int:
+    """Plan index of the attention op of a chunk of requests (a request when chunks are 1)."""
+    return 1 + 2 * chunk
 
 
-def all_to_all_index(request: int) -> int:
-    return 2 + 2 * request
+def all_to_all_index(chunk: int) -> int:
+    return 2 + 2 * chunk
+
+
+def request_chunks(batch: int, a2a_chunk: int) -> list[range]:
+    """Requests exchanged together: chunks of `a2a_chunk` (0: the whole batch at once)."""
+    size = batch if a2a_chunk <= 0 else a2a_chunk
+    return [range(start, min(start + size, batch)) for start in range(0, batch, max(size, 1))]
 
 
 def _collective(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis, ...], nbytes: float,
@@ -143,8 +151,9 @@ def _combine_op(model: ModelConfig, shard: RankShard, batch: int, kvp: int, wb: 
 
 
 def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengths: np.ndarray, wb: float,
-                  hopb: bool) -> list[Op]:
-    """QKV, attention (+ per-request all-to-all under KVP), combine + output projection."""
+                  hopb: bool, a2a_chunk: int = 1) -> list[Op]:
+    """QKV, attention (+ an all-to-all per chunk of `a2a_chunk` requests under KVP: 1 is the
+    paper's per-request HOP-B, 0 one exchange for the whole batch), combine + output projection."""
     batch = len(kv_lengths)
     q_heads, kv_heads = len(shard.q_heads), len(shard.kv_heads)
     ops = [_qkv_op(model, shard, batch, wb)]
@@ -155,15 +164,17 @@ def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengt
         ops.append(_combine_op(model, shard, batch, 1, wb, ()))
         return ops
     partial_bytes = q_heads * (partial_width(model) * ACTIVATION_BYTES + LSE_BYTES)  # out [Qh, W] + lse [Qh]
-    for b in range(batch):
-        flops, nbytes = attention_cost(model, q_heads, kv_heads, float(kv_lengths[b]), wb)
-        deps = () if hopb or b == 0 else (all_to_all_index(b - 1),)  # qkv precedes on the stream
-        ops.append(Op(OpName.ATTENTION, Stream.COMPUTE, request=b, deps=deps, flops=flops, hbm_bytes=nbytes))
-        a2a = _collective(OpName.ALL_TO_ALL, Collective.ALL_TO_ALL, layout, (Axis.KVP,), partial_bytes,
-                          (attention_index(b),))
-        ops.append(dataclasses.replace(a2a, request=b))
+    chunks = request_chunks(batch, a2a_chunk)
+    for k, chunk in enumerate(chunks):
+        costs = [attention_cost(model, q_heads, kv_heads, float(kv_lengths[b]), wb) for b in chunk]
+        deps = () if hopb or k == 0 else (all_to_all_index(k - 1),)  # qkv precedes on the stream
+        ops.append(Op(OpName.ATTENTION, Stream.COMPUTE, request=chunk.start, requests=len(chunk), deps=deps,
+                      flops=sum(c[0] for c in costs), hbm_bytes=sum(c[1] for c in costs)))
+        a2a = _collective(OpName.ALL_TO_ALL, Collective.ALL_TO_ALL, layout, (Axis.KVP,), len(chunk) * partial_bytes,
+                          (attention_index(k),))
+        ops.append(dataclasses.replace(a2a, request=chunk.start, requests=len(chunk)))
     # earlier all-to-alls precede the last one on the comm stream
-    ops.append(_combine_op(model, shard, batch, layout.kvp, wb, (all_to_all_index(batch - 1),)))
+    ops.append(_combine_op(model, shard, batch, layout.kvp, wb, (all_to_all_index(len(chunks) - 1),)))
     return ops
 
 
@@ -213,7 +224,7 @@ def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, ba
 
 # --- whole layer -------------------------------------------------------------------------------
 def layer_plan(model: ModelConfig, layout: Layout, rank: int, layer: int, kv_lengths: np.ndarray,
-               precision: str, hopb: bool) -> list[Op]:
+               precision: str, hopb: bool, a2a_chunk: int = 1) -> list[Op]:
     """Ops of one layer on `rank`; kv_lengths [B] are its local tokens per request incl. the new one
     (under dp-ep: of the requests it owns)."""
     shard = rank_shard(model, layout, rank)
@@ -221,7 +232,7 @@ def layer_plan(model: ModelConfig, layout: Layout, rank: int, layer: int, kv_len
     if layout.strategy is Strategy.DP_EP:
         return _dp_ep_plan(model, layout, shard, layer, kv_lengths, wb)
     hopb = hopb and layout.strategy is Strategy.HELIX  # the baselines expose their communication
-    ops = attention_ops(model, layout, shard, kv_lengths, wb, hopb)
+    ops = attention_ops(model, layout, shard, kv_lengths, wb, hopb, a2a_chunk)
     ops.append(_collective(OpName.ALL_REDUCE_ATTN, Collective.ALL_REDUCE, layout, ATTENTION_AXES,
                            len(kv_lengths) * model.hidden_size * ACTIVATION_BYTES, (len(ops) - 1,)))
     return ops + ffn_ops(model, layout, shard, layer, len(kv_lengths), wb, len(ops))

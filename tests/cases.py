@@ -25,6 +25,7 @@ class Case:
     batch: int = 2
     strategy: str = "helix"
     ep: int | None = None
+    a2a_chunk: int = 1
     context: int = 37  # not divisible by KVP * tokens_per_block
     steps: int = 3
     layers: int = 2
@@ -61,6 +62,9 @@ CASES = [
     Case("gqa-tp8-duplicated-kv", "tiny", 1, 8, strategy="tp", batch=3),
     Case("mla-moe-dp-ep8-idle-ranks", "tiny-mla-moe", 8, 1, strategy="dp-ep", batch=5, layers=3),
     Case("mla-moe-sigmoid-helix8", "tiny-mla-moe-sigmoid", 8, 1, ep=4, batch=2),
+    # requests exchanged in chunks: 5 requests in chunks of 2 (the last one short), and all at once
+    Case("gqa3-chunks-of-2", "tiny-gqa3", 4, 2, batch=5, a2a_chunk=2),
+    Case("mla-moe-one-exchange", "tiny-mla-moe", 4, 1, batch=3, a2a_chunk=0, layers=3),
 ]
 
 
@@ -70,7 +74,7 @@ def check_case(comm, case: Case) -> dict:
     layout = make_layout(model, case.ranks, case.kvp, case.tpa, case.strategy, case.ep)
     validate_layout(model, layout, case.ranks)
     run = RunConfig(batch=case.batch, context=case.context, steps=case.steps, layers=case.layers,
-                    tokens_per_block=case.tokens_per_block, key_scale=case.key_scale)
+                    tokens_per_block=case.tokens_per_block, key_scale=case.key_scale, a2a_chunk=case.a2a_chunk)
     with tempfile.TemporaryDirectory() as tmp:
         outcome = run_emulation(comm, model, layout, run, load_topology("gb200-nvl72"),
                                 Path(tmp) / "trace.h5" if comm.Get_rank() == 0 else None, check=True)

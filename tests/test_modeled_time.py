@@ -124,3 +124,19 @@ def test_one_rank_plan_has_free_collectives():
     plan = layer_plan(MODEL_PRESETS["tiny"], Layout(1, 1, 1), 0, 0, np.array([10, 10]), "bf16", True)
     collectives = [op for op in plan if op.is_collective]
     assert collectives and all(op_duration(op, topo, "bf16") == 0.0 for op in collectives)
+
+
+@pytest.mark.parametrize("chunk", [2, 0])
+def test_chunked_exchange_emulated_equals_analytic(tmp_path, chunk):
+    path = tmp_path / "chunk.h5"
+    args = ["--model", "tiny-gqa3", "--kvp", "4", "--tpa", "2", "--batch", "5", "--context", "40", "--steps", "2",
+            "--a2a-chunk", str(chunk)]
+    done = run_cli(["run", "-n", "8", *args, "-o", str(path), "--json"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    emulated = _by_rank_layer(_events(path))
+    run = RunConfig(batch=5, context=40, steps=2, layers=2, a2a_chunk=chunk)
+    analytic = _by_rank_layer(simulate(MODEL_PRESETS["tiny-gqa3"], Layout(4, 2, 8), run, load_topology("gb200-nvl72")))
+    np.testing.assert_array_equal(emulated["end_s"], analytic["end_s"])
+    a2a = emulated[emulated["op"] == b"all_to_all"]
+    per_layer = 3 if chunk == 2 else 1  # chunks of 2, 2 and 1 requests, or one exchange
+    assert len(a2a) == 8 * 2 * 2 * per_layer

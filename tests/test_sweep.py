@@ -299,3 +299,18 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert done.exit_code == 2
     lines = [line for line in done.output.splitlines() if line.startswith("helix-mpi: error:")]
     assert len(lines) == 1 and message in lines[0], done.output
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_sweep_a2a_chunk_equals_the_plan(chunk):
+    """The sweep's --a2a-chunk what-if is the plan's a2a_chunk, timed by the analytic model."""
+    spec = dataclasses.replace(_spec("deepseek-r1", 1_000_000, max_gpus=16, max_batch=8, strategies=("helix",)),
+                               whatif=sweep.WhatIf(a2a_chunk=chunk))
+    rows = _rows(sweep.run_sweep(spec).configs, "helix")
+    model = MODEL_PRESETS["deepseek-r1"]
+    for row in rows[(rows["gpus"] == 16) & (rows["batch"] >= 5)][:3]:
+        layout = _layout(row)
+        run = RunConfig(batch=int(row["batch"]), context=spec.context, steps=1, layers=1, precision="fp4")
+        kv = [local_kv_lengths(layout, run, r, 0) for r in range(layout.world_size)]
+        expected = step_time(model, layout, kv, "fp4", bool(row["hopb"]), TOPO, a2a_chunk=chunk)
+        assert row["ttl_s"] == pytest.approx(expected, rel=REL)

@@ -15,7 +15,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+
+from .bf16 import bf16_to_f32, is_bf16
 
 __all__ = ["partial_attention", "combine", "TILE"]
 
@@ -40,7 +42,8 @@ def _prefetch(typingctx, arr, idx):
 
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.gep(ary.data, [args[1]])
+        # i8* so that one declaration serves every dtype (float32 and uint16 caches in one module)
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
@@ -50,12 +53,58 @@ def _prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+def _line_elems(a):
+    """Elements of a's dtype per 64 B cache line (a compile-time constant in Numba)."""
+    return 64 // a.itemsize
+
+
+@overload(_line_elems, inline="always")
+def _line_elems_ol(a):
+    n = 512 // a.dtype.bitwidth  # 16 for float32, 32 for uint16
+    return lambda a: n
+
+
 @njit(cache=True, inline="always")
 def _prefetch_rows(a, row, nrows, D):
     # a [C,D] C-contiguous: prefetch rows row..row+nrows-1 (contiguous), one call per 64 B line
     base = row * D
-    for j in range(0, nrows * D, 16):
+    for j in range(0, nrows * D, _line_elems(a)):
         _prefetch(a, base + j)
+
+
+# --- bf16 storage (uint16 bits, see bf16.py). The kernel is generic over the cache dtype: for
+# float32 caches _row(a, t, buf, j) is a[t] (the rows are read in place, exactly the float32 code);
+# for uint16 caches it upcasts row t into buf[j] (4 rows of D float32 per K or V side, L1-resident)
+# and returns that, so every bf16 row is read from memory once, converted once, and the FMA loops
+# run on float32 rows as before. _row_buf(a, D) allocates buf only for bf16 caches.
+def _row(a, t, buf, j):
+    raise NotImplementedError  # Numba-only (overloaded below)
+
+
+@overload(_row, inline="always")
+def _row_ol(a, t, buf, j):
+    if a.dtype == types.float32:
+        return lambda a, t, buf, j: a[t]
+    if a.dtype == types.uint16:
+        def impl(a, t, buf, j):
+            src = a[t]
+            dst = buf[j]
+            for d in range(src.shape[0]):
+                dst[d] = bf16_to_f32(src[d])
+            return dst
+        return impl
+    return None
+
+
+def _row_buf(a, D):
+    raise NotImplementedError  # Numba-only (overloaded below)
+
+
+@overload(_row_buf, inline="always")
+def _row_buf_ol(a, D):
+    if a.dtype == types.uint16:
+        return lambda a, D: np.empty((4, D), np.float32)
+    return lambda a, D: None
 
 
 _LOG2E = np.float32(1.4426950408889634)
@@ -95,7 +144,8 @@ def _exp_neg_inplace(x, n, ebits, ef):
 
 @njit(cache=True, fastmath=_FM)
 def _attn_kernel(q, k, v, lengths, scale, out, lse):
-    # q [B,Qh,D], k/v [B,Kh,C,D], lengths [B] int64, out [B,Qh,D] (written), lse [B,Qh] (written)
+    # q [B,Qh,D], k/v [B,Kh,C,D] float32 or uint16 bf16 bits, lengths [B] int64,
+    # out [B,Qh,D] (written), lse [B,Qh] (written)
     B, Qh, D = q.shape
     Kh = k.shape[1]
     G = Qh // Kh
@@ -106,6 +156,8 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
     l = np.empty(G, np.float32)              # running sum of exp(score - m)
     ebits = np.empty(TILE, np.int32)         # exponent bits scratch of _exp_neg_inplace
     ef = ebits.view(np.float32)
+    kb = _row_buf(k, D)                      # bf16 only: upcast K rows of one register block
+    vb = _row_buf(v, D)                      # bf16 only: upcast V rows of one register block
     for b in range(B):
         n = lengths[b]
         for kh in range(Kh):
@@ -135,10 +187,10 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                 while t + 3 < tn:
                     if t0 + _PF + t + 3 < n:
                         _prefetch_rows(kk, t0 + _PF + t, 4, D)
-                    k0 = kk[t0 + t]
-                    k1 = kk[t0 + t + 1]
-                    k2 = kk[t0 + t + 2]
-                    k3 = kk[t0 + t + 3]
+                    k0 = _row(kk, t0 + t, kb, 0)
+                    k1 = _row(kk, t0 + t + 1, kb, 1)
+                    k2 = _row(kk, t0 + t + 2, kb, 2)
+                    k3 = _row(kk, t0 + t + 3, kb, 3)
                     g = 0
                     while g + 1 < G:
                         qa = qs[g]
@@ -189,7 +241,7 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                         s[g, t + 3] = a3
                     t += 4
                 while t < tn:  # tile tail (< 4 tokens)
-                    k0 = kk[t0 + t]
+                    k0 = _row(kk, t0 + t, kb, 0)
                     for g in range(G):
                         qa = qs[g]
                         a0 = np.float32(0.0)
@@ -225,10 +277,10 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                 while t + 3 < tn:
                     if t0 + _PF + t + 3 < n:
                         _prefetch_rows(vv, t0 + _PF + t, 4, D)
-                    v0 = vv[t0 + t]
-                    v1 = vv[t0 + t + 1]
-                    v2 = vv[t0 + t + 2]
-                    v3 = vv[t0 + t + 3]
+                    v0 = _row(vv, t0 + t, vb, 0)
+                    v1 = _row(vv, t0 + t + 1, vb, 1)
+                    v2 = _row(vv, t0 + t + 2, vb, 2)
+                    v3 = _row(vv, t0 + t + 3, vb, 3)
                     g = 0
                     while g + 1 < G:
                         aa = acc[g]
@@ -259,7 +311,7 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                             aa[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d]
                     t += 4
                 while t < tn:
-                    v0 = vv[t0 + t]
+                    v0 = _row(vv, t0 + t, vb, 0)
                     for g in range(G):
                         aa = acc[g]
                         p0 = s[g, t]
@@ -273,6 +325,13 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                     out[b, h0 + g, d] = acc[g, d] * inv
 
 
+def _as_cache(a):
+    """C-contiguous uint16 (bf16 bits) kept as is, anything else as C-contiguous float32."""
+    if is_bf16(a):
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 def partial_attention(q, k_cache, v_cache, lengths):
     """Flash-decoding attention of one decode step over a local KV shard.
 
@@ -281,10 +340,14 @@ def partial_attention(q, k_cache, v_cache, lengths):
     Returns out [B,Qh,D] float32 (softmax(q.k/sqrt(D)) @ v) and lse [B,Qh] float32 (natural
     log of sum_j exp(score_j)). Empty shard: out 0, lse -inf.
     Inputs are converted to C-contiguous float32 only if they are not already (no copy then).
+
+    bf16 storage: k_cache and/or v_cache may be uint16 arrays of bf16 bits (see bf16.py); they
+    are upcast row by row inside the kernel while streaming (no float32 copy of the cache), so
+    the result equals that of the float32 caches from_bf16(k_cache), from_bf16(v_cache).
     """
     q = np.ascontiguousarray(q, dtype=np.float32)
-    k_cache = np.ascontiguousarray(k_cache, dtype=np.float32)
-    v_cache = np.ascontiguousarray(v_cache, dtype=np.float32)
+    k_cache = _as_cache(k_cache)
+    v_cache = _as_cache(v_cache)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     B, Qh, D = q.shape
     Bk, Kh, C, Dk = k_cache.shape
