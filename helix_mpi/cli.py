@@ -517,5 +517,20 @@ _register_commands()
 
 
 def main() -> None:
+    """Entry point: click's own usage errors (unknown option, bad choice) also become one line."""
     os.environ.setdefault("NUMBA_CACHE_DIR", default_numba_cache())
-    cli(prog_name="helix-mpi")
+    try:
+        cli.main(prog_name="helix-mpi", standalone_mode=False)
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `helix-mpi`: its help
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"helix-mpi: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("helix-mpi: aborted", err=True)
+        sys.exit(130)
