@@ -54,7 +54,7 @@ CASES = [
     ("tp-heads", lambda t: ["run", "-n", "3", "--strategy", "tp"], "TP=3 must divide the 8 query heads"),
     ("mla-tpa", lambda t: ["run", "-n", "2", "--model", "tiny-mla-moe", "--tpa", "2"], "TPA=2 must divide the 1 KV heads"),
     ("precision-choice", lambda t: ["run", "--precision", "fp16"], "'fp16' is not one of 'fp4', 'fp8', 'bf16'"),
-    ("unknown-option", lambda t: ["model", "--gpu", "8"], "No such option: --gpu"),
+    ("unknown-option", lambda t: ["model", "--gpu", "8"], "No such option '--gpu'"),
     ("a2a-chunk-negative", lambda t: ["model", "--a2a-chunk", "-1"], "--a2a-chunk must be an integer >= 0"),
     # models
     ("model-unknown", lambda t: ["run", "-n", "2", "--model", "llama-3.1-8"], "did you mean 'llama-3.1-8b'"),

@@ -86,10 +86,10 @@ def _linear_bf16_kernel(x, w, out):
         for c0 in range(0, m, _CB):
             cn = min(_CB, m - c0)
             for r in range(rn):
-                src = w[i0 + r]
+                src = w[i0 + r, c0:c0 + cn]
                 dst = wb[r]
                 for d in range(cn):
-                    dst[d] = bf16_to_f32(src[c0 + d])
+                    dst[d] = bf16_to_f32(src[d])
             if rn == _RB:
                 w0 = wb[0]
                 w1 = wb[1]
@@ -107,15 +107,15 @@ def _linear_bf16_kernel(x, w, out):
                     e1 = xb[i0 + 1]
                     e2 = xb[i0 + 2]
                     e3 = xb[i0 + 3]
-                    oa = out[b]
-                    ob = out[b + 1]
+                    oa = out[b, c0:c0 + cn]
+                    ob = out[b + 1, c0:c0 + cn]
                     for d in range(cn):
                         y0 = w0[d]
                         y1 = w1[d]
                         y2 = w2[d]
                         y3 = w3[d]
-                        oa[c0 + d] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3
-                        ob[c0 + d] += e0 * y0 + e1 * y1 + e2 * y2 + e3 * y3
+                        oa[d] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3
+                        ob[d] += e0 * y0 + e1 * y1 + e2 * y2 + e3 * y3
                     b += 2
                 if b < B:
                     xa = x[b]
@@ -123,17 +123,17 @@ def _linear_bf16_kernel(x, w, out):
                     a1 = xa[i0 + 1]
                     a2 = xa[i0 + 2]
                     a3 = xa[i0 + 3]
-                    oa = out[b]
+                    oa = out[b, c0:c0 + cn]
                     for d in range(cn):
-                        oa[c0 + d] += a0 * w0[d] + a1 * w1[d] + a2 * w2[d] + a3 * w3[d]
+                        oa[d] += a0 * w0[d] + a1 * w1[d] + a2 * w2[d] + a3 * w3[d]
             else:  # last rows (n % _RB), one at a time
                 for r in range(rn):
                     wr = wb[r]
                     for b in range(B):
                         a0 = x[b, i0 + r]
-                        ob = out[b]
+                        ob = out[b, c0:c0 + cn]
                         for d in range(cn):
-                            ob[c0 + d] += a0 * wr[d]
+                            ob[d] += a0 * wr[d]
         i0 += rn
 
 
