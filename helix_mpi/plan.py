@@ -286,8 +286,3 @@ def op_collective_fields(op: Op) -> tuple[str, str, int, float]:
         return op.collective.value, group_name(op.group), op.group_size, op.nbytes
     return "", "", 1, op.hbm_bytes
 
-
-def helix_layer_plan(model: ModelConfig, layout: Layout, rank: int, kv_lengths: np.ndarray, precision: str,
-                     hopb: bool) -> list[Op]:
-    """Deprecated name kept for helix_mpi.serving: the plan of layer 0."""
-    return layer_plan(model, layout, rank, 0, kv_lengths, precision, hopb)

@@ -218,5 +218,3 @@ def initial_input(model: ModelConfig, seed: int, batch: int) -> np.ndarray:
     """Input of layer 0 at step 0 [B, H], unit variance."""
     return synth.matrix_block(seed, "x0", (batch, model.hidden_size), (0, batch), (0, model.hidden_size), UNIT)
 
-
-helix_shard = rank_shard  # deprecated name kept for helix_mpi.serving
