@@ -72,41 +72,6 @@ def _prefetch_rows(a, row, nrows, D):
         _prefetch(a, base + j)
 
 
-# --- bf16 storage (uint16 bits, see bf16.py). The kernel is generic over the cache dtype: for
-# float32 caches _row(a, t, buf, j) is a[t] (the rows are read in place, exactly the float32 code);
-# for uint16 caches it upcasts row t into buf[j] (4 rows of D float32 per K or V side, L1-resident)
-# and returns that, so every bf16 row is read from memory once, converted once, and the FMA loops
-# run on float32 rows as before. _row_buf(a, D) allocates buf only for bf16 caches.
-def _row(a, t, buf, j):
-    raise NotImplementedError  # Numba-only (overloaded below)
-
-
-@overload(_row, inline="always")
-def _row_ol(a, t, buf, j):
-    if a.dtype == types.float32:
-        return lambda a, t, buf, j: a[t]
-    if a.dtype == types.uint16:
-        def impl(a, t, buf, j):
-            src = a[t]
-            dst = buf[j]
-            for d in range(src.shape[0]):
-                dst[d] = bf16_to_f32(src[d])
-            return dst
-        return impl
-    return None
-
-
-def _row_buf(a, D):
-    raise NotImplementedError  # Numba-only (overloaded below)
-
-
-@overload(_row_buf, inline="always")
-def _row_buf_ol(a, D):
-    if a.dtype == types.uint16:
-        return lambda a, D: np.empty((4, D), np.float32)
-    return lambda a, D: None
-
-
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
@@ -144,8 +109,7 @@ def _exp_neg_inplace(x, n, ebits, ef):
 
 @njit(cache=True, fastmath=_FM)
 def _attn_kernel(q, k, v, lengths, scale, out, lse):
-    # q [B,Qh,D], k/v [B,Kh,C,D] float32 or uint16 bf16 bits, lengths [B] int64,
-    # out [B,Qh,D] (written), lse [B,Qh] (written)
+    # q [B,Qh,D], k/v [B,Kh,C,D], lengths [B] int64, out [B,Qh,D] (written), lse [B,Qh] (written)
     B, Qh, D = q.shape
     Kh = k.shape[1]
     G = Qh // Kh
@@ -156,8 +120,6 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
     l = np.empty(G, np.float32)              # running sum of exp(score - m)
     ebits = np.empty(TILE, np.int32)         # exponent bits scratch of _exp_neg_inplace
     ef = ebits.view(np.float32)
-    kb = _row_buf(k, D)                      # bf16 only: upcast K rows of one register block
-    vb = _row_buf(v, D)                      # bf16 only: upcast V rows of one register block
     for b in range(B):
         n = lengths[b]
         for kh in range(Kh):
@@ -187,10 +149,10 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                 while t + 3 < tn:
                     if t0 + _PF + t + 3 < n:
                         _prefetch_rows(kk, t0 + _PF + t, 4, D)
-                    k0 = _row(kk, t0 + t, kb, 0)
-                    k1 = _row(kk, t0 + t + 1, kb, 1)
-                    k2 = _row(kk, t0 + t + 2, kb, 2)
-                    k3 = _row(kk, t0 + t + 3, kb, 3)
+                    k0 = kk[t0 + t]
+                    k1 = kk[t0 + t + 1]
+                    k2 = kk[t0 + t + 2]
+                    k3 = kk[t0 + t + 3]
                     g = 0
                     while g + 1 < G:
                         qa = qs[g]
@@ -241,7 +203,7 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                         s[g, t + 3] = a3
                     t += 4
                 while t < tn:  # tile tail (< 4 tokens)
-                    k0 = _row(kk, t0 + t, kb, 0)
+                    k0 = kk[t0 + t]
                     for g in range(G):
                         qa = qs[g]
                         a0 = np.float32(0.0)
@@ -277,10 +239,10 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                 while t + 3 < tn:
                     if t0 + _PF + t + 3 < n:
                         _prefetch_rows(vv, t0 + _PF + t, 4, D)
-                    v0 = _row(vv, t0 + t, vb, 0)
-                    v1 = _row(vv, t0 + t + 1, vb, 1)
-                    v2 = _row(vv, t0 + t + 2, vb, 2)
-                    v3 = _row(vv, t0 + t + 3, vb, 3)
+                    v0 = vv[t0 + t]
+                    v1 = vv[t0 + t + 1]
+                    v2 = vv[t0 + t + 2]
+                    v3 = vv[t0 + t + 3]
                     g = 0
                     while g + 1 < G:
                         aa = acc[g]
@@ -311,12 +273,213 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                             aa[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d]
                     t += 4
                 while t < tn:
-                    v0 = _row(vv, t0 + t, vb, 0)
+                    v0 = vv[t0 + t]
                     for g in range(G):
                         aa = acc[g]
                         p0 = s[g, t]
                         for d in range(D):
                             aa[d] += p0 * v0[d]
+                    t += 1
+            for g in range(G):
+                inv = np.float32(1.0) / l[g]
+                lse[b, h0 + g] = m[g] + np.float32(math.log(l[g]))
+                for d in range(D):
+                    out[b, h0 + g, d] = acc[g, d] * inv
+
+
+# ----------------------------------------------------------------------------- bf16 caches
+# K/V caches stored as bf16 (uint16 bits, see bf16.py) take a separate kernel, so the float32
+# kernel above is untouched. Same tiling, online softmax and register blocking, but each block
+# of 4 K (or V) rows is first upcast into a [4,D] float32 buffer (2 KiB, L1) that all G heads then
+# read: every bf16 row is read from memory once and converted once. The hot loops index 2-D
+# arrays directly instead of taking row views: a row view costs Numba an atomic incref/decref
+# (NRT calls) per block, which at half the bytes per token would be a large share of the time.
+def _upcast_rows(src, r0, nr, dst):
+    raise NotImplementedError  # Numba-only (overloaded below)
+
+
+@overload(_upcast_rows, inline="always")
+def _upcast_rows_ol(src, r0, nr, dst):
+    # dst[:nr] <- float32 of src[r0:r0+nr] (src [C,D] uint16 bf16 bits or float32 for a mixed
+    # pair, e.g. bf16 K with float32 V)
+    if src.dtype == types.uint16:
+        def impl(src, r0, nr, dst):
+            for r in range(nr):
+                for d in range(src.shape[1]):
+                    dst[r, d] = bf16_to_f32(src[r0 + r, d])
+        return impl
+    if src.dtype == types.float32:
+        def impl(src, r0, nr, dst):
+            for r in range(nr):
+                for d in range(src.shape[1]):
+                    dst[r, d] = src[r0 + r, d]
+        return impl
+    return None
+
+
+@njit(cache=True, fastmath=_FM)
+def _attn_kernel_bf16(q, k, v, lengths, scale, out, lse):
+    # q [B,Qh,D] float32, k/v [B,Kh,C,D] uint16 bf16 bits (or one of them float32), lengths [B]
+    # int64, out [B,Qh,D] (written), lse [B,Qh] (written). Same math as _attn_kernel.
+    B, Qh, D = q.shape
+    Kh = k.shape[1]
+    G = Qh // Kh
+    qs = np.empty((G, D), np.float32)
+    s = np.empty((G, TILE), np.float32)
+    acc = np.empty((G, D), np.float32)
+    m = np.empty(G, np.float32)
+    l = np.empty(G, np.float32)
+    ebits = np.empty(TILE, np.int32)
+    ef = ebits.view(np.float32)
+    kb = np.empty((4, D), np.float32)        # upcast K rows of one register block
+    vb = np.empty((4, D), np.float32)        # upcast V rows of one register block
+    tm = np.empty(G, np.float32)             # max score of the current tile, per head
+    for b in range(B):
+        n = lengths[b]
+        for kh in range(Kh):
+            h0 = kh * G
+            if n <= 0:
+                for g in range(G):
+                    lse[b, h0 + g] = -np.inf
+                    for d in range(D):
+                        out[b, h0 + g, d] = 0.0
+                continue
+            for g in range(G):
+                for d in range(D):
+                    qs[g, d] = q[b, h0 + g, d] * scale
+                    acc[g, d] = 0.0
+                l[g] = 0.0
+                m[g] = 0.0
+            kk = k[b, kh]  # [C,D]
+            vv = v[b, kh]  # [C,D]
+            first = True
+            for t0 in range(0, n, TILE):
+                tn = min(TILE, n - t0)
+                for g in range(G):
+                    tm[g] = -np.inf
+                # --- scores: 4 tokens x 2 heads per d sweep, as in _attn_kernel; the tile max
+                # is kept on the fly (a separate serial max pass cost ~10% of the kernel)
+                t = 0
+                while t + 3 < tn:
+                    if t0 + _PF + t + 3 < n:
+                        _prefetch_rows(kk, t0 + _PF + t, 4, D)
+                    _upcast_rows(kk, t0 + t, 4, kb)
+                    g = 0
+                    while g + 1 < G:
+                        a0 = np.float32(0.0)
+                        a1 = np.float32(0.0)
+                        a2 = np.float32(0.0)
+                        a3 = np.float32(0.0)
+                        b0 = np.float32(0.0)
+                        b1 = np.float32(0.0)
+                        b2 = np.float32(0.0)
+                        b3 = np.float32(0.0)
+                        for d in range(D):
+                            x = qs[g, d]
+                            y = qs[g + 1, d]
+                            a0 += x * kb[0, d]
+                            a1 += x * kb[1, d]
+                            a2 += x * kb[2, d]
+                            a3 += x * kb[3, d]
+                            b0 += y * kb[0, d]
+                            b1 += y * kb[1, d]
+                            b2 += y * kb[2, d]
+                            b3 += y * kb[3, d]
+                        s[g, t] = a0
+                        s[g, t + 1] = a1
+                        s[g, t + 2] = a2
+                        s[g, t + 3] = a3
+                        s[g + 1, t] = b0
+                        s[g + 1, t + 1] = b1
+                        s[g + 1, t + 2] = b2
+                        s[g + 1, t + 3] = b3
+                        tm[g] = max(tm[g], max(max(a0, a1), max(a2, a3)))
+                        tm[g + 1] = max(tm[g + 1], max(max(b0, b1), max(b2, b3)))
+                        g += 2
+                    if g < G:
+                        a0 = np.float32(0.0)
+                        a1 = np.float32(0.0)
+                        a2 = np.float32(0.0)
+                        a3 = np.float32(0.0)
+                        for d in range(D):
+                            x = qs[g, d]
+                            a0 += x * kb[0, d]
+                            a1 += x * kb[1, d]
+                            a2 += x * kb[2, d]
+                            a3 += x * kb[3, d]
+                        s[g, t] = a0
+                        s[g, t + 1] = a1
+                        s[g, t + 2] = a2
+                        s[g, t + 3] = a3
+                        tm[g] = max(tm[g], max(max(a0, a1), max(a2, a3)))
+                    t += 4
+                while t < tn:
+                    _upcast_rows(kk, t0 + t, 1, kb)
+                    for g in range(G):
+                        a0 = np.float32(0.0)
+                        for d in range(D):
+                            a0 += qs[g, d] * kb[0, d]
+                        s[g, t] = a0
+                        tm[g] = max(tm[g], a0)
+                    t += 1
+                # --- online softmax (as in _attn_kernel)
+                for g in range(G):
+                    sg = s[g]
+                    mx = tm[g]
+                    if first:
+                        m_new = mx
+                        alpha = np.float32(0.0)
+                    else:
+                        m_new = max(m[g], mx)
+                        alpha = np.float32(math.exp(m[g] - m_new))
+                    for t in range(tn):
+                        sg[t] = sg[t] - m_new
+                    rs = _exp_neg_inplace(sg, tn, ebits, ef)
+                    l[g] = l[g] * alpha + rs
+                    m[g] = m_new
+                    if not first and alpha != 1.0:
+                        for d in range(D):
+                            acc[g, d] *= alpha
+                first = False
+                # --- acc[g] += sum_t p[g,t] v[t0+t]: 2 heads x 4 tokens per d sweep
+                t = 0
+                while t + 3 < tn:
+                    if t0 + _PF + t + 3 < n:
+                        _prefetch_rows(vv, t0 + _PF + t, 4, D)
+                    _upcast_rows(vv, t0 + t, 4, vb)
+                    g = 0
+                    while g + 1 < G:
+                        p0 = s[g, t]
+                        p1 = s[g, t + 1]
+                        p2 = s[g, t + 2]
+                        p3 = s[g, t + 3]
+                        r0 = s[g + 1, t]
+                        r1 = s[g + 1, t + 1]
+                        r2 = s[g + 1, t + 2]
+                        r3 = s[g + 1, t + 3]
+                        for d in range(D):
+                            x0 = vb[0, d]
+                            x1 = vb[1, d]
+                            x2 = vb[2, d]
+                            x3 = vb[3, d]
+                            acc[g, d] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+                            acc[g + 1, d] += r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3
+                        g += 2
+                    if g < G:
+                        p0 = s[g, t]
+                        p1 = s[g, t + 1]
+                        p2 = s[g, t + 2]
+                        p3 = s[g, t + 3]
+                        for d in range(D):
+                            acc[g, d] += (p0 * vb[0, d] + p1 * vb[1, d] + p2 * vb[2, d]
+                                          + p3 * vb[3, d])
+                    t += 4
+                while t < tn:
+                    _upcast_rows(vv, t0 + t, 1, vb)
+                    for g in range(G):
+                        p0 = s[g, t]
+                        for d in range(D):
+                            acc[g, d] += p0 * vb[0, d]
                     t += 1
             for g in range(G):
                 inv = np.float32(1.0) / l[g]
@@ -361,7 +524,9 @@ def partial_attention(q, k_cache, v_cache, lengths):
         raise ValueError(f"lengths must lie in [0, {C}]")
     out = np.empty((B, Qh, D), np.float32)
     lse = np.empty((B, Qh), np.float32)
-    _attn_kernel(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse)
+    kernel = _attn_kernel_bf16 if k_cache.dtype != np.float32 or v_cache.dtype != np.float32 \
+        else _attn_kernel
+    kernel(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse)
     return out, lse
 
 

@@ -4,24 +4,28 @@ NumPy (no MPI). These are O(B*H) or GEMV/GEMM at decode batch sizes; NumPy/BLAS 
 memory speed for them. BLAS threading is whatever the process set (OPENBLAS_NUM_THREADS=1 per
 rank is recommended when ranks are oversubscribed).
 
-bf16 weights (uint16 bits, see bf16.py) go through a single-threaded Numba GEMM instead of BLAS
-(which has no bf16 on the CPU): it streams the weight matrix once, row block by row block,
-upcasting 4 rows x 512 columns at a time into an L1 buffer. Float32 weights take the BLAS path
-exactly as before.
+bf16 weights (uint16 bits, see bf16.py) go through a single-threaded Numba GEMV/GEMM at decode
+batch sizes (BLAS has no bf16 on the CPU): it streams the weight matrix once from memory, 8 rows
+at a time, upcasting in registers. Float32 weights take the BLAS path exactly as before.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
 
-from .bf16 import bf16_to_f32, is_bf16
+from .bf16 import bf16_to_f32, from_bf16, is_bf16
 
 __all__ = ["rms_norm", "apply_rope", "swiglu", "linear", "rope_inv_freq"]
 
 # Same fastmath subset as attention.py (no nnan/ninf): reassociation lets LLVM vectorise.
 _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
-_RB = 4      # weight rows upcast and applied together (4 FMAs per load/store of the output)
-_CB = 512    # columns per chunk: 4 x 512 float32 = 8 KiB of upcast weights, L1-resident
+_RB = 8      # weight rows upcast and applied together (8 FMAs per load/store of the output)
+# Above this many rows of x (prefill, not decode) the product is compute-bound and BLAS on
+# upcast panels of _PANEL_ELEMS weights (1 MiB of float32, L2-resident) is faster.
+_GEMM_MAX_ROWS = 16
+_PANEL_ELEMS = 1 << 18
 
 
 def rms_norm(x, weight=None, eps=1e-6):
@@ -70,88 +74,78 @@ def apply_rope(x, positions, theta=10000.0):
 @njit(cache=True, fastmath=_FM)
 def _linear_bf16_kernel(x, w, out):
     # x [B,n] float32, w [n,m] uint16 bf16 bits, out [B,m] float32 (overwritten): out = x @ w.
-    # Row blocks of _RB weight rows are streamed in order (sequential reads of w, each element
-    # read and upcast once); per chunk of _CB columns the block is upcast into wb, then every
-    # batch row b gets out[b, chunk] += sum_r x[b, i0+r] * wb[r] (_RB FMAs per out load/store,
-    # two batch rows per sweep share the wb loads). out [B,m] stays in L1/L2 at decode sizes.
+    # Row blocks of _RB weight rows are streamed in order (sequential reads of w: each element
+    # comes from memory once); for each pair of batch rows, one sweep over the m columns upcasts
+    # the block's column d in registers and does out[b, d] += sum_r x[b, i0+r] * w[i0+r, d] for
+    # both rows (_RB FMAs per load/store of out). With B > 2 the block (_RB x m x 2 bytes) is read
+    # again from L2 by the next pair. The r loops have a constant trip count and are unrolled by
+    # LLVM, which vectorises the d loops (zero-extend + shift + FMA). No row views are taken in
+    # the loops (each would cost Numba an atomic refcount update).
     B, n = x.shape
     m = w.shape[1]
-    wb = np.empty((_RB, _CB), np.float32)
+    xa = np.empty(_RB, np.float32)
+    xb = np.empty(_RB, np.float32)
     for b in range(B):
-        for j in range(m):
-            out[b, j] = 0.0
+        for d in range(m):
+            out[b, d] = 0.0
     i0 = 0
-    while i0 < n:
-        rn = min(_RB, n - i0)
-        for c0 in range(0, m, _CB):
-            cn = min(_CB, m - c0)
-            for r in range(rn):
-                src = w[i0 + r, c0:c0 + cn]
-                dst = wb[r]
-                for d in range(cn):
-                    dst[d] = bf16_to_f32(src[d])
-            if rn == _RB:
-                w0 = wb[0]
-                w1 = wb[1]
-                w2 = wb[2]
-                w3 = wb[3]
-                b = 0
-                while b + 1 < B:
-                    xa = x[b]
-                    xb = x[b + 1]
-                    a0 = xa[i0]
-                    a1 = xa[i0 + 1]
-                    a2 = xa[i0 + 2]
-                    a3 = xa[i0 + 3]
-                    e0 = xb[i0]
-                    e1 = xb[i0 + 1]
-                    e2 = xb[i0 + 2]
-                    e3 = xb[i0 + 3]
-                    oa = out[b, c0:c0 + cn]
-                    ob = out[b + 1, c0:c0 + cn]
-                    for d in range(cn):
-                        y0 = w0[d]
-                        y1 = w1[d]
-                        y2 = w2[d]
-                        y3 = w3[d]
-                        oa[d] += a0 * y0 + a1 * y1 + a2 * y2 + a3 * y3
-                        ob[d] += e0 * y0 + e1 * y1 + e2 * y2 + e3 * y3
-                    b += 2
-                if b < B:
-                    xa = x[b]
-                    a0 = xa[i0]
-                    a1 = xa[i0 + 1]
-                    a2 = xa[i0 + 2]
-                    a3 = xa[i0 + 3]
-                    oa = out[b, c0:c0 + cn]
-                    for d in range(cn):
-                        oa[d] += a0 * w0[d] + a1 * w1[d] + a2 * w2[d] + a3 * w3[d]
-            else:  # last rows (n % _RB), one at a time
-                for r in range(rn):
-                    wr = wb[r]
-                    for b in range(B):
-                        a0 = x[b, i0 + r]
-                        ob = out[b, c0:c0 + cn]
-                        for d in range(cn):
-                            ob[d] += a0 * wr[d]
-        i0 += rn
+    while i0 + _RB <= n:
+        b = 0
+        while b + 1 < B:
+            for r in range(_RB):
+                xa[r] = x[b, i0 + r]
+                xb[r] = x[b + 1, i0 + r]
+            for d in range(m):
+                sa = out[b, d]
+                sb = out[b + 1, d]
+                for r in range(_RB):
+                    y = bf16_to_f32(w[i0 + r, d])
+                    sa += xa[r] * y
+                    sb += xb[r] * y
+                out[b, d] = sa
+                out[b + 1, d] = sb
+            b += 2
+        if b < B:  # odd B: last batch row alone
+            for r in range(_RB):
+                xa[r] = x[b, i0 + r]
+            for d in range(m):
+                sa = out[b, d]
+                for r in range(_RB):
+                    sa += xa[r] * bf16_to_f32(w[i0 + r, d])
+                out[b, d] = sa
+        i0 += _RB
+    while i0 < n:  # last rows (n % _RB), one at a time
+        for b in range(B):
+            a0 = x[b, i0]
+            for d in range(m):
+                out[b, d] += a0 * bf16_to_f32(w[i0, d])
+        i0 += 1
 
 
 def _linear_bf16(x, w):
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim not in (1, 2) or w.ndim != 2 or x.shape[-1] != w.shape[0]:
+    if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[0]:
         raise ValueError(f"shape mismatch: x {x.shape} @ w {w.shape}")
-    x2 = np.ascontiguousarray(x.reshape(-1, w.shape[0]))
-    out = np.empty((x2.shape[0], w.shape[1]), np.float32)
-    _linear_bf16_kernel(x2, np.ascontiguousarray(w), out)
-    return out.reshape(x.shape[:-1] + (w.shape[1],))
+    n, m = w.shape
+    x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), n))
+    w = np.ascontiguousarray(w)
+    if x2.shape[0] <= _GEMM_MAX_ROWS:
+        out = np.empty((x2.shape[0], m), np.float32)
+        _linear_bf16_kernel(x2, w, out)
+    else:  # prefill-sized batch: compute-bound, BLAS on upcast row panels (never a full copy)
+        out = np.zeros((x2.shape[0], m), np.float32)
+        step = max(1, _PANEL_ELEMS // max(m, 1))
+        for i in range(0, n, step):
+            out += x2[:, i:i + step] @ from_bf16(w[i:i + step])
+    return out.reshape(x.shape[:-1] + (m,))
 
 
 def linear(x, w):
     """x [B,n] @ w [n,m] -> [B,m] float32 (BLAS sgemv/sgemm).
 
-    w may be bf16 storage (uint16 bits, see bf16.py): then a Numba kernel upcasts it while
-    streaming it once (result equals x @ from_bf16(w) up to float32 summation order).
+    w may be bf16 storage (uint16 bits, see bf16.py): the result equals x @ from_bf16(w) up to
+    float32 summation order. Up to 16 rows of x (decode) a Numba kernel upcasts w in registers
+    while streaming it once; more rows (prefill) use BLAS on upcast panels of 256K weights.
     """
     if is_bf16(w):
         return _linear_bf16(x, w)
