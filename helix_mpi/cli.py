@@ -105,8 +105,11 @@ def workload_options(fn):
 @click.option("--save-tensors", is_flag=True, help="also store weights, caches, inputs and outputs")
 @click.option("--check/--no-check", default=None, help="compare with the NumPy reference (default: if it fits)")
 @click.option("--fail-at", hidden=True, help="STEP:RANK: raise on that rank at that step (tests)")
+@click.option("--storage", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
 def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, a2a_chunk, tokens_per_block,
-        as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, **serving) -> None:
+        as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, storage,
+        **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
 
     With --workload, serve a request trace instead: requests join the batch at their (scaled)
@@ -118,7 +121,7 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         layers = 2
     settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context, steps=steps,
                     layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
-                    a2a_chunk=a2a_chunk, key_scale=key_scale, topology=topology)
+                    a2a_chunk=a2a_chunk, storage=storage, key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
             resolved = _resolve_run(world_size=ranks, **settings)
@@ -221,7 +224,7 @@ def _refuse_a2a_chunk(a2a_chunk: int) -> None:
 
 
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
-                 seed, precision, hopb, a2a_chunk, key_scale, topology):
+                 seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32"):
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks
     (layers None: every layer of the model, as --workload runs default to)."""
     from .config import RunConfig, check_run_fits_model, load_model, make_layout, validate_layout
@@ -233,7 +236,7 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
     layers = model.num_layers if layers is None else layers
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
                            tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
-                           a2a_chunk=a2a_chunk, key_scale=key_scale)
+                           a2a_chunk=a2a_chunk, storage=storage, key_scale=key_scale)
     check_run_fits_model(model, run_config)
     return model, layout, run_config, load_topology(topology)
 

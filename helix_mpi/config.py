@@ -371,6 +371,7 @@ def _validate_dp_ep(model: ModelConfig, layout: Layout, n: int) -> None:
 
 
 PRECISIONS = ("fp4", "fp8", "bf16")
+STORAGES = ("fp32", "bf16")  # host arrays; bf16 is kept as uint16 (kernels.bf16)
 # Bytes per element of weights and KV cache at each modeled precision (block scales ignored).
 PRECISION_BYTES = {"fp4": 0.5, "fp8": 1.0, "bf16": 2.0}
 ACTIVATION_BYTES = 2.0  # activations and exchanged partials travel in bf16
@@ -391,6 +392,8 @@ class RunConfig:
     hopb: bool = _help("HOP-B: overlap request b's all-to-all with request b+1's attention", default=True)
     a2a_chunk: int = _help("requests per KVP all-to-all (1: per request as in the paper; 0: whole batch)",
                            default=1)
+    storage: str = _help("host storage of weights and KV cache: fp32, or bf16 (half the memory, upcast in the "
+                         "kernels); independent of the modeled --precision", default="fp32")
     key_scale: float = _help("scale of the initial keys (large values test softmax stability)", default=1.0)
 
     def __post_init__(self) -> None:
@@ -404,6 +407,8 @@ class RunConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.storage not in STORAGES:
+            raise ConfigError(f"--storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if not isinstance(self.a2a_chunk, int) or self.a2a_chunk < 0:
             raise ConfigError(f"--a2a-chunk must be an integer >= 0 (0: the whole batch), got {self.a2a_chunk!r}")
 

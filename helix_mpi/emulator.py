@@ -17,14 +17,15 @@ from .clock import LayerSchedule, StreamClocks, op_duration
 from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
 from .config import PRECISION_BYTES, Layout, ModelConfig, RunConfig, Strategy
 from . import synth
-from .kvcache import ShardedKVCache, initial_kv, kvp_owner, owned_positions, tokens_held
+from .kvcache import (ShardedKVCache, initial_kv, kvp_owner, owned_positions, storage_dtype, to_storage,
+                      tokens_held)
 from .mesh import RankMesh
 from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, mla_project, moe_forward,
                     next_step_input, project_output, project_qkv, route, swiglu_mlp)
 from .plan import (Op, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_collective_fields,
                    op_dep_fields)
 from .serving import Scheduler, emulated_layer_weights
-from .sharding import UNIT, initial_input, layer_weights, rank_shard
+from .sharding import UNIT, initial_input, layer_weights, rank_shard, stored_weights
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -105,7 +106,8 @@ class Emulator:
         self.shard = rank_shard(model, layout, mesh.rank)
         self.kvp_rank = mesh.coord(Axis.KVP)
         self.data_parallel = layout.strategy is Strategy.DP_EP
-        self.weights = [layer_weights(model, run.seed, layer, self.shard) for layer in range(run.layers)]
+        self.weights = [stored_weights(layer_weights(model, run.seed, layer, self.shard), run.storage)
+                        for layer in range(run.layers)]
         self.clocks = StreamClocks(1)
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
@@ -117,7 +119,7 @@ class Emulator:
         k, v = initial_kv(run.seed, layer, self.requests, heads, run.context, width, self.shard.kv_heads,
                           positions, run.key_scale, with_values=model.mla is None)
         capacity = int(tokens_held(run.context + run.steps, layout.kvp, run.tokens_per_block)[self.kvp_rank])
-        return ShardedKVCache(k, v, capacity)
+        return ShardedKVCache(k, v, capacity, storage_dtype(run.storage))
 
     # --- the decode loop -------------------------------------------------------------------
     def decode(self, sink: StepSink | None = None) -> EmulationResult:
@@ -358,9 +360,10 @@ class SlotKVPool:
     k, v [Kh, C, W] (v None for MLA) and the tokens held. A leaving request's slot goes back to the
     free list and the next request to join reuses it (no allocation once the pool is warm)."""
 
-    def __init__(self, layers: int, heads: int, width: int, capacity: int, with_values: bool):
+    def __init__(self, layers: int, heads: int, width: int, capacity: int, with_values: bool,
+                 dtype: type = np.float32):
         self.shape = (heads, max(capacity, 1), width)
-        self.layers, self.with_values = layers, with_values
+        self.layers, self.with_values, self.dtype = layers, with_values, dtype
         self.k: list[list[np.ndarray]] = [[] for _ in range(layers)]  # [layer][slot] -> [Kh, C, W]
         self.v: list[list[np.ndarray | None]] = [[] for _ in range(layers)]
         self.lengths = np.zeros((layers, 0), dtype=np.int64)  # [layers, slots]
@@ -375,16 +378,16 @@ class SlotKVPool:
         """A slot filled with one request's shard per layer, k_init[l], v_init[l] [Kh, n, W]."""
         if not self.free:
             for layer in range(self.layers):
-                self.k[layer].append(np.zeros(self.shape, dtype=np.float32))
-                self.v[layer].append(np.zeros(self.shape, dtype=np.float32) if self.with_values else None)
+                self.k[layer].append(np.zeros(self.shape, dtype=self.dtype))
+                self.v[layer].append(np.zeros(self.shape, dtype=self.dtype) if self.with_values else None)
             self.lengths = np.concatenate([self.lengths, np.zeros((self.layers, 1), dtype=np.int64)], axis=1)
             self.free.append(self.slots - 1)
         slot = self.free.pop()
         for layer in range(self.layers):
             held = k_init[layer].shape[1]
-            self.k[layer][slot][:, :held] = k_init[layer]
+            self.k[layer][slot][:, :held] = to_storage(k_init[layer], self.dtype)
             if self.with_values:
-                self.v[layer][slot][:, :held] = v_init[layer]
+                self.v[layer][slot][:, :held] = to_storage(v_init[layer], self.dtype)
             self.lengths[layer, slot] = held
         self.taken += 1
         return slot
@@ -395,6 +398,8 @@ class SlotKVPool:
 
     def append(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray | None, mask: np.ndarray) -> None:
         """Store the new token k, v [b, Kh, W] of the requests in `slots` [b] where mask [b] is set."""
+        k = to_storage(np.ascontiguousarray(k), self.dtype)
+        v = None if v is None else to_storage(np.ascontiguousarray(v), self.dtype)
         for b in np.flatnonzero(mask):
             slot, at = slots[b], self.lengths[layer, slots[b]]
             self.k[layer][slot][:, at] = k[b]
@@ -439,7 +444,8 @@ class ServingEmulator(Emulator):
         self._setup(model, layout, run, topo, mesh, fail_at)
         self.scheduler = scheduler
         heads, width = (len(self.shard.kv_heads), model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
-        self.pool = SlotKVPool(run.layers, heads, width, scheduler.max_held(mesh.rank), model.mla is None)
+        self.pool = SlotKVPool(run.layers, heads, width, scheduler.max_held(mesh.rank), model.mla is None,
+                               storage_dtype(run.storage))
         self.slot_of: dict[int, int] = {}  # request -> slot
         self.x: dict[int, np.ndarray] = {}  # request -> [H] input of layer 0 at its next step
         self.slots = np.zeros(0, dtype=np.int64)  # [b] slots of the step's local requests

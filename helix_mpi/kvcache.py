@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import synth
+from .kernels import from_bf16, to_bf16
 
 
 def kvp_owner(positions: np.ndarray | int, tokens_per_block: int, kvp: int) -> np.ndarray | int:
@@ -52,23 +53,40 @@ def initial_kv(seed: int, layer: int, requests: range, num_kv_heads: int, contex
     return k, v
 
 
+def storage_dtype(storage: str) -> type:
+    return np.uint16 if storage == "bf16" else np.float32
+
+
+def to_storage(values: np.ndarray, dtype: type) -> np.ndarray:
+    """float32 values as kept in a cache of `dtype` (bf16 rounds to nearest even)."""
+    return to_bf16(values) if dtype is np.uint16 else values
+
+
+def round_to_storage(values: np.ndarray, storage: str) -> np.ndarray:
+    """The float values a cache of `storage` would hand back (the reference's view)."""
+    return values if storage == "fp32" else from_bf16(to_bf16(np.asarray(values, dtype=np.float32)))
+
+
 class ShardedKVCache:
     """One layer's KV shard on one rank: k, v [B, Kh, capacity, D] (v None for an MLA latent cache,
     k [B, 1, capacity, L+R]) and valid lengths [B]."""
 
-    def __init__(self, k_init: np.ndarray, v_init: np.ndarray | None, capacity: int):
+    def __init__(self, k_init: np.ndarray, v_init: np.ndarray | None, capacity: int, dtype: type = np.float32):
         batch, heads, held, head_dim = k_init.shape
-        self.k = np.zeros((batch, heads, capacity, head_dim), dtype=np.float32)
-        self.k[:, :, :held] = k_init
+        self.dtype = dtype
+        self.k = np.zeros((batch, heads, capacity, head_dim), dtype=dtype)
+        self.k[:, :, :held] = to_storage(k_init, dtype)
         self.v = None
         if v_init is not None:
             self.v = np.zeros_like(self.k)
-            self.v[:, :, :held] = v_init
+            self.v[:, :, :held] = to_storage(v_init, dtype)
         self.lengths = np.full(batch, held, dtype=np.int64)
 
     def append(self, k_new: np.ndarray, v_new: np.ndarray | None) -> None:
         """Store one new token per request: k_new, v_new [B, Kh, D]."""
         slot = self.lengths  # [B]
+        k_new = to_storage(np.ascontiguousarray(k_new), self.dtype)
+        v_new = None if self.v is None else to_storage(np.ascontiguousarray(v_new), self.dtype)
         for b in range(len(slot)):
             self.k[b, :, slot[b]] = k_new[b]
             if self.v is not None:

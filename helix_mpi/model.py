@@ -22,8 +22,13 @@ import math
 import numpy as np
 
 from .config import ModelConfig, MoEConfig
-from .kernels import apply_rope, linear, partial_attention, rms_norm, swiglu
+from .kernels import apply_rope, from_bf16, is_bf16, linear, partial_attention, rms_norm, swiglu
 from .sharding import DenseFFNWeights, GQAWeights, MLAWeights, MoEWeights, SwiGLUWeights
+
+
+def as_float32(weights: np.ndarray) -> np.ndarray:
+    """Weights for NumPy math: bf16 storage (uint16) upcast, float32 as is."""
+    return from_bf16(weights) if is_bf16(weights) else weights
 
 
 def project_qkv(x: np.ndarray, w: GQAWeights, positions: np.ndarray,
@@ -49,7 +54,7 @@ def mla_project(x: np.ndarray, w: MLAWeights, positions: np.ndarray,
     c_q = rms_norm(linear(h, w.wq_a), w.q_a_norm, model.norm_eps) if w.wq_a is not None else h
     q = linear(c_q, w.wq_b).reshape(batch, w.wq_b.shape[1] // (nope + R), nope + R)
     q_pe = apply_rope(np.ascontiguousarray(q[..., nope:]), positions, model.rope_theta)
-    q_latent = np.einsum("bhn,hnl->bhl", q[..., :nope], w.w_uk)  # absorbed W_UK [B, Qh, L]
+    q_latent = np.einsum("bhn,hnl->bhl", q[..., :nope], as_float32(w.w_uk))  # absorbed W_UK [B, Qh, L]
     kv = linear(h, w.wkv_a)  # [B, L+R]
     c_kv = rms_norm(np.ascontiguousarray(kv[:, :L]), w.kv_a_norm, model.norm_eps)
     k_pe = apply_rope(np.ascontiguousarray(kv[:, None, L:]), positions, model.rope_theta)[:, 0]
@@ -75,7 +80,7 @@ def project_output(attention: np.ndarray, w: GQAWeights) -> np.ndarray:
 
 def mla_output(latent: np.ndarray, w: MLAWeights) -> np.ndarray:
     """latent [B, n, L] -> W_UV per head [B, n, v] -> partial sum [B, H] through wo rows."""
-    values = np.einsum("bhl,hlv->bhv", latent, w.w_uv).astype(np.float32)
+    values = np.einsum("bhl,hlv->bhv", latent, as_float32(w.w_uv)).astype(np.float32)
     return linear(np.ascontiguousarray(values.reshape(values.shape[0], w.wo.shape[0])), w.wo)
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig, RunConfig
-from .kvcache import initial_kv
+from .kvcache import initial_kv, round_to_storage
 from .sharding import (DenseFFNWeights, GQAWeights, LayerWeights, MLAWeights, MoEWeights, SwiGLUWeights,
-                       full_layer_weights, initial_input)
+                       full_layer_weights, initial_input, rounded_weights)
 
 
 @dataclass
@@ -24,12 +24,14 @@ class ReferenceTensors:
 
 
 def reference_tensors(model: ModelConfig, run: RunConfig) -> ReferenceTensors:
-    weights = [full_layer_weights(model, run.seed, layer) for layer in range(run.layers)]
+    """The run's unsharded tensors, holding exactly the values its ranks store (--storage)."""
+    weights = [rounded_weights(full_layer_weights(model, run.seed, layer), run.storage) for layer in range(run.layers)]
     positions = np.arange(run.context, dtype=np.int64)
     heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
     caches = [initial_kv(run.seed, layer, range(run.batch), heads, run.context, width, range(heads), positions,
                          run.key_scale, with_values=model.mla is None) for layer in range(run.layers)]
-    return ReferenceTensors(weights, [k for k, _ in caches], [v for _, v in caches],
+    return ReferenceTensors(weights, [round_to_storage(k, run.storage) for k, _ in caches],
+                            [None if v is None else round_to_storage(v, run.storage) for _, v in caches],
                             initial_input(model, run.seed, run.batch))
 
 
@@ -55,20 +57,25 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.einsum("bqs,bqsd->bqd", _softmax(scores), v)
 
 
+def _stored(values: np.ndarray, storage: str) -> np.ndarray:
+    """A new cache entry as a rank's cache keeps it: bf16 storage rounds its float32 value."""
+    return values if storage == "fp32" else np.asarray(round_to_storage(values, storage), np.float64)
+
+
 def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
 def _gqa(x: np.ndarray, w: GQAWeights, k_cache: np.ndarray, v_cache: np.ndarray, position: int,
-         model: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         model: ModelConfig, storage: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Attention output [B, H] and the caches with the new token appended."""
     B, D = x.shape[0], model.head_dim
     h = _rms_norm(x, _f64(w.attn_norm), model.norm_eps)
     q = _rope((h @ _f64(w.wq)).reshape(B, -1, D), position, model.rope_theta)
     k = _rope((h @ _f64(w.wk)).reshape(B, -1, D), position, model.rope_theta)
     v = (h @ _f64(w.wv)).reshape(B, -1, D)
-    k_cache = np.concatenate([k_cache, k[:, :, None]], axis=2)
-    v_cache = np.concatenate([v_cache, v[:, :, None]], axis=2)
+    k_cache = np.concatenate([k_cache, _stored(k, storage)[:, :, None]], axis=2)
+    v_cache = np.concatenate([v_cache, _stored(v, storage)[:, :, None]], axis=2)
     return _attention(q, k_cache, v_cache).reshape(B, -1) @ _f64(w.wo), k_cache, v_cache
 
 
@@ -86,12 +93,12 @@ def _mla_inputs(x: np.ndarray, w: MLAWeights, position: int, model: ModelConfig)
 
 
 def _mla(x: np.ndarray, w: MLAWeights, cache: np.ndarray, position: int, model: ModelConfig,
-         absorbed: bool = True) -> tuple[np.ndarray, np.ndarray, None]:
+         absorbed: bool = True, storage: str = "fp32") -> tuple[np.ndarray, np.ndarray, None]:
     """MLA attention output [B, H]; absorbed (decode) or naive (k, v up-projected per head) form."""
     m, B = model.mla, x.shape[0]
     L = m.kv_lora_rank
     q_nope, q_pe, entry = _mla_inputs(x, w, position, model)
-    cache = np.concatenate([cache, entry[:, None, None, :]], axis=2)  # [B, 1, S+1, L+R]
+    cache = np.concatenate([cache, _stored(entry, storage)[:, None, None, :]], axis=2)  # [B, 1, S+1, L+R]
     c_kv, k_pe = cache[:, 0, :, :L], cache[:, 0, :, L:]  # [B, S, L], [B, S, R]
     scale = 1.0 / np.sqrt(m.qk_nope_head_dim + m.qk_rope_head_dim)
     w_uk, w_uv = _f64(w.w_uk), _f64(w.w_uv)  # [Q, nope, L], [Q, L, v]
@@ -142,18 +149,21 @@ def _ffn(x: np.ndarray, w: DenseFFNWeights | MoEWeights, model: ModelConfig) -> 
     return out
 
 
-def _layer(x: np.ndarray, w: LayerWeights, k_cache: np.ndarray, v_cache: np.ndarray | None, position: int,
-           model: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def reference_layer(x: np.ndarray, w: LayerWeights, k_cache: np.ndarray, v_cache: np.ndarray | None,
+                    position: int, model: ModelConfig,
+                    storage: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One decode step of one layer: x [B, H] and the caches with the new token appended (rounded
+    as --storage keeps it)."""
     if model.mla is None:
-        attention, k_cache, v_cache = _gqa(x, w.attn, k_cache, v_cache, position, model)
+        attention, k_cache, v_cache = _gqa(x, w.attn, k_cache, v_cache, position, model, storage)
     else:
-        attention, k_cache, v_cache = _mla(x, w.attn, k_cache, position, model)
+        attention, k_cache, v_cache = _mla(x, w.attn, k_cache, position, model, storage=storage)
     x = x + attention
     return x + _ffn(x, w.ffn, model), k_cache, v_cache
 
 
 def reference_decode(model: ModelConfig, tensors: ReferenceTensors, steps: int,
-                     context: int) -> tuple[np.ndarray, np.ndarray]:
+                     context: int, storage: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Returns (inputs [T, B, H], outputs [T, B, H]) in float64."""
     k_caches = [np.asarray(k, np.float64) for k in tensors.k_init]
     v_caches = [_f64(v) for v in tensors.v_init]
@@ -162,8 +172,8 @@ def reference_decode(model: ModelConfig, tensors: ReferenceTensors, steps: int,
     for step in range(steps):
         inputs.append(x)
         for layer, w in enumerate(tensors.weights):
-            x, k_caches[layer], v_caches[layer] = _layer(x, w, k_caches[layer], v_caches[layer],
-                                                         context + step, model)
+            x, k_caches[layer], v_caches[layer] = reference_layer(x, w, k_caches[layer], v_caches[layer],
+                                                                  context + step, model, storage)
         outputs.append(x)
         x = _rms_norm(x, None, model.norm_eps)
     return np.stack(inputs), np.stack(outputs)

@@ -22,10 +22,10 @@ from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult
                        warm_up_kernels)
 from .memory import memory_report
 from .mesh import RankMesh
-from .reference import _layer as reference_layer
-from .reference import reference_decode, reference_tensors, relative_error
+from .reference import reference_decode, reference_layer, reference_tensors, relative_error
 from .serving import Scheduler, ServingSetup, scalar_metrics
-from .sharding import DenseFFNWeights, full_layer_weights
+from .kvcache import round_to_storage
+from .sharding import DenseFFNWeights, full_layer_weights, rounded_weights
 from .topology import Topology
 from .trace import TraceWriter
 from .workload import Workload
@@ -121,7 +121,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
             if check or save_tensors:
                 tensors = reference_tensors(model, run)
                 if check:
-                    _, expected = reference_decode(model, tensors, run.steps, run.context)
+                    _, expected = reference_decode(model, tensors, run.steps, run.context, run.storage)
                     error = relative_error(result.outputs, expected)
                     summary["reference_error"] = error
                     summary["reference_tolerance"] = REFERENCE_TOLERANCE
@@ -191,20 +191,23 @@ def reference_serving(model: ModelConfig, run: RunConfig, workload: Workload,
     one by ~1.6x per token (the synthetic model amplifies rounding through every step), past any
     fixed tolerance after ~20 tokens; fed the emulator's inputs, every step is compared alone, and
     `serving_error` checks separately that each input is the normed previous output."""
-    weights = [full_layer_weights(model, run.seed, layer) for layer in range(run.layers)]
+    weights = [rounded_weights(full_layer_weights(model, run.seed, layer), run.storage)
+               for layer in range(run.layers)]
     heads = range(model.num_kv_heads if model.mla is None else 1)
     outputs = {}
     for r, request in enumerate(workload.requests):
         prompt = np.arange(request.input_tokens, dtype=np.int64)
         kv = [request_kv(model, run.seed, request.index, layer, heads, prompt, run.key_scale)
               for layer in range(run.layers)]
-        k = [np.asarray(k_l[None], np.float64) for k_l, _ in kv]  # [1, K, S, W] per layer
-        v = [None if v_l is None else np.asarray(v_l[None], np.float64) for _, v_l in kv]
+        k = [np.asarray(round_to_storage(k_l[None], run.storage), np.float64) for k_l, _ in kv]  # [1, K, S, W]
+        v = [None if v_l is None else np.asarray(round_to_storage(v_l[None], run.storage), np.float64)
+             for _, v_l in kv]
         rows = []
         for t, x_t in enumerate(inputs[r]):
             x = np.asarray(x_t[None], np.float64)  # [1, H]
             for layer, w in enumerate(weights):
-                x, k[layer], v[layer] = reference_layer(x, w, k[layer], v[layer], request.input_tokens + t, model)
+                x, k[layer], v[layer] = reference_layer(x, w, k[layer], v[layer], request.input_tokens + t, model,
+                                                        run.storage)
             rows.append(x[0])
         outputs[r] = np.stack(rows)
     return outputs

@@ -5,6 +5,7 @@ The unsharded tensors are simply the slices of the 1-rank layout.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from . import synth
 from .axes import Axis
 from .config import Layout, ModelConfig, Strategy
+from .kernels import from_bf16, to_bf16
 from .mesh import coordinates
 
 TRIVIAL_LAYOUT = Layout(kvp=1, tpa=1, tpf=1)
@@ -218,3 +220,25 @@ def initial_input(model: ModelConfig, seed: int, batch: int) -> np.ndarray:
     """Input of layer 0 at step 0 [B, H], unit variance."""
     return synth.matrix_block(seed, "x0", (batch, model.hidden_size), (0, batch), (0, model.hidden_size), UNIT)
 
+
+
+def _map_matrices(weights, convert):
+    """The same weights with every array of 2+ dims passed through `convert` (norm vectors stay)."""
+    if isinstance(weights, np.ndarray):
+        return convert(weights) if weights.ndim >= 2 else weights
+    if isinstance(weights, dict):
+        return {key: _map_matrices(value, convert) for key, value in weights.items()}
+    if dataclasses.is_dataclass(weights):
+        return dataclasses.replace(weights, **{f.name: _map_matrices(getattr(weights, f.name), convert)
+                                               for f in dataclasses.fields(weights)})
+    return weights
+
+
+def stored_weights(weights: LayerWeights, storage: str) -> LayerWeights:
+    """Weights as a rank keeps them: fp32, or bf16 (uint16, upcast in the kernels)."""
+    return weights if storage == "fp32" else _map_matrices(weights, to_bf16)
+
+
+def rounded_weights(weights: LayerWeights, storage: str) -> LayerWeights:
+    """float32 weights holding exactly the values a rank stores (the reference's view)."""
+    return weights if storage == "fp32" else _map_matrices(weights, lambda a: from_bf16(to_bf16(a)))

@@ -26,6 +26,7 @@ class Case:
     strategy: str = "helix"
     ep: int | None = None
     a2a_chunk: int = 1
+    storage: str = "fp32"
     context: int = 37  # not divisible by KVP * tokens_per_block
     steps: int = 3
     layers: int = 2
@@ -65,6 +66,9 @@ CASES = [
     # requests exchanged in chunks: 5 requests in chunks of 2 (the last one short), and all at once
     Case("gqa3-chunks-of-2", "tiny-gqa3", 4, 2, batch=5, a2a_chunk=2),
     Case("mla-moe-one-exchange", "tiny-mla-moe", 4, 1, batch=3, a2a_chunk=0, layers=3),
+    # weights and KV kept in bf16 (uint16, upcast in the kernels); the reference holds the same values
+    Case("gqa-bf16-storage", "tiny-gqa3", 2, 2, batch=3, storage="bf16"),
+    Case("mla-moe-bf16-storage", "tiny-mla-moe", 2, 1, ep=2, layers=3, storage="bf16"),
 ]
 
 
@@ -74,7 +78,8 @@ def check_case(comm, case: Case) -> dict:
     layout = make_layout(model, case.ranks, case.kvp, case.tpa, case.strategy, case.ep)
     validate_layout(model, layout, case.ranks)
     run = RunConfig(batch=case.batch, context=case.context, steps=case.steps, layers=case.layers,
-                    tokens_per_block=case.tokens_per_block, key_scale=case.key_scale, a2a_chunk=case.a2a_chunk)
+                    tokens_per_block=case.tokens_per_block, key_scale=case.key_scale, a2a_chunk=case.a2a_chunk,
+                    storage=case.storage)
     with tempfile.TemporaryDirectory() as tmp:
         outcome = run_emulation(comm, model, layout, run, load_topology("gb200-nvl72"),
                                 Path(tmp) / "trace.h5" if comm.Get_rank() == 0 else None, check=True)
