@@ -25,7 +25,7 @@ from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, 
 from .plan import (Op, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_collective_fields,
                    op_dep_fields)
 from .serving import Scheduler, emulated_layer_weights
-from .sharding import UNIT, initial_input, layer_weights, rank_shard, stored_weights
+from .sharding import UNIT, initial_input, layer_weights, rank_shard
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -106,8 +106,7 @@ class Emulator:
         self.shard = rank_shard(model, layout, mesh.rank)
         self.kvp_rank = mesh.coord(Axis.KVP)
         self.data_parallel = layout.strategy is Strategy.DP_EP
-        self.weights = [stored_weights(layer_weights(model, run.seed, layer, self.shard), run.storage)
-                        for layer in range(run.layers)]
+        self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) for layer in range(run.layers)]
         self.clocks = StreamClocks(1)
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])

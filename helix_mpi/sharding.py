@@ -145,23 +145,26 @@ def _cols(heads: range, width: int) -> tuple[int, int]:
     return heads.start * width, heads.stop * width
 
 
-def _block(seed, name, shape, rows, cols, fan_in, offset=0.0):
-    return synth.matrix_block(seed, name, shape, rows, cols, UNIT / np.sqrt(fan_in), offset)
+def _block(storage, seed, name, shape, rows, cols, fan_in, offset=0.0):
+    """A weight block with unit-variance inputs kept unit variance, in the rank's storage."""
+    return synth.matrix_block(seed, name, shape, rows, cols, UNIT / np.sqrt(fan_in), offset, storage == "bf16")
 
 
-def gqa_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> GQAWeights:
+def gqa_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard,
+                storage: str = "fp32") -> GQAWeights:
     H, Q, K, D = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim
     p, rows = f"layer{layer}.", (0, H)
     return GQAWeights(
         attn_norm=synth.vector(seed, p + "attn_norm", H, 0.1, 1.0),
-        wq=_block(seed, p + "wq", (H, Q * D), rows, _cols(shard.q_heads, D), H),
-        wk=_block(seed, p + "wk", (H, K * D), rows, _cols(shard.kv_heads, D), H),
-        wv=_block(seed, p + "wv", (H, K * D), rows, _cols(shard.kv_heads, D), H),
-        wo=_block(seed, p + "wo", (Q * D, H), _cols(shard.combine_heads, D), (0, H), Q * D),
+        wq=_block(storage, seed, p + "wq", (H, Q * D), rows, _cols(shard.q_heads, D), H),
+        wk=_block(storage, seed, p + "wk", (H, K * D), rows, _cols(shard.kv_heads, D), H),
+        wv=_block(storage, seed, p + "wv", (H, K * D), rows, _cols(shard.kv_heads, D), H),
+        wo=_block(storage, seed, p + "wo", (Q * D, H), _cols(shard.combine_heads, D), (0, H), Q * D),
     )
 
 
-def mla_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> MLAWeights:
+def mla_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard,
+                storage: str = "fp32") -> MLAWeights:
     H, Q, mla = model.hidden_size, model.num_heads, model.mla
     L, R, nope, v = mla.kv_lora_rank, mla.qk_rope_head_dim, mla.qk_nope_head_dim, mla.v_head_dim
     p, qk = f"layer{layer}.", nope + R
@@ -169,46 +172,52 @@ def mla_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> 
     qh, comb = shard.q_heads, shard.combine_heads
     return MLAWeights(
         attn_norm=synth.vector(seed, p + "attn_norm", H, 0.1, 1.0),
-        wq_a=_block(seed, p + "wq_a", (H, q_in), (0, H), (0, q_in), H) if mla.q_lora_rank else None,
+        wq_a=_block(storage, seed, p + "wq_a", (H, q_in), (0, H), (0, q_in), H) if mla.q_lora_rank else None,
         q_a_norm=synth.vector(seed, p + "q_a_norm", q_in, 0.1, 1.0) if mla.q_lora_rank else None,
-        wq_b=_block(seed, p + "wq_b", (q_in, Q * qk), (0, q_in), _cols(qh, qk), q_in),
-        wkv_a=_block(seed, p + "wkv_a", (H, L + R), (0, H), (0, L + R), H),
+        wq_b=_block(storage, seed, p + "wq_b", (q_in, Q * qk), (0, q_in), _cols(qh, qk), q_in),
+        wkv_a=_block(storage, seed, p + "wkv_a", (H, L + R), (0, H), (0, L + R), H),
         kv_a_norm=synth.vector(seed, p + "kv_a_norm", L, 0.1, 1.0),
-        w_uk=_block(seed, p + "w_uk", (Q * nope, L), _cols(qh, nope), (0, L), nope).reshape(len(qh), nope, L),
-        w_uv=_block(seed, p + "w_uv", (Q * L, v), _cols(comb, L), (0, v), L).reshape(len(comb), L, v),
-        wo=_block(seed, p + "wo", (Q * v, H), _cols(comb, v), (0, H), Q * v),
+        w_uk=_block(storage, seed, p + "w_uk", (Q * nope, L), _cols(qh, nope), (0, L), nope).reshape(len(qh), nope, L),
+        w_uv=_block(storage, seed, p + "w_uv", (Q * L, v), _cols(comb, L), (0, v), L).reshape(len(comb), L, v),
+        wo=_block(storage, seed, p + "wo", (Q * v, H), _cols(comb, v), (0, H), Q * v),
     )
 
 
-def swiglu_weights(seed: int, prefix: str, hidden: int, width: int, cols: range) -> SwiGLUWeights:
+def swiglu_weights(seed: int, prefix: str, hidden: int, width: int, cols: range,
+                   storage: str = "fp32") -> SwiGLUWeights:
     c = (cols.start, cols.stop)
     return SwiGLUWeights(
-        w_gate=_block(seed, prefix + "w_gate", (hidden, width), (0, hidden), c, hidden),
-        w_up=_block(seed, prefix + "w_up", (hidden, width), (0, hidden), c, hidden),
-        w_down=_block(seed, prefix + "w_down", (width, hidden), c, (0, hidden), width),
+        w_gate=_block(storage, seed, prefix + "w_gate", (hidden, width), (0, hidden), c, hidden),
+        w_up=_block(storage, seed, prefix + "w_up", (hidden, width), (0, hidden), c, hidden),
+        w_down=_block(storage, seed, prefix + "w_down", (width, hidden), c, (0, hidden), width),
     )
 
 
-def ffn_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> DenseFFNWeights | MoEWeights:
+def ffn_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard,
+                storage: str = "fp32") -> DenseFFNWeights | MoEWeights:
     H, p = model.hidden_size, f"layer{layer}."
     norm = synth.vector(seed, p + "ffn_norm", H, 0.1, 1.0)
     if not model.is_moe_layer(layer):
-        return DenseFFNWeights(norm, swiglu_weights(seed, p, H, model.ffn_size, shard.ffn_cols))
+        return DenseFFNWeights(norm, swiglu_weights(seed, p, H, model.ffn_size, shard.ffn_cols, storage))
     moe = model.moe
     E, width = moe.n_routed_experts, moe.expert_ffn_size
     shared_width = moe.n_shared_experts * width
     return MoEWeights(
         ffn_norm=norm,
-        router=_block(seed, p + "router", (H, E), (0, H), (0, E), H),
-        experts={e: swiglu_weights(seed, f"{p}expert{e}.", H, width, shard.expert_cols) for e in shard.experts},
-        shared=swiglu_weights(seed, p + "shared.", H, shared_width, shard.shared_cols) if shared_width else None,
+        router=_block(storage, seed, p + "router", (H, E), (0, H), (0, E), H),
+        experts={e: swiglu_weights(seed, f"{p}expert{e}.", H, width, shard.expert_cols, storage)
+                 for e in shard.experts},
+        shared=(swiglu_weights(seed, p + "shared.", H, shared_width, shard.shared_cols, storage)
+                if shared_width else None),
     )
 
 
-def layer_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard) -> LayerWeights:
-    """Generate exactly the rank's slices; values do not depend on the layout."""
-    attn = (mla_weights if model.mla else gqa_weights)(model, seed, layer, shard)
-    return LayerWeights(attn, ffn_weights(model, seed, layer, shard))
+def layer_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard,
+                  storage: str = "fp32") -> LayerWeights:
+    """Generate exactly the rank's slices, in its storage (fp32, or bf16 generated chunk by chunk);
+    values do not depend on the layout."""
+    attn = (mla_weights if model.mla else gqa_weights)(model, seed, layer, shard, storage)
+    return LayerWeights(attn, ffn_weights(model, seed, layer, shard, storage))
 
 
 def full_layer_weights(model: ModelConfig, seed: int, layer: int) -> LayerWeights:
@@ -232,11 +241,6 @@ def _map_matrices(weights, convert):
         return dataclasses.replace(weights, **{f.name: _map_matrices(getattr(weights, f.name), convert)
                                                for f in dataclasses.fields(weights)})
     return weights
-
-
-def stored_weights(weights: LayerWeights, storage: str) -> LayerWeights:
-    """Weights as a rank keeps them: fp32, or bf16 (uint16, upcast in the kernels)."""
-    return weights if storage == "fp32" else _map_matrices(weights, to_bf16)
 
 
 def rounded_weights(weights: LayerWeights, storage: str) -> LayerWeights:

@@ -12,6 +12,8 @@ import hashlib
 import numpy as np
 from numba import njit
 
+from .kernels.bf16 import to_bf16
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -40,21 +42,35 @@ def _fill_rows(key, row_starts, out, scale, offset):
             out[r, c] = offset + scale * _uniform(key, base + np.uint64(c))
 
 
+CHUNK_ELEMENTS = 1 << 20  # float32 scratch per chunk when generating straight into bf16 storage
+
+
 def rows(seed: int, name: str, row_starts: np.ndarray, row_length: int, scale: float = 1.0,
-         offset: float = 0.0) -> np.ndarray:
-    """[R, row_length] float32: element c of row r has flat index row_starts[r] + c."""
-    out = np.empty((len(row_starts), row_length), dtype=np.float32)
-    _fill_rows(tensor_key(seed, name), np.ascontiguousarray(row_starts, dtype=np.int64), out,
-               float(scale), float(offset))
+         offset: float = 0.0, bf16: bool = False) -> np.ndarray:
+    """[R, row_length]: element c of row r has flat index row_starts[r] + c. float32, or with
+    `bf16` rounded to bf16 (uint16) a chunk of rows at a time, so no float32 copy of the whole
+    tensor ever exists."""
+    key, starts = tensor_key(seed, name), np.ascontiguousarray(row_starts, dtype=np.int64)
+    if not bf16:
+        out = np.empty((len(starts), row_length), dtype=np.float32)
+        _fill_rows(key, starts, out, float(scale), float(offset))
+        return out
+    out = np.empty((len(starts), row_length), dtype=np.uint16)
+    step = max(1, CHUNK_ELEMENTS // max(row_length, 1))
+    for first in range(0, len(starts), step):
+        chunk = np.empty((min(step, len(starts) - first), row_length), dtype=np.float32)
+        _fill_rows(key, starts[first:first + len(chunk)], chunk, float(scale), float(offset))
+        out[first:first + len(chunk)] = to_bf16(chunk)
     return out
 
 
 def matrix_block(seed: int, name: str, shape: tuple[int, int], row_range: tuple[int, int],
-                 col_range: tuple[int, int], scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
-    """Block [r0:r1, c0:c1] of a virtual [R, C] matrix, float32."""
+                 col_range: tuple[int, int], scale: float = 1.0, offset: float = 0.0,
+                 bf16: bool = False) -> np.ndarray:
+    """Block [r0:r1, c0:c1] of a virtual [R, C] matrix, float32 (or bf16 storage)."""
     (r0, r1), (c0, c1) = row_range, col_range
     starts = np.arange(r0, r1, dtype=np.int64) * shape[1] + c0
-    return rows(seed, name, starts, c1 - c0, scale, offset)
+    return rows(seed, name, starts, c1 - c0, scale, offset, bf16)
 
 
 def vector(seed: int, name: str, length: int, scale: float = 1.0, offset: float = 0.0) -> np.ndarray:
