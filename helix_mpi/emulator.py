@@ -68,19 +68,25 @@ class _LayerState:
     dispatch: tuple | None = None  # dp-ep: (rows [n, H+2], token of each sent row, sent, received counts)
 
 
-def warm_up_kernels(comm: MPI.Comm) -> None:
-    """Compile (or load from Numba's cache) on rank 0 first while the others wait (DESIGN.md 6)."""
+def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
+    """Compile (or load from Numba's cache) on rank 0 first while the others wait (DESIGN.md 6),
+    for the storage the run keeps its weights and KV in."""
     def compile_all() -> None:
         x = np.ones((1, 4), np.float32)
         q = np.ones((1, 2, 4), np.float32)
         kv = np.ones((1, 1, 2, 4), np.float32)
+        w = np.ones((4, 2), np.float32)
+        if storage == "bf16":
+            kv, w = kernels.to_bf16(kv), kernels.to_bf16(w)
         kernels.rms_norm(x, None, 1e-5)
         kernels.rms_norm(x, np.ones(4, np.float32), 1e-5)
         kernels.apply_rope(q, np.zeros(1, np.int64), 10000.0)
         out, lse = kernels.partial_attention(q, kv, kv, np.ones(1, np.int64))
         kernels.combine(out[None], lse[None])
-        kernels.swiglu(x, np.ones((4, 2), np.float32), np.ones((4, 2), np.float32))
+        kernels.swiglu(x, w, w)
+        kernels.linear(x, w)
         initial_kv(0, 0, range(1), 1, 1, 4, range(1), np.zeros(1, np.int64))
+        synth.matrix_block(0, "warm-up", (2, 2), (0, 2), (0, 2), bf16=storage == "bf16")
     if comm.Get_rank() == 0:
         compile_all()
     comm.Barrier()

@@ -98,7 +98,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
         check = reference_bytes(model, run) <= AUTO_CHECK_MAX_BYTES
     is_root = comm.Get_rank() == 0
     mesh = RankMesh.build(comm, layout)
-    warm_up_kernels(comm)
+    warm_up_kernels(comm, run.storage)
     emulator = Emulator(model, layout, run, topo, mesh, fail_at)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
@@ -253,7 +253,7 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
     is_root = comm.Get_rank() == 0
     scheduler = Scheduler(workload, setup)
     mesh = RankMesh.build(comm, layout)
-    warm_up_kernels(comm)
+    warm_up_kernels(comm, run.storage)
     emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at)
     writer = TraceWriter(output, serving_attributes(model, layout, run, topo, workload, setup),
                          layout.world_size) if (is_root and output is not None) else None

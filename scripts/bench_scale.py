@@ -30,7 +30,7 @@ def private_mb(pid: int) -> float:
 
 
 def rank_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "python -m mpi4py -m helix_mpi run"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "-m mpi4py -m helix_mpi run"], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
