@@ -127,7 +127,6 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
             resolved = _resolve_run(world_size=ranks, **settings)
             if serving["workload"] is not None:
                 _refuse_fixed_batch_flags(save_tensors)
-                _refuse_a2a_chunk(a2a_chunk)
                 _resolve_serving(*resolved, serving)
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
@@ -147,7 +146,6 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         model, layout, run_config, topo = _resolve_run(world_size=comm.Get_size(), **settings)
         if serving["workload"] is not None:
             _refuse_fixed_batch_flags(save_tensors)
-            _refuse_a2a_chunk(a2a_chunk)
             outcome = _run_serving(comm, model, layout, run_config, topo, serving, output, check, failure,
                                    is_root and not as_json)
         else:
@@ -216,11 +214,6 @@ def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:
         time.sleep(0.005)
     MPI.Finalize()
     os._exit(code)
-
-
-def _refuse_a2a_chunk(a2a_chunk: int) -> None:
-    if a2a_chunk != 1:
-        raise UserError("--a2a-chunk is not supported with --workload yet: serving exchanges per request")
 
 
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
@@ -343,9 +336,8 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
     With --workload, serve a request trace at full model size (continuous batching, analytic)."""
     if serving["workload"] is not None:
         _refuse_fixed_batch_flags(False)
-        _refuse_a2a_chunk(a2a_chunk)
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
-                       gpus, serving)
+                       gpus, serving, a2a_chunk)
         return
     from .analysis import format_summary, shape_of, summarize
     from .analytic import simulate
@@ -441,7 +433,7 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
 
 
 def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json, gpus,
-                   serving: dict) -> None:
+                   serving: dict, a2a_chunk: int = 1) -> None:
     """`model --workload`: helix_mpi.serving.serve at full model size."""
     from .config import RunConfig, load_model, make_layout, validate_layout
     from .serving import scalar_metrics, serve
@@ -454,10 +446,11 @@ def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb
         layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
         validate_layout(model, layout, gpus)
         topo = load_topology(topology)
-        run_config = RunConfig(tokens_per_block=tokens_per_block, precision=precision, hopb=hopb, layers=1)
+        run_config = RunConfig(tokens_per_block=tokens_per_block, precision=precision, hopb=hopb, layers=1,
+                               a2a_chunk=a2a_chunk)
         workload, setup = _resolve_serving(model, layout, run_config, topo, serving)
         metrics = serve(workload, model, layout, topo, precision, hopb, tokens_per_block, setup.max_batch,
-                        setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens)
+                        setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens, a2a_chunk=a2a_chunk)
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
     data = scalar_metrics(metrics)

@@ -574,15 +574,18 @@ def _subsample(values: np.ndarray, limit: int = MAX_SAMPLES) -> np.ndarray:
 def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology, precision: str = "fp4",
           hopb: bool = True, tokens_per_block: int = 16, max_batch: int | None = None,
           kv_transfer: str = "scale_out", exact: bool = False,
-          long_context_tokens: int = LONG_CONTEXT_TOKENS, kv_capacity_tokens: int | None = None) -> dict:
+          long_context_tokens: int = LONG_CONTEXT_TOKENS, kv_capacity_tokens: int | None = None,
+          a2a_chunk: int = 1) -> dict:
     """Simulate decode-only continuous batching of `workload` at full model size (Scheduler.metrics).
 
-    exact=True times steps with analytic.step_time (slow: for checks) instead of StepTimer.
+    exact=True times steps with analytic.step_time (slow: for checks) instead of StepTimer; so do
+    exchanges of several requests per all-to-all (`a2a_chunk` != 1), which StepTimer does not model.
     """
     setup = ServingSetup(model, layout, topo, precision, hopb, tokens_per_block, max_batch, kv_transfer,
                          long_context_tokens, kv_capacity_tokens)
     scheduler = Scheduler(workload, setup)
-    timer = _exact_timer(setup) if exact else StepTimer(model, layout, precision, hopb, topo)
+    exact = exact or a2a_chunk != 1
+    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, precision, hopb, topo)
     now = scheduler.first_arrival
     while not scheduler.done:
         start, batch = scheduler.next_step(now)
@@ -591,9 +594,10 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
     return scheduler.metrics()
 
 
-def _exact_timer(setup: ServingSetup) -> Callable:
+def _exact_timer(setup: ServingSetup, a2a_chunk: int = 1) -> Callable:
     from .analytic import step_time
 
     def timer(kv: np.ndarray | list[np.ndarray]) -> float:
-        return step_time(setup.model, setup.layout, list(kv), setup.precision, setup.hopb, setup.topo)
+        return step_time(setup.model, setup.layout, list(kv), setup.precision, setup.hopb, setup.topo,
+                         a2a_chunk=a2a_chunk)
     return timer
