@@ -18,20 +18,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def private_mb(pid: int) -> float:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0.0
-    return sum(int(line.split()[1]) for line in text.splitlines()
-               if line.startswith(("Private_Clean", "Private_Dirty"))) / 1024
-
-
-def rank_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "mpi4py -m helix_mpi run"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+from procmem import private_mb, rank_pids  # noqa: E402
 
 
 class MemorySampler(threading.Thread):

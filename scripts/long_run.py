@@ -16,21 +16,9 @@ from pathlib import Path
 
 import h5py
 
+from procmem import private_mb, rank_pids
+
 BIN = Path(sys.executable).parent
-
-
-def private_mb(pid: int) -> float:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0.0
-    kb = sum(int(line.split()[1]) for line in text.splitlines() if line.startswith(("Private_Clean", "Private_Dirty")))
-    return kb / 1024
-
-
-def rank_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "mpi4py -m helix_mpi run"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def steps_on_disk(partial: Path) -> int:
