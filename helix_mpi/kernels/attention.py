@@ -107,6 +107,36 @@ def _exp_neg_inplace(x, n, ebits, ef):
     return tot
 
 
+@njit(cache=True, fastmath=_FM, inline="always")
+def _write_empty_shard(out, lse, b, h0, G, D):
+    # An empty shard: out 0 and lse -inf for the G heads [h0, h0+G) of request b.
+    for g in range(G):
+        lse[b, h0 + g] = -np.inf
+        for d in range(D):
+            out[b, h0 + g, d] = 0.0
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _start_group(q, b, h0, G, D, scale, qs, acc, l, m):
+    # Pre-scaled queries of one KV group qs [G,D]; running state acc [G,D], l [G], m [G] reset.
+    for g in range(G):
+        for d in range(D):
+            qs[g, d] = q[b, h0 + g, d] * scale
+            acc[g, d] = 0.0
+        l[g] = 0.0
+        m[g] = 0.0  # overwritten on the first tile (first=True)
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _finish_group(out, lse, b, h0, G, D, acc, l, m):
+    # out = acc / l, lse = m + log(l) for the G heads of one KV group.
+    for g in range(G):
+        inv = np.float32(1.0) / l[g]
+        lse[b, h0 + g] = m[g] + np.float32(math.log(l[g]))
+        for d in range(D):
+            out[b, h0 + g, d] = acc[g, d] * inv
+
+
 @njit(cache=True, fastmath=_FM)
 def _attn_kernel(q, k, v, lengths, scale, out, lse):
     # q [B,Qh,D], k/v [B,Kh,C,D], lengths [B] int64, out [B,Qh,D] (written), lse [B,Qh] (written)
@@ -125,17 +155,9 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
         for kh in range(Kh):
             h0 = kh * G
             if n <= 0:
-                for g in range(G):
-                    lse[b, h0 + g] = -np.inf
-                    for d in range(D):
-                        out[b, h0 + g, d] = 0.0
+                _write_empty_shard(out, lse, b, h0, G, D)
                 continue
-            for g in range(G):
-                for d in range(D):
-                    qs[g, d] = q[b, h0 + g, d] * scale
-                    acc[g, d] = 0.0
-                l[g] = 0.0
-                m[g] = 0.0  # overwritten on the first tile (first=True)
+            _start_group(q, b, h0, G, D, scale, qs, acc, l, m)
             kk = k[b, kh]  # [C,D]
             vv = v[b, kh]  # [C,D]
             first = True
@@ -280,11 +302,7 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                         for d in range(D):
                             aa[d] += p0 * v0[d]
                     t += 1
-            for g in range(G):
-                inv = np.float32(1.0) / l[g]
-                lse[b, h0 + g] = m[g] + np.float32(math.log(l[g]))
-                for d in range(D):
-                    out[b, h0 + g, d] = acc[g, d] * inv
+            _finish_group(out, lse, b, h0, G, D, acc, l, m)
 
 
 # ----------------------------------------------------------------------------- bf16 caches
@@ -339,17 +357,9 @@ def _attn_kernel_bf16(q, k, v, lengths, scale, out, lse):
         for kh in range(Kh):
             h0 = kh * G
             if n <= 0:
-                for g in range(G):
-                    lse[b, h0 + g] = -np.inf
-                    for d in range(D):
-                        out[b, h0 + g, d] = 0.0
+                _write_empty_shard(out, lse, b, h0, G, D)
                 continue
-            for g in range(G):
-                for d in range(D):
-                    qs[g, d] = q[b, h0 + g, d] * scale
-                    acc[g, d] = 0.0
-                l[g] = 0.0
-                m[g] = 0.0
+            _start_group(q, b, h0, G, D, scale, qs, acc, l, m)
             kk = k[b, kh]  # [C,D]
             vv = v[b, kh]  # [C,D]
             first = True
@@ -481,11 +491,7 @@ def _attn_kernel_bf16(q, k, v, lengths, scale, out, lse):
                         for d in range(D):
                             acc[g, d] += p0 * vb[0, d]
                     t += 1
-            for g in range(G):
-                inv = np.float32(1.0) / l[g]
-                lse[b, h0 + g] = m[g] + np.float32(math.log(l[g]))
-                for d in range(D):
-                    out[b, h0 + g, d] = acc[g, d] * inv
+            _finish_group(out, lse, b, h0, G, D, acc, l, m)
 
 
 def _as_cache(a):
