@@ -27,7 +27,6 @@ GB = 1e9
 US = 1e6  # microseconds per second
 SUMMARY_CHUNK = 1 << 18  # events per read (144 B each: ~38 MB)
 BY_KEYS = ("op", "layer", "rank", "step")
-PRECISION_BYTES = {"fp4": 0.5, "fp8": 1.0, "bf16": 2.0}  # KV cache bytes per element (config.py)
 
 
 @dataclass(frozen=True)
@@ -494,16 +493,16 @@ def describe_run(meta: TraceMeta) -> dict[str, Any]:
 
 # --- KV cache and memory ---------------------------------------------------------------------
 def kv_bytes_per_token_per_layer(model: dict[str, Any], layout: dict[str, Any], precision: str) -> float:
-    """Cache bytes one rank stores per token per layer at the modeled precision.
+    """Cache bytes one rank stores per token per layer at the modeled precision (the plan's count:
+    K and V of its KV heads, duplicated ones included, or MLA's latent)."""
+    from .config import PRECISION_BYTES, Layout, ModelConfig, Strategy
+    from .plan import kv_elements_per_token
+    from .sharding import rank_shard
 
-    GQA: K and V of its K_local = ceil(K / TPA) heads, 2 * K_local * D * bytes (TP with N > K
-    duplicates a head, hence the ceil). MLA: one latent of kv_lora_rank + qk_rope_head_dim."""
-    element = PRECISION_BYTES[precision]
-    mla = model.get("mla")
-    if mla:
-        return (mla["kv_lora_rank"] + mla["qk_rope_head_dim"]) * element
-    kv_heads = -(-int(model["num_kv_heads"]) // max(int(layout.get("tpa", 1)), 1))
-    return 2.0 * kv_heads * model["head_dim"] * element
+    config = ModelConfig.from_dict(model)
+    shape = Layout(**{k: layout[k] for k in ("kvp", "tpa", "tpf")}, ep=layout.get("ep", 1),
+                   strategy=Strategy(layout.get("strategy", "helix")))
+    return kv_elements_per_token(config, rank_shard(config, shape, 0)) * PRECISION_BYTES[precision]
 
 
 def kv_figures(meta: TraceMeta, kv_tokens: np.ndarray) -> dict[str, Any]:
