@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import click
@@ -11,6 +12,7 @@ import click
 from .launcher import default_numba_cache, relaunch, strip_np_option, under_mpiexec
 
 EXIT_BAD_INPUT = 2
+ABORT_GRACE_S = 0.5  # a failing rank waits this long before MPI_Abort kills every rank
 
 
 class UserError(click.ClickException):
@@ -171,6 +173,8 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
 
             traceback.print_exc()
         sys.stderr.flush()
+        if comm.Get_rank() != 0:  # let rank 0 finish a trace append it may be in (milliseconds)
+            time.sleep(ABORT_GRACE_S)
         comm.Abort(1)
     if is_root:
         (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, layout, model, as_json)
