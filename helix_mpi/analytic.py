@@ -1,15 +1,15 @@
-"""Analytic timing of a configuration: the same plans and clocks as the emulator, for all N
-ranks at once, with no MPI and no data (`helix-mpi model`)."""
+"""Analytic timing of a configuration: the emulator's plans on all N ranks at once, timed by the
+timing engine, with no MPI and no data (`helix-mpi model`)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .axes import Axis
-from .clock import LayerSchedule, StreamClocks, op_duration
 from .config import Layout, ModelConfig, RunConfig, Strategy
 from .kvcache import tokens_held
-from .mesh import coordinates, group_colors
+from .mesh import coordinates
 from .plan import Op, dp_requests, layer_plan, op_collective_fields, op_dep_fields
+from .timing import GroupMax, StreamClocks, TimeModel, layer_kinds, place_layer
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -23,60 +23,37 @@ def local_kv_lengths(layout: Layout, run: RunConfig, rank: int, step: int) -> np
     return np.full(run.batch, held[coordinates(layout, rank)[Axis.KVP]], dtype=np.int64)
 
 
-class _GroupMax:
-    """Per-group max of ready times [N] (the analytic stand-in for the MPI all-reduce)."""
-
-    def __init__(self, layout: Layout):
-        self.layout, self.colors = layout, {}
-
-    def __call__(self, axes: tuple[Axis, ...], ready: np.ndarray) -> np.ndarray:
-        if axes not in self.colors:
-            self.colors[axes] = group_colors(self.layout, axes)
-        colors = self.colors[axes]
-        group_ready = np.full(colors.max() + 1, -np.inf)
-        np.maximum.at(group_ready, colors, ready)
-        return group_ready[colors]
-
-
 class _Plans:
-    """Every rank's plan and op durations for one step, built once per kind of layer."""
+    """Every rank's plan and op durations [ops, N] for one step, built once per kind of layer."""
 
-    def __init__(self, model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], precision: str,
-                 hopb: bool, topo: Topology, a2a_chunk: int = 1):
-        self.args = (model, layout, kv_lengths, precision, hopb, topo)
-        self.a2a_chunk = a2a_chunk
+    def __init__(self, model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], hopb: bool,
+                 timer: TimeModel, a2a_chunk: int = 1):
+        self.model, self.layout, self.kv_lengths, self.hopb = model, layout, kv_lengths, hopb
+        self.timer, self.a2a_chunk = timer, a2a_chunk
         self.cache: dict[bool, tuple[list, np.ndarray]] = {}
 
     def __call__(self, layer: int) -> tuple[list[list[Op]], np.ndarray]:
-        model, layout, kv_lengths, precision, hopb, topo = self.args
-        kind = model.is_moe_layer(layer)
+        kind = self.model.is_moe_layer(layer)
         if kind not in self.cache:
-            plans = [layer_plan(model, layout, r, layer, kv_lengths[r], precision, hopb, self.a2a_chunk)
-                     for r in range(layout.world_size)]
-            durations = np.array([[op_duration(plan[i], topo, precision) for plan in plans]
-                                  for i in range(len(plans[0]))])  # [ops, N]
+            plans = [layer_plan(self.model, self.layout, r, layer, self.kv_lengths[r], self.timer.precision,
+                                self.hopb, self.a2a_chunk) for r in range(self.layout.world_size)]
+            durations = np.array([self.timer.ops_seconds([plan[i] for plan in plans]) for i in range(len(plans[0]))])
             self.cache[kind] = (plans, durations)
         return self.cache[kind]
 
 
-def _place_layer(clocks: StreamClocks, group_max: "_GroupMax", plans: list[list[Op]],
-                 durations: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    schedule = LayerSchedule(clocks, clocks.now(), group_max)
-    return [schedule.place(index, op, durations[index]) for index, op in enumerate(plans[0])]
-
-
 def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> np.ndarray:
     """Events (trace dtype, host times 0) of every op of every rank, layer and step."""
-    n = layout.world_size
-    clocks, group_max = StreamClocks(n), _GroupMax(layout)
+    n, timer = layout.world_size, TimeModel(topo, run.precision)
+    clocks, group_max = StreamClocks(n), GroupMax(layout)
     ranks = np.arange(n, dtype=np.int32)
     rows = []
     for step in range(run.steps):
         lengths = [local_kv_lengths(layout, run, r, step) for r in range(n)]
-        plans_of = _Plans(model, layout, lengths, run.precision, run.hopb, topo, run.a2a_chunk)
+        plans_of = _Plans(model, layout, lengths, run.hopb, timer, run.a2a_chunk)
         for layer in range(run.layers):
             plans, durations = plans_of(layer)
-            for index, (start, end) in enumerate(_place_layer(clocks, group_max, plans, durations)):
+            for index, (start, end) in enumerate(place_layer(clocks, group_max, plans[0], durations)):
                 rows.append(_event_rows(ranks, step, layer, index, [plan[index] for plan in plans], start, end))
     return np.concatenate(rows)
 
@@ -86,15 +63,13 @@ def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], 
     """Modeled seconds of one decode step over the first `layers` layers (default: all), given
     every rank's local KV tokens per request (ragged batches allowed). Layers of the same kind
     take the same time once a step is under way, so each kind is timed once and multiplied."""
-    layers = model.num_layers if layers is None else layers
-    plans_of = _Plans(model, layout, kv_lengths, precision, hopb, topo, a2a_chunk)
-    group_max, total = _GroupMax(layout), 0.0
-    kinds = [model.is_moe_layer(layer) for layer in range(layers)]
-    for kind in set(kinds):
+    plans_of = _Plans(model, layout, kv_lengths, hopb, TimeModel(topo, precision), a2a_chunk)
+    group_max, total = GroupMax(layout), 0.0
+    for first, count in layer_kinds(model, layers):
         clocks = StreamClocks(layout.world_size)
-        plans, durations = plans_of(kinds.index(kind))
-        _place_layer(clocks, group_max, plans, durations)
-        total += kinds.count(kind) * float(clocks.now().max())
+        plans, durations = plans_of(first)
+        place_layer(clocks, group_max, plans[0], durations)
+        total += count * float(clocks.now().max())
     return total
 
 

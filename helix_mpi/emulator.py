@@ -13,7 +13,6 @@ from mpi4py import MPI
 
 from . import kernels
 from .axes import Axis
-from .clock import LayerSchedule, StreamClocks, op_duration
 from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
 from .config import PRECISION_BYTES, Layout, ModelConfig, RunConfig, Strategy
 from . import synth
@@ -26,6 +25,7 @@ from .plan import (Op, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_
                    op_dep_fields)
 from .serving import Scheduler, emulated_layer_weights
 from .sharding import UNIT, initial_input, layer_weights, rank_shard
+from .timing import LayerSchedule, StreamClocks, TimeModel
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -113,7 +113,7 @@ class Emulator:
         self.kvp_rank = mesh.coord(Axis.KVP)
         self.data_parallel = layout.strategy is Strategy.DP_EP
         self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) for layer in range(run.layers)]
-        self.clocks = StreamClocks(1)
+        self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.precision)
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
 
@@ -180,7 +180,7 @@ class Emulator:
             host_start = time.perf_counter() - self.host_t0
             op = self._execute(op, state, layer, batch) or op
             host_end = time.perf_counter() - self.host_t0
-            start, end = schedule.place(index, op, op_duration(op, self.topo, self.run.precision))
+            start, end = schedule.place(index, op, self.timer.ops_seconds([op]))
             request = int(batch.ids[op.request]) if op.request >= 0 else -1
             self._record(step, layer, index, op, request, float(start[0]), float(end[0]), host_start, host_end)
         return state.x

@@ -4,7 +4,7 @@ For every (step, layer) the per-rank op sequence is rebuilt from the event rows 
 `index`: stream, deps dep0/dep1, collective, group, group_size, bytes, flops), every op gets a
 new duration from the cost model (compute: roofline of its FLOPs and HBM bytes at the run's
 precision; collectives: their kind, size and group size), and the ops are placed with
-clock.LayerSchedule on StreamClocks for all ranks at once, a collective starting at the max of
+timing.LayerSchedule on StreamClocks for all ranks at once, a collective starting at the max of
 its group's ready times. That is the emulator's own arithmetic, so a replay onto the recorded
 topology with the recorded HOP-B setting reproduces the modeled times bit for bit.
 
@@ -28,11 +28,11 @@ import numpy as np
 from . import __version__
 from .analysis import iter_event_chunks, read_kv_tokens, read_meta, step_times_from_ends, ttl_seconds
 from .axes import Axis, Stream
-from .clock import LayerSchedule, StreamClocks
 from .config import Layout
-from .costmodel import Collective, collective_time, compute_time
+from .costmodel import Collective
 from .mesh import group_colors
 from .plan import Op
+from .timing import GroupMax, LayerSchedule, StreamClocks, TimeModel
 from .topology import FabricSpec, GpuSpec, ScaleOutSpec, Topology
 from .trace import TraceError, TraceWriter, open_trace
 
@@ -92,35 +92,20 @@ def parse_group(text: str) -> tuple[Axis, ...]:
                          f"(known: {', '.join(a.value for a in Axis)})") from None
 
 
-class GroupMax:
-    """Per-group max of ready times [N]: ranks of one communicator start a collective together."""
-
-    def __init__(self, layout: Layout):
-        self.layout, self.colors = layout, {}
-
-    def __call__(self, axes: tuple[Axis, ...], ready: np.ndarray) -> np.ndarray:
-        colors = self.colors.get(axes)
-        if colors is None:
-            colors = self.colors[axes] = group_colors(self.layout, axes)
-        group_ready = np.full(colors.max() + 1, -np.inf)
-        np.maximum.at(group_ready, colors, ready)
-        return group_ready[colors]
-
-
 # --- durations -----------------------------------------------------------------------------------
-def op_seconds(rows: np.ndarray, topo: Topology, precision: str) -> np.ndarray:
-    """Modeled seconds [n] of event rows on `topo`: the same formulas as clock.op_duration."""
+def op_seconds(rows: np.ndarray, timer: TimeModel) -> np.ndarray:
+    """Modeled seconds [n] of event rows: the timing engine's durations of the ops they record."""
     seconds = np.zeros(len(rows))
     kinds = rows["collective"]
     compute = kinds == b""
-    seconds[compute] = compute_time(rows["flops"][compute], rows["bytes"][compute], topo, precision)
+    seconds[compute] = timer.compute_seconds(rows["flops"][compute], rows["bytes"][compute])
     for kind in np.unique(kinds[~compute]):
         try:
             collective = Collective(kind.decode())
         except ValueError:
             raise TraceError(f"collective {kind.decode()!r} is not known to this cost model") from None
         same = kinds == kind
-        seconds[same] = collective_time(collective, rows["bytes"][same], rows["group_size"][same], topo)
+        seconds[same] = timer.collective_seconds(collective, rows["bytes"][same], rows["group_size"][same])
     return seconds
 
 
@@ -174,7 +159,7 @@ class Retimer:
     """Places every layer of every step on all ranks' clocks, in order."""
 
     def __init__(self, layout: Layout, world: int, topo: Topology, precision: str, hopb: bool | None):
-        self.world, self.topo, self.precision, self.hopb = world, topo, precision, hopb
+        self.world, self.timer, self.hopb = world, TimeModel(topo, precision), hopb
         self.clocks, self.group_max = StreamClocks(world), GroupMax(layout)
         self.checked_groups: set[tuple[Axis, ...]] = set()
         self.layout = layout
@@ -183,7 +168,7 @@ class Retimer:
         """The step's rows (any order) with new start_s, end_s, dep0, dep1 (same order)."""
         order = np.lexsort((rows["rank"], rows["index"], rows["layer"]))
         ordered = rows[order]
-        ordered_seconds = op_seconds(ordered, self.topo, self.precision)
+        ordered_seconds = op_seconds(ordered, self.timer)
         starts = np.flatnonzero(np.diff(ordered["layer"])) + 1
         for begin, end in zip(np.r_[0, starts], np.r_[starts, len(ordered)]):
             self._layer(ordered[begin:end], ordered_seconds[begin:end])  # views: updated in place

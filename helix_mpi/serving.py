@@ -2,7 +2,7 @@
 
 One scheduler (`Scheduler`) serves both modes, so they make the same decisions:
 - analytic (`serve`, `helix-mpi model --workload`): full model size, no MPI, no data; every step is
-  timed by `StepTimer`, a vectorised `analytic.step_time` (same plans and clocks, DESIGN.md
+  timed by `timing.StepTimer`, a vectorised `analytic.step_time` (same plans and clocks, DESIGN.md
   section 2) for the ragged batch held at that step; any model (GQA or MLA, dense or MoE) and any
   strategy (helix, tp, kvp, dp-ep);
 - emulated (`runner.run_serving`, `helix-mpi run --workload`): every rank runs the same scheduler
@@ -44,14 +44,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .axes import Axis, Stream
-from .clock import LayerSchedule, StreamClocks, op_duration
+from .axes import Axis
 from .config import PRECISION_BYTES, Layout, ModelConfig, Strategy, validate_layout
-from .costmodel import compute_time
 from .memory import rank_memory
-from .mesh import coordinates, group_colors
-from .plan import Op, OpName, all_to_all_index, attention_index, layer_plan
-from .sharding import rank_shard
+from .mesh import coordinates
+from .timing import StepTimer, TimeModel
 from .topology import Topology
 from .workload import Workload
 
@@ -96,195 +93,6 @@ def tokens_held_batch(lengths: np.ndarray, kvp: int, tokens_per_block: int) -> n
     first = np.arange(kvp, dtype=np.int64)[:, None] * tokens_per_block  # first offset of each rank's block
     return rounds * tokens_per_block + np.clip(rest - first, 0, tokens_per_block)
 
-
-# --- fast layer time ------------------------------------------------------------------------------
-class _GroupMax:
-    """Per-group max of ready times [N] or [N, B] (ranks sharing a color form a group)."""
-
-    def __init__(self, layout: Layout):
-        self.layout, self.cache = layout, {}
-
-    def members(self, axes: tuple[Axis, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(members [G, size] of each group, group of each rank [N])."""
-        if axes not in self.cache:
-            _, group_of = np.unique(group_colors(self.layout, axes), return_inverse=True)
-            order = np.argsort(group_of, kind="stable")
-            self.cache[axes] = (order.reshape(group_of.max() + 1, -1), group_of)
-        return self.cache[axes]
-
-    def __call__(self, axes: tuple[Axis, ...], ready: np.ndarray) -> np.ndarray:
-        members, group_of = self.members(axes)
-        return ready[members].max(axis=1)[group_of]
-
-
-@dataclass(frozen=True)
-class _BatchPlan:
-    """A layer plan for one batch size, as the timer needs it."""
-
-    ops: list  # (index, op) of the plan of rank class 0, in plan order
-    durations: dict  # index -> seconds [N] of every op that does not depend on KV lengths
-    chain: bool  # per-request attention / all-to-all chain at indices 1 .. 2B (KVP > 1)
-    hopb: bool  # chain overlapped (attention b does not wait for all-to-all b-1)
-    zero_attention: tuple  # (FLOPs [N], bytes [N]) of the batched attention op at 0 tokens
-
-
-class LayerTimer:
-    """analytic.step_time of one layer for many ragged batches, vectorised over ranks and requests.
-
-    Every op is placed by the same LayerSchedule as analytic.layer_time, from plans cached per
-    batch size and per class of ranks with equal shard shapes, except the per-request chain of
-    KVP > 1 (attention b on the compute stream, its all-to-all in the KVP group on the comm
-    stream), solved in closed form (G = max over the KVP group, C0/M0 = stream clocks before it):
-      HOP-B:    A_b = C0 + sum_{j<=b} t_att_j;   X_b = max(X_{b-1}, G(A_b)) + t_a2a, X_-1 = G(M0)
-                => X_b = max(G(M0), cummax_{j<=b} (G(A_j) - j t_a2a)) + (b+1) t_a2a
-      no HOP-B: A_b = X_{b-1} + t_att_b (b >= 1);  X_b = X_{b-1} + G(t_att_b) + t_a2a
-    Attention FLOPs and bytes are affine in the KV length (probed from the plan at 0 and 1 token).
-    Under dp-ep every rank has its own requests (a list of N arrays of different lengths): each
-    op's duration on a rank is that of the plan for the rank's own batch size.
-    """
-
-    def __init__(self, model: ModelConfig, layout: Layout, precision: str, hopb: bool, topo: Topology,
-                 layer: int = 0):
-        self.model, self.layout, self.precision, self.hopb, self.topo = model, layout, precision, hopb, topo
-        self.layer, self.n = layer, layout.world_size
-        self.group_max = _GroupMax(layout)
-        self.rank_class, self.class_rank = self._rank_classes()
-        costs = [[self._attention_op(self._plans(1, tokens)[c]) for c in range(len(self.class_rank))]
-                 for tokens in (0, 1)]
-        self.att_flops0, self.att_bytes0 = self._per_rank([o.flops for o in costs[0]]), self._per_rank(
-            [o.hbm_bytes for o in costs[0]])
-        self.att_flops1 = self._per_rank([b.flops - a.flops for a, b in zip(*costs)])  # FLOPs per token
-        self.att_bytes1 = self._per_rank([b.hbm_bytes - a.hbm_bytes for a, b in zip(*costs)])  # bytes per token
-        self._cache: dict[int, _BatchPlan] = {}
-
-    def _rank_classes(self) -> tuple[np.ndarray, list[int]]:
-        """Class of each rank [N] (equal shard shapes) and one representative rank per class."""
-        keys: dict[tuple, int] = {}
-        rank_class = np.empty(self.n, dtype=np.int64)
-        for r in range(self.n):
-            s = rank_shard(self.model, self.layout, r)
-            key = tuple(len(x) for x in (s.q_heads, s.kv_heads, s.combine_heads, s.ffn_cols, s.experts,
-                                         s.expert_cols, s.shared_cols))
-            rank_class[r] = keys.setdefault(key, len(keys))
-        return rank_class, [int(np.flatnonzero(rank_class == c)[0]) for c in range(len(keys))]
-
-    def _per_rank(self, per_class: list[float]) -> np.ndarray:
-        return np.array(per_class, dtype=float)[self.rank_class][:, None]  # [N, 1]
-
-    def _plans(self, batch: int, tokens: int = 0) -> list[list[Op]]:
-        kv = np.full(batch, tokens, dtype=np.int64)
-        return [layer_plan(self.model, self.layout, r, self.layer, kv, self.precision, self.hopb)
-                for r in self.class_rank]
-
-    @staticmethod
-    def _attention_op(plan: list[Op]) -> Op:
-        found = [op for op in plan if op.name is OpName.ATTENTION]
-        if not found:
-            raise RuntimeError("plan.layer_plan has no attention op: update serving.LayerTimer (or use exact=True)")
-        return found[0]
-
-    def _batch_plan(self, batch: int) -> _BatchPlan:
-        if batch not in self._cache:
-            plans = self._plans(batch)
-            ops = list(enumerate(plans[0]))
-            chain = ops[1][1].request >= 0
-            if chain and not all(plans[0][attention_index(b)].name is OpName.ATTENTION and plans[0][
-                    all_to_all_index(b)].name is OpName.ALL_TO_ALL for b in range(batch)):
-                raise RuntimeError("plan.layer_plan changed shape: update serving.LayerTimer (or use exact=True)")
-            hopb = not chain or batch == 1 or not plans[0][attention_index(1)].deps
-            durations = {i: np.array([op_duration(p[i], self.topo, self.precision) for p in plans])[self.rank_class]
-                         for i, op in ops if op.name is not OpName.ATTENTION}
-            attention = [self._attention_op(p) for p in plans]
-            zero = (self._per_rank([o.flops for o in attention])[:, 0],
-                    self._per_rank([o.hbm_bytes for o in attention])[:, 0])
-            self._cache[batch] = _BatchPlan(ops, durations, chain, hopb, zero)
-        return self._cache[batch]
-
-    def _kvp_max(self, values: np.ndarray) -> np.ndarray:
-        return self.group_max((Axis.KVP,), values)
-
-    def _chain(self, plan: _BatchPlan, c0: np.ndarray, m0: np.ndarray, kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ends of the last attention [N] and of the last all-to-all [N] of the batch."""
-        att = np.asarray(compute_time(self.att_flops0 + self.att_flops1 * kv, self.att_bytes0 + self.att_bytes1 * kv,
-                                      self.topo, self.precision))  # [N, B]
-        x_s = plan.durations[all_to_all_index(0)][:, None]  # [N, 1]
-        if plan.hopb:
-            ends = np.cumsum(np.concatenate([c0[:, None], att], axis=1), axis=1)[:, 1:]  # A_b [N, B]
-            shift = np.arange(att.shape[1]) * x_s  # b * t_a2a
-            top = np.maximum(np.maximum.accumulate(self._kvp_max(ends) - shift, axis=1)[:, -1], self._kvp_max(m0))
-            return ends[:, -1], top + (shift[:, -1] + x_s[:, 0])
-        first = (np.maximum(self._kvp_max(m0), self._kvp_max(c0 + att[:, 0])) + x_s[:, 0])[:, None]  # X_0
-        steps = np.stack([self._kvp_max(att[:, 1:]), np.broadcast_to(x_s, att[:, 1:].shape)], axis=2)
-        a2a = np.cumsum(np.concatenate([first, steps.reshape(self.n, -1)], axis=1), axis=1)[:, ::2]  # X_b [N, B]
-        last_att = c0 + att[:, 0] if att.shape[1] == 1 else a2a[:, -2] + att[:, -1]
-        return last_att, a2a[:, -1]
-
-    def _batched_attention_s(self, plan: _BatchPlan, kv: np.ndarray) -> np.ndarray:
-        """Seconds [N] of the one attention op over the whole batch (no chain)."""
-        tokens = kv.sum(axis=1)
-        flops = plan.zero_attention[0] + self.att_flops1[:, 0] * tokens
-        nbytes = plan.zero_attention[1] + self.att_bytes1[:, 0] * tokens
-        return np.asarray(compute_time(flops, nbytes, self.topo, self.precision))
-
-    def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
-        """Modeled seconds of one layer for local KV lengths [N, B], or N arrays [b_r] (dp-ep)."""
-        if isinstance(kv_lengths, list):
-            return self._per_rank_batches(kv_lengths)
-        kv = np.asarray(kv_lengths)
-        batch = kv.shape[1]
-        plan = self._batch_plan(batch)
-        clocks = StreamClocks(self.n)
-        schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
-        chain_end = all_to_all_index(batch - 1) if plan.chain else 0
-        for index, op in plan.ops:
-            if 0 < index <= chain_end:
-                if index == 1:
-                    c0 = np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start)
-                    m0 = np.maximum(clocks.free[Stream.COMM], schedule.layer_start)
-                    last_att, last_a2a = self._chain(plan, c0, m0, kv)
-                    schedule.ends[attention_index(batch - 1)] = clocks.free[Stream.COMPUTE] = last_att
-                    schedule.ends[chain_end] = clocks.free[Stream.COMM] = last_a2a
-                continue
-            duration = self._batched_attention_s(plan, kv) if op.name is OpName.ATTENTION else plan.durations[index]
-            schedule.place(index, op, duration)
-        return float(schedule.layer_end().max())
-
-    def _per_rank_batches(self, kv_lengths: list[np.ndarray]) -> float:
-        """One layer when rank r holds its own b_r requests (no per-request chain: KVP = 1)."""
-        sizes = np.array([len(k) for k in kv_lengths])
-        tokens = np.array([float(np.sum(k)) for k in kv_lengths])
-        plans = {int(b): self._batch_plan(int(b)) for b in np.unique(sizes)}
-        reference = plans[int(sizes[0])]
-        if any(p.chain or [op.name for _, op in p.ops] != [op.name for _, op in reference.ops]
-               for p in plans.values()):
-            raise RuntimeError("plan.layer_plan depends on the batch size: update serving.LayerTimer")
-        clocks = StreamClocks(self.n)
-        schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
-        for index, op in reference.ops:
-            if op.name is OpName.ATTENTION:
-                flops = np.array([plans[b].zero_attention[0][r] for r, b in enumerate(sizes)])
-                nbytes = np.array([plans[b].zero_attention[1][r] for r, b in enumerate(sizes)])
-                duration = np.asarray(compute_time(flops + self.att_flops1[:, 0] * tokens,
-                                                   nbytes + self.att_bytes1[:, 0] * tokens, self.topo, self.precision))
-            else:
-                duration = np.array([plans[b].durations[index][r] for r, b in enumerate(sizes)])
-            schedule.place(index, op, duration)
-        return float(schedule.layer_end().max())
-
-
-class StepTimer:
-    """analytic.step_time for ragged batches: one LayerTimer per kind of layer (dense, MoE), each
-    timed once and multiplied by its count, as step_time does."""
-
-    def __init__(self, model: ModelConfig, layout: Layout, precision: str, hopb: bool, topo: Topology,
-                 layers: int | None = None):
-        kinds = [model.is_moe_layer(layer) for layer in range(model.num_layers if layers is None else layers)]
-        self.parts = [(kinds.count(kind), LayerTimer(model, layout, precision, hopb, topo, kinds.index(kind)))
-                      for kind in sorted(set(kinds))]
-
-    def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
-        """Modeled seconds of one decode step for local KV lengths [N, B], or N arrays (dp-ep)."""
-        return sum(count * timer(kv_lengths) for count, timer in self.parts)
 
 def emulated_layer_weights(model: ModelConfig, layers: int) -> np.ndarray:
     """Weight [layers] of each emulated layer in a full-model step: the count of its kind (dense or
@@ -585,7 +393,7 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
                          long_context_tokens, kv_capacity_tokens)
     scheduler = Scheduler(workload, setup)
     exact = exact or a2a_chunk != 1
-    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, precision, hopb, topo)
+    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, hopb, TimeModel(topo, precision))
     now = scheduler.first_arrival
     while not scheduler.done:
         start, batch = scheduler.next_step(now)

@@ -145,6 +145,23 @@ def _cols(heads: range, width: int) -> tuple[int, int]:
     return heads.start * width, heads.stop * width
 
 
+def shard_key(shard: RankShard) -> tuple[int, ...]:
+    """The sizes that fix a rank's plan: ranks with equal keys run the same ops on the same shapes."""
+    return (len(shard.q_heads), len(shard.kv_heads), len(shard.combine_heads), len(shard.ffn_cols),
+            len(shard.experts), len(shard.expert_cols), len(shard.shared_cols))
+
+
+def shard_classes(model: ModelConfig, layout: Layout, held: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    """Class of every rank [N] (equal shard shapes, and equal KV tokens `held` [N] when given) and
+    the first rank of each class, in order of first appearance."""
+    keys: dict[tuple, int] = {}
+    rank_class = np.empty(layout.world_size, dtype=np.int64)
+    for r in range(layout.world_size):
+        key = shard_key(rank_shard(model, layout, r)) + (() if held is None else (int(held[r]),))
+        rank_class[r] = keys.setdefault(key, len(keys))
+    return rank_class, [int(np.flatnonzero(rank_class == c)[0]) for c in range(len(keys))]
+
+
 def _block(storage, seed, name, shape, rows, cols, fan_in, offset=0.0):
     """A weight block with unit-variance inputs kept unit variance, in the rank's storage."""
     return synth.matrix_block(seed, name, shape, rows, cols, UNIT / np.sqrt(fan_in), offset, storage == "bf16")

@@ -13,14 +13,14 @@ How it stays fast and still "the same plan":
   give every batch (exact: all are integers or halves); MoE ops, whose expected experts hit is
   nonlinear, are recomputed with `plan.moe_cost` / `plan.dp_ep_expert_cost` on the batch array;
 - the per-request attention -> all-to-all chain (KVP > 1) has a closed form, derived from the
-  clock rules of `clock.LayerSchedule` (see `_chain_end`);
+  clock rules of `timing.LayerSchedule` (`timing.BatchLayerTime`);
 - every collective with more than one member ends at the same time on every rank in these plans
   (the all-reduce over all N, or a TPF all-reduce followed by an EP all-gather over all groups), so
   the layer time is a sum of per-class compute spans and collective times, maximised over classes
   at each collective. `tests/test_sweep.py` checks all of it against `analytic.step_time` and
   `helix-mpi model` (relative 1e-9).
 
-PP x TP is not in the plan: it is modeled here on top of TP plans (`pp_send_time`, docs/sweep.md).
+PP x TP is not in the plan: it is modeled here on top of TP plans (`TimeModel.send_seconds`, docs/sweep.md).
 """
 from __future__ import annotations
 
@@ -38,12 +38,11 @@ import numpy as np
 from .axes import Axis
 from .config import (ACTIVATION_BYTES, PRECISION_BYTES, PRECISIONS, ConfigError, Layout, ModelConfig, Strategy,
                      validate_layout)
-from .costmodel import Collective, collective_time, compute_time
 from .kvcache import tokens_held
 from .mesh import coordinates
-from .plan import (Op, OpName, dp_ep_expert_cost, expected_moe_load, ffn_weight_elements, kv_elements_per_token,
-                   layer_plan, moe_cost, out_weight_elements, qkv_weight_elements)
-from .sharding import RankShard, even_splits, rank_shard
+from .plan import ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
+from .sharding import RankShard, even_splits, rank_shard, shard_classes as rank_classes
+from .timing import BatchLayerTime, TimeModel, layer_kinds
 from .topology import Topology
 
 SCHEMA = "helix_mpi.sweep/1"
@@ -229,24 +228,18 @@ class ShardClass:
     shard: RankShard = field(compare=False)
 
 
-def _shard_key(shard: RankShard, held: int) -> tuple[int, ...]:
-    return (len(shard.q_heads), len(shard.kv_heads), len(shard.combine_heads), len(shard.ffn_cols),
-            len(shard.experts), len(shard.expert_cols), len(shard.shared_cols), held)
-
-
 @functools.lru_cache(maxsize=4096)
 def shard_classes(model: ModelConfig, layout: Layout, tokens: int, tokens_per_block: int) -> tuple[ShardClass, ...]:
     """The distinct (shard shape, KV length) classes of a layout's ranks, first rank of each
     (cached: Helix with and without HOP-B, and what-if sweeps, share layouts)."""
-    dp = layout.strategy is Strategy.DP_EP
-    held = None if dp else tokens_held(tokens, layout.kvp, tokens_per_block)
-    found: dict[tuple[int, ...], list] = {}
-    for rank in range(layout.world_size):
-        shard = rank_shard(model, layout, rank)
-        h = tokens if dp else int(held[coordinates(layout, rank)[Axis.KVP]])
-        entry = found.setdefault(_shard_key(shard, h), [rank, 0, h, shard])
-        entry[1] += 1
-    return tuple(ShardClass(*entry) for entry in found.values())
+    if layout.strategy is Strategy.DP_EP:
+        held = np.full(layout.world_size, tokens, dtype=np.int64)
+    else:
+        per_kvp = tokens_held(tokens, layout.kvp, tokens_per_block)
+        held = np.array([per_kvp[coordinates(layout, r)[Axis.KVP]] for r in range(layout.world_size)])
+    rank_class, first = rank_classes(model, layout, held)
+    return tuple(ShardClass(rank, int(np.sum(rank_class == c)), int(held[rank]), rank_shard(model, layout, rank))
+                 for c, rank in enumerate(first))
 
 
 def class_memory(model: ModelConfig, cls: ShardClass, layers: Iterable[int], precision: str) -> tuple[float, float]:
@@ -272,135 +265,17 @@ def peak_memory(model: ModelConfig, classes: tuple[ShardClass, ...], requests: n
     return peak
 
 
-# --- closed-form layer time ----------------------------------------------------------------------
-def _chain_end(t: np.ndarray, ta: np.ndarray, tc: float, batches: np.ndarray, hopb: bool) -> np.ndarray:
-    """End [n] of the per-request chain attention_b -> all_to_all_b, b = 0..B-1, as LayerSchedule
-    places it. t [C, n]: when each class's compute stream is free; ta [C]: one request's attention;
-    tc: one all-to-all (it starts when every member's attention is done).
-    HOP-B: e_b = max(e_(b-1), max_c t_c + (b+1) ta_c) + tc, whose maximum over the (convex) unrolled
-    terms sits at b = 0 or b = B-1:  e = max(max_c(t_c + ta_c) + B tc, max_c(t_c + B ta_c) + tc).
-    Without: attention b waits for all-to-all b-1:  e = max_c(t_c + ta_c) + tc + (B-1)(max ta + tc)."""
-    first = (t + ta[:, None]).max(axis=0)
-    if hopb:
-        return np.maximum(first + batches * tc, (t + batches * ta[:, None]).max(axis=0) + tc)
-    return first + tc + (batches - 1) * (ta.max() + tc)
-
-
-def _chunked_chain_end(t: np.ndarray, attn: list[Op], a2a: Op, batches: np.ndarray, hopb: bool, chunk: int,
-                       topo: Topology, precision: str) -> np.ndarray:
-    """What-if (not the plan): requests exchanged `chunk` at a time (0: the whole batch), one
-    attention kernel and one all-to-all per chunk; full chunks of c, then a remainder r.
-    HOP-B: e = t + max(ta_c + F tc_c + tc_r, F ta_c + tc_c + tc_r, F ta_c + ta_r + tc_r) (F full
-    chunks; the last term only when r > 0); without: e = t + F (ta_c + tc_c) + ta_r + tc_r.
-    Attention per chunk is the slowest class's; start t is the latest class's."""
-    c = batches if chunk == 0 else np.minimum(chunk, batches)
-    full, rem = batches // c, batches % c
-
-    def attention(k: np.ndarray) -> np.ndarray:
-        return np.max([compute_time(k * op.flops, k * op.hbm_bytes, topo, precision) for op in attn], axis=0)
-
-    def exchange(k: np.ndarray) -> np.ndarray:
-        return collective_time(a2a.collective, k * a2a.nbytes, a2a.group_size, topo) * np.ones(len(k))
-
-    ta_c, tc_c = attention(c), exchange(c)
-    has_rem = rem > 0
-    ta_r, tc_r = np.where(has_rem, attention(rem), 0.0), np.where(has_rem, exchange(rem), 0.0)
-    if hopb:
-        span = np.maximum(ta_c + full * tc_c + tc_r, full * ta_c + tc_c + tc_r)
-        span = np.where(has_rem, np.maximum(span, full * ta_c + ta_r + tc_r), span)
-    else:
-        span = full * (ta_c + tc_c) + ta_r + tc_r
-    return t.max(axis=0) + span
-
-
-class LayerKind:
-    """Time of one kind of layer (dense or MoE) of one layout over a batch array, from the plans of
-    one rank per shard class at batch 1 and 2."""
-
-    def __init__(self, spec: SweepSpec, layout: Layout, classes: tuple[ShardClass, ...], layer: int, hopb: bool,
-                 topo: Topology):
-        self.spec, self.layout, self.classes, self.layer = spec, layout, classes, layer
-        self.hopb, self.topo = hopb, topo
-        self.moe_layer = spec.model.is_moe_layer(layer)
-        self.plans = [[self._plan(cls, batch) for cls in classes] for batch in (1, 2)]
-        names = {tuple(op.name for op in plan) for plan in self.plans[0]}
-        if len(names) != 1:
-            raise AssertionError(f"shard classes of {layout} have different plans: {names}")
-
-    def _plan(self, cls: ShardClass, batch: int) -> list[Op]:
-        ops = layer_plan(self.spec.model, self.layout, cls.rank, self.layer, np.full(batch, cls.held, dtype=np.int64),
-                         self.spec.precision, self.hopb)
-        return [op for op in ops if op.request <= 0]  # request 0 stands for every request of the chain
-
-    def time(self, batches: np.ndarray) -> np.ndarray:
-        """Seconds [n] of one layer at each batch (per-GPU batch under dp-ep)."""
-        b = batches.astype(np.float64)
-        t = np.zeros((len(self.classes), len(b)))
-        plan1, index = self.plans[0][0], 0
-        while index < len(plan1):
-            op = plan1[index]
-            if op.name is OpName.ATTENTION and op.request == 0:  # the per-request chain (KVP > 1)
-                t = self._chain(t, index, b)[None, :]  # every member leaves the last all-to-all together
-                index += 2
-                continue
-            if op.is_collective:
-                size = op.nbytes + (b - 1) * (self.plans[1][0][index].nbytes - op.nbytes)
-                duration = collective_time(op.collective, size, op.group_size, self.topo)
-                t = (t.max(axis=0, keepdims=True) if op.group_size > 1 else t) + duration
-            else:
-                t = t + np.array([self._compute(c, index, b) for c in range(len(self.classes))])
-            index += 1
-        return t.max(axis=0)
-
-    def _compute(self, c: int, index: int, b: np.ndarray) -> np.ndarray:
-        op1, op2 = self.plans[0][c][index], self.plans[1][c][index]
-        model, cls, wb = self.spec.model, self.classes[c], PRECISION_BYTES[self.spec.precision]
-        if op1.name is OpName.MOE and self.moe_layer and self.layout.strategy is not Strategy.DP_EP:
-            flops, nbytes = moe_cost(model, cls.shard, b, *expected_moe_load(model, len(cls.shard.experts), b), wb)
-        elif op1.name is OpName.EXPERTS:  # dp-ep: the held experts' load from every rank's tokens
-            tokens = b * self.layout.world_size
-            load = expected_moe_load(model, len(cls.shard.experts), tokens)
-            flops, nbytes = dp_ep_expert_cost(model, cls.shard, *load, wb)
-        else:  # affine in the batch: exact from batch 1 and 2
-            flops = op1.flops + (b - 1) * (op2.flops - op1.flops)
-            nbytes = op1.hbm_bytes + (b - 1) * (op2.hbm_bytes - op1.hbm_bytes)
-        return compute_time(flops, nbytes, self.topo, self.spec.precision) * np.ones(len(b))
-
-    def _chain(self, t: np.ndarray, index: int, b: np.ndarray) -> np.ndarray:
-        attn = [plan[index] for plan in self.plans[0]]
-        a2a = self.plans[0][0][index + 1]
-        chunk = self.spec.whatif.a2a_chunk
-        if chunk == 1:
-            ta = np.array([compute_time(op.flops, op.hbm_bytes, self.topo, self.spec.precision) for op in attn])
-            tc = collective_time(a2a.collective, a2a.nbytes, a2a.group_size, self.topo)
-            return _chain_end(t, ta, tc, b, self.hopb)
-        return _chunked_chain_end(t, attn, a2a, b, self.hopb, chunk, self.topo, self.spec.precision)
-
-
-def pp_send_time(micro_batch: np.ndarray, model: ModelConfig, topo: Topology) -> np.ndarray:
-    """One stage-to-stage activation send of micro_batch x H bf16 values, modeled as a 2-rank direct
-    all-to-all in which each rank sends that much to the other:
-    a2a_base + a2a_step + B H 2 / link_bw (seconds [n])."""
-    nbytes = micro_batch * model.hidden_size * ACTIVATION_BYTES
-    return collective_time(Collective.ALL_TO_ALL, 2 * nbytes, 2, topo) * np.ones(len(micro_batch))
-
-
-def layer_counts(model: ModelConfig) -> dict[bool, int]:
-    """Layers of each kind: {is_moe: count}."""
-    kinds = [model.is_moe_layer(layer) for layer in range(model.num_layers)]
-    return {kind: kinds.count(kind) for kind in set(kinds)}
-
-
 def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, ...], batches: np.ndarray) -> np.ndarray:
     """Token-to-token latency [n] of a candidate at each grid batch (per-GPU batch under dp-ep,
     micro-batch under pp-tp), seconds: every layer in sequence (+ PP - 1 stage sends)."""
-    topo = spec.timing_topology()
+    timer = TimeModel(spec.timing_topology(), spec.precision)
     ttl = np.zeros(len(batches))
-    for kind, count in layer_counts(spec.model).items():
-        first = next(layer for layer in range(spec.model.num_layers) if spec.model.is_moe_layer(layer) == kind)
-        ttl = ttl + count * LayerKind(spec, cand.layout, classes, first, cand.hopb, topo).time(batches)
-    if cand.pp > 1:
-        ttl = ttl + (cand.pp - 1) * pp_send_time(batches.astype(np.float64), spec.model, topo)
+    for first, count in layer_kinds(spec.model):
+        layer = BatchLayerTime(spec.model, cand.layout, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
+        ttl = ttl + count * layer(batches)
+    if cand.pp > 1:  # PP - 1 stage-to-stage sends of the micro-batch's activations
+        sends = timer.send_seconds(batches.astype(np.float64) * spec.model.hidden_size * ACTIVATION_BYTES)
+        ttl = ttl + (cand.pp - 1) * sends * np.ones(len(batches))
     return ttl
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from helix_mpi.analytic import simulate
-from helix_mpi.clock import op_duration
+from helix_mpi.timing import TimeModel
 from helix_mpi.config import MODEL_PRESETS, Layout, RunConfig
 from helix_mpi.plan import OpName, all_to_all_index, attention_index, layer_plan
 from helix_mpi.topology import load_topology
@@ -109,8 +109,8 @@ def test_hopb_exposes_one_all_to_all(hopb):
     events = _layer_times(run, layout)
     topo = load_topology("gb200-nvl72")
     plan = layer_plan(MODEL_PRESETS["tiny"], layout, 0, 0, np.full(batch, 1_000_001), "fp4", hopb)
-    t_attn = op_duration(plan[attention_index(0)], topo, "fp4")
-    t_a2a = op_duration(plan[all_to_all_index(0)], topo, "fp4")
+    t_attn = TimeModel(topo, "fp4").op_seconds(plan[attention_index(0)])
+    t_a2a = TimeModel(topo, "fp4").op_seconds(plan[all_to_all_index(0)])
     assert t_a2a < t_attn
     ops = events["op"]
     qkv_end = events["end_s"][ops == OpName.QKV.value.encode()][0]
@@ -123,7 +123,7 @@ def test_one_rank_plan_has_free_collectives():
     topo = load_topology("gb200-nvl72")
     plan = layer_plan(MODEL_PRESETS["tiny"], Layout(1, 1, 1), 0, 0, np.array([10, 10]), "bf16", True)
     collectives = [op for op in plan if op.is_collective]
-    assert collectives and all(op_duration(op, topo, "bf16") == 0.0 for op in collectives)
+    assert collectives and all(TimeModel(topo, "bf16").op_seconds(op) == 0.0 for op in collectives)
 
 
 @pytest.mark.parametrize("chunk", [2, 0])

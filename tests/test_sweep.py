@@ -14,8 +14,10 @@ from helix_mpi import pareto, sweep
 from helix_mpi.analytic import local_kv_lengths, step_time
 from helix_mpi.cli import cli
 from helix_mpi.config import ACTIVATION_BYTES, MODEL_PRESETS, Layout, RunConfig, Strategy
-from helix_mpi.costmodel import Collective, collective_time, compute_time
+from helix_mpi.costmodel import Collective, collective_time
 from helix_mpi.memory import memory_report
+from helix_mpi.timing import BatchLayerTime, TimeModel
+from helix_mpi.timing.schedule import uniform_chain_end
 from helix_mpi.topology import load_topology
 
 TOPO = load_topology("gb200-nvl72")
@@ -52,7 +54,8 @@ def _reference_ttl(spec: sweep.SweepSpec, row) -> float:
                     precision=spec.precision, hopb=bool(row["hopb"]))
     kv = [local_kv_lengths(layout, run, r, 0) for r in range(layout.world_size)]
     ttl = step_time(spec.model, layout, kv, spec.precision, bool(row["hopb"]), spec.topo)
-    return ttl + (pp - 1) * float(sweep.pp_send_time(np.array([float(batch)]), spec.model, spec.topo)[0])
+    send = TimeModel(spec.topo, spec.precision).send_seconds(batch * spec.model.hidden_size * ACTIVATION_BYTES)
+    return ttl + (pp - 1) * float(send)
 
 
 def _brute_force_frontier(rows):
@@ -236,22 +239,26 @@ def test_pp_tp_is_tp_stages_in_sequence_plus_sends():
 def test_chunked_chain_reduces_to_the_plan_and_to_one_exchange():
     model, spec = MODEL_PRESETS["deepseek-r1"], _spec("deepseek-r1", 1_000_000)
     layout = Layout(64, 1, 64, 1, Strategy.HELIX)
-    kind = sweep.LayerKind(spec, layout, sweep.shard_classes(model, layout, spec.tokens, 16), 5, True, TOPO)
-    attn, a2a = [plan[1] for plan in kind.plans[0]], kind.plans[0][0][2]
-    t0 = np.zeros((1, 4))
+    classes, timer = sweep.shard_classes(model, layout, spec.tokens, 16), TimeModel(TOPO, "fp4")
+    per_request, whole_batch = (BatchLayerTime(model, layout, classes, 5, hopb, timer, chunk)
+                                for hopb, chunk in ((True, 1), (False, 0)))
+    one_chunk = BatchLayerTime(model, layout, classes, 5, True, timer, 2 ** 40)  # a chunk larger than any batch
+    attn, a2a = [plan[1] for plan in per_request.plans[0]], per_request.plans[0][0][2]
+    t0 = np.zeros((len(classes), 4))
     b = np.array([1.0, 2.0, 7.0, 40.0])
-    ta = np.array([compute_time(op.flops, op.hbm_bytes, TOPO, "fp4") for op in attn])
-    tc = collective_time(a2a.collective, a2a.nbytes, a2a.group_size, TOPO)
+    ta = np.array([timer.op_seconds(op) for op in attn])
+    tc = timer.op_seconds(a2a)
     for hopb in (True, False):
-        np.testing.assert_allclose(sweep._chunked_chain_end(t0, attn, a2a, b, hopb, 1, TOPO, "fp4"),
-                                   sweep._chain_end(t0, ta, tc, b, hopb), rtol=1e-12)
+        per_request.hopb = hopb
+        np.testing.assert_allclose(per_request._chain(t0, 1, b), uniform_chain_end(t0, ta, tc, b, hopb), rtol=1e-12)
     # whole batch at once: one attention kernel over B requests, then one all-to-all of B partials
-    whole = sweep._chunked_chain_end(t0, attn, a2a, b, False, 0, TOPO, "fp4")
+    whole = whole_batch._chain(t0, 1, b)
     slowest = max(attn, key=lambda op: op.hbm_bytes)
-    expected = [compute_time(k * slowest.flops, k * slowest.hbm_bytes, TOPO, "fp4")
-                + collective_time(Collective.ALL_TO_ALL, k * a2a.nbytes, 64, TOPO) for k in b]
+    expected = [timer.compute_seconds(k * slowest.flops, k * slowest.hbm_bytes)
+                + timer.collective_seconds(Collective.ALL_TO_ALL, k * a2a.nbytes, 64) for k in b]
     np.testing.assert_allclose(whole, expected, rtol=1e-12)
-    assert whole[-1] < sweep._chain_end(t0, ta, tc, b, True)[-1] / 5  # per-request latency dominates at B = 40
+    np.testing.assert_allclose(one_chunk._chain(t0, 1, b), whole, rtol=1e-12)  # one chunk: HOP-B has nothing to hide
+    assert whole[-1] < uniform_chain_end(t0, ta, tc, b, True)[-1] / 5  # per-request latency dominates at B = 40
 
 
 def test_latency_what_ifs_scale_only_their_terms():

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 
 from conftest import run_cli
 from helix_mpi.analytic import layer_time, step_time
+from helix_mpi.timing import RaggedLayerTime, StepTimer, TimeModel
 from helix_mpi.cli import cli
 from helix_mpi.config import MODEL_PRESETS, Layout, Strategy, make_layout
 from helix_mpi.kvcache import tokens_held
 from helix_mpi.memory import memory_report
-from helix_mpi.serving import (LayerTimer, Scheduler, ServingError, ServingSetup, StepTimer, emulated_layer_weights,
+from helix_mpi.serving import (Scheduler, ServingError, ServingSetup, emulated_layer_weights,
                                kv_capacity, serve, tokens_held_batch)
 from helix_mpi.topology import load_topology
 from helix_mpi.workload import Request, Workload, WorkloadError, load_workload
@@ -222,7 +223,7 @@ LAYOUTS = [
 def test_layer_timer_equals_layer_time(name, layout, hopb):
     model, rng = MODEL_PRESETS[name], np.random.default_rng(7)
     for precision in ("fp4", "bf16"):
-        timer = LayerTimer(model, layout, precision, hopb, TOPO)
+        timer = RaggedLayerTime(model, layout, hopb, TimeModel(TOPO, precision))
         for batch in (1, 2, 5, 17):
             for scale in (1, 100, 2_000_000):  # empty shards, latency-bound, bandwidth-bound
                 kv = rng.integers(0, scale, (layout.world_size, batch))
@@ -247,7 +248,7 @@ def test_step_timer_equals_step_time(name, n, kvp, tpa, strategy):
     model, rng = MODEL_PRESETS[name], np.random.default_rng(11)
     layout = make_layout(model, n, kvp, tpa, strategy)
     for hopb in (True, False):
-        timer = StepTimer(model, layout, "fp4", hopb, TOPO)
+        timer = StepTimer(model, layout, hopb, TimeModel(TOPO, "fp4"))
         for batch in (1, 3, 7):
             for scale in (1, 100, 2_000_000):
                 if strategy == "dp-ep":  # every rank its own requests, some none
