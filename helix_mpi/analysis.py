@@ -40,9 +40,13 @@ class RunShape:
     # kind of every layer of the full model (True = MoE) when the model mixes dense and MoE
     # layers: the TTL then scales each kind's mean emulated layer time by its count
     layer_kinds: tuple[bool, ...] | None = None
+    tail: bool = False  # each step ends with the LM head and sampling (recorded as layer `layers`)
 
     def layer_weights(self) -> np.ndarray:
-        """Weight of each emulated layer in the full model's TTL [layers]."""
+        """Weight of each emulated layer in the full model's TTL [layers], then 1 for the tail."""
+        return np.concatenate([self._weights(), [1.0] if self.tail else []])
+
+    def _weights(self) -> np.ndarray:
         even = np.full(self.layers, self.model_layers / self.layers)
         if not self.layer_kinds or len(set(self.layer_kinds)) == 1:
             return even
@@ -61,7 +65,7 @@ class RunShape:
 def shape_of(world_size: int, batch: int, layers: int, model) -> RunShape:
     """RunShape of a run of `model` (a ModelConfig)."""
     kinds = tuple(model.is_moe_layer(layer) for layer in range(model.num_layers))
-    return RunShape(world_size, batch, layers, model.num_layers, kinds)
+    return RunShape(world_size, batch, layers, model.num_layers, kinds, model.vocab_size > 0)
 
 
 def step_times(events: np.ndarray) -> np.ndarray:
@@ -77,9 +81,25 @@ def step_times_from_ends(ends: np.ndarray) -> np.ndarray:
     return np.diff(np.concatenate([[0.0], ends]))
 
 
-def ttl_seconds(step_ends: np.ndarray, shape: RunShape) -> float:
-    """Token-to-token latency of the full model: mean step time scaled to all its layers."""
+def ttl_seconds(layer_ends: np.ndarray, shape: RunShape) -> float:
+    """Token-to-token latency of the full model from the modeled end of every layer of every step
+    [T, L] (the tail last): each layer's mean time weighted by how many of the model's layers it
+    stands for, plus the tail; without per-layer ends ([T]), the mean step time scaled."""
+    layer_ends = np.asarray(layer_ends, dtype=float)
+    weights = shape.layer_weights()
+    complete = ~np.isnan(layer_ends).any(axis=1) if layer_ends.ndim == 2 else None
+    if layer_ends.ndim == 2 and layer_ends.shape[1] == len(weights) and complete.any():
+        return float(layer_times_from_ends(layer_ends)[complete].mean(axis=0) @ weights)
+    step_ends = np.nanmax(layer_ends, axis=1) if layer_ends.ndim == 2 else layer_ends
     return float(step_times_from_ends(step_ends).mean()) * shape.model_layers / shape.layers
+
+
+def layer_times_from_ends(layer_ends: np.ndarray) -> np.ndarray:
+    """Modeled seconds of each layer of each step [T, L] from their ends: successive ends (a
+    missing end, NaN, gives NaN times where it is used)."""
+    flat = layer_ends.reshape(-1)
+    previous = np.concatenate([[0.0], np.fmax.accumulate(flat)[:-1]])
+    return (flat - previous).reshape(layer_ends.shape)
 
 
 def summarize(events: np.ndarray, shape: RunShape) -> dict[str, Any]:
@@ -232,15 +252,8 @@ class EventStats:
         np.maximum.at(flat[:, 1], cell, chunk["end_s"])
         flat[np.isinf(flat[:, 0])] = np.nan  # cells no chunk has touched yet
 
-    def _layer_times(self) -> np.ndarray:
-        """Modeled seconds of each layer of each step [T, L]: successive layer ends."""
-        ends = self.layer_span[:, :, 1].reshape(-1)
-        return np.diff(np.concatenate([[0.0], np.maximum.accumulate(ends)])).reshape(self.layer_span.shape[:2])
-
     def _ttl(self, shape: RunShape, step_time: float) -> float:
-        if not shape.layer_kinds or self.layer_span.shape[1] != shape.layers:
-            return step_time * shape.model_layers / shape.layers
-        return float(self._layer_times().mean(axis=0) @ shape.layer_weights())
+        return ttl_seconds(self.layer_span[:, :, 1], shape)
 
     # --- figures --------------------------------------------------------------------------
     def summary(self, shape: RunShape) -> dict[str, Any]:
@@ -488,6 +501,7 @@ def describe_run(meta: TraceMeta) -> dict[str, Any]:
     return {"trace": meta.path, "strategy": meta.strategy, "model": meta.model.get("name", "?"),
             "layout": {k: v for k, v in meta.layout.items() if k != "strategy"},
             "topology": meta.topology.get("name", "?"), "precision": meta.run["precision"],
+            "kv_precision": meta.run.get("kv_precision", meta.run["precision"]), "comm": meta.run.get("comm"),
             "hopb": meta.run.get("hopb"), "context": meta.run.get("context")}
 
 
@@ -511,7 +525,8 @@ def kv_figures(meta: TraceMeta, kv_tokens: np.ndarray) -> dict[str, Any]:
         return {}
     last = kv_tokens[-1].astype(float)
     try:
-        per_token = kv_bytes_per_token_per_layer(meta.model, meta.layout, meta.run["precision"])
+        per_token = kv_bytes_per_token_per_layer(meta.model, meta.layout,
+                                                 meta.run.get("kv_precision", meta.run["precision"]))
     except (KeyError, TypeError):
         per_token = math.nan
     per_rank = last * per_token * meta.shape.model_layers
@@ -633,7 +648,7 @@ def format_trace_summary(summary: dict[str, Any]) -> str:
              f"context {summary.get('context')}, {summary['events']:,} events",
              format_summary(summary)]
     if summary.get("kv"):
-        lines += ["", _format_kv(summary["kv"], summary["precision"], summary["model_layers"])]
+        lines += ["", _format_kv(summary["kv"], summary.get("kv_precision", summary["precision"]), summary["model_layers"])]
     if summary.get("memory"):
         lines.append(_format_memory(summary["memory"]))
     if summary.get("by"):

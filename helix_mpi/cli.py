@@ -57,7 +57,13 @@ def model_options(fn):
         click.option("--context", type=int, default=256, show_default=True, help="tokens already cached"),
         click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path"),
         click.option("--precision", type=click.Choice(["fp4", "fp8", "bf16"]), default="fp4", show_default=True,
-                     help="modeled precision of weights and KV cache"),
+                     help="modeled precision of the weights (fp4 = NVFP4)"),
+        click.option("--kv-precision", type=click.Choice(["fp8", "bf16", "fp4"]), default="fp8", show_default=True,
+                     help="modeled precision of the KV cache (fp8 as deployed with NVFP4 weights)"),
+        click.option("--comm", type=click.Choice(["trtllm", "nccl"]), default="trtllm", show_default=True,
+                     help="modeled collectives: TensorRT-LLM's custom all-reduce and one-kernel all-to-all, or NCCL"),
+        click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+                     help="modeled kernels launched from CUDA graphs (else one by one from the host)"),
         click.option("--hopb/--no-hopb", default=True, show_default=True,
                      help="overlap request b's all-to-all with request b+1's attention"),
         click.option("--a2a-chunk", type=int, default=1, show_default=True,
@@ -109,9 +115,9 @@ def workload_options(fn):
 @click.option("--fail-at", hidden=True, help="STEP:RANK: raise on that rank at that step (tests)")
 @click.option("--storage", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
-def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, a2a_chunk, tokens_per_block,
-        as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, storage,
-        **serving) -> None:
+def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, kv_precision, comm, cuda_graphs,
+        hopb, a2a_chunk, tokens_per_block, as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check,
+        fail_at, storage, **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
 
     With --workload, serve a request trace instead: requests join the batch at their (scaled)
@@ -121,9 +127,10 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
     failure = _parse_fail_at(fail_at)
     if serving["workload"] is None and layers is None:
         layers = 2
-    settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context, steps=steps,
-                    layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
-                    a2a_chunk=a2a_chunk, storage=storage, key_scale=key_scale, topology=topology)
+    settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context,
+                    steps=steps, layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision,
+                    kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, a2a_chunk=a2a_chunk,
+                    storage=storage, key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
             resolved = _resolve_run(world_size=ranks, **settings)
@@ -221,7 +228,8 @@ def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:
 
 
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
-                 seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32"):
+                 seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32", kv_precision="fp8",
+                 comm="trtllm", cuda_graphs=True):
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks
     (layers None: every layer of the model, as --workload runs default to)."""
     from .config import RunConfig, check_run_fits_model, load_model, make_layout, validate_layout
@@ -232,7 +240,8 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
     validate_layout(model, layout, world_size)
     layers = model.num_layers if layers is None else layers
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
-                           tokens_per_block=tokens_per_block, seed=seed, precision=precision, hopb=hopb,
+                           tokens_per_block=tokens_per_block, seed=seed, precision=precision,
+                           kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb,
                            a2a_chunk=a2a_chunk, storage=storage, key_scale=key_scale)
     check_run_fits_model(model, run_config)
     return model, layout, run_config, load_topology(topology)
@@ -263,7 +272,7 @@ def _resolve_serving(model, layout, run_config, topo, serving: dict):
     from .serving import Scheduler, ServingSetup
 
     workload = _load_workload(serving)
-    setup = ServingSetup(model, layout, topo, run_config.precision, run_config.hopb, run_config.tokens_per_block,
+    setup = ServingSetup(model, layout, topo, run_config.implementation(), run_config.hopb, run_config.tokens_per_block,
                          serving["max_batch"], serving["kv_transfer"], kv_capacity_tokens=serving["kv_capacity"])
     Scheduler(workload, setup)  # refuses requests that can never fit
     return workload, setup
@@ -333,15 +342,15 @@ def _print_run(outcome, layout, model, as_json: bool) -> None:
 @click.option("--gpus", "-g", type=int, default=8, show_default=True, help="GPUs N")
 @click.option("--layers", type=int, help="layers to time (default: all of the model)")
 @click.option("--steps", type=int, default=1, show_default=True, help="decode steps (context grows by one each)")
-def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, a2a_chunk,
-                  tokens_per_block, as_json, gpus, layers, steps, **serving) -> None:
+def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, kv_precision, comm,
+                  cuda_graphs, hopb, a2a_chunk, tokens_per_block, as_json, gpus, layers, steps, **serving) -> None:
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data.
 
     With --workload, serve a request trace at full model size (continuous batching, analytic)."""
     if serving["workload"] is not None:
         _refuse_fixed_batch_flags(False)
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
-                       gpus, serving, a2a_chunk)
+                       gpus, serving, a2a_chunk, kv_precision, comm, cuda_graphs)
         return
     from .analysis import format_summary, shape_of, summarize
     from .analytic import simulate
@@ -356,14 +365,14 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
         validate_layout(model, layout, gpus)
         run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers or model.num_layers,
-                               tokens_per_block=tokens_per_block, precision=precision, hopb=hopb,
-                               a2a_chunk=a2a_chunk)
+                               tokens_per_block=tokens_per_block, precision=precision, kv_precision=kv_precision,
+                               comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, a2a_chunk=a2a_chunk)
         topo = load_topology(topology)
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
     events = simulate(model, layout, run_config, topo)
     summary = summarize(events, shape_of(gpus, batch, run_config.layers, model))
-    memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block)
+    memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block, kv_precision)
     summary.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
                    precision=precision, context=context, hopb=hopb, memory=memory, fits=memory["fits"],
                    kv_bytes_per_gpu=memory["max_kv_bytes"], kv_read_s=memory["kv_read_s"])
@@ -437,7 +446,8 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
 
 
 def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json, gpus,
-                   serving: dict, a2a_chunk: int = 1) -> None:
+                   serving: dict, a2a_chunk: int = 1, kv_precision: str = "fp8", comm: str = "trtllm",
+                   cuda_graphs: bool = True) -> None:
     """`model --workload`: helix_mpi.serving.serve at full model size."""
     from .config import RunConfig, load_model, make_layout, validate_layout
     from .serving import scalar_metrics, serve
@@ -450,10 +460,10 @@ def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb
         layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
         validate_layout(model, layout, gpus)
         topo = load_topology(topology)
-        run_config = RunConfig(tokens_per_block=tokens_per_block, precision=precision, hopb=hopb, layers=1,
-                               a2a_chunk=a2a_chunk)
+        run_config = RunConfig(tokens_per_block=tokens_per_block, precision=precision, kv_precision=kv_precision,
+                               comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, layers=1, a2a_chunk=a2a_chunk)
         workload, setup = _resolve_serving(model, layout, run_config, topo, serving)
-        metrics = serve(workload, model, layout, topo, precision, hopb, tokens_per_block, setup.max_batch,
+        metrics = serve(workload, model, layout, topo, setup.impl, hopb, tokens_per_block, setup.max_batch,
                         setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens, a2a_chunk=a2a_chunk)
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
@@ -507,10 +517,11 @@ def _print_serving_run(outcome, layout, model, as_json: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import sweepcli, tracecli
+    from . import calibcli, sweepcli, tracecli
 
     tracecli.register(cli)
     sweepcli.register(cli)
+    calibcli.register(cli)
 
 
 _register_commands()

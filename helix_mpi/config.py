@@ -14,6 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .gpuops import ELEMENT_BYTES
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line: what and how to fix it."""
@@ -73,16 +75,22 @@ class ModelConfig:
     head_dim: int = _help("head size D (even, for RoPE)")
     ffn_size: int = _help("FFN width F")
     num_layers: int = _help("decoder layers of the full model")
+    vocab_size: int = _help("vocabulary V (embedding and LM head rows; 0: no LM head is modeled)", default=0)
     rope_theta: float = _help("RoPE base theta", default=500000.0)
     norm_eps: float = _help("RMSNorm epsilon", default=1e-5)
     mla: MLAConfig | None = _help("latent attention (then K = 1 and D = nope + rope)", default=None)
     moe: MoEConfig | None = _help("mixture of experts FFN", default=None)
+    fp8_block_scaled: bool = _help("FP8 weights carry 128x128 block scales (config.json quantization_config "
+                                   "weight_block_size, as DeepSeek-V3/R1): FP8 GEMMs run block-scaled kernels",
+                                   default=False)
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"model {self.name!r}: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 0:
+            raise ConfigError(f"model {self.name!r}: vocab_size must be an integer >= 0, got {self.vocab_size!r}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"model {self.name!r}: query heads {self.num_heads} are not a multiple of KV heads "
@@ -129,33 +137,46 @@ class ModelConfig:
 
 
 def _mla_model(name: str, hidden: int, heads: int, layers: int, mla: MLAConfig, ffn: int, moe: MoEConfig | None,
-               rope_theta: float = 10000.0, eps: float = 1e-6) -> ModelConfig:
-    return ModelConfig(name, hidden, heads, 1, mla.qk_nope_head_dim + mla.qk_rope_head_dim, ffn, layers,
-                       rope_theta, eps, mla=mla, moe=moe)
+               vocab: int = 0, rope_theta: float = 10000.0, eps: float = 1e-6, fp8_block_scaled: bool = False
+               ) -> ModelConfig:
+    return ModelConfig(name, hidden, heads, 1, mla.qk_nope_head_dim + mla.qk_rope_head_dim, ffn, layers, vocab,
+                       rope_theta, eps, mla=mla, moe=moe, fp8_block_scaled=fp8_block_scaled)
 
 
-# Public shapes from each model's Hugging Face config.json (meta-llama/Llama-3.1-*).
+def _gqa_model(name: str, hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int, layers: int,
+               vocab: int = 0, rope_theta: float = 500000.0, eps: float = 1e-5) -> ModelConfig:
+    return ModelConfig(name, hidden, heads, kv_heads, head_dim, ffn, layers, vocab, rope_theta, eps)
+
+
+# Public shapes from each model's Hugging Face config.json (meta-llama/Llama-3.1-*, Qwen/Qwen3-32B).
 MODEL_PRESETS: dict[str, ModelConfig] = {
-    "llama-3.1-405b": ModelConfig("llama-3.1-405b", 16384, 128, 8, 128, 53248, 126, 500000.0, 1e-5),
-    "llama-3.1-70b": ModelConfig("llama-3.1-70b", 8192, 64, 8, 128, 28672, 80, 500000.0, 1e-5),
-    "llama-3.1-8b": ModelConfig("llama-3.1-8b", 4096, 32, 8, 128, 14336, 32, 500000.0, 1e-5),
+    "llama-3.1-405b": _gqa_model("llama-3.1-405b", 16384, 128, 8, 128, 53248, 126, 128256),
+    "llama-3.1-70b": _gqa_model("llama-3.1-70b", 8192, 64, 8, 128, 28672, 80, 128256),
+    "llama-3.1-8b": _gqa_model("llama-3.1-8b", 4096, 32, 8, 128, 14336, 32, 128256),
+    # Qwen/Qwen3-32B config.json: hidden 5120, 64 heads, 8 KV heads of 128, FFN 25600, 64 layers,
+    # vocab 151936, rope_theta 1e6, rms_norm_eps 1e-6 (its per-head q/k RMSNorm is not modeled).
+    "qwen3-32b": _gqa_model("qwen3-32b", 5120, 64, 8, 128, 25600, 64, 151936, 1000000.0, 1e-6),
+    # Qwen/Qwen2.5-72B-Instruct config.json: hidden 8192, 64 heads, 8 KV heads, FFN 29568, 80 layers.
+    "qwen2.5-72b": _gqa_model("qwen2.5-72b", 8192, 64, 8, 128, 29568, 80, 152064, 1000000.0, 1e-6),
     # Tiny test models: same structure, shapes small enough for exact checks on a laptop.
-    "tiny": ModelConfig("tiny", 64, 8, 4, 16, 96, 4, 10000.0, 1e-5),
+    "tiny": _gqa_model("tiny", 64, 8, 4, 16, 96, 4, 256, 10000.0),
     # Q/K = 3 (not a power of two); 12 heads over 8 ranks and F = 100 over 8 ranks: uneven shards.
-    "tiny-gqa3": ModelConfig("tiny-gqa3", 48, 12, 4, 8, 100, 3, 10000.0, 1e-5),
+    "tiny-gqa3": _gqa_model("tiny-gqa3", 48, 12, 4, 8, 100, 3, 250, 10000.0),
     # A small model large enough for quick benchmarks.
-    "small": ModelConfig("small", 1024, 16, 8, 64, 2816, 8, 500000.0, 1e-5),
+    "small": _gqa_model("small", 1024, 16, 8, 64, 2816, 8, 32000),
     # deepseek-ai/DeepSeek-R1 config.json: hidden 7168, 128 heads, q_lora 1536, kv_lora 512, rope 64,
     # nope 128, v 128, 61 layers (first 3 dense, FFN 18432), 256 routed experts of width 2048 + 1
-    # shared, top-8, sigmoid scoring, norm_topk_prob, routed_scaling_factor 2.5. Not modeled:
-    # group-limited routing (n_group/topk_group), the score-correction bias, YaRN rope scaling.
+    # shared, top-8, sigmoid scoring, norm_topk_prob, routed_scaling_factor 2.5, vocab 129280. Not
+    # modeled: group-limited routing (n_group/topk_group), the score-correction bias, YaRN rope
+    # scaling, multi-token prediction. DeepSeek-V3 has the same shapes.
     "deepseek-r1": _mla_model("deepseek-r1", 7168, 128, 61, MLAConfig(1536, 512, 64, 128, 128), 18432,
-                              MoEConfig(256, 1, 8, 2048, 3, "sigmoid", True, 2.5)),
+                              MoEConfig(256, 1, 8, 2048, 3, "sigmoid", True, 2.5), 129280,
+                              fp8_block_scaled=True),  # quantization_config weight_block_size [128, 128]
     # Tiny MLA + MoE test model: 8 experts (top-2) so a small batch leaves some experts idle.
     "tiny-mla-moe": _mla_model("tiny-mla-moe", 64, 8, 3, MLAConfig(24, 32, 8, 16, 16), 96,
-                               MoEConfig(8, 1, 2, 24, 1, "softmax", True, 1.0)),
+                               MoEConfig(8, 1, 2, 24, 1, "softmax", True, 1.0), 256),
     "tiny-mla-moe-sigmoid": _mla_model("tiny-mla-moe-sigmoid", 64, 8, 2, MLAConfig(0, 32, 8, 16, 12), 96,
-                                       MoEConfig(8, 2, 3, 20, 0, "sigmoid", True, 2.5)),
+                                       MoEConfig(8, 2, 3, 20, 0, "sigmoid", True, 2.5), 256),
 }
 
 DEFAULT_MODEL = "tiny"
@@ -170,6 +191,7 @@ _HF_FIELDS = {
     "num_hidden_layers": "num_layers",
     "rope_theta": "rope_theta",
     "rms_norm_eps": "norm_eps",
+    "vocab_size": "vocab_size",
 }
 _REQUIRED_HF = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")
 _HF_MLA = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
@@ -204,7 +226,7 @@ def _moe_from_hf(fields: dict[str, Any], source: str) -> MoEConfig | None:
 
 def _model_from_hf(fields: dict[str, Any], name: str, source: str, strict: bool) -> ModelConfig:
     if strict:
-        known = set(_HF_FIELDS) | {"name"} | set(_HF_MLA) | set(_HF_MOE)
+        known = set(_HF_FIELDS) | {"name", "quantization_config"} | set(_HF_MLA) | set(_HF_MOE)
         for key in fields:
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -218,6 +240,9 @@ def _model_from_hf(fields: dict[str, Any], name: str, source: str, strict: bool)
         if hf_key in fields:
             kwargs[ours] = fields[hf_key]
     mla, moe = _mla_from_hf(fields, source), _moe_from_hf(fields, source)
+    quantization = fields.get("quantization_config")
+    if isinstance(quantization, dict) and quantization.get("weight_block_size"):
+        kwargs["fp8_block_scaled"] = True
     if mla is not None:  # one latent KV "head"; head_dim is the q/k head size nope + rope
         kwargs["num_kv_heads"], kwargs["head_dim"] = 1, mla.qk_nope_head_dim + mla.qk_rope_head_dim
         kwargs["mla"] = mla
@@ -372,10 +397,36 @@ def _validate_dp_ep(model: ModelConfig, layout: Layout, n: int) -> None:
 
 PRECISIONS = ("fp4", "fp8", "bf16")
 STORAGES = ("fp32", "bf16")  # host arrays; bf16 is kept as uint16 (kernels.bf16)
-# Bytes per element of weights and KV cache at each modeled precision (block scales ignored).
-PRECISION_BYTES = {"fp4": 0.5, "fp8": 1.0, "bf16": 2.0}
-ACTIVATION_BYTES = 2.0  # activations and exchanged partials travel in bf16
-LSE_BYTES = 4.0  # log-sum-exp values stay fp32
+COMMS = ("trtllm", "nccl")
+# Bytes per element of weights and KV cache at each modeled precision (NVFP4: with its block scales).
+PRECISION_BYTES = ELEMENT_BYTES
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """How the modeled GPUs run the plan: numeric formats, communication library, CUDA graphs."""
+
+    precision: str = _help("precision of the weights: fp4 (NVFP4), fp8 or bf16", default="fp4")
+    kv_precision: str = _help("precision of the KV cache: fp8 or bf16 (fp4: no measured kernel, roofline only)",
+                              default="fp8")
+    comm: str = _help("collectives: trtllm (TensorRT-LLM's custom all-reduce fused with residual + RMSNorm, its "
+                      "one-kernel all-to-all over NVLink) or nccl (NCCL as nccl-tests measures it)", default="trtllm")
+    cuda_graphs: bool = _help("kernels launched from CUDA graphs (a small gap each) rather than one by one from "
+                              "the host", default=True)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("precision", PRECISIONS), ("kv_precision", PRECISIONS), ("comm", COMMS)):
+            if getattr(self, name) not in allowed:
+                flag = name.replace("_", "-")
+                raise ConfigError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    @property
+    def fused_norm(self) -> bool:
+        """Residual add + RMSNorm run inside the preceding all-reduce kernel (TensorRT-LLM's fusion)."""
+        return self.comm == "trtllm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -388,7 +439,10 @@ class RunConfig:
     layers: int = _help("layers to emulate (the modeled TTL scales them to the full model)", default=2)
     tokens_per_block: int = _help("KV round robin: consecutive tokens placed on one KVP rank", default=16)
     seed: int = _help("seed of the counter-based generator of all weights and inputs", default=0)
-    precision: str = _help("modeled precision of weights and KV cache: fp4, fp8 or bf16", default="fp4")
+    precision: str = _help("modeled precision of the weights: fp4, fp8 or bf16", default="fp4")
+    kv_precision: str = _help("modeled precision of the KV cache: fp8, bf16 or fp4", default="fp8")
+    comm: str = _help("modeled collectives: trtllm or nccl", default="trtllm")
+    cuda_graphs: bool = _help("modeled kernels launched from CUDA graphs", default=True)
     hopb: bool = _help("HOP-B: overlap request b's all-to-all with request b+1's attention", default=True)
     a2a_chunk: int = _help("requests per KVP all-to-all (1: per request as in the paper; 0: whole batch)",
                            default=1)
@@ -403,14 +457,16 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         if not isinstance(self.context, int) or self.context < 0:
             raise ConfigError(f"--context must be an integer >= 0, got {self.context!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.implementation()  # validates precision, kv_precision and comm
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.storage not in STORAGES:
             raise ConfigError(f"--storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if not isinstance(self.a2a_chunk, int) or self.a2a_chunk < 0:
             raise ConfigError(f"--a2a-chunk must be an integer >= 0 (0: the whole batch), got {self.a2a_chunk!r}")
+
+    def implementation(self) -> Implementation:
+        return Implementation(self.precision, self.kv_precision, self.comm, self.cuda_graphs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

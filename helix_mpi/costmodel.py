@@ -239,3 +239,250 @@ def parse_size(text: str | int) -> int:
     if not match:
         raise ValueError(f"cannot parse size {text!r}; use an integer with optional K, M, G or T suffix, e.g. 8K")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+
+
+# === the calibrated model: measured tables, fitted physics, spec ====================================
+# Every duration below comes with its source, per element: what timed it.
+SPEC, FITTED, TABLE = 0, 1, 2
+SOURCES = ("spec", "fitted", "table")
+_FALLBACK_DTYPES = {"fp4": ("fp4", "fp8", "bf16"), "fp8": ("fp8", "fp8_block", "bf16"),
+                    "fp8_block": ("fp8_block", "fp8", "bf16"), "bf16": ("bf16",)}
+_PEAK_OF = {"fp4": "fp4", "fp8": "fp8", "fp8_block": "fp8", "bf16": "bf16"}
+
+
+def _roofline(flops, nbytes, topo: Topology, precision: str, kernels=1.0):
+    """Spec model of a kernel: max(FLOPs / peak, bytes / HBM bandwidth) + a launch gap per kernel."""
+    math_s = np.asarray(flops, float) / topo.gpu.flops_per_s[_PEAK_OF.get(precision, "bf16")]
+    memory_s = np.asarray(nbytes, float) / topo.gpu.hbm_bytes_per_s
+    return np.maximum(math_s, memory_s) + kernels * topo.gpu.launch_overhead_s
+
+
+def _choose(table_s, inside, fitted_s):
+    seconds = np.where(inside, table_s, fitted_s)
+    return seconds, np.where(inside, TABLE, FITTED)
+
+
+def _efficiency(parallel, fit) -> np.ndarray:
+    """Fraction of its bandwidth a kernel of `parallel` work units reaches (at least one unit: an
+    empty kernel still runs)."""
+    parallel = np.maximum(np.asarray(parallel, dtype=float), 1.0)
+    return parallel / (parallel + fit.p_half) if fit.p_half > 0 else 1.0
+
+
+def _gemm_seconds(k, topo: Topology):
+    from .calibration.fits import gemm_features
+
+    cal = topo.calibration
+    dtype = next((d for d in _FALLBACK_DTYPES[k.dtype] if cal is not None and d in cal.tables.gemm), None)
+    if dtype is None:
+        return _roofline(k.flops, k.hbm_bytes, topo, k.dtype), SPEC
+    fit = cal.fits.gemm[dtype]
+    fitted = fit(gemm_features(k.m, k.n, k.k, dtype, _efficiency(k.n * k.k / 2**20, fit)))
+    seconds, source = _choose(*cal.tables.gemm[dtype](k.m, k.n, k.k), fitted)
+    if k.fused_quant and dtype != "bf16" and "bf16" in cal.fits.gemm:
+        floor = cal.fits.gemm["bf16"].coefficients[0]
+        quantize = max(fit.coefficients[0] - floor, 0.0)  # the standalone activation quantization kernel
+        seconds = np.maximum(seconds - quantize, floor)
+    return seconds, source
+
+
+def _attention_seconds(k, topo: Topology):
+    from .calibration.fits import attention_features
+
+    cal = topo.calibration
+    fits = {} if cal is None else cal.fits.attention
+    dtype = k.kv_dtype if k.kv_dtype in fits else ("fp8" if "fp8" in fits else None)
+    if dtype is None:
+        return _roofline(k.flops, k.hbm_bytes, topo, "bf16"), SPEC
+    fit = fits[dtype]  # fp4 KV (no measured kernel): the fp8 kernel's physics at fp4 bytes
+    fitted = fit(attention_features(k.batch, k.q_heads, k.kv_heads, k.head_dim, k.tokens, k.kv_dtype,
+                                    _efficiency(k.batch * k.kv_heads, fit)))
+    grid = cal.tables.attention.get(k.kv_dtype, {}).get((int(k.q_heads), int(k.kv_heads), int(k.head_dim)))
+    if grid is None:
+        return fitted, FITTED
+    return _choose(*grid(k.batch, k.tokens), fitted)
+
+
+def _mla_seconds(k, topo: Topology):
+    from .calibration.fits import mla_features
+
+    cal = topo.calibration
+    fits = {} if cal is None else cal.fits.mla
+    dtype = k.kv_dtype if k.kv_dtype in fits else ("fp8" if "fp8" in fits else None)
+    if dtype is None:
+        return _roofline(k.flops, k.hbm_bytes, topo, "bf16"), SPEC
+    fit = fits[dtype]
+    fitted = fit(mla_features(k.batch, k.heads, k.tokens, k.kv_dtype, k.latent, k.rope, _efficiency(k.batch, fit)))
+    grid = cal.tables.mla.get(k.kv_dtype, {}).get(int(k.heads)) if (k.latent, k.rope) == (512, 64) else None
+    if grid is None:
+        return fitted, FITTED
+    return _choose(*grid(k.batch, k.tokens), fitted)
+
+
+_MOE_TABLE_DTYPES = {"bf16": ("bf16",), "fp8": ("fp8", "fp8_block"), "fp4": ("nvfp4",)}
+
+
+def _moe_seconds(k, topo: Topology):
+    from .calibration.fits import moe_features
+    from .gpuops import ELEMENT_BYTES
+
+    cal = topo.calibration
+    fit = None if cal is None else cal.fits.moe
+    if fit is None:
+        return _roofline(k.flops, k.hbm_bytes, topo, k.dtype), SPEC
+    fitted = fit(moe_features(k.hit, k.pairs, k.hidden, k.inter, ELEMENT_BYTES[k.dtype]))
+    key = (int(k.hidden), int(round(k.inter * k.tp)), int(k.topk), int(k.experts), int(round(k.tp)), int(round(k.ep)))
+    for dtype in _MOE_TABLE_DTYPES[k.dtype]:
+        grid = cal.tables.moe.get(dtype, {}).get(key)
+        if grid is not None:
+            return _choose(*grid(k.tokens), fitted)
+    return fitted, FITTED
+
+
+def _elementwise_seconds(k, topo: Topology):
+    cal = topo.calibration
+    if cal is None or cal.fits.shortest_kernel_s is None or "bf16" not in cal.fits.gemm:
+        return _roofline(k.flops, k.hbm_bytes, topo, "bf16", k.count), SPEC
+    per_byte = cal.fits.gemm["bf16"].coefficients[1]  # a streaming kernel's achieved seconds per byte
+    return k.count * cal.fits.shortest_kernel_s + k.nbytes * per_byte, FITTED
+
+
+def kernel_latency(kernel, topo: Topology) -> float:
+    """The fixed part of a kernel's time (what remains when it moves no data): the fitted t0 of its
+    kind on a calibrated topology, the launch overhead per kernel on the spec roofline."""
+    cal = topo.calibration
+    count = getattr(kernel, "count", 1.0)
+    if cal is None:
+        return count * topo.gpu.launch_overhead_s
+    kind = kernel.kind.value
+    if kind == "elementwise" and cal.fits.shortest_kernel_s is not None:
+        return count * cal.fits.shortest_kernel_s
+    fits = {"gemm": cal.fits.gemm.get(getattr(kernel, "dtype", ""), None), "moe": cal.fits.moe,
+            "attention": cal.fits.attention.get(getattr(kernel, "kv_dtype", ""), None),
+            "mla": cal.fits.mla.get(getattr(kernel, "kv_dtype", ""), None)}
+    fit = fits.get(kind)
+    return fit.coefficients[0] if fit is not None else count * topo.gpu.launch_overhead_s
+
+
+_KERNEL_TIMERS = {"gemm": _gemm_seconds, "attention": _attention_seconds, "mla": _mla_seconds,
+                  "moe": _moe_seconds, "elementwise": _elementwise_seconds}
+
+
+def kernel_seconds(kernel, topo: Topology, cuda_graphs: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, source) of one GPU kernel (`gpuops`), arrays if its shape is. Inside a measured
+    table: interpolated (TABLE); outside it: the physics fitted to the table (FITTED); on a
+    topology without tables: the roofline (SPEC). Without CUDA graphs a kernel takes at least the
+    host's launch time (kernels shorter than it leave the GPU idle)."""
+    seconds, source = _KERNEL_TIMERS[kernel.kind.value](kernel, topo)
+    if not cuda_graphs:
+        seconds = np.maximum(seconds, getattr(kernel, "count", 1.0) * topo.gpu.host_launch_s)
+    return seconds, source
+
+
+def collective_seconds(op, nbytes, nranks, topo: Topology, comm: str = "nccl") -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, source) of one collective (exactly 0 over one rank).
+
+    comm "nccl": nccl-tests' measured table where it has the rank count and size; otherwise the
+    algorithm NCCL would pick among the fitted ones (all-reduce, all-gather, reduce-scatter: the
+    faster of ring and NVLS; all-to-all: direct). comm "trtllm": the all-reduce is TensorRT-LLM's
+    custom kernel where measured (its AUTO strategy falls back to NCCL when NCCL is faster, and
+    beyond the measured rank counts), the all-to-all its one-kernel NVLink all-to-all where the
+    system has it measured; everything else as NCCL. A topology without tables: the spec formulas.
+    """
+    op = Collective(op).value
+    size, n = _validated(nbytes, nranks)
+    if topo.calibration is None:
+        seconds, source = np.asarray(collective_time(op, size, n, topo), float), np.full(np.shape(size * n), SPEC)
+    else:
+        local = np.minimum(n, topo.fabric.domain_size)  # ranks packed domain by domain
+        seconds, source = _in_domain_seconds(op, np.where(n > local, _local_size(op, size, n, local), size), local,
+                                             topo, comm)
+        seconds = np.where(n > local, _across_domains(op, size, n, local, seconds, topo), seconds)
+    one = n == 1
+    return np.where(one, 0.0, seconds), np.where(one, SPEC, source)
+
+
+def _in_domain_seconds(op: str, size, n, topo: Topology, comm: str):
+    seconds, source = _nccl_seconds(op, size, n, topo)
+    if comm == "trtllm":
+        seconds, source = _trtllm_seconds(op, size, n, topo, seconds, source)
+    return seconds, source
+
+
+def _local_size(op: str, size, n, local):
+    """nccl-tests size of the in-domain part of a collective spanning domains (hierarchical: the
+    all-reduce runs in full inside each domain; an all-to-all's local share stays on NVLink)."""
+    return size * local / n if op == "all_to_all" else size
+
+
+def _across_domains(op: str, size, n, local, in_domain, topo: Topology):
+    """A collective whose n ranks span m = n / local NVLink domains, as NCCL's hierarchical
+    algorithms run it: the in-domain part (`in_domain`) plus a ring over the m domains on the
+    scale-out network carrying 1 / local of the data per GPU (one NIC per GPU, each moving its
+    slice), e.g. all-reduce = reduce-scatter and all-gather inside the domain, all-reduce across.
+    An all-to-all sends its remote share over the network while the local share uses NVLink."""
+    from .collective_algorithms import Ring
+
+    m = np.ceil(n / local)
+    net = topo.scale_out
+    ring = Ring(0.0, net.latency_s, net.bytes_per_s)
+    if op == "all_to_all":
+        remote = ring.seconds(op, size * (n - local) / n * m / np.maximum(m - 1, 1), m)
+        return np.maximum(in_domain, remote)
+    return in_domain + ring.seconds(op, size / local, m)
+
+
+def _nccl_algorithms(op: str, topo: Topology) -> list:
+    from .collective_algorithms import Direct, Nvls, Ring
+
+    fits = topo.calibration.fits.collectives
+    fit = fits.nccl.get(op)
+    if fit is None:
+        return []
+    base, latency, per_byte = fit.coefficients
+    if op == "all_to_all":
+        return [Direct(base, latency, 1 / per_byte)]
+    algorithms = [Ring(base, latency, 1 / per_byte)]
+    if topo.fabric.nvls_available and op in fits.nvls_bandwidth:
+        algorithms.append(Nvls(base, topo.fabric.nvls_base_s, fits.nvls_bandwidth[op]))
+    return algorithms
+
+
+def _nccl_seconds(op: str, size: np.ndarray, n: np.ndarray, topo: Topology):
+    algorithms = _nccl_algorithms(op, topo)
+    if not algorithms:
+        return np.asarray(collective_time(op, size, n, topo), float), np.full(np.broadcast(size, n).shape, SPEC)
+    fitted = np.min([a.seconds(op, size, n) for a in algorithms], axis=0)
+    seconds, source = np.broadcast_to(fitted, np.broadcast(size, n).shape).copy(), np.full(np.shape(fitted), FITTED)
+    for ranks, grid in topo.calibration.tables.nccl.get(op, {}).items():
+        measured, inside = grid(size)
+        inside = inside & (n == ranks)
+        seconds, source = np.where(inside, measured, seconds), np.where(inside, TABLE, source)
+    return seconds, source
+
+
+def _trtllm_seconds(op: str, size, n, topo: Topology, nccl_s, nccl_source):
+    from .calibration.fits import TRTLLM_ALL_REDUCE_MAX_BYTES, TRTLLM_ALL_REDUCE_MAX_RANKS
+    from .collective_algorithms import Ring
+
+    cal = topo.calibration
+    if op == "all_reduce":  # AUTO: the custom kernel where it applies and is faster, else NCCL
+        seconds, source = nccl_s, nccl_source
+        fit = cal.fits.collectives.trtllm_all_reduce
+        if fit is not None:
+            custom = Ring(*fit.coefficients[:2], 1 / fit.coefficients[2]).seconds(op, size, n)
+            better = (n <= TRTLLM_ALL_REDUCE_MAX_RANKS) & (size <= TRTLLM_ALL_REDUCE_MAX_BYTES) & (custom < seconds)
+            seconds, source = np.where(better, custom, seconds), np.where(better, FITTED, source)
+        for ranks, grid in cal.tables.trtllm_allreduce.items():
+            measured, inside = grid(size)
+            better = inside & (n == ranks) & (size <= TRTLLM_ALL_REDUCE_MAX_BYTES) & (measured < nccl_s)
+            seconds, source = np.where(better, measured, seconds), np.where(better, TABLE, source)
+        return seconds, source
+    fit = cal.fits.collectives.one_kernel_all_to_all
+    if op == "all_to_all" and fit is not None:
+        from .collective_algorithms import OneKernelAllToAll
+
+        base, peer, per_byte = fit.coefficients
+        seconds = OneKernelAllToAll(base, peer, 1 / per_byte).seconds(op, size, n)
+        return np.broadcast_to(seconds, np.shape(nccl_s)).copy(), np.full(np.shape(nccl_s), FITTED)
+    return nccl_s, nccl_source

@@ -14,14 +14,16 @@ from mpi4py import MPI
 from . import kernels
 from .axes import Axis
 from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
-from .config import PRECISION_BYTES, Layout, ModelConfig, RunConfig, Strategy
+from .config import Layout, ModelConfig, RunConfig, Strategy
 from . import synth
 from .kvcache import (ShardedKVCache, initial_kv, kvp_owner, owned_positions, storage_dtype, to_storage,
                       tokens_held)
 from .mesh import RankMesh
 from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, mla_project, moe_forward,
                     next_step_input, project_output, project_qkv, route, swiglu_mlp)
-from .plan import (Op, dp_ep_expert_cost, dp_requests, layer_plan, moe_cost, op_collective_fields,
+from .costmodel import SOURCES
+from .gpuops import KernelKind, total_bytes, total_flops
+from .plan import (Op, dp_requests, layer_plan, op_collective_fields, op_shape_fields, tail_plan,
                    op_dep_fields)
 from .serving import Scheduler, emulated_layer_weights
 from .sharding import UNIT, initial_input, layer_weights, rank_shard
@@ -113,7 +115,7 @@ class Emulator:
         self.kvp_rank = mesh.coord(Axis.KVP)
         self.data_parallel = layout.strategy is Strategy.DP_EP
         self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) for layer in range(run.layers)]
-        self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.precision)
+        self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.implementation())
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
 
@@ -145,6 +147,7 @@ class Emulator:
             self.step_events = []
             for layer in range(run.layers):
                 x = self._layer(step, layer, x, batch)
+            self._tail(step, batch)
             outputs.append(self._whole_batch(x))
             step_times.append(float(self.clocks.now()[0]) - step_start)
             self._flush_step(step, sink)
@@ -172,18 +175,32 @@ class Emulator:
 
     def _layer(self, step: int, layer: int, x: np.ndarray, batch: StepBatch) -> np.ndarray:
         kv_lengths = self._held(layer) + batch.appends  # local tokens per request incl. the new one
-        plan = layer_plan(self.model, self.layout, self.mesh.rank, layer, kv_lengths, self.run.precision,
+        plan = layer_plan(self.model, self.layout, self.mesh.rank, layer, kv_lengths, self.timer.impl,
                           self.run.hopb, self.run.a2a_chunk)
-        schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
         state = _LayerState(x=x.copy())
+        return self._run_plan(step, layer, plan, state, batch).x
+
+    def _run_plan(self, step: int, layer: int, plan: list, state, batch: StepBatch):
+        """Execute a plan's ops (their data effect on `state`), charge each its modeled time."""
+        schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
         for index, op in enumerate(plan):
             host_start = time.perf_counter() - self.host_t0
             op = self._execute(op, state, layer, batch) or op
             host_end = time.perf_counter() - self.host_t0
-            start, end = schedule.place(index, op, self.timer.ops_seconds([op]))
+            seconds, source = self.timer.op_timing(op)
+            start, end = schedule.place(index, op, np.array([seconds]))
             request = int(batch.ids[op.request]) if op.request >= 0 else -1
-            self._record(step, layer, index, op, request, float(start[0]), float(end[0]), host_start, host_end)
-        return state.x
+            self._record(step, layer, index, op, request, float(start[0]), float(end[0]), host_start, host_end,
+                         source, len(batch.ids))
+        return state
+
+    def _tail(self, step: int, batch: StepBatch) -> None:
+        """The step's LM head, logits gather and sampling (recorded as layer `layers`). Time only:
+        the emulated next-step input is RMSNorm of the last layer's output (README), so the LM
+        head's math is not run; its kernels and gather are charged as `helix-mpi model` charges them."""
+        plan = tail_plan(self.model, self.layout, self.mesh.rank, len(batch.ids), self.timer.impl)
+        if plan:
+            self._run_plan(step, self.run.layers, plan, None, batch)
 
     # --- the KV cache of the batch (a serving emulator keeps it in slots instead) -------------
     def _held(self, layer: int) -> np.ndarray:
@@ -273,9 +290,14 @@ class Emulator:
             return None
         state.partial_sum = moe_forward(state.g, w, experts, weights)
         held = np.isin(experts, np.asarray(self.shard.experts))
-        flops, nbytes = moe_cost(self.model, self.shard, len(state.g), len(np.unique(experts[held])),
-                                 int(held.sum()), PRECISION_BYTES[self.run.precision])
-        return dataclasses.replace(op, flops=flops, hbm_bytes=nbytes)
+        return self._with_routing(op, len(np.unique(experts[held])), int(held.sum()))
+
+    def _with_routing(self, op: Op, hit: int, pairs: int) -> Op:
+        """The MoE op with the experts the real routing hit and the (token, expert) rows it made."""
+        kernels = [dataclasses.replace(k, hit=float(hit), pairs=float(pairs)) if k.kind is KernelKind.MOE else k
+                   for k in op.kernels]
+        return dataclasses.replace(op, kernels=tuple(kernels), flops=total_flops(kernels),
+                                   hbm_bytes=total_bytes(kernels))
 
     def _op_all_reduce_ffn(self, op, state, layer, batch):
         summed = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
@@ -309,9 +331,12 @@ class Emulator:
             out[mask] = received[mask, H + 1][:, None] * swiglu_mlp(np.ascontiguousarray(received[mask, :H]),
                                                                   w.experts[int(expert)])
         state.dispatch = (out, *state.dispatch[1:])
-        flops, nbytes = dp_ep_expert_cost(self.model, self.shard, len(np.unique(ids)), len(ids),
-                                          PRECISION_BYTES[self.run.precision])
-        return dataclasses.replace(op, flops=flops, hbm_bytes=nbytes)
+        return self._with_routing(op, len(np.unique(ids)), len(ids))
+
+    def _op_lm_head(self, op, state, layer, batch):
+        """Time only (see `_tail`)."""
+
+    _op_logits_gather = _op_sampling = _op_lm_head
 
     def _op_all_to_all_combine(self, op, state, layer, batch):
         out, tokens, sent_counts, received_counts = state.dispatch
@@ -321,10 +346,10 @@ class Emulator:
 
     # --- events --------------------------------------------------------------------------
     def _record(self, step: int, layer: int, index: int, op: Op, request: int, start: float, end: float,
-                host_start: float, host_end: float) -> None:
+                host_start: float, host_end: float, source: int, batch: int) -> None:
         self.step_events.append((self.mesh.rank, step, layer, request, index, *op_dep_fields(op),
                                  op.name.value, op.stream.value, *op_collective_fields(op), op.flops,
-                                 start, end, host_start, host_end))
+                                 *op_shape_fields(op, batch), SOURCES[source], start, end, host_start, host_end))
 
     def _flush_step(self, step: int, sink: StepSink | None) -> None:
         events = np.array(self.step_events, dtype=EVENT_DTYPE)
@@ -454,7 +479,8 @@ class ServingEmulator(Emulator):
         self.slot_of: dict[int, int] = {}  # request -> slot
         self.x: dict[int, np.ndarray] = {}  # request -> [H] input of layer 0 at its next step
         self.slots = np.zeros(0, dtype=np.int64)  # [b] slots of the step's local requests
-        self.layer_weight = emulated_layer_weights(model, run.layers)  # [layers] full-model weight of each
+        # full-model weight of each emulated layer [layers], then the tail's, charged once per step
+        self.layer_weight = np.concatenate([emulated_layer_weights(model, run.layers), [1.0]])
 
     def serve(self, sink: StepSink | None = None, keep_outputs: bool = False) -> ServingResult:
         sched, comm = self.scheduler, self.mesh.comm
@@ -469,7 +495,7 @@ class ServingEmulator(Emulator):
             local = requests if not self.data_parallel else requests[sched.owner[requests] == self.mesh.rank]
             batch = self._join(local)
             x_in = np.array([self.x[r] for r in local], np.float32).reshape(len(local), self.model.hidden_size)
-            ends, x = self._step(step, x_in, batch, emulated)  # ends [layers], x [b, H]
+            ends, x = self._step(step, x_in, batch, emulated)  # ends [layers + 1], x [b, H]
             now = start + float(np.diff(np.concatenate([[emulated], ends])) @ self.layer_weight)
             emulated = float(ends[-1])
             if keep_outputs:
@@ -506,14 +532,17 @@ class ServingEmulator(Emulator):
         return owned_positions(prompt, self.kvp_rank, self.layout.kvp, self.run.tokens_per_block)
 
     def _step(self, step: int, x: np.ndarray, batch: StepBatch, start: float) -> tuple[np.ndarray, np.ndarray]:
-        """All emulated layers from the common start; returns (global end of each layer [layers], x)."""
+        """All emulated layers and the tail from the common start; returns (global end of each
+        [layers + 1], x)."""
         for stream in self.clocks.free:
             self.clocks.free[stream][:] = start
         self.step_events, self.routing_log = [], {}
-        ends = np.empty(self.run.layers)
+        ends = np.empty(self.run.layers + 1)
         for layer in range(self.run.layers):
             x = self._layer(step, layer, x, batch)
             ends[layer] = self.clocks.now()[0]
+        self._tail(step, batch)
+        ends[-1] = self.clocks.now()[0]  # the tail (LM head, sampling) ends the step
         self.mesh.comm.Allreduce(MPI.IN_PLACE, ends, op=MPI.MAX)
         return ends, x
 

@@ -1,7 +1,8 @@
 """Per-GPU memory at the modeled precision: weights held and KV cache, against HBM capacity.
 
 Counts every layer of the full model (not only the emulated ones). Not counted: embeddings and
-LM head, activations, communication buffers and the runtime's own reserve."""
+LM head, activations, communication buffers and the runtime's own reserve. NVFP4 weights count
+their block scales (4.5 bits per value)."""
 from __future__ import annotations
 
 from typing import Any
@@ -18,9 +19,11 @@ from .topology import Topology
 
 
 def rank_memory(model: ModelConfig, layout: Layout, rank: int, batch: int, tokens: int,
-                precision: str, tokens_per_block: int = 1) -> dict[str, float]:
-    """Weights and KV bytes on one rank when every request holds `tokens` tokens."""
+                precision: str, tokens_per_block: int = 1, kv_precision: str | None = None) -> dict[str, float]:
+    """Weights (at `precision`) and KV bytes (at `kv_precision`, default the same) on one rank when
+    every request holds `tokens` tokens."""
     shard, wb = rank_shard(model, layout, rank), PRECISION_BYTES[precision]
+    kvb = PRECISION_BYTES[kv_precision or precision]
     attention = qkv_weight_elements(model, shard) + out_weight_elements(model, shard)
     weights = sum(attention + ffn_weight_elements(model, shard, layer) for layer in range(model.num_layers))
     if layout.strategy is Strategy.DP_EP:
@@ -29,14 +32,14 @@ def rank_memory(model: ModelConfig, layout: Layout, rank: int, batch: int, token
         requests = batch
         held = int(tokens_held(tokens, layout.kvp, tokens_per_block)[coordinates(layout, rank)[Axis.KVP]])
     kv = requests * held * kv_elements_per_token(model, shard) * model.num_layers
-    return {"rank": rank, "weights_bytes": weights * wb, "kv_bytes": kv * wb}
+    return {"rank": rank, "weights_bytes": weights * wb, "kv_bytes": kv * kvb}
 
 
 def memory_report(model: ModelConfig, layout: Layout, batch: int, tokens: int, precision: str,
-                  topo: Topology, tokens_per_block: int = 1) -> dict[str, Any]:
+                  topo: Topology, tokens_per_block: int = 1, kv_precision: str | None = None) -> dict[str, Any]:
     """Per-rank memory, the largest total, and whether it fits in the topology's HBM.
     `kv_read_s`: time to stream the busiest rank's whole KV cache once (every decode step does)."""
-    per_rank = [rank_memory(model, layout, r, batch, tokens, precision, tokens_per_block)
+    per_rank = [rank_memory(model, layout, r, batch, tokens, precision, tokens_per_block, kv_precision)
                 for r in range(layout.world_size)]
     totals = np.array([r["weights_bytes"] + r["kv_bytes"] for r in per_rank])
     return {

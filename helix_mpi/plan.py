@@ -1,8 +1,11 @@
-"""The plan: one decode step of one layer as a short op list per rank (DESIGN.md section 2).
+"""The plan: one decode step of one layer as a short op list per rank (docs/design.md section 2).
 
-Built from (model, layout, rank, layer, local KV lengths, precision, HOP-B) by pure functions.
-The emulator executes it on real data, the cost model times it; both read the same ops.
-Bytes and FLOPs are those of the *modeled* precision, not of the fp32 host arrays.
+Built from (model, layout, rank, layer, local KV lengths, implementation, HOP-B) by pure functions.
+The emulator executes it on real data, the timing engine times it; both read the same ops. A
+compute op is the sequence of GPU kernels it launches (`gpuops`), described by their shapes at the
+*modeled* precisions (weights `impl.precision`, KV cache `impl.kv_precision`), not by the host
+arrays; a collective op by its kind, group and nccl-tests size. Once per step, after the last
+layer, the tail plan (`tail_plan`) runs the final norm, the LM head and sampling.
 """
 from __future__ import annotations
 
@@ -13,16 +16,18 @@ from enum import Enum
 import numpy as np
 
 from .axes import ATTENTION_AXES, FFN_AXES, Axis, Stream, group_name
-from .config import ACTIVATION_BYTES, LSE_BYTES, PRECISION_BYTES, Layout, ModelConfig, Strategy
+from .config import Implementation, Layout, ModelConfig, Strategy
 from .costmodel import Collective
+from .gpuops import (ACTIVATION_BYTES, LSE_BYTES, Attention, Elementwise, Gemm, MlaAttention, MoeExperts,
+                     expected_hits, total_bytes, total_flops)
 from .mesh import group_size
 from .sharding import RankShard, even_splits, rank_shard
 
 
 class OpName(str, Enum):
-    QKV = "qkv"  # RMSNorm + Q/K/V (or MLA latent) projections + RoPE + KV append (steps 1-2)
-    ATTENTION = "attention"  # flash-decoding partial attention (per request under KVP, step 3)
-    ALL_TO_ALL = "all_to_all"  # exchange of one request's partials in the KVP group (step 4)
+    QKV = "qkv"  # RMSNorm + Q/K/V (or MLA latent) projections (steps 1-2)
+    ATTENTION = "attention"  # RoPE + KV append + flash-decoding partial attention (per chunk under KVP, step 3)
+    ALL_TO_ALL = "all_to_all"  # exchange of one chunk's partials in the KVP group (step 4)
     COMBINE_OUT_PROJ = "combine_out_proj"  # LSE combine + (W_UV +) output projection rows (5-6)
     ALL_REDUCE_ATTN = "all_reduce_attn"  # sum of the output projection over the attention ranks
     FFN = "ffn"  # RMSNorm + SwiGLU FFN shard
@@ -32,6 +37,9 @@ class OpName(str, Enum):
     DISPATCH = "all_to_all_dispatch"  # dp-ep: tokens to the ranks of their experts
     EXPERTS = "experts"  # dp-ep: the held experts on the tokens received
     COMBINE = "all_to_all_combine"  # dp-ep: expert outputs back to the tokens' ranks
+    LM_HEAD = "lm_head"  # tail: final RMSNorm + the rank's vocabulary rows of the LM head
+    LOGITS_GATHER = "logits_gather"  # tail: the vocabulary shards' logits gathered
+    SAMPLING = "sampling"  # tail: softmax / top-k sampling of the next token + its embedding row
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,9 @@ class Op:
     # Indices of ops in the same layer plan that must finish first, beyond the order of the op's
     # own stream (ops on one stream run in plan order). At most two, so traces can store them.
     deps: tuple[int, ...] = ()
-    flops: float = 0.0
-    hbm_bytes: float = 0.0
+    kernels: tuple = ()  # compute: the GPU kernels it launches, in order (gpuops)
+    flops: float = 0.0  # compute: the kernels' FLOPs
+    hbm_bytes: float = 0.0  # compute: the kernels' HBM bytes
     collective: Collective | None = None
     group: tuple[Axis, ...] = ()
     group_size: int = 1
@@ -55,6 +64,13 @@ class Op:
     @property
     def is_collective(self) -> bool:
         return self.collective is not None
+
+
+def compute_op(name: OpName, kernels, deps: tuple[int, ...] = (), **fields) -> Op:
+    """A compute op launching `kernels` (its FLOPs and bytes are theirs)."""
+    kernels = tuple(kernels)
+    return Op(name, Stream.COMPUTE, deps=deps, kernels=kernels, flops=total_flops(kernels),
+              hbm_bytes=total_bytes(kernels), **fields)
 
 
 def attention_index(chunk: int) -> int:
@@ -78,7 +94,29 @@ def _collective(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis
               nbytes=nbytes)
 
 
-# --- attention ---------------------------------------------------------------------------------
+def _gemm(m, n, k, dtype: str, impl: Implementation) -> Gemm:
+    """A weight GEMM at `dtype`; its FP8/FP4 input is quantised by its producer under TensorRT-LLM."""
+    return Gemm(m, n, k, dtype, fused_quant=impl.fused_norm and dtype != "bf16")
+
+
+def gemm_dtype(model: ModelConfig, impl: Implementation) -> str:
+    """The GEMM kernels' weight format: the modeled precision, block-scaled FP8 for checkpoints
+    whose FP8 weights carry block scales."""
+    return "fp8_block" if impl.precision == "fp8" and model.fp8_block_scaled else impl.precision
+
+
+def _norm(batch: int, width: int) -> Elementwise:
+    """RMSNorm of [batch, width] activations (read, write) with its weight vector."""
+    return Elementwise((2 * batch + 1) * width * ACTIVATION_BYTES)
+
+
+def _input_norm(batch: int, H: int, impl: Implementation, reduced_before: bool) -> list:
+    """The residual add + RMSNorm before an attention or FFN block; none when it runs inside the
+    preceding all-reduce (TensorRT-LLM's fusion, when that all-reduce has more than one member)."""
+    return [] if impl.fused_norm and reduced_before else [_norm(batch, H)]
+
+
+# --- weights held (memory and GEMM shapes) -------------------------------------------------------
 def qkv_weight_elements(model: ModelConfig, shard: RankShard) -> int:
     """Weights read by the QKV op: W_Q/W_K/W_V columns, or MLA's down/up projections and W_UK."""
     H, q_heads = model.hidden_size, len(shard.q_heads)
@@ -113,26 +151,30 @@ def ffn_weight_elements(model: ModelConfig, shard: RankShard, layer: int) -> int
     return H * moe.n_routed_experts + 3 * H * (len(shard.experts) * len(shard.expert_cols) + len(shard.shared_cols))
 
 
-def _qkv_op(model: ModelConfig, shard: RankShard, batch: int, wb: float) -> Op:
-    H, ab = model.hidden_size, ACTIVATION_BYTES
-    q_heads, kv_heads = len(shard.q_heads), len(shard.kv_heads)
-    weights = qkv_weight_elements(model, shard)
+# --- attention ---------------------------------------------------------------------------------
+def qkv_kernels(model: ModelConfig, shard: RankShard, batch: int, impl: Implementation, reduced_before: bool) -> list:
+    """Input norm and projections. GQA: one fused W_Q|W_K|W_V GEMM. MLA (absorbed decode): the fused
+    down-projections [q_a | kv_a], their norms, W_q_b, and W_UK applied per head (a batched GEMM,
+    timed as one GEMM with the same FLOPs and bytes)."""
+    H, qh, wdt = model.hidden_size, len(shard.q_heads), gemm_dtype(model, impl)
+    kernels = _input_norm(batch, H, impl, reduced_before)
     if model.mla is None:
-        outputs = (q_heads + 2 * kv_heads) * model.head_dim
-    else:
-        outputs = q_heads * model.mla.cache_dim + model.mla.cache_dim
-    return Op(OpName.QKV, Stream.COMPUTE, flops=2.0 * batch * weights,
-              hbm_bytes=weights * wb + batch * (H + outputs) * ab)
-
-
-def attention_cost(model: ModelConfig, q_heads: int, kv_heads: int, tokens: float, wb: float) -> tuple[float, float]:
-    """(FLOPs, HBM bytes) of decode attention of one request over `tokens` cached tokens."""
-    if model.mla is None:
-        D = model.head_dim
-        return 4.0 * q_heads * D * tokens, 2.0 * kv_heads * tokens * D * wb + 2 * q_heads * D * ACTIVATION_BYTES
+        return kernels + [_gemm(batch, (qh + 2 * len(shard.kv_heads)) * model.head_dim, H, wdt, impl)]
     m = model.mla
-    flops = 2.0 * q_heads * (m.cache_dim + m.kv_lora_rank) * tokens  # scores over L+R, values over L
-    return flops, tokens * m.cache_dim * wb + 2 * q_heads * m.cache_dim * ACTIVATION_BYTES
+    q_in = m.q_lora_rank or H
+    kernels.append(_gemm(batch, m.q_lora_rank + m.cache_dim, H, wdt, impl))
+    kernels.append(Elementwise(2 * batch * (m.q_lora_rank + m.kv_lora_rank) * ACTIVATION_BYTES))
+    kernels.append(_gemm(batch, qh * (m.qk_nope_head_dim + m.qk_rope_head_dim), q_in, wdt, impl))
+    kernels.append(_gemm(batch, qh * m.kv_lora_rank, m.qk_nope_head_dim, wdt, impl))
+    return kernels
+
+
+def attention_kernel(model: ModelConfig, shard: RankShard, batch: int, tokens: float, impl: Implementation):
+    """Decode attention of `batch` requests of `tokens` local KV tokens each (their mean)."""
+    if model.mla is None:
+        return Attention(batch, len(shard.q_heads), len(shard.kv_heads), model.head_dim, tokens, impl.kv_precision)
+    m = model.mla
+    return MlaAttention(batch, len(shard.q_heads), tokens, m.kv_lora_rank, m.qk_rope_head_dim, impl.kv_precision)
 
 
 def partial_width(model: ModelConfig) -> int:
@@ -140,62 +182,77 @@ def partial_width(model: ModelConfig) -> int:
     return model.head_dim if model.mla is None else model.mla.kv_lora_rank
 
 
-def _combine_op(model: ModelConfig, shard: RankShard, batch: int, kvp: int, wb: float, deps) -> Op:
-    H, n, width = model.hidden_size, len(shard.combine_heads), partial_width(model)
-    weights = out_weight_elements(model, shard)
-    values = n * (width if model.mla is None else model.mla.v_head_dim)
-    flops = 2.0 * batch * weights + 4.0 * kvp * batch * n * width
-    exchanged = kvp * batch * n * (width * ACTIVATION_BYTES + LSE_BYTES) if kvp > 1 else 0.0
-    return Op(OpName.COMBINE_OUT_PROJ, Stream.COMPUTE, deps=deps, flops=flops,
-              hbm_bytes=weights * wb + exchanged + batch * (values + H) * ACTIVATION_BYTES)
+def out_kernels(model: ModelConfig, shard: RankShard, batch: int, kvp: int, impl: Implementation) -> list:
+    """LSE combine of the KVP partials (when exchanged), then (W_UV and) the W_O rows of the heads."""
+    H, n, wdt, width = model.hidden_size, len(shard.combine_heads), gemm_dtype(model, impl), partial_width(model)
+    kernels = []
+    if kvp > 1:
+        exchanged = kvp * batch * n * (width * ACTIVATION_BYTES + LSE_BYTES)
+        kernels.append(Elementwise(exchanged + batch * n * width * ACTIVATION_BYTES, flops=4.0 * kvp * batch * n * width))
+    if model.mla is None:
+        return kernels + [_gemm(batch, H, n * model.head_dim, wdt, impl)]
+    v = model.mla.v_head_dim
+    return kernels + [_gemm(batch, n * v, model.mla.kv_lora_rank, wdt, impl), _gemm(batch, H, n * v, wdt, impl)]
 
 
-def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengths: np.ndarray, wb: float,
-                  hopb: bool, a2a_chunk: int = 1) -> list[Op]:
+def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengths: np.ndarray,
+                  impl: Implementation, hopb: bool, a2a_chunk: int = 1, reduced_before: bool = False) -> list[Op]:
     """QKV, attention (+ an all-to-all per chunk of `a2a_chunk` requests under KVP: 1 is the
-    paper's per-request HOP-B, 0 one exchange for the whole batch), combine + output projection."""
+    paper's per-request HOP-B, 0 one exchange for the whole batch), combine + output projection.
+    `reduced_before`: the layer's input comes out of an all-reduce the input norm can fuse into."""
     batch = len(kv_lengths)
-    q_heads, kv_heads = len(shard.q_heads), len(shard.kv_heads)
-    ops = [_qkv_op(model, shard, batch, wb)]
+    ops = [compute_op(OpName.QKV, qkv_kernels(model, shard, batch, impl, reduced_before))]
     if layout.kvp == 1 or batch == 0:  # no exchange: one attention op over the whole batch
-        costs = [attention_cost(model, q_heads, kv_heads, float(t), wb) for t in kv_lengths]
-        ops.append(Op(OpName.ATTENTION, Stream.COMPUTE, flops=sum(c[0] for c in costs),
-                      hbm_bytes=sum(c[1] for c in costs)))
-        ops.append(_combine_op(model, shard, batch, 1, wb, ()))
+        mean = float(np.mean(kv_lengths)) if batch else 0.0
+        ops.append(compute_op(OpName.ATTENTION, [attention_kernel(model, shard, batch, mean, impl)]))
+        ops.append(compute_op(OpName.COMBINE_OUT_PROJ, out_kernels(model, shard, batch, 1, impl)))
         return ops
-    partial_bytes = q_heads * (partial_width(model) * ACTIVATION_BYTES + LSE_BYTES)  # out [Qh, W] + lse [Qh]
+    partial_bytes = len(shard.q_heads) * (partial_width(model) * ACTIVATION_BYTES + LSE_BYTES)  # out [Qh, W] + lse
     chunks = request_chunks(batch, a2a_chunk)
     for k, chunk in enumerate(chunks):
-        costs = [attention_cost(model, q_heads, kv_heads, float(kv_lengths[b]), wb) for b in chunk]
+        mean = float(np.mean(kv_lengths[chunk.start:chunk.stop]))
         deps = () if hopb or k == 0 else (all_to_all_index(k - 1),)  # qkv precedes on the stream
-        ops.append(Op(OpName.ATTENTION, Stream.COMPUTE, request=chunk.start, requests=len(chunk), deps=deps,
-                      flops=sum(c[0] for c in costs), hbm_bytes=sum(c[1] for c in costs)))
+        ops.append(compute_op(OpName.ATTENTION, [attention_kernel(model, shard, len(chunk), mean, impl)], deps,
+                              request=chunk.start, requests=len(chunk)))
         a2a = _collective(OpName.ALL_TO_ALL, Collective.ALL_TO_ALL, layout, (Axis.KVP,), len(chunk) * partial_bytes,
                           (attention_index(k),))
         ops.append(dataclasses.replace(a2a, request=chunk.start, requests=len(chunk)))
     # earlier all-to-alls precede the last one on the comm stream
-    ops.append(_combine_op(model, shard, batch, layout.kvp, wb, (all_to_all_index(len(chunks) - 1),)))
+    ops.append(compute_op(OpName.COMBINE_OUT_PROJ, out_kernels(model, shard, batch, layout.kvp, impl),
+                          (all_to_all_index(len(chunks) - 1),)))
     return ops
 
 
 # --- FFN -----------------------------------------------------------------------------------------
-def expected_moe_load(model: ModelConfig, experts_held: int, tokens: int) -> tuple[float, float]:
+def expected_moe_load(model: ModelConfig, experts_held: int, tokens) -> tuple:
     """(expected distinct held experts hit, expected token-expert pairs on held experts) when each
     of `tokens` tokens picks k of E experts uniformly (the analytic stand-in for real routing)."""
     moe = model.moe
-    pick = moe.experts_per_token / moe.n_routed_experts
-    return experts_held * (1.0 - (1.0 - pick) ** tokens), tokens * moe.experts_per_token * experts_held / moe.n_routed_experts
+    return expected_hits(experts_held, moe.n_routed_experts, moe.experts_per_token, tokens)
 
 
-def moe_cost(model: ModelConfig, shard: RankShard, tokens: int, experts_hit: float, pairs: float,
-             wb: float) -> tuple[float, float]:
-    """(FLOPs, HBM bytes) of router + the held experts actually hit + the shared-expert shard.
-    Only experts hit by at least one token have their weights read."""
+def swiglu_kernels(batch: int, H: int, width: int, wdt: str, impl: Implementation) -> list:
+    """gate|up GEMM, SiLU(gate) * up, down GEMM over a `width` shard."""
+    return [_gemm(batch, 2 * width, H, wdt, impl), Elementwise(3 * batch * width * ACTIVATION_BYTES),
+            _gemm(batch, H, width, wdt, impl)] if width else []
+
+
+def moe_experts_kernel(model: ModelConfig, shard: RankShard, layout: Layout, tokens, hit, pairs,
+                       impl: Implementation) -> MoeExperts:
+    """The rank's routed experts on `tokens` tokens: `hit` experts read, `pairs` rows computed."""
+    moe, width = model.moe, len(shard.expert_cols)
+    tp = moe.expert_ffn_size / width if width else 1.0
+    return MoeExperts(tokens, model.hidden_size, width, moe.experts_per_token, moe.n_routed_experts, tp,
+                      moe.n_routed_experts / max(len(shard.experts), 1), hit, pairs, impl.precision)
+
+
+def moe_kernels(model: ModelConfig, shard: RankShard, layout: Layout, tokens: int, hit, pairs,
+                impl: Implementation, reduced_before: bool = True) -> list:
+    """Input norm, router (bf16), the held routed experts, the shared-expert shard."""
     H, E = model.hidden_size, model.moe.n_routed_experts
-    f, shared = len(shard.expert_cols), len(shard.shared_cols)
-    flops = 2.0 * tokens * H * E + 6.0 * H * (pairs * f + tokens * shared)
-    nbytes = (H * E + 3.0 * H * (experts_hit * f + shared)) * wb + tokens * (2 * H + E) * ACTIVATION_BYTES
-    return flops, nbytes
+    return (_input_norm(tokens, H, impl, reduced_before)
+            + [Gemm(tokens, E, H, "bf16"), moe_experts_kernel(model, shard, layout, tokens, hit, pairs, impl)]
+            + swiglu_kernels(tokens, H, len(shard.shared_cols), gemm_dtype(model, impl), impl))
 
 
 def ffn_group(layout: Layout) -> tuple[Axis, ...]:
@@ -203,74 +260,101 @@ def ffn_group(layout: Layout) -> tuple[Axis, ...]:
     return (Axis.TPA,) if layout.strategy is Strategy.KVP else FFN_AXES
 
 
-def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, batch: int, wb: float,
+def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, batch: int, impl: Implementation,
             first: int) -> list[Op]:
-    H, ab = model.hidden_size, ACTIVATION_BYTES
+    H = model.hidden_size
+    reduced = group_size(layout, ATTENTION_AXES) > 1  # the attention block ends with an all-reduce
     if not model.is_moe_layer(layer):
-        f = len(shard.ffn_cols)
-        ops = [Op(OpName.FFN, Stream.COMPUTE, deps=(first - 1,), flops=6.0 * batch * H * f,
-                  hbm_bytes=3.0 * H * f * wb + batch * (2 * H + 2 * f) * ab)]
+        kernels = _input_norm(batch, H, impl, reduced) + swiglu_kernels(batch, H, len(shard.ffn_cols), gemm_dtype(model, impl), impl)
+        ops = [compute_op(OpName.FFN, kernels, (first - 1,))]
         return ops + [_collective(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, ffn_group(layout),
-                                  batch * H * ab, (first,))]
-    flops, nbytes = moe_cost(model, shard, batch, *expected_moe_load(model, len(shard.experts), batch), wb)
-    ops = [Op(OpName.MOE, Stream.COMPUTE, deps=(first - 1,), flops=flops, hbm_bytes=nbytes)]
+                                  batch * H * ACTIVATION_BYTES, (first,))]
+    hit, pairs = expected_moe_load(model, len(shard.experts), batch)
+    ops = [compute_op(OpName.MOE, moe_kernels(model, shard, layout, batch, hit, pairs, impl, reduced), (first - 1,))]
     tp_axes = (Axis.TPA,) if layout.strategy is Strategy.KVP else (Axis.TPF,)
-    ops.append(_collective(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, tp_axes, batch * H * ab, (first,)))
+    ops.append(_collective(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, tp_axes,
+                           batch * H * ACTIVATION_BYTES, (first,)))
     if layout.ep > 1:
         ops.append(_collective(OpName.ALL_GATHER_EP, Collective.ALL_GATHER, layout, (Axis.EP,),
-                               layout.ep * batch * H * ab, (first + 1,)))
+                               layout.ep * batch * H * ACTIVATION_BYTES, (first + 1,)))
     return ops
 
 
 # --- whole layer -------------------------------------------------------------------------------
 def layer_plan(model: ModelConfig, layout: Layout, rank: int, layer: int, kv_lengths: np.ndarray,
-               precision: str, hopb: bool, a2a_chunk: int = 1) -> list[Op]:
+               impl: Implementation, hopb: bool, a2a_chunk: int = 1) -> list[Op]:
     """Ops of one layer on `rank`; kv_lengths [B] are its local tokens per request incl. the new one
     (under dp-ep: of the requests it owns)."""
     shard = rank_shard(model, layout, rank)
-    wb = PRECISION_BYTES[precision]
     if layout.strategy is Strategy.DP_EP:
-        return _dp_ep_plan(model, layout, shard, layer, kv_lengths, wb)
+        return _dp_ep_plan(model, layout, shard, layer, kv_lengths, impl)
     hopb = hopb and layout.strategy is Strategy.HELIX  # the baselines expose their communication
-    ops = attention_ops(model, layout, shard, kv_lengths, wb, hopb, a2a_chunk)
+    ops = attention_ops(model, layout, shard, kv_lengths, impl, hopb, a2a_chunk, ends_reduced(model, layout, layer))
     ops.append(_collective(OpName.ALL_REDUCE_ATTN, Collective.ALL_REDUCE, layout, ATTENTION_AXES,
                            len(kv_lengths) * model.hidden_size * ACTIVATION_BYTES, (len(ops) - 1,)))
-    return ops + ffn_ops(model, layout, shard, layer, len(kv_lengths), wb, len(ops))
+    return ops + ffn_ops(model, layout, shard, layer, len(kv_lengths), impl, len(ops))
+
+
+def ends_reduced(model: ModelConfig, layout: Layout, layer: int) -> bool:
+    """Whether a layer of `layer`'s kind ends with an all-reduce of more than one rank (its FFN
+    sum), into which the next layer's input norm fuses (not an EP all-gather, nor a 1-rank group).
+    Decided per kind of layer, so every layer of a kind has the same plan (the first layer's and
+    the first MoE layer's one unfused norm per step are not charged)."""
+    if model.is_moe_layer(layer):
+        return layout.ep == 1 and group_size(layout, (Axis.TPA,) if layout.strategy is Strategy.KVP else (Axis.TPF,)) > 1
+    return group_size(layout, ffn_group(layout)) > 1
 
 
 def _dp_ep_plan(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, kv_lengths: np.ndarray,
-                wb: float) -> list[Op]:
-    """Data-parallel attention over the rank's own requests, then expert parallelism over N."""
-    batch, H, ab = len(kv_lengths), model.hidden_size, ACTIVATION_BYTES
-    ops = attention_ops(model, layout, shard, kv_lengths, wb, hopb=False)  # whole heads, kvp = 1
+                impl: Implementation) -> list[Op]:
+    """Data-parallel attention over the rank's own requests, then expert parallelism over N. Nothing
+    is all-reduced: every norm is a kernel of its own."""
+    batch, H = len(kv_lengths), model.hidden_size
+    ops = attention_ops(model, layout, shard, kv_lengths, impl, hopb=False)
     if not model.is_moe_layer(layer):  # dense layers replicated: each rank its own tokens
-        f = len(shard.ffn_cols)
-        return ops + [Op(OpName.FFN, Stream.COMPUTE, flops=6.0 * batch * H * f,
-                         hbm_bytes=3.0 * H * f * wb + batch * (2 * H + 2 * f) * ab)]
-    moe, n = model.moe, layout.ep
-    shared = len(shard.shared_cols)
-    ops.append(Op(OpName.MOE, Stream.COMPUTE,  # router + shared expert on the rank's own tokens
-                  flops=2.0 * batch * H * moe.n_routed_experts + 6.0 * batch * H * shared,
-                  hbm_bytes=(H * moe.n_routed_experts + 3.0 * H * shared) * wb + batch * 2 * H * ab))
-    send = batch * moe.experts_per_token * H * ab  # each token to the ranks of its k experts
+        kernels = [_norm(batch, H)] + swiglu_kernels(batch, H, len(shard.ffn_cols), gemm_dtype(model, impl), impl)
+        return ops + [compute_op(OpName.FFN, kernels)]
+    moe = model.moe
+    kernels = [_norm(batch, H), Gemm(batch, moe.n_routed_experts, H, "bf16")]
+    ops.append(compute_op(OpName.MOE, kernels + swiglu_kernels(batch, H, len(shard.shared_cols), gemm_dtype(model, impl), impl)))
+    send = batch * moe.experts_per_token * H * ACTIVATION_BYTES  # each token to the ranks of its k experts
     ops.append(_collective(OpName.DISPATCH, Collective.ALL_TO_ALL, layout, FFN_AXES, send, (len(ops) - 1,)))
     # the expected load of the held experts, from every rank's tokens (batch is per rank)
-    flops, nbytes = dp_ep_expert_cost(model, shard, *expected_moe_load(model, len(shard.experts), batch * n), wb)
-    ops.append(Op(OpName.EXPERTS, Stream.COMPUTE, deps=(len(ops) - 1,), flops=flops, hbm_bytes=nbytes))
+    tokens = batch * layout.world_size
+    hit, pairs = expected_moe_load(model, len(shard.experts), tokens)
+    ops.append(compute_op(OpName.EXPERTS, [moe_experts_kernel(model, shard, layout, tokens, hit, pairs, impl)],
+                          (len(ops) - 1,)))
     ops.append(_collective(OpName.COMBINE, Collective.ALL_TO_ALL, layout, FFN_AXES, send, (len(ops) - 1,)))
     return ops
-
-
-def dp_ep_expert_cost(model: ModelConfig, shard: RankShard, experts_hit: float, pairs: float,
-                      wb: float) -> tuple[float, float]:
-    H, f = model.hidden_size, len(shard.expert_cols)
-    return 6.0 * H * f * pairs, 3.0 * H * f * experts_hit * wb + pairs * 2 * H * ACTIVATION_BYTES
 
 
 def dp_requests(batch: int, world: int, rank: int) -> range:
     """Requests a dp-ep rank owns (even split, first ranks take the remainder)."""
     bounds = even_splits(batch, world)
     return range(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+# --- the tail of a step: LM head and sampling ----------------------------------------------------
+def vocab_group(layout: Layout) -> tuple[Axis, ...]:
+    """Ranks sharing the LM head's vocabulary rows: all N (dp-ep: none, each rank its own requests)."""
+    return () if layout.strategy is Strategy.DP_EP else ATTENTION_AXES
+
+
+def tail_plan(model: ModelConfig, layout: Layout, rank: int, batch: int, impl: Implementation) -> list[Op]:
+    """Once per step after the last layer: final RMSNorm, the rank's V / n vocabulary rows of the LM
+    head (bf16: checkpoints keep it unquantised), the logits gathered over those n ranks (fp32),
+    then sampling of the next token and its embedding row. Empty when the model has no vocabulary."""
+    if not model.vocab_size:
+        return []
+    H, V = model.hidden_size, model.vocab_size
+    group = vocab_group(layout)
+    n = group_size(layout, group)
+    rows = -(-V // n)  # the largest shard (shards differ by at most one row)
+    ops = [compute_op(OpName.LM_HEAD, [_norm(batch, H), Gemm(batch, rows, H, "bf16")])]
+    if n > 1:
+        ops.append(_collective(OpName.LOGITS_GATHER, Collective.ALL_GATHER, layout, group, batch * V * LSE_BYTES, (0,)))
+    sampling = Elementwise(2 * batch * V * LSE_BYTES + batch * H * ACTIVATION_BYTES, count=2)  # softmax + top-k, embed
+    return ops + [compute_op(OpName.SAMPLING, [sampling], (len(ops) - 1,))]
 
 
 # --- trace fields ------------------------------------------------------------------------------
@@ -280,9 +364,20 @@ def op_dep_fields(op: Op) -> tuple[int, int]:
     return deps[0], deps[1]
 
 
+def op_shape_fields(op: Op, batch: int) -> tuple[int, float, float, float]:
+    """(requests, tokens, experts_hit, pairs) as stored in traces: what replay needs to rebuild the
+    op's kernels with the plan functions (`batch`: the requests of the whole-batch ops)."""
+    tokens = hit = pairs = 0.0
+    for kernel in op.kernels:
+        if kernel.kind.value in ("attention", "mla"):
+            tokens = float(kernel.tokens)
+        elif kernel.kind.value == "moe":
+            hit, pairs = float(kernel.hit), float(kernel.pairs)
+    return (op.requests if op.request >= 0 else batch), tokens, hit, pairs
+
+
 def op_collective_fields(op: Op) -> tuple[str, str, int, float]:
     """(collective, group, group_size, bytes) as stored in traces; bytes are HBM bytes for compute."""
     if op.is_collective:
         return op.collective.value, group_name(op.group), op.group_size, op.nbytes
     return "", "", 1, op.hbm_bytes
-

@@ -1,9 +1,10 @@
 """What-if replay: re-time a recorded trace's ops on another hardware model, with no MPI and no data.
 
 For every (step, layer) the per-rank op sequence is rebuilt from the event rows (ordered by
-`index`: stream, deps dep0/dep1, collective, group, group_size, bytes, flops), every op gets a
-new duration from the cost model (compute: roofline of its FLOPs and HBM bytes at the run's
-precision; collectives: their kind, size and group size), and the ops are placed with
+`index`: stream, deps dep0/dep1, collective, group, group_size, bytes), every op gets a new
+duration from the timing engine (compute: its kernels, rebuilt with the plan functions from the
+run's config and the shapes the events record; collectives: their kind, size and group size;
+`--nvlink-scale` / `--hbm-scale` divide what lies beyond each one's fixed latency), and the ops are placed with
 timing.LayerSchedule on StreamClocks for all ranks at once, a collective starting at the max of
 its group's ready times. That is the emulator's own arithmetic, so a replay onto the recorded
 topology with the recorded HOP-B setting reproduces the modeled times bit for bit.
@@ -28,12 +29,14 @@ import numpy as np
 from . import __version__
 from .analysis import iter_event_chunks, read_kv_tokens, read_meta, step_times_from_ends, ttl_seconds
 from .axes import Axis, Stream
-from .config import Layout
+from .config import ConfigError, Layout, ModelConfig, RunConfig
 from .costmodel import Collective
+from .gpuops import KernelKind
 from .mesh import group_colors
-from .plan import Op
+from .plan import Op, OpName, layer_plan, tail_plan
+from .sharding import shard_classes
 from .timing import GroupMax, LayerSchedule, StreamClocks, TimeModel
-from .topology import FabricSpec, GpuSpec, ScaleOutSpec, Topology
+from .topology import BUILTIN_TOPOLOGY_DIR, FabricSpec, GpuSpec, ScaleOutSpec, Topology, load_calibration
 from .trace import TraceError, TraceWriter, open_trace
 
 A2A = Collective.ALL_TO_ALL.value.encode()
@@ -42,29 +45,39 @@ COPIED_ATTRS_SKIP = ("schema_version", "complete", "config", "topology", "replay
 
 # --- hardware ------------------------------------------------------------------------------------
 def topology_from_dict(data: dict[str, Any]) -> Topology:
-    """The Topology recorded in a trace (Topology.to_dict(), SI units), exactly as it was."""
+    """The Topology recorded in a trace (Topology.to_dict(), SI units), exactly as it was, with its
+    measured tables reloaded from their recorded folder (or, if moved, the built-in one of that name)."""
     try:
         gpu = dict(data["gpu"])
         gpu["flops_per_s"] = MappingProxyType(dict(gpu["flops_per_s"]))
+        calibration = _recorded_calibration(data.get("calibration"))
         return Topology(name=data["name"], description=data.get("description", ""), source=data.get("source", ""),
                         gpu=GpuSpec(**gpu), fabric=FabricSpec(**data["fabric"]),
-                        scale_out=ScaleOutSpec(**data["scale_out"]))
+                        scale_out=ScaleOutSpec(**data["scale_out"]), calibration=calibration)
     except (KeyError, TypeError) as exc:
         raise TraceError(f"the trace's topology attribute is incomplete ({exc}): pass --topology") from None
 
 
-def scaled_topology(topo: Topology, nvlink_scale: float = 1.0, hbm_scale: float = 1.0) -> Topology:
-    """`topo` with NVLink bandwidth per GPU x nvlink_scale and HBM bandwidth x hbm_scale."""
+def _recorded_calibration(directory: str | None):
+    if not directory:
+        return None
+    path = Path(directory)
+    if not path.is_dir():
+        path = BUILTIN_TOPOLOGY_DIR / "calibration" / path.name
+    if not path.is_dir():
+        raise TraceError(f"the trace's calibration tables ({directory}) are not on this machine: pass --topology")
+    return load_calibration(path)
+
+
+def scaled_name(topo: Topology, nvlink_scale: float = 1.0, hbm_scale: float = 1.0) -> Topology:
+    """`topo` named after the what-if scales applied to it (the timing engine applies them)."""
     if nvlink_scale <= 0 or hbm_scale <= 0:
         raise ValueError(f"scales must be > 0, got --nvlink-scale {nvlink_scale} --hbm-scale {hbm_scale}")
     if nvlink_scale == 1.0 and hbm_scale == 1.0:
         return topo
     note = ", ".join(f"{name} x{scale:g}" for name, scale in (("NVLink", nvlink_scale), ("HBM", hbm_scale))
                      if scale != 1.0)
-    return dataclasses.replace(
-        topo, name=f"{topo.name} ({note})", description=f"{topo.description} ({note})",
-        fabric=dataclasses.replace(topo.fabric, link_bytes_per_s=topo.fabric.link_bytes_per_s * nvlink_scale),
-        gpu=dataclasses.replace(topo.gpu, hbm_bytes_per_s=topo.gpu.hbm_bytes_per_s * hbm_scale))
+    return dataclasses.replace(topo, name=f"{topo.name} ({note})", description=f"{topo.description} ({note})")
 
 
 def layout_from_dict(data: dict[str, Any]) -> Layout:
@@ -81,6 +94,14 @@ def layout_from_dict(data: dict[str, Any]) -> Layout:
         raise TraceError(f"the trace's layout {data} is incomplete ({exc})") from None
 
 
+def run_from_dict(data: dict[str, Any]) -> RunConfig:
+    """RunConfig from the trace's config (fields this version does not know are refused)."""
+    try:
+        return RunConfig(**data)
+    except (TypeError, ConfigError) as exc:
+        raise TraceError(f"the trace's run config is not usable here ({exc})") from None
+
+
 def parse_group(text: str) -> tuple[Axis, ...]:
     """'kvp*tpa' -> (Axis.KVP, Axis.TPA); 'self' or '' -> ()."""
     if text in ("", "self"):
@@ -93,13 +114,63 @@ def parse_group(text: str) -> tuple[Axis, ...]:
 
 
 # --- durations -----------------------------------------------------------------------------------
-def op_seconds(rows: np.ndarray, timer: TimeModel) -> np.ndarray:
-    """Modeled seconds [n] of event rows: the timing engine's durations of the ops they record."""
+class OpDurations:
+    """Modeled seconds of a layer's recorded ops on one rank: the layer's plan is rebuilt with
+    `plan.layer_plan` (or `plan.tail_plan`) from the run's config and the shapes the events record
+    (requests, KV tokens of each attention op, MoE experts hit), and timed by the timing engine,
+    exactly as the emulator timed it. Cached per (rank class, layer kind, shapes)."""
+
+    def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, timer: TimeModel):
+        self.model, self.layout, self.run, self.timer = model, layout, run, timer
+        self.rank_class, _ = shard_classes(model, layout)
+        self.cache: dict[tuple, np.ndarray] = {}
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Seconds [ops] of one rank's rows of one layer, in plan order."""
+        rank, layer = int(rows["rank"][0]), int(rows["layer"][0])
+        attention = rows["op"] == OpName.ATTENTION.value.encode()
+        key = (int(self.rank_class[rank]), self._kind(layer), int(rows["requests"][0]),
+               tuple(map(tuple, np.stack([rows["request"], rows["requests"], rows["tokens"]], 1)[attention].tolist())),
+               tuple(rows["experts_hit"].tolist()), tuple(rows["pairs"].tolist()))
+        if key not in self.cache:
+            ops = self._plan(rows, rank, layer, attention)
+            self.cache[key] = np.array([self.timer.op_timing(op)[0] for op in ops])
+        return self.cache[key]
+
+    def _kind(self, layer: int):
+        return "tail" if layer >= self.run.layers else self.model.is_moe_layer(layer)
+
+    def _plan(self, rows: np.ndarray, rank: int, layer: int, attention: np.ndarray) -> list[Op]:
+        batch = int(rows["requests"][0])
+        if layer >= self.run.layers:
+            ops = tail_plan(self.model, self.layout, rank, batch, self.timer.impl)
+        else:
+            kv = np.ones(batch, dtype=np.int64)
+            ops = layer_plan(self.model, self.layout, rank, layer, kv, self.timer.impl, True, self.run.a2a_chunk)
+        names = [op.name.value.encode() for op in ops]
+        if names != list(rows["op"]):
+            raise TraceError(f"step {rows['step'][0]} layer {layer} rank {rank}: the recorded ops are not the plan "
+                             f"of this configuration (helix_mpi {__version__}): cannot re-time them")
+        return [self._recorded_shape(op, row) for op, row in zip(ops, rows)]
+
+    @staticmethod
+    def _recorded_shape(op: Op, row) -> Op:
+        """The op with the KV tokens and MoE routing its event recorded."""
+        kernels = []
+        for kernel in op.kernels:
+            if kernel.kind in (KernelKind.ATTENTION, KernelKind.MLA):
+                kernel = dataclasses.replace(kernel, tokens=float(row["tokens"]))
+            elif kernel.kind is KernelKind.MOE:
+                kernel = dataclasses.replace(kernel, hit=float(row["experts_hit"]), pairs=float(row["pairs"]))
+            kernels.append(kernel)
+        return dataclasses.replace(op, kernels=tuple(kernels))
+
+
+def collective_seconds(rows: np.ndarray, timer: TimeModel) -> np.ndarray:
+    """Modeled seconds [n] of collective event rows (kind, size, group size)."""
     seconds = np.zeros(len(rows))
     kinds = rows["collective"]
-    compute = kinds == b""
-    seconds[compute] = timer.compute_seconds(rows["flops"][compute], rows["bytes"][compute])
-    for kind in np.unique(kinds[~compute]):
+    for kind in np.unique(kinds):
         try:
             collective = Collective(kind.decode())
         except ValueError:
@@ -158,9 +229,12 @@ def _plan_ops(plan: np.ndarray, deps: list[tuple[int, ...]]) -> list[Op]:
 class Retimer:
     """Places every layer of every step on all ranks' clocks, in order."""
 
-    def __init__(self, layout: Layout, world: int, topo: Topology, precision: str, hopb: bool | None):
-        self.world, self.timer, self.hopb = world, TimeModel(topo, precision), hopb
-        self.clocks, self.group_max = StreamClocks(world), GroupMax(layout)
+    def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, hopb: bool | None,
+                 nvlink_scale: float = 1.0, hbm_scale: float = 1.0):
+        self.world, self.hopb = layout.world_size, hopb
+        self.timer = TimeModel(topo, run.implementation(), hbm_scale=hbm_scale, nvlink_scale=nvlink_scale)
+        self.durations = OpDurations(model, layout, run, self.timer)
+        self.clocks, self.group_max = StreamClocks(self.world), GroupMax(layout)
         self.checked_groups: set[tuple[Axis, ...]] = set()
         self.layout = layout
 
@@ -168,17 +242,24 @@ class Retimer:
         """The step's rows (any order) with new start_s, end_s, dep0, dep1 (same order)."""
         order = np.lexsort((rows["rank"], rows["index"], rows["layer"]))
         ordered = rows[order]
-        ordered_seconds = op_seconds(ordered, self.timer)
         starts = np.flatnonzero(np.diff(ordered["layer"])) + 1
         for begin, end in zip(np.r_[0, starts], np.r_[starts, len(ordered)]):
-            self._layer(ordered[begin:end], ordered_seconds[begin:end])  # views: updated in place
+            self._layer(ordered[begin:end])  # views: updated in place
         out = np.empty_like(rows)
         out[order] = ordered
         return out
 
-    def _layer(self, rows: np.ndarray, seconds: np.ndarray) -> None:
+    def _seconds(self, grid: np.ndarray) -> np.ndarray:
+        """Durations [ops, N] of a layer's grid of rows."""
+        seconds = np.stack([self.durations(grid[:, rank]) for rank in range(self.world)], axis=1)
+        comm = grid["collective"] != b""
+        seconds[comm] = collective_seconds(grid[comm], self.timer)
+        return seconds
+
+    def _layer(self, rows: np.ndarray) -> None:
         where = f"step {rows['step'][0]} layer {rows['layer'][0]}"
-        grid, durations = _layer_grid(rows, self.world, where), seconds.reshape(-1, self.world)
+        grid = _layer_grid(rows, self.world, where)
+        durations = self._seconds(grid)
         deps = _deps(grid[:, 0], self.hopb)
         ops = _plan_ops(grid[:, 0], deps)
         schedule = LayerSchedule(self.clocks, self.clocks.now(), self.group_max)
@@ -252,10 +333,11 @@ def replay_trace(source: str | Path, output: str | Path, topo: Topology | None =
     with open_trace(source) as file:
         meta = read_meta(file, source)
         base = topo if topo is not None else topology_from_dict(meta.topology)
-        target = scaled_topology(base, nvlink_scale, hbm_scale)
+        target = scaled_name(base, nvlink_scale, hbm_scale)
         recorded_hopb = bool(meta.run.get("hopb", True))
-        retimer = Retimer(layout_from_dict(meta.layout), meta.world_size, target, meta.run["precision"],
-                          None if hopb is None or hopb == recorded_hopb else hopb)
+        retimer = Retimer(ModelConfig.from_dict(meta.config["model"]), layout_from_dict(meta.layout),
+                          run_from_dict(meta.run), target, None if hopb is None or hopb == recorded_hopb else hopb,
+                          nvlink_scale, hbm_scale)
         kv_tokens = read_kv_tokens(file, source)
         attrs = _replay_attrs(file, meta, source, target, recorded_hopb if hopb is None else hopb)
         writer = TraceWriter(output, attrs, meta.world_size)
@@ -268,13 +350,14 @@ def replay_trace(source: str | Path, output: str | Path, topo: Topology | None =
     old_ends, new_ends = ends
     return ReplayResult(Path(output), meta.topology.get("name", "?"), target.name,
                         recorded_hopb if hopb is None else hopb, ttl_seconds(old_ends, meta.shape),
-                        ttl_seconds(new_ends, meta.shape), float(step_times_from_ends(old_ends).mean()),
-                        float(step_times_from_ends(new_ends).mean()), meta.events)
+                        ttl_seconds(new_ends, meta.shape), float(step_times_from_ends(np.nanmax(old_ends, axis=1)).mean()),
+                        float(step_times_from_ends(np.nanmax(new_ends, axis=1)).mean()), meta.events)
 
 
 def _write_steps(file, source, retimer: Retimer, writer: TraceWriter, kv_tokens: np.ndarray,
                  progress) -> tuple[np.ndarray, np.ndarray]:
-    """Re-time and append every step; returns the (recorded, new) modeled end of each step."""
+    """Re-time and append every step; returns the (recorded, new) modeled end of every layer of
+    every step [T, L]."""
     old_ends, new_ends = [], []
     for count, rows in enumerate(iter_steps(file, source)):
         step = int(rows["step"][0])
@@ -283,13 +366,22 @@ def _write_steps(file, source, retimer: Retimer, writer: TraceWriter, kv_tokens:
                              "(run `helix-mpi validate`)")
         new = retimer.step(rows)
         writer.append_step(new, kv_tokens[step])
-        old_ends.append(float(rows["end_s"].max()))
-        new_ends.append(float(new["end_s"].max()))
+        old_ends.append(_layer_ends(rows))
+        new_ends.append(_layer_ends(new))
         if progress is not None:
             progress(len(rows))
     if not new_ends:
         raise TraceError(f"{source}: trace has no events")
-    return np.array(old_ends), np.array(new_ends)
+    width = max(len(e) for e in old_ends)
+    pad = [np.concatenate([e, np.full(width - len(e), np.nan)]) for e in old_ends + new_ends]
+    return np.array(pad[:len(old_ends)]), np.array(pad[len(old_ends):])
+
+
+def _layer_ends(rows: np.ndarray) -> np.ndarray:
+    """Modeled end of each layer of one step's rows [L]."""
+    ends = np.full(int(rows["layer"].max()) + 1, np.nan)
+    np.fmax.at(ends, rows["layer"], rows["end_s"])
+    return ends
 
 
 def _replay_attrs(file, meta, source, target: Topology, hopb: bool) -> dict[str, Any]:

@@ -84,7 +84,8 @@ def trace_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo: T
 
 def run_memory(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> dict[str, Any]:
     """Modeled per-GPU memory of the full model at the end of the run."""
-    return memory_report(model, layout, run.batch, run.context + run.steps, run.precision, topo, run.tokens_per_block)
+    return memory_report(model, layout, run.batch, run.context + run.steps, run.precision, topo, run.tokens_per_block,
+                         run.kv_precision)
 
 
 def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .axes import Axis
-from .config import PRECISION_BYTES, Layout, ModelConfig, Strategy, validate_layout
+from .config import Implementation, Layout, ModelConfig, Strategy, validate_layout
 from .memory import rank_memory
 from .mesh import coordinates
 from .timing import StepTimer, TimeModel
@@ -73,12 +73,12 @@ class KVCapacity:
 
 
 def kv_capacity(model: ModelConfig, layout: Layout, precision: str, topo: Topology,
-                tokens: int | None = None) -> KVCapacity:
+                tokens: int | None = None, kv_precision: str | None = None) -> KVCapacity:
     """Per-rank budget; `tokens` overrides the HBM-derived capacity (KV tokens per rank)."""
     n, dp = layout.world_size, layout.strategy is Strategy.DP_EP
     # one KV token on every rank: one request per rank under dp-ep, else KVP tokens in blocks of 1
     batch, length = (n, 1) if dp else (1, layout.kvp)
-    per_rank = [rank_memory(model, layout, r, batch, length, precision, 1) for r in range(n)]
+    per_rank = [rank_memory(model, layout, r, batch, length, precision, 1, kv_precision) for r in range(n)]
     weights = np.array([m["weights_bytes"] for m in per_rank])
     per_token = np.array([m["kv_bytes"] for m in per_rank])
     left = np.floor(np.maximum(topo.gpu.hbm_bytes - weights, 0) / per_token).astype(np.int64)
@@ -117,7 +117,7 @@ class ServingSetup:
     model: ModelConfig
     layout: Layout
     topo: Topology
-    precision: str = "fp4"
+    impl: Implementation = Implementation()  # precisions, collectives library, CUDA graphs
     hopb: bool = True
     tokens_per_block: int = 16  # KV round robin block, tokens
     max_batch: int | None = None  # cap on requests held (decoding or receiving KV); None = KV capacity only
@@ -126,8 +126,8 @@ class ServingSetup:
     kv_capacity_tokens: int | None = None  # KV tokens per rank; None = the HBM left by the weights
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISION_BYTES:
-            raise ServingError(f"precision must be one of {', '.join(PRECISION_BYTES)}, got {self.precision!r}")
+        if not isinstance(self.impl, Implementation):
+            raise ServingError(f"impl must be an Implementation, got {self.impl!r}")
         if not isinstance(self.tokens_per_block, int) or self.tokens_per_block < 1:
             raise ServingError(f"tokens_per_block must be an integer >= 1, got {self.tokens_per_block!r}")
         for name in ("max_batch", "kv_capacity_tokens"):
@@ -160,7 +160,8 @@ class Scheduler:
 
     def __init__(self, workload: Workload, setup: ServingSetup):
         self.setup, self.layout = setup, setup.layout
-        self.capacity = kv_capacity(setup.model, setup.layout, setup.precision, setup.topo, setup.kv_capacity_tokens)
+        self.capacity = kv_capacity(setup.model, setup.layout, setup.impl.precision, setup.topo, setup.kv_capacity_tokens,
+                                    setup.impl.kv_precision)
         reqs = workload.requests
         self.index = np.array([r.index for r in reqs], dtype=np.int64)  # row of the trace file
         self.arrival = np.array([r.arrival_s for r in reqs], dtype=float)
@@ -379,8 +380,8 @@ def _subsample(values: np.ndarray, limit: int = MAX_SAMPLES) -> np.ndarray:
     return values[np.linspace(0, len(values) - 1, limit).round().astype(np.int64)]
 
 
-def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology, precision: str = "fp4",
-          hopb: bool = True, tokens_per_block: int = 16, max_batch: int | None = None,
+def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology,
+          impl: Implementation = Implementation(), hopb: bool = True, tokens_per_block: int = 16, max_batch: int | None = None,
           kv_transfer: str = "scale_out", exact: bool = False,
           long_context_tokens: int = LONG_CONTEXT_TOKENS, kv_capacity_tokens: int | None = None,
           a2a_chunk: int = 1) -> dict:
@@ -389,11 +390,11 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
     exact=True times steps with analytic.step_time (slow: for checks) instead of StepTimer; so do
     exchanges of several requests per all-to-all (`a2a_chunk` != 1), which StepTimer does not model.
     """
-    setup = ServingSetup(model, layout, topo, precision, hopb, tokens_per_block, max_batch, kv_transfer,
+    setup = ServingSetup(model, layout, topo, impl, hopb, tokens_per_block, max_batch, kv_transfer,
                          long_context_tokens, kv_capacity_tokens)
     scheduler = Scheduler(workload, setup)
     exact = exact or a2a_chunk != 1
-    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, hopb, TimeModel(topo, precision))
+    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, hopb, TimeModel(topo, impl))
     now = scheduler.first_arrival
     while not scheduler.done:
         start, batch = scheduler.next_step(now)
@@ -406,6 +407,6 @@ def _exact_timer(setup: ServingSetup, a2a_chunk: int = 1) -> Callable:
     from .analytic import step_time
 
     def timer(kv: np.ndarray | list[np.ndarray]) -> float:
-        return step_time(setup.model, setup.layout, list(kv), setup.precision, setup.hopb, setup.topo,
+        return step_time(setup.model, setup.layout, list(kv), setup.impl, setup.hopb, setup.topo,
                          a2a_chunk=a2a_chunk)
     return timer

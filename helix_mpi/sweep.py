@@ -36,13 +36,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .axes import Axis
-from .config import (ACTIVATION_BYTES, PRECISION_BYTES, PRECISIONS, ConfigError, Layout, ModelConfig, Strategy,
-                     validate_layout)
+from .config import (PRECISION_BYTES, ConfigError, Implementation, Layout, ModelConfig, Strategy, validate_layout)
+from .gpuops import ACTIVATION_BYTES
 from .kvcache import tokens_held
 from .mesh import coordinates
 from .plan import ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
 from .sharding import RankShard, even_splits, rank_shard, shard_classes as rank_classes
-from .timing import BatchLayerTime, TimeModel, layer_kinds
+from .timing import BatchLayerTime, TailTime, TimeModel, layer_kinds
 from .topology import Topology
 
 SCHEMA = "helix_mpi.sweep/1"
@@ -102,16 +102,18 @@ class SweepSpec:
     model: ModelConfig
     topo: Topology
     context: int  # tokens already cached per request (S)
-    precision: str = "fp4"
+    precision: str = "fp4"  # weights
     max_gpus: int = 72
     max_batch: int = 4096  # concurrent requests
     strategies: tuple[str, ...] = SERIES
     tokens_per_block: int = 16  # KV round robin block, as `helix-mpi model`
     whatif: WhatIf = WhatIf()
+    kv_precision: str = "fp8"
+    comm: str = "trtllm"
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.implementation()  # validates the precisions and the collectives library
         for name in ("max_gpus", "max_batch", "tokens_per_block"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -127,25 +129,23 @@ class SweepSpec:
         """KV tokens per request during the timed step: the context plus the new token (as `model`)."""
         return self.context + 1
 
-    def timing_topology(self) -> Topology:
-        return whatif_topology(self.topo, self.whatif)
+    def implementation(self) -> Implementation:
+        return Implementation(self.precision, self.kv_precision, self.comm, self.cuda_graphs)
+
+    def time_model(self) -> TimeModel:
+        """The timing engine's model of this sweep's machine, with the what-if latency scales."""
+        return TimeModel(self.topo, self.implementation(), self.whatif.a2a_latency_scale,
+                         self.whatif.reduce_latency_scale)
+
+    @property
+    def machine_name(self) -> str:
+        return self.topo.name if self.whatif.is_plan else f"{self.topo.name} ({self.whatif.describe()})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "topology": self.topo.to_dict(), "context": self.context,
                 "precision": self.precision, "max_gpus": self.max_gpus, "max_batch": self.max_batch,
                 "strategies": list(self.strategies), "tokens_per_block": self.tokens_per_block,
-                "whatif": dataclasses.asdict(self.whatif)}
-
-
-def whatif_topology(topo: Topology, whatif: WhatIf) -> Topology:
-    """The topology with its collective latency terms scaled as the what-if asks."""
-    if whatif.a2a_latency_scale == 1.0 and whatif.reduce_latency_scale == 1.0:
-        return topo
-    f, a, r = topo.fabric, whatif.a2a_latency_scale, whatif.reduce_latency_scale
-    fabric = dataclasses.replace(f, a2a_base_s=f.a2a_base_s * a, a2a_step_s=f.a2a_step_s * a,
-                                 ring_base_s=f.ring_base_s * r, ring_step_s=f.ring_step_s * r,
-                                 nvls_base_s=f.nvls_base_s * r, nvls_step_s=f.nvls_step_s * r)
-    return dataclasses.replace(topo, fabric=fabric, name=f"{topo.name} ({whatif.describe()})")
+                "whatif": dataclasses.asdict(self.whatif), "implementation": self.implementation().to_dict()}
 
 
 def batch_grid(max_batch: int) -> np.ndarray:
@@ -242,17 +242,19 @@ def shard_classes(model: ModelConfig, layout: Layout, tokens: int, tokens_per_bl
                  for c, rank in enumerate(first))
 
 
-def class_memory(model: ModelConfig, cls: ShardClass, layers: Iterable[int], precision: str) -> tuple[float, float]:
+def class_memory(model: ModelConfig, cls: ShardClass, layers: Iterable[int], precision: str,
+                 kv_precision: str | None = None) -> tuple[float, float]:
     """(weight bytes, KV bytes per request held) of one class over `layers`: memory.rank_memory's
     formula restricted to a layer range (a PP stage)."""
     shard, wb, layers = cls.shard, PRECISION_BYTES[precision], list(layers)
     attention = qkv_weight_elements(model, shard) + out_weight_elements(model, shard)
     weights = sum(attention + ffn_weight_elements(model, shard, layer) for layer in layers)
-    return weights * wb, cls.held * kv_elements_per_token(model, shard) * len(layers) * wb
+    kvb = PRECISION_BYTES[kv_precision or precision]
+    return weights * wb, cls.held * kv_elements_per_token(model, shard) * len(layers) * kvb
 
 
 def peak_memory(model: ModelConfig, classes: tuple[ShardClass, ...], requests: np.ndarray, precision: str,
-                pp: int = 1) -> np.ndarray:
+                pp: int = 1, kv_precision: str | None = None) -> np.ndarray:
     """Busiest GPU's weights + KV bytes [n] when each GPU holds `requests` [n] requests' KV (every
     PP stage holds its layers of all requests in flight)."""
     bounds = even_splits(model.num_layers, pp)
@@ -260,7 +262,7 @@ def peak_memory(model: ModelConfig, classes: tuple[ShardClass, ...], requests: n
     for stage in range(pp):
         layers = range(int(bounds[stage]), int(bounds[stage + 1]))
         for cls in classes:
-            weights, kv = class_memory(model, cls, layers, precision)
+            weights, kv = class_memory(model, cls, layers, precision, kv_precision)
             peak = np.maximum(peak, weights + requests * kv)
     return peak
 
@@ -268,8 +270,8 @@ def peak_memory(model: ModelConfig, classes: tuple[ShardClass, ...], requests: n
 def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, ...], batches: np.ndarray) -> np.ndarray:
     """Token-to-token latency [n] of a candidate at each grid batch (per-GPU batch under dp-ep,
     micro-batch under pp-tp), seconds: every layer in sequence (+ PP - 1 stage sends)."""
-    timer = TimeModel(spec.timing_topology(), spec.precision)
-    ttl = np.zeros(len(batches))
+    timer = spec.time_model()
+    ttl = TailTime(spec.model, cand.layout, timer)(batches)  # LM head and sampling, once per step
     for first, count in layer_kinds(spec.model):
         layer = BatchLayerTime(spec.model, cand.layout, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
         ttl = ttl + count * layer(batches)
@@ -288,7 +290,8 @@ def evaluate(spec: SweepSpec, cand: Candidate, grid: np.ndarray) -> tuple[np.nda
         return np.zeros(0, CONFIG_DTYPE), 0
     classes = shard_classes(spec.model, cand.layout, spec.tokens, spec.tokens_per_block)
     held_requests = batches if cand.per_gpu_batch else batches * cand.pp  # requests whose KV each GPU holds
-    memory = peak_memory(spec.model, classes, held_requests.astype(np.float64), spec.precision, cand.pp)
+    memory = peak_memory(spec.model, classes, held_requests.astype(np.float64), spec.precision, cand.pp,
+                         spec.kv_precision)
     ttl = candidate_ttl(spec, cand, classes, batches)
     fits = memory <= spec.topo.gpu.hbm_bytes
     rows = np.zeros(int(fits.sum()), CONFIG_DTYPE)
@@ -320,7 +323,7 @@ class SweepResult:
                 "min_ttl_s": float(rows["ttl_s"].min()) if found else None,
                 "max_tokens_per_s_per_gpu": float(rows["tokens_per_s_per_gpu"].max()) if found else None}
         return {"model": self.spec.model.name, "context": self.spec.context,
-                "topology": self.spec.timing_topology().name,
+                "topology": self.spec.machine_name,
                 "precision": self.spec.precision, "max_gpus": self.spec.max_gpus, "layouts": self.layouts,
                 "configs": self.timed, "fitting": int(len(self.configs)), "seconds": self.seconds,
                 "configs_per_s": self.timed / self.seconds if self.seconds > 0 else None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -45,7 +45,8 @@ class GpuSpec:
     hbm_bytes: float  # HBM capacity, bytes
     hbm_bytes_per_s: float  # HBM bandwidth, bytes/s
     flops_per_s: Mapping[str, float]  # dense peak FLOP/s per precision (read-only)
-    launch_overhead_s: float  # fixed cost added to every kernel, s
+    launch_overhead_s: float  # uncalibrated roofline: fixed cost added to every kernel, s
+    host_launch_s: float = 5e-6  # without CUDA graphs: the host's time to issue one kernel, s
 
 
 @dataclass(frozen=True)
@@ -76,16 +77,13 @@ class Topology:
     fabric: FabricSpec
     scale_out: ScaleOutSpec
     source: str  # file it was loaded from (citations are comments in that file)
+    # measured tables of the GPU system and the physics fitted to them (None: spec constants only)
+    calibration: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view in SI units."""
-        gpu = {
-            "name": self.gpu.name,
-            "hbm_bytes": self.gpu.hbm_bytes,
-            "hbm_bytes_per_s": self.gpu.hbm_bytes_per_s,
-            "flops_per_s": dict(self.gpu.flops_per_s),
-            "launch_overhead_s": self.gpu.launch_overhead_s,
-        }
+        gpu = _fields_dict(self.gpu)
+        gpu["flops_per_s"] = dict(self.gpu.flops_per_s)
         return {
             "name": self.name,
             "description": self.description,
@@ -93,6 +91,7 @@ class Topology:
             "gpu": gpu,
             "fabric": _fields_dict(self.fabric),
             "scale_out": _fields_dict(self.scale_out),
+            "calibration": None if self.calibration is None else str(self.calibration.directory),
         }
 
 
@@ -110,6 +109,7 @@ _TABLE_SCHEMAS: dict[str, dict[str, tuple[str, str | None]]] = {
         "hbm_gb": ("num", "positive"),
         "hbm_gb_per_s": ("num", "positive"),
         "launch_overhead_us": ("num", "nonneg"),
+        "host_launch_us": ("num", "nonneg"),
     },
     "gpu.dense_tflops": {p: ("num", "positive") for p in PRECISIONS},
     "fabric": {
@@ -130,6 +130,7 @@ _TABLE_SCHEMAS: dict[str, dict[str, tuple[str, str | None]]] = {
     },
 }
 _SUBTABLES = {"": ("gpu", "fabric", "scale_out"), "gpu": ("dense_tflops",)}
+_OPTIONAL_TABLES = {"calibration": {"tables": ("str", None)}}  # [calibration] tables = "dir of measured tables"
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -138,14 +139,15 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def _check_keys(where: str, table: dict, origin: str) -> None:
-    schema = _TOP_SCHEMA if where == "" else _TABLE_SCHEMAS[where]
+    schema = _TOP_SCHEMA if where == "" else _TABLE_SCHEMAS.get(where) or _OPTIONAL_TABLES[where]
     subtables = _SUBTABLES.get(where, ())
-    known = list(schema) + list(subtables)
+    optional = list(_OPTIONAL_TABLES) if where == "" else []
+    known = list(schema) + list(subtables) + optional
     for key in table:
         if key not in known:
             label = f"{where}.{key}" if where else key
             raise TopologyError(f"{origin}: unknown field '{label}'{_suggest(key, known)}")
-    for key in known:
+    for key in [k for k in known if k not in optional]:
         if key not in table:
             label = f"{where}.{key}" if where else key
             kind = "table" if key in subtables else "key"
@@ -155,6 +157,11 @@ def _check_keys(where: str, table: dict, origin: str) -> None:
         if not isinstance(table[key], dict):
             raise TopologyError(f"{origin}: '{label}' must be a table like [{label}]")
         _check_keys(label, table[key], origin)
+    for key in optional:
+        if key in table:
+            if not isinstance(table[key], dict):
+                raise TopologyError(f"{origin}: '{key}' must be a table like [{key}]")
+            _check_keys(key, table[key], origin)
 
 
 def _check_value(label: str, value: Any, kind: str, rule: str | None, origin: str) -> Any:
@@ -191,10 +198,15 @@ def _typed(raw: dict, origin: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def topology_from_dict(raw: dict, origin: str = "topology") -> Topology:
-    """Build a Topology from parsed TOML (file units), validating everything."""
+def topology_from_dict(raw: dict, origin: str = "topology", base: Path | None = None) -> Topology:
+    """Build a Topology from parsed TOML (file units), validating everything; a [calibration]
+    tables path is relative to `base` (the file's folder)."""
     _check_keys("", raw, origin)
     values = _typed(raw, origin)
+    calibration = None
+    if "calibration" in raw:
+        tables = _check_value("calibration.tables", raw["calibration"]["tables"], "str", None, origin)
+        calibration = load_calibration(_tables_dir(tables, base), origin)
     gpu, tflops, fabric, net = (values[k] for k in ("gpu", "gpu.dense_tflops", "fabric", "scale_out"))
     return Topology(
         name=values[""]["name"],
@@ -206,6 +218,7 @@ def topology_from_dict(raw: dict, origin: str = "topology") -> Topology:
             hbm_bytes_per_s=gpu["hbm_gb_per_s"] * GIGA,
             flops_per_s=MappingProxyType({p: tflops[p] * TERA for p in PRECISIONS}),
             launch_overhead_s=gpu["launch_overhead_us"] * MICRO,
+            host_launch_s=gpu["host_launch_us"] * MICRO,
         ),
         fabric=FabricSpec(
             domain_size=fabric["domain_size"],
@@ -223,7 +236,26 @@ def topology_from_dict(raw: dict, origin: str = "topology") -> Topology:
             bytes_per_s=net["gb_per_s"] * GIGA,
             latency_s=net["latency_us"] * MICRO,
         ),
+        calibration=calibration,
     )
+
+
+def _tables_dir(tables: str, base: Path | None) -> Path:
+    """A [calibration] tables folder: relative to the topology file, else to the built-in
+    topologies/ (so a copy of a built-in file keeps its tables)."""
+    path = (base or Path(".")) / tables
+    builtin = BUILTIN_TOPOLOGY_DIR / tables
+    return path if path.is_dir() or not builtin.is_dir() else builtin
+
+
+def load_calibration(directory: str | Path, origin: str = "topology"):
+    """The measured tables in `directory` and the physics fitted to them (cached per folder)."""
+    from .calibration import SystemCalibration, TableError
+
+    try:
+        return SystemCalibration.load(Path(directory).resolve())
+    except TableError as exc:
+        raise TopologyError(f"{origin}: {exc}") from None
 
 
 # --- lookup -----------------------------------------------------------------
@@ -271,4 +303,4 @@ def load_topology(name_or_path: str = DEFAULT_TOPOLOGY) -> Topology:
     except tomllib.TOMLDecodeError as exc:
         detail = " ".join(str(exc).split())
         raise TopologyError(f"{path}: TOML syntax error: {detail}") from None
-    return topology_from_dict(raw, origin=str(path))
+    return topology_from_dict(raw, origin=str(path), base=path.parent)

@@ -1,4 +1,4 @@
-"""HDF5 traces, schema version 1 (documented in README.md, "Trace format").
+"""HDF5 traces, schema version 2 (documented in docs/trace-format.md).
 
 Rank 0 writes one file per run through a temporary name (`NAME.partial`), appends events as
 steps complete (bounded memory), and renames it to NAME only after setting `complete = True`.
@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: op shapes (requests, tokens, experts hit) and what timed each op
 PARTIAL_SUFFIX = ".partial"
 
 # One row per op per rank per layer per step.
@@ -33,6 +33,11 @@ EVENT_DTYPE = np.dtype([
     ("group_size", "<i4"),
     ("bytes", "<f8"),  # compute: HBM bytes; collective: nccl-tests size (per-rank buffer)
     ("flops", "<f8"),
+    ("requests", "<i4"),  # requests the op processes (the batch, or a chunk's under KVP)
+    ("tokens", "<f8"),  # attention: mean local KV tokens of those requests; else 0
+    ("experts_hit", "<f8"),  # MoE: routed experts whose weights were read (real routing); else 0
+    ("pairs", "<f8"),  # MoE: (token, expert) rows computed; else 0
+    ("source", "S8"),  # what timed the op: table (measured), fitted (physics fitted to tables), spec
     ("start_s", "<f8"),  # modeled start, seconds from the start of the run
     ("end_s", "<f8"),
     ("host_start_s", "<f8"),  # wall time on this machine, seconds from the start of the run

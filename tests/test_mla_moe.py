@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from helix_mpi.config import MODEL_PRESETS, load_model, make_layout
+from helix_mpi.config import MODEL_PRESETS, PRECISION_BYTES, load_model, make_layout
 from helix_mpi.memory import memory_report
 from helix_mpi.model import route
 from helix_mpi.reference import (_mla, load_saved_tensors, reference_decode, reference_route, reference_tensors,
@@ -57,7 +57,7 @@ def test_tp_duplicates_kv_and_helix_removes_it():
             kv[strategy, gpus] = memory_report(model, layout, 1, 1_000_000, "fp4", topo)["max_kv_bytes"]
         per_token_layer = (2 * model.head_dim) if model.mla is None else model.mla.cache_dim  # one KV head
         # TP beyond K: every GPU keeps a whole KV head (or the whole latent) for the whole context
-        assert kv["tp", 8] == kv["tp", 64] == 1_000_000 * per_token_layer * model.num_layers * 0.5
+        assert kv["tp", 8] == kv["tp", 64] == 1_000_000 * per_token_layer * model.num_layers * PRECISION_BYTES["fp4"]
         kvp = make_layout(model, 64, None, None, "helix").kvp
         assert kv["helix", 64] == pytest.approx(kv["tp", 64] / kvp, rel=1e-5)
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from helix_mpi.analytic import simulate
 from helix_mpi.timing import TimeModel
-from helix_mpi.config import MODEL_PRESETS, Layout, RunConfig
+from helix_mpi.config import MODEL_PRESETS, Implementation, Layout, RunConfig
 from helix_mpi.plan import OpName, all_to_all_index, attention_index, layer_plan
 from helix_mpi.topology import load_topology
 from helix_mpi.trace import EVENT_DTYPE, SCHEMA_VERSION
@@ -108,9 +108,10 @@ def test_hopb_exposes_one_all_to_all(hopb):
     run = RunConfig(batch=batch, context=4_000_000, steps=1, layers=1, hopb=hopb)
     events = _layer_times(run, layout)
     topo = load_topology("gb200-nvl72")
-    plan = layer_plan(MODEL_PRESETS["tiny"], layout, 0, 0, np.full(batch, 1_000_001), "fp4", hopb)
-    t_attn = TimeModel(topo, "fp4").op_seconds(plan[attention_index(0)])
-    t_a2a = TimeModel(topo, "fp4").op_seconds(plan[all_to_all_index(0)])
+    impl = run.implementation()
+    plan = layer_plan(MODEL_PRESETS["tiny"], layout, 0, 0, np.full(batch, 1_000_001), impl, hopb)
+    t_attn = TimeModel(topo, impl).op_seconds(plan[attention_index(0)])
+    t_a2a = TimeModel(topo, impl).op_seconds(plan[all_to_all_index(0)])
     assert t_a2a < t_attn
     ops = events["op"]
     qkv_end = events["end_s"][ops == OpName.QKV.value.encode()][0]
@@ -121,9 +122,10 @@ def test_hopb_exposes_one_all_to_all(hopb):
 
 def test_one_rank_plan_has_free_collectives():
     topo = load_topology("gb200-nvl72")
-    plan = layer_plan(MODEL_PRESETS["tiny"], Layout(1, 1, 1), 0, 0, np.array([10, 10]), "bf16", True)
+    impl = Implementation("bf16", "bf16")
+    plan = layer_plan(MODEL_PRESETS["tiny"], Layout(1, 1, 1), 0, 0, np.array([10, 10]), impl, True)
     collectives = [op for op in plan if op.is_collective]
-    assert collectives and all(TimeModel(topo, "bf16").op_seconds(op) == 0.0 for op in collectives)
+    assert collectives and all(TimeModel(topo, impl).op_seconds(op) == 0.0 for op in collectives)
 
 
 @pytest.mark.parametrize("chunk", [2, 0])

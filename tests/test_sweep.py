@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from helix_mpi import pareto, sweep
 from helix_mpi.analytic import local_kv_lengths, step_time
 from helix_mpi.cli import cli
-from helix_mpi.config import ACTIVATION_BYTES, MODEL_PRESETS, Layout, RunConfig, Strategy
-from helix_mpi.costmodel import Collective, collective_time
+from helix_mpi.config import MODEL_PRESETS, Implementation, Layout, RunConfig, Strategy
+from helix_mpi.gpuops import ACTIVATION_BYTES
+from helix_mpi.costmodel import Collective
 from helix_mpi.memory import memory_report
 from helix_mpi.timing import BatchLayerTime, TimeModel
 from helix_mpi.timing.schedule import uniform_chain_end
@@ -53,8 +54,8 @@ def _reference_ttl(spec: sweep.SweepSpec, row) -> float:
     run = RunConfig(batch=batch, context=spec.context, steps=1, layers=1, tokens_per_block=spec.tokens_per_block,
                     precision=spec.precision, hopb=bool(row["hopb"]))
     kv = [local_kv_lengths(layout, run, r, 0) for r in range(layout.world_size)]
-    ttl = step_time(spec.model, layout, kv, spec.precision, bool(row["hopb"]), spec.topo)
-    send = TimeModel(spec.topo, spec.precision).send_seconds(batch * spec.model.hidden_size * ACTIVATION_BYTES)
+    ttl = step_time(spec.model, layout, kv, spec.implementation(), bool(row["hopb"]), spec.topo)
+    send = spec.time_model().send_seconds(batch * spec.model.hidden_size * ACTIVATION_BYTES)
     return ttl + (pp - 1) * float(send)
 
 
@@ -140,7 +141,7 @@ def test_configurations_that_do_not_fit_never_appear():
         unit = cand.layout.world_size if cand.per_gpu_batch else 1
         for b in range(1, spec.max_batch // unit + 1):
             report = memory_report(spec.model, cand.layout, b * unit, spec.tokens, spec.precision, small_hbm,
-                                   spec.tokens_per_block)
+                                   spec.tokens_per_block, spec.kv_precision)
             key = (cand.series.encode(), cand.gpus, cand.layout.kvp, cand.layout.tpa, cand.layout.tpf,
                    cand.layout.ep, 1, b * unit)
             assert (key in present) == report["fits"], key
@@ -157,7 +158,7 @@ def test_pp_stage_memory_is_the_busiest_stage():
     model = MODEL_PRESETS["deepseek-r1"]
     layout = Layout(1, 8, 8, 1, Strategy.TP)
     classes = sweep.shard_classes(model, layout, 1_000_001, 16)
-    full = sweep.peak_memory(model, classes, np.array([3.0]), "fp4", pp=1)[0]
+    full = sweep.peak_memory(model, classes, np.array([3.0]), "fp4", pp=1, kv_precision="fp4")[0]
     assert full == pytest.approx(memory_report(model, layout, 3, 1_000_001, "fp4", TOPO, 16)["max_total_bytes"])
     # 61 layers over 4 stages: 16, 15, 15, 15; stage 0 holds the 3 dense layers + 13 MoE layers
     stage0 = max(w + 12 * kv for w, kv in (sweep.class_memory(model, c, range(16), "fp4") for c in classes))
@@ -221,25 +222,25 @@ def test_deepseek_helix_point_agrees_with_the_model_command():
 # --- PP and what-ifs ----------------------------------------------------------------------------
 def test_pp_tp_is_tp_stages_in_sequence_plus_sends():
     model = MODEL_PRESETS["llama-3.1-405b"]
-    spec = _spec("llama-3.1-405b", 1_000_000, max_gpus=72, max_batch=64, strategies=("pp-tp",))
+    spec = _spec("llama-3.1-405b", 1_000_000, max_gpus=72, max_batch=64, strategies=("pp-tp",), kv_precision="fp4")
     pp = _rows(sweep.run_sweep(spec).configs, "pp-tp")
     pp3 = pp[(pp["pp"] == 3) & (pp["tpa"] == 8)]
-    assert len(pp3) > 5 and pp3["batch"].max() > 3 * 9  # TP=8 alone holds at most 9 requests' KV
+    assert len(pp3) > 5 and pp3["batch"].max() > 3 * 8  # TP=8 alone holds at most 8 requests' KV
     tp8 = Layout(1, 8, 8, 1, Strategy.TP)
     for row in pp3[::4]:
         micro = int(row["batch"]) // 3
         run = RunConfig(batch=micro, context=spec.context, steps=1, layers=1, precision="fp4")
         kv = [local_kv_lengths(tp8, run, r, 0) for r in range(8)]
-        send = (TOPO.fabric.a2a_base_s + TOPO.fabric.a2a_step_s  # one peer, micro x H bf16 values
-                + micro * model.hidden_size * ACTIVATION_BYTES / TOPO.fabric.link_bytes_per_s)
-        assert row["ttl_s"] == pytest.approx(step_time(model, tp8, kv, "fp4", False, TOPO) + 2 * send, rel=REL)
+        send = spec.time_model().send_seconds(micro * model.hidden_size * ACTIVATION_BYTES)  # one peer
+        ttl = step_time(model, tp8, kv, spec.implementation(), False, TOPO) + 2 * send
+        assert row["ttl_s"] == pytest.approx(ttl, rel=REL)
         assert row[pareto.GPU] == pytest.approx(3 * micro / row["ttl_s"] / 24, rel=1e-12)  # 3 micro-batches in flight
 
 
 def test_chunked_chain_reduces_to_the_plan_and_to_one_exchange():
     model, spec = MODEL_PRESETS["deepseek-r1"], _spec("deepseek-r1", 1_000_000)
     layout = Layout(64, 1, 64, 1, Strategy.HELIX)
-    classes, timer = sweep.shard_classes(model, layout, spec.tokens, 16), TimeModel(TOPO, "fp4")
+    classes, timer = sweep.shard_classes(model, layout, spec.tokens, 16), spec.time_model()
     per_request, whole_batch = (BatchLayerTime(model, layout, classes, 5, hopb, timer, chunk)
                                 for hopb, chunk in ((True, 1), (False, 0)))
     one_chunk = BatchLayerTime(model, layout, classes, 5, True, timer, 2 ** 40)  # a chunk larger than any batch
@@ -254,7 +255,7 @@ def test_chunked_chain_reduces_to_the_plan_and_to_one_exchange():
     # whole batch at once: one attention kernel over B requests, then one all-to-all of B partials
     whole = whole_batch._chain(t0, 1, b)
     slowest = max(attn, key=lambda op: op.hbm_bytes)
-    expected = [timer.compute_seconds(k * slowest.flops, k * slowest.hbm_bytes)
+    expected = [timer.kernels_seconds([dataclasses.replace(slowest.kernels[0], batch=k)])
                 + timer.collective_seconds(Collective.ALL_TO_ALL, k * a2a.nbytes, 64) for k in b]
     np.testing.assert_allclose(whole, expected, rtol=1e-12)
     np.testing.assert_allclose(one_chunk._chain(t0, 1, b), whole, rtol=1e-12)  # one chunk: HOP-B has nothing to hide
@@ -263,9 +264,13 @@ def test_chunked_chain_reduces_to_the_plan_and_to_one_exchange():
 
 def test_latency_what_ifs_scale_only_their_terms():
     whatif = sweep.WhatIf(a2a_latency_scale=0.0, reduce_latency_scale=0.5)
-    topo = sweep.whatif_topology(TOPO, whatif)
-    assert collective_time(Collective.ALL_TO_ALL, 9000.0, 10, topo) == pytest.approx(0.9 * 9000.0 / 900e9)
-    assert topo.fabric.nvls_base_s == TOPO.fabric.nvls_base_s / 2 and topo.gpu == TOPO.gpu
+    plain, scaled = _spec().time_model(), _spec(whatif=whatif).time_model()
+    size, latency = 9000.0, plain.collective_seconds(Collective.ALL_TO_ALL, 0.0, 10)
+    assert scaled.collective_seconds(Collective.ALL_TO_ALL, size, 10) == pytest.approx(
+        plain.collective_seconds(Collective.ALL_TO_ALL, size, 10) - latency)  # only the latency is gone
+    reduce_latency = plain.collective_seconds(Collective.ALL_REDUCE, 0.0, 8)
+    assert scaled.collective_seconds(Collective.ALL_REDUCE, 1e6, 8) == pytest.approx(
+        plain.collective_seconds(Collective.ALL_REDUCE, 1e6, 8) - reduce_latency / 2)
     plan = sweep.run_sweep(_spec(strategies=("helix",), max_batch=8)).configs
     faster = sweep.run_sweep(_spec(strategies=("helix",), max_batch=8, whatif=whatif)).configs
     assert len(plan) == len(faster) and np.all(faster["ttl_s"] < plan["ttl_s"])
@@ -319,5 +324,5 @@ def test_sweep_a2a_chunk_equals_the_plan(chunk):
         layout = _layout(row)
         run = RunConfig(batch=int(row["batch"]), context=spec.context, steps=1, layers=1, precision="fp4")
         kv = [local_kv_lengths(layout, run, r, 0) for r in range(layout.world_size)]
-        expected = step_time(model, layout, kv, "fp4", bool(row["hopb"]), TOPO, a2a_chunk=chunk)
+        expected = step_time(model, layout, kv, spec.implementation(), bool(row["hopb"]), TOPO, a2a_chunk=chunk)
         assert row["ttl_s"] == pytest.approx(expected, rel=REL)

@@ -15,7 +15,7 @@ from conftest import run_cli
 from helix_mpi.analytic import layer_time, step_time
 from helix_mpi.timing import RaggedLayerTime, StepTimer, TimeModel
 from helix_mpi.cli import cli
-from helix_mpi.config import MODEL_PRESETS, Layout, Strategy, make_layout
+from helix_mpi.config import MODEL_PRESETS, Implementation, Layout, Strategy, make_layout
 from helix_mpi.kvcache import tokens_held
 from helix_mpi.memory import memory_report
 from helix_mpi.serving import (Scheduler, ServingError, ServingSetup, emulated_layer_weights,
@@ -28,6 +28,7 @@ MOONCAKE_SAMPLE = ROOT / "traces" / "mooncake_conversation_sample.jsonl"
 AZURE_SAMPLE = ROOT / "traces" / "azure_conv_sample.csv"
 MOONCAKE_FULL = ROOT.parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
 TOPO = load_topology("gb200-nvl72")
+IMPL = Implementation()  # NVFP4 weights, FP8 KV cache, TensorRT-LLM collectives, CUDA graphs
 TINY = MODEL_PRESETS["tiny"]
 LLAMA = MODEL_PRESETS["llama-3.1-405b"]
 DEEPSEEK = MODEL_PRESETS["deepseek-r1"]
@@ -222,12 +223,12 @@ LAYOUTS = [
 @pytest.mark.parametrize("hopb", [True, False])
 def test_layer_timer_equals_layer_time(name, layout, hopb):
     model, rng = MODEL_PRESETS[name], np.random.default_rng(7)
-    for precision in ("fp4", "bf16"):
-        timer = RaggedLayerTime(model, layout, hopb, TimeModel(TOPO, precision))
+    for impl in (Implementation("fp4", "fp8"), Implementation("bf16", "bf16", "nccl")):
+        timer = RaggedLayerTime(model, layout, hopb, TimeModel(TOPO, impl))
         for batch in (1, 2, 5, 17):
             for scale in (1, 100, 2_000_000):  # empty shards, latency-bound, bandwidth-bound
                 kv = rng.integers(0, scale, (layout.world_size, batch))
-                expected = layer_time(model, layout, kv, precision, hopb, TOPO)
+                expected = layer_time(model, layout, kv, impl, hopb, TOPO)
                 assert timer(kv) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
@@ -248,14 +249,14 @@ def test_step_timer_equals_step_time(name, n, kvp, tpa, strategy):
     model, rng = MODEL_PRESETS[name], np.random.default_rng(11)
     layout = make_layout(model, n, kvp, tpa, strategy)
     for hopb in (True, False):
-        timer = StepTimer(model, layout, hopb, TimeModel(TOPO, "fp4"))
+        timer = StepTimer(model, layout, hopb, TimeModel(TOPO, IMPL))
         for batch in (1, 3, 7):
             for scale in (1, 100, 2_000_000):
                 if strategy == "dp-ep":  # every rank its own requests, some none
                     kv = [rng.integers(0, scale, int(rng.integers(0, batch + 1))) for _ in range(n)]
                 else:
                     kv = rng.integers(0, scale, (n, batch))
-                assert timer(kv) == pytest.approx(step_time(model, layout, list(kv), "fp4", hopb, TOPO), rel=1e-12)
+                assert timer(kv) == pytest.approx(step_time(model, layout, list(kv), IMPL, hopb, TOPO), rel=1e-12)
 
 
 # --- memory: memory.py ---------------------------------------------------------------------------------
@@ -277,9 +278,9 @@ def test_kv_capacity_is_what_memory_report_fits(name, n, strategy):
 
 
 def test_tp_holds_the_whole_latent_helix_a_shard():
-    tp = kv_capacity(DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "tp"), "fp4", TOPO)
-    helix = kv_capacity(DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "helix"), "fp4", TOPO)
-    assert tp.kv_bytes_per_token[0] == helix.kv_bytes_per_token[0] == 576 * 0.5 * 61  # latent 512 + rope 64
+    tp = kv_capacity(DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "tp"), "fp4", TOPO, kv_precision="fp8")
+    helix = kv_capacity(DEEPSEEK, make_layout(DEEPSEEK, 64, None, None, "helix"), "fp4", TOPO, kv_precision="fp8")
+    assert tp.kv_bytes_per_token[0] == helix.kv_bytes_per_token[0] == 576 * 1 * 61  # latent 512 + rope 64, FP8
     # both hold ~10M tokens per GPU, but a Helix GPU holds 1/64 of each request: 64x the users
     assert helix.tokens.min() == pytest.approx(tp.tokens.min(), rel=0.02)
 
@@ -300,13 +301,14 @@ def workload(*requests: tuple[float, int, int]) -> Workload:
 
 
 def step_s(*lengths: int, model=TINY, layout=ONE_RANK) -> float:
-    """Seconds of one decode step of a 1-rank batch whose KVs hold `lengths` tokens."""
-    return model.num_layers * layer_time(model, layout, np.array([lengths]), "fp4", True, TOPO)
+    """Seconds of one decode step (every layer, then the LM head and sampling) of a 1-rank batch
+    whose KVs hold `lengths` tokens."""
+    return step_time(model, layout, [np.array(lengths)], IMPL, True, TOPO)
 
 
 def tiny_topology(kv_tokens: int):
     """gb200-nvl72 with HBM for the tiny model's weights plus `kv_tokens` KV tokens on one rank."""
-    cap = kv_capacity(TINY, ONE_RANK, "fp4", TOPO)
+    cap = kv_capacity(TINY, ONE_RANK, "fp4", TOPO, kv_precision="fp8")
     hbm = cap.weight_bytes[0] + (kv_tokens + 0.5) * cap.kv_bytes_per_token[0]
     return dataclasses.replace(TOPO, gpu=dataclasses.replace(TOPO.gpu, hbm_bytes=hbm))
 
@@ -365,7 +367,7 @@ def test_kv_transfer_is_charged_to_the_queue():
     layout = Layout(4, 1, 4)
     w = workload((0.0, 1000, 2))
     result = serve(w, TINY, layout, TOPO, kv_transfer="scale_out", tokens_per_block=16)
-    shard_bytes = 256 * kv_capacity(TINY, layout, "fp4", TOPO).kv_bytes_per_token.max()  # 1000 tokens / 4: max 256
+    shard_bytes = 256 * kv_capacity(TINY, layout, "fp4", TOPO, kv_precision="fp8").kv_bytes_per_token.max()  # 1000 tokens / 4: max 256
     transfer = TOPO.scale_out.latency_s + shard_bytes / TOPO.scale_out.bytes_per_s
     assert result["queue_s"][0] == pytest.approx(transfer, rel=1e-12)
     free = serve(w, TINY, layout, TOPO, kv_transfer="none")
@@ -397,7 +399,7 @@ def test_kv_imbalance_is_small_on_long_contexts():
     (dict(max_batch=0), "max_batch"),
     (dict(tokens_per_block=0), "tokens_per_block"),
     (dict(kv_transfer="carrier-pigeon"), "kv_transfer"),
-    (dict(precision="fp2"), "precision"),
+    (dict(impl="fp4"), "impl"),
 ])
 def test_bad_serving_options(kwargs, what):
     with pytest.raises(ServingError, match=what):

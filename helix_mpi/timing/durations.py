@@ -1,8 +1,12 @@
 """How long an op takes: the only caller of the cost model (`helix_mpi.costmodel`).
 
-`TimeModel` holds what fixes an op's duration besides the op itself: the topology and the modeled
-precision. Every consumer (emulator, analytic model, sweep, serving, replay) gets its durations
-here, one op at a time or vectorised over arrays of sizes, so they cannot disagree.
+`TimeModel` holds what fixes an op's duration besides the op itself: the modeled machine (its
+topology and measured tables) and the implementation (precisions, communication library, CUDA
+graphs). A compute op takes the sum of its kernels' times (they run back to back on its stream);
+a collective the time of the algorithm its library would use. Every consumer (emulator, analytic
+model, sweep, serving, replay) gets its durations here, one op at a time or vectorised over
+arrays of shapes, so they cannot disagree. Each duration also says what timed it: the source of
+its longest kernel (`costmodel.SOURCES`: measured table, fitted physics, or spec roofline).
 """
 from __future__ import annotations
 
@@ -10,36 +14,82 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..costmodel import Collective, collective_time, compute_time
+from ..config import Implementation
+from ..costmodel import Collective, collective_seconds, kernel_latency, kernel_seconds
 from ..topology import Topology
 
 
 @dataclass(frozen=True)
 class TimeModel:
-    """Durations of plan ops on one modeled machine."""
+    """Durations of plan ops on one modeled machine under one implementation."""
 
     topo: Topology
-    precision: str  # modeled precision of weights and KV cache
+    impl: Implementation
+    # what-if studies only: scale the latency part (the time at size 0) of all-to-alls and of the
+    # other collectives; divide the rest of every kernel's time (beyond its fixed latency) by
+    # hbm_scale and the rest of every collective's by nvlink_scale
+    a2a_latency_scale: float = 1.0
+    reduce_latency_scale: float = 1.0
+    hbm_scale: float = 1.0
+    nvlink_scale: float = 1.0
+
+    @property
+    def precision(self) -> str:
+        return self.impl.precision
+
+    def op_timing(self, op) -> tuple[float, int]:
+        """(seconds, source) of one plan op."""
+        if op.is_collective:
+            seconds, source = self.collective_timing(op.collective, op.nbytes, op.group_size)
+            return float(seconds), int(source)
+        seconds, source = self.kernels_timing(op.kernels)
+        return float(seconds), int(source)
 
     def op_seconds(self, op) -> float:
-        """Modeled seconds of one plan op: roofline for compute, the collective formula for comm."""
-        if op.is_collective:
-            return float(self.collective_seconds(op.collective, op.nbytes, op.group_size))
-        return float(self.compute_seconds(op.flops, op.hbm_bytes))
+        return self.op_timing(op)[0]
 
     def ops_seconds(self, ops: list) -> np.ndarray:
         """Seconds [len(ops)] of a list of ops (e.g. the same op index on every rank)."""
-        return np.array([self.op_seconds(op) for op in ops])
+        return np.array([self.op_timing(op)[0] for op in ops])
 
-    def compute_seconds(self, flops, hbm_bytes):
-        """Seconds of a compute op from its FLOPs and HBM bytes (arrays broadcast)."""
-        return compute_time(flops, hbm_bytes, self.topo, self.precision)
+    def ops_timing(self, ops: list) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds, source codes) [len(ops)] of a list of ops."""
+        timings = [self.op_timing(op) for op in ops]
+        return np.array([t[0] for t in timings]), np.array([t[1] for t in timings], dtype=np.int64)
 
-    def collective_seconds(self, kind: Collective | str, nbytes, group_size):
+    def kernels_timing(self, kernels) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds, source of the longest kernel) of kernels run back to back; their shape fields
+        may be arrays (one element per batch, rank or request)."""
+        total, longest, source = 0.0, None, None
+        for kernel in kernels:
+            seconds, origin = kernel_seconds(kernel, self.topo, self.impl.cuda_graphs)
+            if self.hbm_scale != 1.0:
+                latency = kernel_latency(kernel, self.topo)
+                seconds = latency + (seconds - latency) / self.hbm_scale
+            total = total + seconds
+            if longest is None:
+                longest, source = seconds, np.asarray(origin)
+            else:
+                source = np.where(seconds > longest, origin, source)
+                longest = np.maximum(longest, seconds)
+        return (np.asarray(total, float), source) if kernels else (np.asarray(0.0), np.asarray(0))
+
+    def kernels_seconds(self, kernels) -> np.ndarray:
+        return self.kernels_timing(kernels)[0]
+
+    def collective_timing(self, kind: Collective | str, nbytes, group_size) -> tuple[np.ndarray, np.ndarray]:
+        seconds, source = collective_seconds(kind, nbytes, group_size, self.topo, self.impl.comm)
+        scale = self.a2a_latency_scale if Collective(kind) is Collective.ALL_TO_ALL else self.reduce_latency_scale
+        if scale != 1.0 or self.nvlink_scale != 1.0:
+            latency, _ = collective_seconds(kind, 0.0, group_size, self.topo, self.impl.comm)
+            seconds = scale * latency + (seconds - latency) / self.nvlink_scale
+        return seconds, source
+
+    def collective_seconds(self, kind: Collective | str, nbytes, group_size) -> np.ndarray:
         """Seconds of a collective of nccl-tests size `nbytes` over `group_size` ranks (arrays broadcast)."""
-        return collective_time(kind, nbytes, group_size, self.topo)
+        return self.collective_timing(kind, nbytes, group_size)[0]
 
     def send_seconds(self, nbytes):
         """One point-to-point send of `nbytes` to a peer in the NVLink domain (pipeline stages),
-        modeled as a 2-rank direct all-to-all in which each rank sends that much to the other."""
-        return collective_time(Collective.ALL_TO_ALL, 2 * np.asarray(nbytes, float), 2, self.topo)
+        modeled as a 2-rank all-to-all in which each rank sends that much to the other."""
+        return self.collective_seconds(Collective.ALL_TO_ALL, 2 * np.asarray(nbytes, float), 2)

@@ -7,14 +7,14 @@ equal `analytic.step_time` (checked in tests/test_sweep.py and tests/test_worklo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..axes import Axis, Stream
-from ..config import PRECISION_BYTES, Layout, ModelConfig, Strategy
-from ..plan import (Op, OpName, all_to_all_index, attention_index, dp_ep_expert_cost, expected_moe_load,
-                    layer_plan, moe_cost)
+from ..config import Layout, ModelConfig
+from ..gpuops import KernelKind, expected_hits
+from ..plan import Op, OpName, all_to_all_index, attention_index, layer_plan, tail_plan
 from ..sharding import shard_classes
 from .durations import TimeModel
 from .schedule import (GroupMax, LayerSchedule, StreamClocks, chunked_chain_span, ragged_chain_ends,
@@ -27,9 +27,9 @@ class BatchLayerTime:
     plans of one rank per class at batch 1 and 2 (`classes`: objects with the class's first `rank`,
     its KV tokens `held` per request and its `shard`, as `sweep.ShardClass`).
 
-    - whole-batch ops have FLOPs, HBM bytes and collective sizes affine in the batch, so two plans
-      give every batch (exact: all are integers or halves); MoE ops, whose expected experts hit is
-      nonlinear, are recomputed with `plan.moe_cost` / `plan.dp_ep_expert_cost` on the batch array;
+    - every kernel shape field and collective size of a whole-batch op is affine in the batch, so
+      two plans give every batch (exact: all are integers or halves); the expected experts hit by
+      MoE kernels, nonlinear, are recomputed from their token count;
     - the per-request attention -> all-to-all chain (KVP > 1) is `schedule.uniform_chain_end`, or
       `schedule.chunked_chain_span` when `a2a_chunk` requests share an exchange (0: the batch);
     - every collective with more than one member ends at the same time on every rank in these plans
@@ -50,7 +50,7 @@ class BatchLayerTime:
 
     def _plan(self, cls, batch: int) -> list[Op]:
         ops = layer_plan(self.model, self.layout, cls.rank, self.layer, np.full(batch, cls.held, dtype=np.int64),
-                         self.timer.precision, self.hopb)
+                         self.timer.impl, self.hopb)
         return [op for op in ops if op.request <= 0]  # request 0 stands for every request of the chain
 
     def __call__(self, batches: np.ndarray) -> np.ndarray:
@@ -74,17 +74,10 @@ class BatchLayerTime:
         return t.max(axis=0)
 
     def _compute(self, c: int, index: int, b: np.ndarray) -> np.ndarray:
+        """Seconds [n] of compute op `index` of class c at each batch."""
         op1, op2 = self.plans[0][c][index], self.plans[1][c][index]
-        model, shard, wb = self.model, self.classes[c].shard, PRECISION_BYTES[self.timer.precision]
-        if op1.name is OpName.MOE and self.moe_layer and self.layout.strategy is not Strategy.DP_EP:
-            flops, nbytes = moe_cost(model, shard, b, *expected_moe_load(model, len(shard.experts), b), wb)
-        elif op1.name is OpName.EXPERTS:  # dp-ep: the held experts' load from every rank's tokens
-            load = expected_moe_load(model, len(shard.experts), b * self.layout.world_size)
-            flops, nbytes = dp_ep_expert_cost(model, shard, *load, wb)
-        else:  # affine in the batch: exact from batch 1 and 2
-            flops = op1.flops + (b - 1) * (op2.flops - op1.flops)
-            nbytes = op1.hbm_bytes + (b - 1) * (op2.hbm_bytes - op1.hbm_bytes)
-        return self.timer.compute_seconds(flops, nbytes) * np.ones(len(b))
+        kernels = [with_expected_load(k1.extrapolated(k2, b)) for k1, k2 in zip(op1.kernels, op2.kernels)]
+        return self.timer.kernels_seconds(kernels) * np.ones(len(b))
 
     def _chain(self, t: np.ndarray, index: int, b: np.ndarray) -> np.ndarray:
         attn = [plan[index] for plan in self.plans[0]]
@@ -96,15 +89,25 @@ class BatchLayerTime:
         full, rem = b // c, b % c
 
         def attention(k: np.ndarray) -> np.ndarray:  # the slowest class's attention of k requests
-            return np.max([self.timer.compute_seconds(k * op.flops, k * op.hbm_bytes) for op in attn], axis=0)
+            return np.max([self.timer.kernels_seconds([replace(op.kernels[0], batch=k)]) * np.ones(len(k))
+                           for op in attn], axis=0)
 
         def exchange(k: np.ndarray) -> np.ndarray:
             return self.timer.collective_seconds(a2a.collective, k * a2a.nbytes, a2a.group_size) * np.ones(len(k))
 
         has_rem = rem > 0
-        ta_r, tc_r = np.where(has_rem, attention(rem), 0.0), np.where(has_rem, exchange(rem), 0.0)
+        ta_r = np.where(has_rem, attention(np.maximum(rem, 1)), 0.0)
+        tc_r = np.where(has_rem, exchange(rem), 0.0)
         span = chunked_chain_span(attention(c), exchange(c), ta_r, tc_r, full, has_rem, self.hopb)
         return t.max(axis=0) + span  # start: the latest class's
+
+
+def with_expected_load(kernel):
+    """A MoE kernel with the experts hit and pairs expected for its (array of) token counts."""
+    if kernel.kind is not KernelKind.MOE:
+        return kernel
+    hit, pairs = expected_hits(kernel.experts / kernel.ep, kernel.experts, kernel.topk, kernel.tokens)
+    return replace(kernel, hit=hit, pairs=pairs)
 
 
 # --- one ragged batch, every rank (serving) -----------------------------------------------------------
@@ -116,7 +119,7 @@ class _BatchPlan:
     durations: dict  # index -> seconds [N] of every op that does not depend on KV lengths
     chain: bool  # per-request attention / all-to-all chain at indices 1 .. 2B (KVP > 1)
     hopb: bool  # chain overlapped (attention b does not wait for all-to-all b-1)
-    zero_attention: tuple  # (FLOPs [N], bytes [N]) of the batched attention op at 0 tokens
+    attention: list  # per class: its attention kernel at this batch (the op over the whole batch or a request)
 
 
 class RaggedLayerTime:
@@ -124,10 +127,10 @@ class RaggedLayerTime:
 
     Every op is placed by the same LayerSchedule as the exact path, from plans cached per batch
     size and per class of ranks with equal shard shapes, except the per-request chain of KVP > 1,
-    solved in closed form by `schedule.ragged_chain_ends`. Attention FLOPs and bytes are affine in
-    the KV length (probed from the plan at 0 and 1 token). Under dp-ep every rank has its own
-    requests (a list of N arrays of different lengths): each op's duration on a rank is that of the
-    plan for the rank's own batch size.
+    solved in closed form by `schedule.ragged_chain_ends`. Attention kernels are timed on the real
+    KV lengths (per request in the chain, their mean over the batch otherwise, as the plan does).
+    Under dp-ep every rank has its own requests (a list of N arrays of different lengths): each
+    op's duration on a rank is that of the plan for the rank's own batch size.
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layer: int = 0):
@@ -135,33 +138,21 @@ class RaggedLayerTime:
         self.layer, self.n = layer, layout.world_size
         self.group_max = GroupMax(layout)
         self.rank_class, self.class_rank = shard_classes(model, layout)
-        costs = [[self._attention_op(self._plans(1, tokens)[c]) for c in range(len(self.class_rank))]
-                 for tokens in (0, 1)]
-        self.att_flops0, self.att_bytes0 = self._per_rank([o.flops for o in costs[0]]), self._per_rank(
-            [o.hbm_bytes for o in costs[0]])
-        self.att_flops1 = self._per_rank([b.flops - a.flops for a, b in zip(*costs)])  # FLOPs per token
-        self.att_bytes1 = self._per_rank([b.hbm_bytes - a.hbm_bytes for a, b in zip(*costs)])  # bytes per token
+        self.members = [np.flatnonzero(self.rank_class == c) for c in range(len(self.class_rank))]
         self._cache: dict[int, _BatchPlan] = {}
 
-    def _per_rank(self, per_class: list[float]) -> np.ndarray:
-        return np.array(per_class, dtype=float)[self.rank_class][:, None]  # [N, 1]
-
-    def _plans(self, batch: int, tokens: int = 0) -> list[list[Op]]:
-        kv = np.full(batch, tokens, dtype=np.int64)
-        return [layer_plan(self.model, self.layout, r, self.layer, kv, self.timer.precision, self.hopb)
+    def _plans(self, batch: int) -> list[list[Op]]:
+        kv = np.ones(batch, dtype=np.int64)
+        return [layer_plan(self.model, self.layout, r, self.layer, kv, self.timer.impl, self.hopb)
                 for r in self.class_rank]
-
-    @staticmethod
-    def _attention_op(plan: list[Op]) -> Op:
-        found = [op for op in plan if op.name is OpName.ATTENTION]
-        if not found:
-            raise RuntimeError("plan.layer_plan has no attention op: update timing.RaggedLayerTime")
-        return found[0]
 
     def _batch_plan(self, batch: int) -> _BatchPlan:
         if batch not in self._cache:
             plans = self._plans(batch)
             ops = list(enumerate(plans[0]))
+            attention = [[op for op in plan if op.name is OpName.ATTENTION] for plan in plans]
+            if not all(attention):
+                raise RuntimeError("plan.layer_plan has no attention op: update timing.RaggedLayerTime")
             chain = ops[1][1].request >= 0
             if chain and not all(plans[0][attention_index(b)].name is OpName.ATTENTION and plans[0][
                     all_to_all_index(b)].name is OpName.ALL_TO_ALL for b in range(batch)):
@@ -169,34 +160,25 @@ class RaggedLayerTime:
             hopb = not chain or batch == 1 or not plans[0][attention_index(1)].deps
             durations = {i: self.timer.ops_seconds([p[i] for p in plans])[self.rank_class]
                          for i, op in ops if op.name is not OpName.ATTENTION}
-            attention = [self._attention_op(p) for p in plans]
-            zero = (self._per_rank([o.flops for o in attention])[:, 0],
-                    self._per_rank([o.hbm_bytes for o in attention])[:, 0])
-            self._cache[batch] = _BatchPlan(ops, durations, chain, hopb, zero)
+            self._cache[batch] = _BatchPlan(ops, durations, chain, hopb, [a[0].kernels[0] for a in attention])
         return self._cache[batch]
+
+    def _attention_s(self, plan: _BatchPlan, tokens: np.ndarray) -> np.ndarray:
+        """Seconds [N, ...] of each rank's attention kernel at `tokens` [N, ...] (one class at a time:
+        each has its own measured shape)."""
+        out = np.zeros(tokens.shape)
+        for kernel, ranks in zip(plan.attention, self.members):
+            out[ranks] = self.timer.kernels_seconds([replace(kernel, tokens=tokens[ranks])])
+        return out
 
     def _kvp_max(self, values: np.ndarray) -> np.ndarray:
         return self.group_max((Axis.KVP,), values)
-
-    def _chain(self, plan: _BatchPlan, c0: np.ndarray, m0: np.ndarray, kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ends of the last attention [N] and of the last all-to-all [N] of the batch."""
-        att = np.asarray(self.timer.compute_seconds(self.att_flops0 + self.att_flops1 * kv,
-                                                    self.att_bytes0 + self.att_bytes1 * kv))  # [N, B]
-        x_s = plan.durations[all_to_all_index(0)][:, None]  # [N, 1]
-        return ragged_chain_ends(att, x_s, c0, m0, plan.hopb, self._kvp_max)
-
-    def _batched_attention_s(self, plan: _BatchPlan, kv: np.ndarray) -> np.ndarray:
-        """Seconds [N] of the one attention op over the whole batch (no chain)."""
-        tokens = kv.sum(axis=1)
-        flops = plan.zero_attention[0] + self.att_flops1[:, 0] * tokens
-        nbytes = plan.zero_attention[1] + self.att_bytes1[:, 0] * tokens
-        return np.asarray(self.timer.compute_seconds(flops, nbytes))
 
     def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
         """Modeled seconds of one layer for local KV lengths [N, B], or N arrays [b_r] (dp-ep)."""
         if isinstance(kv_lengths, list):
             return self._per_rank_batches(kv_lengths)
-        kv = np.asarray(kv_lengths)
+        kv = np.asarray(kv_lengths, dtype=float)
         batch = kv.shape[1]
         plan = self._batch_plan(batch)
         clocks = StreamClocks(self.n)
@@ -207,31 +189,37 @@ class RaggedLayerTime:
                 if index == 1:
                     c0 = np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start)
                     m0 = np.maximum(clocks.free[Stream.COMM], schedule.layer_start)
-                    last_att, last_a2a = self._chain(plan, c0, m0, kv)
+                    x_s = plan.durations[all_to_all_index(0)][:, None]  # [N, 1]
+                    last_att, last_a2a = ragged_chain_ends(self._attention_s(plan, kv), x_s, c0, m0, plan.hopb,
+                                                           self._kvp_max)
                     schedule.finish(attention_index(batch - 1), Stream.COMPUTE, last_att)
                     schedule.finish(chain_end, Stream.COMM, last_a2a)
                 continue
-            duration = self._batched_attention_s(plan, kv) if op.name is OpName.ATTENTION else plan.durations[index]
+            if op.name is OpName.ATTENTION:
+                duration = self._attention_s(plan, kv.mean(axis=1))
+            else:
+                duration = plan.durations[index]
             schedule.place(index, op, duration)
         return float(schedule.layer_end().max())
 
     def _per_rank_batches(self, kv_lengths: list[np.ndarray]) -> float:
         """One layer when rank r holds its own b_r requests (no per-request chain: KVP = 1)."""
         sizes = np.array([len(k) for k in kv_lengths])
-        tokens = np.array([float(np.sum(k)) for k in kv_lengths])
+        mean = np.array([float(np.mean(k)) if len(k) else 0.0 for k in kv_lengths])
         plans = {int(b): self._batch_plan(int(b)) for b in np.unique(sizes)}
         reference = plans[int(sizes[0])]
         if any(p.chain or [op.name for _, op in p.ops] != [op.name for _, op in reference.ops]
                for p in plans.values()):
             raise RuntimeError("plan.layer_plan depends on the batch size: update timing.RaggedLayerTime")
+        attention = np.zeros(self.n)
+        for b, plan in plans.items():
+            ranks = sizes == b
+            attention[ranks] = self._attention_s(plan, mean)[ranks]
         clocks = StreamClocks(self.n)
         schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
         for index, op in reference.ops:
             if op.name is OpName.ATTENTION:
-                flops = np.array([plans[b].zero_attention[0][r] for r, b in enumerate(sizes)])
-                nbytes = np.array([plans[b].zero_attention[1][r] for r, b in enumerate(sizes)])
-                duration = np.asarray(self.timer.compute_seconds(flops + self.att_flops1[:, 0] * tokens,
-                                                                 nbytes + self.att_bytes1[:, 0] * tokens))
+                duration = attention
             else:
                 duration = np.array([plans[b].durations[index][r] for r, b in enumerate(sizes)])
             schedule.place(index, op, duration)
@@ -245,14 +233,39 @@ def layer_kinds(model: ModelConfig, layers: int | None = None) -> list[tuple[int
     return [(kinds.index(kind), kinds.count(kind)) for kind in sorted(set(kinds))]
 
 
+class TailTime:
+    """Seconds of the tail of a step (final norm, LM head, logits gather, sampling: `plan.tail_plan`)
+    at an array of batches. Every rank runs the same tail ops in sequence (the gather's members are
+    symmetric), so its time is the sum of their durations, from the plans at batch 1 and 2."""
+
+    def __init__(self, model: ModelConfig, layout: Layout, timer: TimeModel):
+        self.timer = timer
+        self.plans = [tail_plan(model, layout, 0, batch, timer.impl) for batch in (1, 2)]
+
+    def __call__(self, batches) -> np.ndarray:
+        b = np.atleast_1d(np.asarray(batches, dtype=np.float64))
+        total = np.zeros(len(b))
+        for op1, op2 in zip(*self.plans):
+            if op1.is_collective:
+                size = op1.nbytes + (b - 1) * (op2.nbytes - op1.nbytes)
+                total = total + self.timer.collective_seconds(op1.collective, size, op1.group_size)
+            else:
+                total = total + self.timer.kernels_seconds([k1.extrapolated(k2, b) for k1, k2 in
+                                                            zip(op1.kernels, op2.kernels)])
+        return total
+
+
 class StepTimer:
     """analytic.step_time for ragged batches: one RaggedLayerTime per kind of layer (dense, MoE),
-    each timed once and multiplied by its count, as step_time does."""
+    each timed once and multiplied by its count, as step_time does, plus the step's tail."""
 
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layers: int | None = None):
         self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first))
                       for first, count in layer_kinds(model, layers)]
+        self.tail = TailTime(model, layout, timer)
 
     def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
         """Modeled seconds of one decode step for local KV lengths [N, B], or N arrays (dp-ep)."""
-        return sum(count * timer(kv_lengths) for count, timer in self.parts)
+        batch = max(len(k) for k in kv_lengths) if isinstance(kv_lengths, list) else np.shape(kv_lengths)[1]
+        layers = sum(count * timer(kv_lengths) for count, timer in self.parts)
+        return layers + float(self.tail(batch)[0])
