@@ -192,6 +192,7 @@ class EventStats:
         self.op_group_size = np.zeros(0, dtype=np.int64)
         self.key_sums = np.zeros((0, 4))  # per --by value: events, compute s, comm s, comm bytes
         self.layer_span = np.full((0, 0, 2), np.nan)  # [T, L, (min start, max end)] for --by layer
+        self.source_seconds: dict[tuple[int, str], float] = {}  # (op key, what timed it) -> busy seconds
 
     def add(self, chunk: np.ndarray) -> None:
         if len(chunk) == 0:
@@ -218,6 +219,7 @@ class EventStats:
 
     def _add_ops(self, chunk: np.ndarray, duration: np.ndarray) -> None:
         codes = self.op_keys.encode(chunk)
+        self._add_sources(chunk, codes, duration)
         size = len(self.op_keys.keys)
         new_from = len(self.op_group_size)
         self.op_sums = _grow(self.op_sums, size)
@@ -226,6 +228,27 @@ class EventStats:
             self.op_sums[:, column] += _sum_by(codes, size, weights)
         for code in range(new_from, size):  # group size of a new op key: from its first row
             self.op_group_size[code] = chunk["group_size"][np.argmax(codes == code)]
+
+    def _add_sources(self, chunk: np.ndarray, codes: np.ndarray, duration: np.ndarray) -> None:
+        """Busy seconds per (op key, source): what timed them (table, fitted physics, spec)."""
+        if "source" not in (chunk.dtype.names or ()):
+            return
+        sources = chunk["source"]
+        for source in np.unique(sources):
+            same = sources == source
+            sums = np.bincount(codes[same], weights=duration[same])
+            for code in np.flatnonzero(sums):
+                key = (int(code), source.decode())
+                self.source_seconds[key] = self.source_seconds.get(key, 0.0) + float(sums[code])
+
+    def time_sources(self, code: int | None = None) -> dict[str, float]:
+        """Share of modeled busy time timed by each source (of op key `code`, or of every op)."""
+        totals: dict[str, float] = {}
+        for (key, source), seconds in self.source_seconds.items():
+            if code is None or key == code:
+                totals[source] = totals.get(source, 0.0) + seconds
+        whole = sum(totals.values())
+        return {source: seconds / whole for source, seconds in sorted(totals.items())} if whole > 0 else {}
 
     def _add_by_key(self, chunk: np.ndarray, duration: np.ndarray, is_comm: np.ndarray) -> None:
         keys = chunk[self.by].astype(np.int64)
@@ -283,6 +306,7 @@ class EventStats:
             "exposed_comm_s": exposed_comm,
             "hidden_comm_s": max(comm_busy - exposed_comm, 0.0),
             "ops": ops,
+            "time_sources": self.time_sources(),  # share of modeled op time: measured table, fitted, spec
             "collectives": _collective_rows(ops),
             "host_seconds": self.host_end_s,
             "modeled_seconds": self.modeled_end_s,
@@ -296,7 +320,8 @@ class EventStats:
         for code, (op, stream, collective, group) in enumerate(self.op_keys.keys):
             count, seconds, nbytes, flops = self.op_sums[code]
             row = {"op": op, "stream": stream, "count": int(count), "seconds_per_step": seconds / rank_steps,
-                   "mean_s": seconds / count, "bytes": nbytes / count, "flops": flops / count}
+                   "mean_s": seconds / count, "bytes": nbytes / count, "flops": flops / count,
+                   "time_sources": self.time_sources(code)}
             if collective:
                 row.update(_bandwidths(collective, nbytes, seconds, int(self.op_group_size[code])))
                 row.update(collective=collective, group=group, group_size=int(self.op_group_size[code]),
@@ -613,12 +638,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"per rank per step: compute {summary['compute_busy_s'] * US:.2f} us, comm {summary['comm_busy_s'] * US:.2f} us"
         f" (exposed {summary['exposed_comm_s'] * US:.2f} us, hidden {summary['hidden_comm_s'] * US:.2f} us)",
         "",
-        f"{'op':18s} {'stream':7s} {'us/step':>10s} {'mean us':>9s} {'bytes':>12s} {'algbw GB/s':>11s} {'busbw GB/s':>11s}",
+        f"{'op':18s} {'stream':7s} {'us/step':>10s} {'mean us':>9s} {'bytes':>12s} {'algbw GB/s':>11s} "
+        f"{'busbw GB/s':>11s}  timed by",
     ]
     for row in summary["ops"]:
         bw = (f"{row['algbw_gbps']:11.3f} {row['busbw_gbps']:11.3f}" if "algbw_gbps" in row else f"{'':11s} {'':11s}")
         lines.append(f"{row['op']:18s} {row['stream']:7s} {row['seconds_per_step'] * US:10.2f} "
-                     f"{row['mean_s'] * US:9.2f} {row['bytes']:12.0f} {bw}")
+                     f"{row['mean_s'] * US:9.2f} {row['bytes']:12.0f} {bw}  {_sources_text(row.get('time_sources'))}")
+    if summary.get("time_sources"):
+        lines += ["", f"modeled op time timed by: {_sources_text(summary['time_sources'], full=True)} "
+                      "(table: measured tables; fitted: physics fitted to them; spec: roofline of spec sheets)"]
     if summary.get("collectives"):
         lines += ["", _format_collectives(summary["collectives"])]
     if summary.get("host_seconds"):
@@ -627,6 +656,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += ["", f"host wall time {summary['host_seconds']:.3f} s for {modeled * 1e3:.3f} ms "
                       f"of modeled time{slowdown}"]
     return "\n".join(lines)
+
+
+def _sources_text(shares: dict[str, float] | None, full: bool = False) -> str:
+    """'table 61 %, fitted 39 %' (dominant first), or the one source when an op has one."""
+    if not shares:
+        return ""
+    ordered = sorted(shares.items(), key=lambda item: -item[1])
+    if len(ordered) == 1 and not full:
+        return ordered[0][0]
+    return ", ".join(f"{source} {share * 100:.{1 if full else 0}f} %" for source, share in ordered)
 
 
 def _format_collectives(rows: list[dict[str, Any]]) -> str:

@@ -28,7 +28,7 @@ class _Plans:
     """Every rank's plan and op durations [ops, N] for one step, built once per kind of layer."""
 
     def __init__(self, model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], hopb: bool,
-                 timer: TimeModel, a2a_chunk: int = 1):
+                 timer: TimeModel, a2a_chunk: int = 0):
         self.model, self.layout, self.kv_lengths, self.hopb = model, layout, kv_lengths, hopb
         self.timer, self.a2a_chunk = timer, a2a_chunk
         self.cache: dict[bool, tuple[list, np.ndarray, np.ndarray]] = {}
@@ -77,7 +77,7 @@ def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology)
 
 
 def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], impl: Implementation, hopb: bool,
-              topo: Topology, layers: int | None = None, a2a_chunk: int = 1, tail: bool = True) -> float:
+              topo: Topology, layers: int | None = None, a2a_chunk: int = 0, tail: bool = True) -> float:
     """Modeled seconds of one decode step over the first `layers` layers (default: all), plus its
     tail (LM head and sampling) unless `tail` is False, given every rank's local KV tokens per
     request (ragged batches allowed). Layers of the same kind take the same time once a step is

@@ -66,8 +66,9 @@ def model_options(fn):
                      help="modeled kernels launched from CUDA graphs (else one by one from the host)"),
         click.option("--hopb/--no-hopb", default=True, show_default=True,
                      help="overlap request b's all-to-all with request b+1's attention"),
-        click.option("--a2a-chunk", type=int, default=1, show_default=True,
-                     help="requests per KVP all-to-all: 1 per request (HOP-B as in the paper), 0 whole batch"),
+        click.option("--a2a-chunk", type=int, default=0, show_default=True,
+                     help="requests per KVP all-to-all: 0 the whole batch at once (TensorRT-LLM's Helix kernel), "
+                          "1 one per request (HOP-B as in the paper)"),
         click.option("--tokens-per-block", type=int, default=16, show_default=True,
                      help="KV round robin block (decode steps per KVP rank)"),
         click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table"),
@@ -446,7 +447,7 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
 
 
 def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json, gpus,
-                   serving: dict, a2a_chunk: int = 1, kv_precision: str = "fp8", comm: str = "trtllm",
+                   serving: dict, a2a_chunk: int = 0, kv_precision: str = "fp8", comm: str = "trtllm",
                    cuda_graphs: bool = True) -> None:
     """`model --workload`: helix_mpi.serving.serve at full model size."""
     from .config import RunConfig, load_model, make_layout, validate_layout

@@ -444,8 +444,8 @@ class RunConfig:
     comm: str = _help("modeled collectives: trtllm or nccl", default="trtllm")
     cuda_graphs: bool = _help("modeled kernels launched from CUDA graphs", default=True)
     hopb: bool = _help("HOP-B: overlap request b's all-to-all with request b+1's attention", default=True)
-    a2a_chunk: int = _help("requests per KVP all-to-all (1: per request as in the paper; 0: whole batch)",
-                           default=1)
+    a2a_chunk: int = _help("requests per KVP all-to-all: 0 the whole batch in one exchange (TensorRT-LLM's "
+                           "Helix kernel, the default), 1 one per request (HOP-B as in the paper)", default=0)
     storage: str = _help("host storage of weights and KV cache: fp32, or bf16 (half the memory, upcast in the "
                          "kernels); independent of the modeled --precision", default="fp32")
     key_scale: float = _help("scale of the initial keys (large values test softmax stability)", default=1.0)

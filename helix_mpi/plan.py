@@ -196,7 +196,7 @@ def out_kernels(model: ModelConfig, shard: RankShard, batch: int, kvp: int, impl
 
 
 def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengths: np.ndarray,
-                  impl: Implementation, hopb: bool, a2a_chunk: int = 1, reduced_before: bool = False) -> list[Op]:
+                  impl: Implementation, hopb: bool, a2a_chunk: int = 0, reduced_before: bool = False) -> list[Op]:
     """QKV, attention (+ an all-to-all per chunk of `a2a_chunk` requests under KVP: 1 is the
     paper's per-request HOP-B, 0 one exchange for the whole batch), combine + output projection.
     `reduced_before`: the layer's input comes out of an all-reduce the input norm can fuse into."""
@@ -282,7 +282,7 @@ def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, ba
 
 # --- whole layer -------------------------------------------------------------------------------
 def layer_plan(model: ModelConfig, layout: Layout, rank: int, layer: int, kv_lengths: np.ndarray,
-               impl: Implementation, hopb: bool, a2a_chunk: int = 1) -> list[Op]:
+               impl: Implementation, hopb: bool, a2a_chunk: int = 0) -> list[Op]:
     """Ops of one layer on `rank`; kv_lengths [B] are its local tokens per request incl. the new one
     (under dp-ep: of the requests it owns)."""
     shard = rank_shard(model, layout, rank)

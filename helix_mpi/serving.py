@@ -384,17 +384,16 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
           impl: Implementation = Implementation(), hopb: bool = True, tokens_per_block: int = 16, max_batch: int | None = None,
           kv_transfer: str = "scale_out", exact: bool = False,
           long_context_tokens: int = LONG_CONTEXT_TOKENS, kv_capacity_tokens: int | None = None,
-          a2a_chunk: int = 1) -> dict:
+          a2a_chunk: int = 0) -> dict:
     """Simulate decode-only continuous batching of `workload` at full model size (Scheduler.metrics).
 
-    exact=True times steps with analytic.step_time (slow: for checks) instead of StepTimer; so do
-    exchanges of several requests per all-to-all (`a2a_chunk` != 1), which StepTimer does not model.
+    exact=True times steps with analytic.step_time (slow: for checks) instead of timing.StepTimer.
     """
     setup = ServingSetup(model, layout, topo, impl, hopb, tokens_per_block, max_batch, kv_transfer,
                          long_context_tokens, kv_capacity_tokens)
     scheduler = Scheduler(workload, setup)
-    exact = exact or a2a_chunk != 1
-    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, hopb, TimeModel(topo, impl))
+    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, hopb, TimeModel(topo, impl),
+                                                                    a2a_chunk=a2a_chunk)
     now = scheduler.first_arrival
     while not scheduler.done:
         start, batch = scheduler.next_step(now)
@@ -403,7 +402,7 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
     return scheduler.metrics()
 
 
-def _exact_timer(setup: ServingSetup, a2a_chunk: int = 1) -> Callable:
+def _exact_timer(setup: ServingSetup, a2a_chunk: int = 0) -> Callable:
     from .analytic import step_time
 
     def timer(kv: np.ndarray | list[np.ndarray]) -> float:

@@ -74,7 +74,7 @@ class WhatIf:
 
     a2a_latency_scale: float = 1.0  # multiplies the topology's a2a_base_us and a2a_step_us
     reduce_latency_scale: float = 1.0  # multiplies ring_base/step_us and nvls_base/step_us
-    a2a_chunk: int = 1  # requests per attention kernel + all-to-all under KVP: 1 = plan, 0 = whole batch
+    a2a_chunk: int = 0  # requests per attention kernel + all-to-all under KVP: 0 = whole batch, 1 = per request
 
     def __post_init__(self) -> None:
         for name in ("a2a_latency_scale", "reduce_latency_scale"):
@@ -90,7 +90,7 @@ class WhatIf:
     def describe(self) -> str:
         parts = [f"a2a latency x{self.a2a_latency_scale:.3g}" if self.a2a_latency_scale != 1 else "",
                  f"ring/NVLS latency x{self.reduce_latency_scale:.3g}" if self.reduce_latency_scale != 1 else "",
-                 {1: "", 0: "one all-to-all per batch"}.get(self.a2a_chunk,
+                 {0: "", 1: "one all-to-all per request"}.get(self.a2a_chunk,
                                                             f"{self.a2a_chunk} requests per all-to-all")]
         return ", ".join(p for p in parts if p) or "plan"
 

@@ -78,8 +78,9 @@ def _sweep_text(summary: dict[str, Any], output: str) -> str:
               help="WHAT-IF: multiply the topology's all-to-all latency (a2a_base_us, a2a_step_us)")
 @click.option("--reduce-latency-scale", type=float, default=1.0, show_default=True,
               help="WHAT-IF: multiply the ring and NVLS latencies (all-reduce, all-gather)")
-@click.option("--a2a-chunk", type=int, default=1, show_default=True,
-              help="WHAT-IF: requests per attention kernel + all-to-all under KVP (1 = the plan, 0 = whole batch)")
+@click.option("--a2a-chunk", type=int, default=0, show_default=True,
+              help="requests per attention kernel + all-to-all under KVP: 0 the whole batch at once "
+                   "(TensorRT-LLM's Helix kernel), 1 one per request (HOP-B as in the paper)")
 @click.option("-o", "--output", default="sweep.h5", show_default=True, help="HDF5 file to write")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
 def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,

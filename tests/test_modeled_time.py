@@ -105,11 +105,11 @@ def _layer_times(run: RunConfig, layout: Layout):
 def test_hopb_exposes_one_all_to_all(hopb):
     # Long contexts make attention (compute) longer than the all-to-all: HOP-B hides all but one.
     batch, layout = 4, Layout(4, 1, 4)
-    run = RunConfig(batch=batch, context=4_000_000, steps=1, layers=1, hopb=hopb)
+    run = RunConfig(batch=batch, context=4_000_000, steps=1, layers=1, hopb=hopb, a2a_chunk=1)  # HOP-B: one exchange per request
     events = _layer_times(run, layout)
     topo = load_topology("gb200-nvl72")
     impl = run.implementation()
-    plan = layer_plan(MODEL_PRESETS["tiny"], layout, 0, 0, np.full(batch, 1_000_001), impl, hopb)
+    plan = layer_plan(MODEL_PRESETS["tiny"], layout, 0, 0, np.full(batch, 1_000_001), impl, hopb, a2a_chunk=1)
     t_attn = TimeModel(topo, impl).op_seconds(plan[attention_index(0)])
     t_a2a = TimeModel(topo, impl).op_seconds(plan[all_to_all_index(0)])
     assert t_a2a < t_attn

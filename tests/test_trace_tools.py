@@ -25,7 +25,7 @@ from helix_mpi.trace import TraceWriter
 
 # tiny model (Q=8, K=4, D=16, 4 layers) on 4 ranks as KVP=2 x TPA=2, so the all-to-all is real.
 RUN_ARGS = ["--kvp", "2", "--tpa", "2", "--batch", "3", "--context", "40", "--steps", "3", "--layers", "2",
-            "--tokens-per-block", "4", "--precision", "fp4"]
+            "--tokens-per-block", "4", "--precision", "fp4", "--a2a-chunk", "1"]  # per request: HOP-B matters
 COMMANDS = {  # command line of each trace command with BAD in place of the trace under test
     "summarize": ["summarize", "BAD"],
     "compare-a": ["compare", "BAD", "GOOD"],

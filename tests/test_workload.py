@@ -245,18 +245,20 @@ STEP_LAYOUTS = [  # (model, N, kvp, tpa, strategy): MLA + MoE under every strate
 
 @pytest.mark.parametrize("name, n, kvp, tpa, strategy", STEP_LAYOUTS,
                          ids=[f"{c[0]}-{c[4]}-{c[1]}" for c in STEP_LAYOUTS])
-def test_step_timer_equals_step_time(name, n, kvp, tpa, strategy):
+@pytest.mark.parametrize("chunk", [1, 0, 2])  # per request (HOP-B), the whole batch, chunks of 2 requests
+def test_step_timer_equals_step_time(name, n, kvp, tpa, strategy, chunk):
     model, rng = MODEL_PRESETS[name], np.random.default_rng(11)
     layout = make_layout(model, n, kvp, tpa, strategy)
     for hopb in (True, False):
-        timer = StepTimer(model, layout, hopb, TimeModel(TOPO, IMPL))
+        timer = StepTimer(model, layout, hopb, TimeModel(TOPO, IMPL), a2a_chunk=chunk)
         for batch in (1, 3, 7):
             for scale in (1, 100, 2_000_000):
                 if strategy == "dp-ep":  # every rank its own requests, some none
                     kv = [rng.integers(0, scale, int(rng.integers(0, batch + 1))) for _ in range(n)]
                 else:
                     kv = rng.integers(0, scale, (n, batch))
-                assert timer(kv) == pytest.approx(step_time(model, layout, list(kv), IMPL, hopb, TOPO), rel=1e-12)
+                expected = step_time(model, layout, list(kv), IMPL, hopb, TOPO, a2a_chunk=chunk)
+                assert timer(kv) == pytest.approx(expected, rel=1e-12)
 
 
 # --- memory: memory.py ---------------------------------------------------------------------------------

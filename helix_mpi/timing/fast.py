@@ -39,7 +39,7 @@ class BatchLayerTime:
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, classes: tuple, layer: int, hopb: bool,
-                 timer: TimeModel, a2a_chunk: int = 1):
+                 timer: TimeModel, a2a_chunk: int = 0):
         self.model, self.layout, self.classes, self.layer = model, layout, classes, layer
         self.hopb, self.timer, self.a2a_chunk = hopb, timer, a2a_chunk
         self.moe_layer = model.is_moe_layer(layer)
@@ -117,9 +117,13 @@ class _BatchPlan:
 
     ops: list  # (index, op) of the plan of rank class 0, in plan order
     durations: dict  # index -> seconds [N] of every op that does not depend on KV lengths
-    chain: bool  # per-request attention / all-to-all chain at indices 1 .. 2B (KVP > 1)
-    hopb: bool  # chain overlapped (attention b does not wait for all-to-all b-1)
-    attention: list  # per class: its attention kernel at this batch (the op over the whole batch or a request)
+    chunks: list  # (first request, requests) of each attention -> all-to-all exchange (KVP > 1), else []
+    hopb: bool  # chain overlapped (attention of chunk k does not wait for all-to-all k-1)
+    attention: list  # per class: its (first) attention kernel at this batch
+
+    @property
+    def chain(self) -> bool:
+        return bool(self.chunks)
 
 
 class RaggedLayerTime:
@@ -133,9 +137,10 @@ class RaggedLayerTime:
     op's duration on a rank is that of the plan for the rank's own batch size.
     """
 
-    def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layer: int = 0):
+    def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layer: int = 0,
+                 a2a_chunk: int = 0):
         self.model, self.layout, self.hopb, self.timer = model, layout, hopb, timer
-        self.layer, self.n = layer, layout.world_size
+        self.layer, self.n, self.a2a_chunk = layer, layout.world_size, a2a_chunk
         self.group_max = GroupMax(layout)
         self.rank_class, self.class_rank = shard_classes(model, layout)
         self.members = [np.flatnonzero(self.rank_class == c) for c in range(len(self.class_rank))]
@@ -143,7 +148,7 @@ class RaggedLayerTime:
 
     def _plans(self, batch: int) -> list[list[Op]]:
         kv = np.ones(batch, dtype=np.int64)
-        return [layer_plan(self.model, self.layout, r, self.layer, kv, self.timer.impl, self.hopb)
+        return [layer_plan(self.model, self.layout, r, self.layer, kv, self.timer.impl, self.hopb, self.a2a_chunk)
                 for r in self.class_rank]
 
     def _batch_plan(self, batch: int) -> _BatchPlan:
@@ -153,23 +158,33 @@ class RaggedLayerTime:
             attention = [[op for op in plan if op.name is OpName.ATTENTION] for plan in plans]
             if not all(attention):
                 raise RuntimeError("plan.layer_plan has no attention op: update timing.RaggedLayerTime")
-            chain = ops[1][1].request >= 0
-            if chain and not all(plans[0][attention_index(b)].name is OpName.ATTENTION and plans[0][
-                    all_to_all_index(b)].name is OpName.ALL_TO_ALL for b in range(batch)):
+            chunks = [(op.request, op.requests) for _, op in ops if op.name is OpName.ATTENTION and op.request >= 0]
+            if chunks and not all(plans[0][attention_index(k)].name is OpName.ATTENTION and plans[0][
+                    all_to_all_index(k)].name is OpName.ALL_TO_ALL for k in range(len(chunks))):
                 raise RuntimeError("plan.layer_plan changed shape: update timing.RaggedLayerTime")
-            hopb = not chain or batch == 1 or not plans[0][attention_index(1)].deps
+            hopb = len(chunks) < 2 or not plans[0][attention_index(1)].deps
             durations = {i: self.timer.ops_seconds([p[i] for p in plans])[self.rank_class]
                          for i, op in ops if op.name is not OpName.ATTENTION}
-            self._cache[batch] = _BatchPlan(ops, durations, chain, hopb, [a[0].kernels[0] for a in attention])
+            self._cache[batch] = _BatchPlan(ops, durations, chunks, hopb, [a[0].kernels[0] for a in attention])
         return self._cache[batch]
 
-    def _attention_s(self, plan: _BatchPlan, tokens: np.ndarray) -> np.ndarray:
-        """Seconds [N, ...] of each rank's attention kernel at `tokens` [N, ...] (one class at a time:
-        each has its own measured shape)."""
+    def _attention_s(self, plan: _BatchPlan, tokens: np.ndarray, batch=None) -> np.ndarray:
+        """Seconds [N, ...] of each rank's attention kernel at `tokens` [N, ...] (and `batch`
+        requests, default its plan's), one class at a time: each has its own measured shape."""
         out = np.zeros(tokens.shape)
         for kernel, ranks in zip(plan.attention, self.members):
-            out[ranks] = self.timer.kernels_seconds([replace(kernel, tokens=tokens[ranks])])
+            shaped = replace(kernel, tokens=tokens[ranks]) if batch is None else \
+                replace(kernel, tokens=tokens[ranks], batch=batch[ranks])
+            out[ranks] = self.timer.kernels_seconds([shaped])
         return out
+
+    def _chain_times(self, plan: _BatchPlan, kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(attention [N, C], all-to-all [N, C]) seconds of each exchange of the chain."""
+        sizes = np.array([count for _, count in plan.chunks], dtype=float)
+        means = np.stack([kv[:, first:first + count].mean(axis=1) for first, count in plan.chunks], axis=1)
+        att = self._attention_s(plan, means, np.broadcast_to(sizes, means.shape))
+        x = np.stack([plan.durations[all_to_all_index(k)] for k in range(len(plan.chunks))], axis=1)
+        return att, x
 
     def _kvp_max(self, values: np.ndarray) -> np.ndarray:
         return self.group_max((Axis.KVP,), values)
@@ -183,16 +198,15 @@ class RaggedLayerTime:
         plan = self._batch_plan(batch)
         clocks = StreamClocks(self.n)
         schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
-        chain_end = all_to_all_index(batch - 1) if plan.chain else 0
+        chain_end = all_to_all_index(len(plan.chunks) - 1) if plan.chain else 0
         for index, op in plan.ops:
             if 0 < index <= chain_end:
                 if index == 1:
                     c0 = np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start)
                     m0 = np.maximum(clocks.free[Stream.COMM], schedule.layer_start)
-                    x_s = plan.durations[all_to_all_index(0)][:, None]  # [N, 1]
-                    last_att, last_a2a = ragged_chain_ends(self._attention_s(plan, kv), x_s, c0, m0, plan.hopb,
-                                                           self._kvp_max)
-                    schedule.finish(attention_index(batch - 1), Stream.COMPUTE, last_att)
+                    att, x = self._chain_times(plan, kv)
+                    last_att, last_a2a = ragged_chain_ends(att, x, c0, m0, plan.hopb, self._kvp_max)
+                    schedule.finish(attention_index(len(plan.chunks) - 1), Stream.COMPUTE, last_att)
                     schedule.finish(chain_end, Stream.COMM, last_a2a)
                 continue
             if op.name is OpName.ATTENTION:
@@ -259,8 +273,9 @@ class StepTimer:
     """analytic.step_time for ragged batches: one RaggedLayerTime per kind of layer (dense, MoE),
     each timed once and multiplied by its count, as step_time does, plus the step's tail."""
 
-    def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layers: int | None = None):
-        self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first))
+    def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layers: int | None = None,
+                 a2a_chunk: int = 0):
+        self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first, a2a_chunk))
                       for first, count in layer_kinds(model, layers)]
         self.tail = TailTime(model, layout, timer)
 

@@ -124,20 +124,23 @@ def chunked_chain_span(ta_c: np.ndarray, tc_c: np.ndarray, ta_r: np.ndarray, tc_
 
 def ragged_chain_ends(att: np.ndarray, x_s: np.ndarray, c0: np.ndarray, m0: np.ndarray, hopb: bool,
                       kvp_max: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Ends of the last attention [N] and of the last all-to-all [N] of a per-request chain whose
-    requests take different times: att [N, B] attention seconds, x_s [N, 1] one all-to-all, c0 / m0
-    [N] the compute / comm stream clocks before it, kvp_max the max over each rank's KVP group.
-      HOP-B:    A_b = C0 + sum_{j<=b} t_att_j;   X_b = max(X_{b-1}, G(A_b)) + t_a2a, X_-1 = G(M0)
-                => X_b = max(G(M0), cummax_{j<=b} (G(A_j) - j t_a2a)) + (b+1) t_a2a
-      no HOP-B: A_b = X_{b-1} + t_att_b (b >= 1);  X_b = X_{b-1} + G(t_att_b) + t_a2a"""
-    n = att.shape[0]
+    """Ends of the last attention [N] and of the last all-to-all [N] of a chain of C exchanges
+    (one per request, or per chunk of requests) that take different times: att [N, C] attention
+    seconds, x_s [N, C] (or [N, 1]) each all-to-all, c0 / m0 [N] the compute / comm stream clocks
+    before the chain, kvp_max the max over each rank's KVP group. With S_b = x_0 + ... + x_b:
+      HOP-B:    A_b = C0 + sum_{j<=b} t_att_j;   X_b = max(X_{b-1}, G(A_b)) + x_b, X_-1 = G(M0)
+                => X_b = S_b + max(G(M0), cummax_{j<=b} (G(A_j) - S_{j-1}))
+      no HOP-B: A_b = X_{b-1} + t_att_b (b >= 1);  X_b = X_{b-1} + G(t_att_b) + x_b
+    (after an all-to-all every member of the group is at the same time, so G(X + a) = X + G(a))."""
+    x = np.broadcast_to(x_s, att.shape)
+    sums = np.cumsum(x, axis=1)  # S_b [N, C]
+    before = sums - x  # S_{b-1}
     if hopb:
-        ends = np.cumsum(np.concatenate([c0[:, None], att], axis=1), axis=1)[:, 1:]  # A_b [N, B]
-        shift = np.arange(att.shape[1]) * x_s  # b * t_a2a
-        top = np.maximum(np.maximum.accumulate(kvp_max(ends) - shift, axis=1)[:, -1], kvp_max(m0))
-        return ends[:, -1], top + (shift[:, -1] + x_s[:, 0])
-    first = (np.maximum(kvp_max(m0), kvp_max(c0 + att[:, 0])) + x_s[:, 0])[:, None]  # X_0
-    steps = np.stack([kvp_max(att[:, 1:]), np.broadcast_to(x_s, att[:, 1:].shape)], axis=2)
-    a2a = np.cumsum(np.concatenate([first, steps.reshape(n, -1)], axis=1), axis=1)[:, ::2]  # X_b [N, B]
+        ends = np.cumsum(np.concatenate([c0[:, None], att], axis=1), axis=1)[:, 1:]  # A_b [N, C]
+        top = np.maximum(np.maximum.accumulate(kvp_max(ends) - before, axis=1)[:, -1], kvp_max(m0))
+        return ends[:, -1], top + sums[:, -1]
+    first = np.maximum(kvp_max(m0), kvp_max(c0 + att[:, 0])) + x[:, 0]  # X_0
+    steps = kvp_max(att[:, 1:]) + x[:, 1:]  # X_b - X_{b-1}, b >= 1
+    a2a = np.concatenate([first[:, None], first[:, None] + np.cumsum(steps, axis=1)], axis=1)  # X_b [N, C]
     last_att = c0 + att[:, 0] if att.shape[1] == 1 else a2a[:, -2] + att[:, -1]
     return last_att, a2a[:, -1]
