@@ -56,8 +56,9 @@ def model_options(fn):
         click.option("--batch", type=int, default=1, show_default=True, help="requests decoded together"),
         click.option("--context", type=int, default=256, show_default=True, help="tokens already cached"),
         click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path"),
-        click.option("--precision", type=click.Choice(["fp4", "fp8", "bf16"]), default="fp4", show_default=True,
-                     help="modeled precision of the weights (fp4 = NVFP4)"),
+        click.option("--precision", type=click.Choice(["fp4", "fp8", "fp8_block", "bf16"]), default="fp4",
+                     show_default=True, help="modeled precision of the weights (fp4 = NVFP4; fp8_block = FP8 with "
+                                             "128x128 block scales, as DeepSeek-V3/R1 checkpoints)"),
         click.option("--kv-precision", type=click.Choice(["fp8", "bf16", "fp4"]), default="fp8", show_default=True,
                      help="modeled precision of the KV cache (fp8 as deployed with NVFP4 weights)"),
         click.option("--comm", type=click.Choice(["trtllm", "nccl"]), default="trtllm", show_default=True,

@@ -80,9 +80,6 @@ class ModelConfig:
     norm_eps: float = _help("RMSNorm epsilon", default=1e-5)
     mla: MLAConfig | None = _help("latent attention (then K = 1 and D = nope + rope)", default=None)
     moe: MoEConfig | None = _help("mixture of experts FFN", default=None)
-    fp8_block_scaled: bool = _help("FP8 weights carry 128x128 block scales (config.json quantization_config "
-                                   "weight_block_size, as DeepSeek-V3/R1): FP8 GEMMs run block-scaled kernels",
-                                   default=False)
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "num_layers"):
@@ -137,10 +134,9 @@ class ModelConfig:
 
 
 def _mla_model(name: str, hidden: int, heads: int, layers: int, mla: MLAConfig, ffn: int, moe: MoEConfig | None,
-               vocab: int = 0, rope_theta: float = 10000.0, eps: float = 1e-6, fp8_block_scaled: bool = False
-               ) -> ModelConfig:
+               vocab: int = 0, rope_theta: float = 10000.0, eps: float = 1e-6) -> ModelConfig:
     return ModelConfig(name, hidden, heads, 1, mla.qk_nope_head_dim + mla.qk_rope_head_dim, ffn, layers, vocab,
-                       rope_theta, eps, mla=mla, moe=moe, fp8_block_scaled=fp8_block_scaled)
+                       rope_theta, eps, mla=mla, moe=moe)
 
 
 def _gqa_model(name: str, hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int, layers: int,
@@ -170,8 +166,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     # modeled: group-limited routing (n_group/topk_group), the score-correction bias, YaRN rope
     # scaling, multi-token prediction. DeepSeek-V3 has the same shapes.
     "deepseek-r1": _mla_model("deepseek-r1", 7168, 128, 61, MLAConfig(1536, 512, 64, 128, 128), 18432,
-                              MoEConfig(256, 1, 8, 2048, 3, "sigmoid", True, 2.5), 129280,
-                              fp8_block_scaled=True),  # quantization_config weight_block_size [128, 128]
+                              MoEConfig(256, 1, 8, 2048, 3, "sigmoid", True, 2.5), 129280),
     # Tiny MLA + MoE test model: 8 experts (top-2) so a small batch leaves some experts idle.
     "tiny-mla-moe": _mla_model("tiny-mla-moe", 64, 8, 3, MLAConfig(24, 32, 8, 16, 16), 96,
                                MoEConfig(8, 1, 2, 24, 1, "softmax", True, 1.0), 256),
@@ -240,9 +235,6 @@ def _model_from_hf(fields: dict[str, Any], name: str, source: str, strict: bool)
         if hf_key in fields:
             kwargs[ours] = fields[hf_key]
     mla, moe = _mla_from_hf(fields, source), _moe_from_hf(fields, source)
-    quantization = fields.get("quantization_config")
-    if isinstance(quantization, dict) and quantization.get("weight_block_size"):
-        kwargs["fp8_block_scaled"] = True
     if mla is not None:  # one latent KV "head"; head_dim is the q/k head size nope + rope
         kwargs["num_kv_heads"], kwargs["head_dim"] = 1, mla.qk_nope_head_dim + mla.qk_rope_head_dim
         kwargs["mla"] = mla
@@ -395,30 +387,42 @@ def _validate_dp_ep(model: ModelConfig, layout: Layout, n: int) -> None:
         raise ConfigError(f"dp-ep needs an MoE model (expert-parallel FFN); {model.name} is dense: use helix or tp")
 
 
-PRECISIONS = ("fp4", "fp8", "bf16")
+PRECISIONS = ("fp4", "fp8", "bf16")  # of the KV cache, and of the weights with FP8_BLOCK
+FP8_BLOCK = "fp8_block"  # FP8 weights with 128x128 block scales (DeepSeek-V3/R1 checkpoints): other GEMM kernels
+WEIGHT_PRECISIONS = ("fp4", "fp8", FP8_BLOCK, "bf16")
 STORAGES = ("fp32", "bf16")  # host arrays; bf16 is kept as uint16 (kernels.bf16)
 COMMS = ("trtllm", "nccl")
 # Bytes per element of weights and KV cache at each modeled precision (NVFP4: with its block scales).
-PRECISION_BYTES = ELEMENT_BYTES
+PRECISION_BYTES = {**ELEMENT_BYTES, FP8_BLOCK: ELEMENT_BYTES["fp8"]}
 
 
 @dataclass(frozen=True)
 class Implementation:
     """How the modeled GPUs run the plan: numeric formats, communication library, CUDA graphs."""
 
-    precision: str = _help("precision of the weights: fp4 (NVFP4), fp8 or bf16", default="fp4")
+    precision: str = _help("precision of the weights: fp4 (NVFP4), fp8, fp8_block (128x128 block scales) or bf16",
+                           default="fp4")
     kv_precision: str = _help("precision of the KV cache: fp8 or bf16 (fp4: no measured kernel, roofline only)",
                               default="fp8")
     comm: str = _help("collectives: trtllm (TensorRT-LLM's custom all-reduce fused with residual + RMSNorm, its "
                       "one-kernel all-to-all over NVLink) or nccl (NCCL as nccl-tests measures it)", default="trtllm")
     cuda_graphs: bool = _help("kernels launched from CUDA graphs (a small gap each) rather than one by one from "
                               "the host", default=True)
+    moe_precision: str | None = _help("precision of the routed experts' weights (None: as the other weights); "
+                                      "deployments mix them, e.g. FP8 GEMMs with block-scaled FP8 experts",
+                                      default=None)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("precision", PRECISIONS), ("kv_precision", PRECISIONS), ("comm", COMMS)):
+        for name, allowed in (("precision", WEIGHT_PRECISIONS), ("kv_precision", PRECISIONS), ("comm", COMMS),
+                              ("moe_precision", WEIGHT_PRECISIONS + (None,))):
             if getattr(self, name) not in allowed:
                 flag = name.replace("_", "-")
                 raise ConfigError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    @property
+    def experts(self) -> str:
+        """Precision of the routed experts' weights."""
+        return self.moe_precision or self.precision
 
     @property
     def fused_norm(self) -> bool:
@@ -443,6 +447,7 @@ class RunConfig:
     kv_precision: str = _help("modeled precision of the KV cache: fp8, bf16 or fp4", default="fp8")
     comm: str = _help("modeled collectives: trtllm or nccl", default="trtllm")
     cuda_graphs: bool = _help("modeled kernels launched from CUDA graphs", default=True)
+    moe_precision: str | None = _help("modeled precision of the routed experts (None: --precision)", default=None)
     hopb: bool = _help("HOP-B: overlap request b's all-to-all with request b+1's attention", default=True)
     a2a_chunk: int = _help("requests per KVP all-to-all: 0 the whole batch in one exchange (TensorRT-LLM's "
                            "Helix kernel, the default), 1 one per request (HOP-B as in the paper)", default=0)
@@ -466,7 +471,7 @@ class RunConfig:
             raise ConfigError(f"--a2a-chunk must be an integer >= 0 (0: the whole batch), got {self.a2a_chunk!r}")
 
     def implementation(self) -> Implementation:
-        return Implementation(self.precision, self.kv_precision, self.comm, self.cuda_graphs)
+        return Implementation(self.precision, self.kv_precision, self.comm, self.cuda_graphs, self.moe_precision)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -257,9 +257,11 @@ def _roofline(flops, nbytes, topo: Topology, precision: str, kernels=1.0):
     return np.maximum(math_s, memory_s) + kernels * topo.gpu.launch_overhead_s
 
 
-def _choose(table_s, inside, fitted_s):
-    seconds = np.where(inside, table_s, fitted_s)
-    return seconds, np.where(inside, TABLE, FITTED)
+def _choose(table_s, inside, fitted):
+    """The measured value where inside the table, else `fitted()` (computed only when needed)."""
+    if np.all(inside):
+        return table_s, np.full(np.shape(table_s), TABLE)
+    return np.where(inside, table_s, fitted()), np.where(inside, TABLE, FITTED)
 
 
 def _efficiency(parallel, fit) -> np.ndarray:
@@ -277,7 +279,7 @@ def _gemm_seconds(k, topo: Topology):
     if dtype is None:
         return _roofline(k.flops, k.hbm_bytes, topo, k.dtype), SPEC
     fit = cal.fits.gemm[dtype]
-    fitted = fit(gemm_features(k.m, k.n, k.k, dtype, _efficiency(k.n * k.k / 2**20, fit)))
+    fitted = lambda: fit(gemm_features(k.m, k.n, k.k, dtype, _efficiency(k.n * k.k / 2**20, fit)))  # noqa: E731
     seconds, source = _choose(*cal.tables.gemm[dtype](k.m, k.n, k.k), fitted)
     if k.fused_quant and dtype != "bf16" and "bf16" in cal.fits.gemm:
         floor = cal.fits.gemm["bf16"].coefficients[0]
@@ -295,11 +297,11 @@ def _attention_seconds(k, topo: Topology):
     if dtype is None:
         return _roofline(k.flops, k.hbm_bytes, topo, "bf16"), SPEC
     fit = fits[dtype]  # fp4 KV (no measured kernel): the fp8 kernel's physics at fp4 bytes
-    fitted = fit(attention_features(k.batch, k.q_heads, k.kv_heads, k.head_dim, k.tokens, k.kv_dtype,
-                                    _efficiency(k.batch * k.kv_heads, fit)))
+    fitted = lambda: fit(attention_features(k.batch, k.q_heads, k.kv_heads, k.head_dim, k.tokens,  # noqa: E731
+                                            k.kv_dtype, _efficiency(k.batch * k.kv_heads, fit)))
     grid = cal.tables.attention.get(k.kv_dtype, {}).get((int(k.q_heads), int(k.kv_heads), int(k.head_dim)))
     if grid is None:
-        return fitted, FITTED
+        return fitted(), FITTED
     return _choose(*grid(k.batch, k.tokens), fitted)
 
 
@@ -312,31 +314,32 @@ def _mla_seconds(k, topo: Topology):
     if dtype is None:
         return _roofline(k.flops, k.hbm_bytes, topo, "bf16"), SPEC
     fit = fits[dtype]
-    fitted = fit(mla_features(k.batch, k.heads, k.tokens, k.kv_dtype, k.latent, k.rope, _efficiency(k.batch, fit)))
+    fitted = lambda: fit(mla_features(k.batch, k.heads, k.tokens, k.kv_dtype, k.latent, k.rope,  # noqa: E731
+                                      _efficiency(k.batch, fit)))
     grid = cal.tables.mla.get(k.kv_dtype, {}).get(int(k.heads)) if (k.latent, k.rope) == (512, 64) else None
     if grid is None:
-        return fitted, FITTED
+        return fitted(), FITTED
     return _choose(*grid(k.batch, k.tokens), fitted)
 
 
-_MOE_TABLE_DTYPES = {"bf16": ("bf16",), "fp8": ("fp8", "fp8_block"), "fp4": ("nvfp4",)}
+_MOE_TABLE_DTYPES = {"bf16": ("bf16",), "fp8": ("fp8",), "fp8_block": ("fp8_block",), "fp4": ("nvfp4",)}
 
 
 def _moe_seconds(k, topo: Topology):
     from .calibration.fits import moe_features
-    from .gpuops import ELEMENT_BYTES
+    from .gpuops import GEMM_DTYPES
 
     cal = topo.calibration
     fit = None if cal is None else cal.fits.moe
     if fit is None:
         return _roofline(k.flops, k.hbm_bytes, topo, k.dtype), SPEC
-    fitted = fit(moe_features(k.hit, k.pairs, k.hidden, k.inter, ELEMENT_BYTES[k.dtype]))
+    fitted = lambda: fit(moe_features(k.hit, k.pairs, k.hidden, k.inter, GEMM_DTYPES[k.dtype]))  # noqa: E731
     key = (int(k.hidden), int(round(k.inter * k.tp)), int(k.topk), int(k.experts), int(round(k.tp)), int(round(k.ep)))
     for dtype in _MOE_TABLE_DTYPES[k.dtype]:
         grid = cal.tables.moe.get(dtype, {}).get(key)
         if grid is not None:
             return _choose(*grid(k.tokens), fitted)
-    return fitted, FITTED
+    return fitted(), FITTED
 
 
 def _elementwise_seconds(k, topo: Topology):
@@ -420,7 +423,8 @@ def _across_domains(op: str, size, n, local, in_domain, topo: Topology):
     algorithms run it: the in-domain part (`in_domain`) plus a ring over the m domains on the
     scale-out network carrying 1 / local of the data per GPU (one NIC per GPU, each moving its
     slice), e.g. all-reduce = reduce-scatter and all-gather inside the domain, all-reduce across.
-    An all-to-all sends its remote share over the network while the local share uses NVLink."""
+    An all-to-all sends its remote share over the network while the local share uses NVLink; an
+    all-reduce takes the faster of the ring and NCCL's tree across domains."""
     from .collective_algorithms import Ring
 
     m = np.ceil(n / local)
@@ -429,7 +433,11 @@ def _across_domains(op: str, size, n, local, in_domain, topo: Topology):
     if op == "all_to_all":
         remote = ring.seconds(op, size * (n - local) / n * m / np.maximum(m - 1, 1), m)
         return np.maximum(in_domain, remote)
-    return in_domain + ring.seconds(op, size / local, m)
+    across = ring.seconds(op, size / local, m)
+    if op == "all_reduce":  # NCCL's tree: 2 log2(m) network steps, each moving the slice up and down
+        tree = 2 * np.ceil(np.log2(np.maximum(m, 2))) * net.latency_s + 2 * size / local / net.bytes_per_s
+        across = np.minimum(across, tree)
+    return in_domain + across
 
 
 def _nccl_algorithms(op: str, topo: Topology) -> list:
@@ -461,6 +469,16 @@ def _nccl_seconds(op: str, size: np.ndarray, n: np.ndarray, topo: Topology):
     return seconds, source
 
 
+def _staging(size, cal) -> np.ndarray:
+    """What a decode step's custom all-reduce does beyond the measured kernel (which reduces a
+    buffer already in its IPC workspace): the copy of the input into that workspace (one short
+    kernel moving 2 x size) and the fused residual add + RMSNorm (2 x size more)."""
+    fits = cal.fits
+    if fits.shortest_kernel_s is None or "bf16" not in fits.gemm:
+        return 0.0
+    return fits.shortest_kernel_s + 4.0 * np.asarray(size, float) * fits.gemm["bf16"].coefficients[1]
+
+
 def _trtllm_seconds(op: str, size, n, topo: Topology, nccl_s, nccl_source):
     from .calibration.fits import TRTLLM_ALL_REDUCE_MAX_BYTES, TRTLLM_ALL_REDUCE_MAX_RANKS
     from .collective_algorithms import Ring
@@ -470,11 +488,12 @@ def _trtllm_seconds(op: str, size, n, topo: Topology, nccl_s, nccl_source):
         seconds, source = nccl_s, nccl_source
         fit = cal.fits.collectives.trtllm_all_reduce
         if fit is not None:
-            custom = Ring(*fit.coefficients[:2], 1 / fit.coefficients[2]).seconds(op, size, n)
+            custom = Ring(*fit.coefficients[:2], 1 / fit.coefficients[2]).seconds(op, size, n) + _staging(size, cal)
             better = (n <= TRTLLM_ALL_REDUCE_MAX_RANKS) & (size <= TRTLLM_ALL_REDUCE_MAX_BYTES) & (custom < seconds)
             seconds, source = np.where(better, custom, seconds), np.where(better, FITTED, source)
         for ranks, grid in cal.tables.trtllm_allreduce.items():
             measured, inside = grid(size)
+            measured = measured + _staging(size, cal)
             better = inside & (n == ranks) & (size <= TRTLLM_ALL_REDUCE_MAX_BYTES) & (measured < nccl_s)
             seconds, source = np.where(better, measured, seconds), np.where(better, TABLE, source)
         return seconds, source

@@ -43,8 +43,8 @@ SYSTEM_TOPOLOGY = {"gb200": "gb200-nvl72", "gb300": "gb300-nvl72", "b200_sxm": "
 MODEL_PATTERNS = [(r"deepseek-(v3|r1)", "deepseek-r1"), (r"llama-?3(\.\d)?-405b", "llama-3.1-405b"),
                   (r"llama-?3(\.\d)?-70b", "llama-3.1-70b"), (r"llama-?3(\.\d)?-8b", "llama-3.1-8b"),
                   (r"qwen3-32b", "qwen3-32b"), (r"qwen2\.5-72b", "qwen2.5-72b")]
-QUANT_PRECISION = {"": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "bf16", "fp8": "fp8", "fp8_block": "fp8",
-                   "nvfp4": "fp4", "fp4": "fp4", "w4a8_mxfp4_mxfp8": "fp4"}
+QUANT_PRECISION = {"": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "bf16", "fp8": "fp8",
+                   "fp8_block": "fp8_block", "nvfp4": "fp4", "fp4": "fp4", "w4a8_mxfp4_mxfp8": "fp4"}
 DECODE_DOMINATED = 0.25  # ISL <= OSL / 4: the rows the decode model is judged on
 
 
@@ -69,7 +69,8 @@ class E2ERow:
     dp: int  # attention data parallelism
     moe_tp: int
     moe_ep: int
-    precision: str
+    precision: str  # the GEMMs' weights
+    moe_precision: str  # the routed experts' weights
     tpot_s: float  # measured
 
     @property
@@ -113,8 +114,10 @@ def _row(raw: dict, where: str) -> E2ERow:
     prefix = "decode_" if mode == "disagg" else ""
     count = lambda key, default=1.0: max(int(_number(raw, prefix + key, where, default)), 1)  # noqa: E731
     quant = (raw.get("gemm_quant_mode") or raw.get("precision") or "").strip().lower()
-    if quant not in QUANT_PRECISION:
-        raise FidelityError(f"{where}: unknown quantisation {quant!r} (known: {', '.join(QUANT_PRECISION)})")
+    moe_quant = (raw.get("moe_quant_mode") or quant).strip().lower()
+    for value in (quant, moe_quant):
+        if value not in QUANT_PRECISION:
+            raise FidelityError(f"{where}: unknown quantisation {value!r} (known: {', '.join(QUANT_PRECISION)})")
     tpot_ms = _number(raw, "silicon_tpot_ms", where)
     if tpot_ms <= 0:
         raise FidelityError(f"{where}: silicon_tpot_ms must be > 0")
@@ -123,7 +126,7 @@ def _row(raw: dict, where: str) -> E2ERow:
                   isl=int(_number(raw, "isl", where)), osl=max(int(_number(raw, "osl", where)), 1),
                   batch=count("batch_size"), tp=count("tp_size"), pp=count("pp_size"), dp=count("attention_dp_size"),
                   moe_tp=count("moe_tp_size"), moe_ep=count("moe_ep_size"), precision=QUANT_PRECISION[quant],
-                  tpot_s=tpot_ms * 1e-3)
+                  moe_precision=QUANT_PRECISION[moe_quant], tpot_s=tpot_ms * 1e-3)
 
 
 def read_e2e(path: str | Path) -> list[E2ERow]:
@@ -161,8 +164,8 @@ def layout_for(row: E2ERow, model: ModelConfig) -> tuple[Layout, int]:
 
 
 def implementation_for(row: E2ERow) -> Implementation:
-    kv = "fp8" if row.precision in ("fp8", "fp4") else "bf16"  # quantised checkpoints ship an FP8 KV cache
-    return Implementation(row.precision, kv, "trtllm" if row.backend == "trtllm" else "nccl", True)
+    kv = "bf16" if row.precision == "bf16" else "fp8"  # quantised checkpoints ship an FP8 KV cache
+    return Implementation(row.precision, kv, "trtllm" if row.backend == "trtllm" else "nccl", True, row.moe_precision)
 
 
 # --- timing ------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ class MoeExperts(Kernel):
 
     @property
     def hbm_bytes(self):
-        weights = 3.0 * self.hidden * self.inter * self.hit * ELEMENT_BYTES[self.dtype]
+        weights = 3.0 * self.hidden * self.inter * self.hit * GEMM_DTYPES[self.dtype]
         return weights + self.pairs * 2 * self.hidden * ACTIVATION_BYTES
 
 
@@ -168,8 +168,12 @@ def expected_hits(experts_held: int, experts: int, topk: int, tokens) -> tuple:
 
 
 def total_flops(kernels) -> float:
-    return float(sum(np.sum(k.flops) for k in kernels))
+    return float(sum(_total(k.flops) for k in kernels))
 
 
 def total_bytes(kernels) -> float:
-    return float(sum(np.sum(k.hbm_bytes) for k in kernels))
+    return float(sum(_total(k.hbm_bytes) for k in kernels))
+
+
+def _total(value) -> float:
+    return value if isinstance(value, (int, float)) else float(np.sum(value))

@@ -30,7 +30,10 @@ def axis_size(layout: Layout, axis: Axis) -> int:
 
 
 def group_size(layout: Layout, axes: tuple[Axis, ...]) -> int:
-    return int(np.prod([axis_size(layout, axis) for axis in axes], dtype=np.int64))
+    size = 1
+    for axis in axes:
+        size *= axis_size(layout, axis)
+    return size
 
 
 def _phase_axes(axes: tuple[Axis, ...]) -> tuple[Axis, ...]:

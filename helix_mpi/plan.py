@@ -100,9 +100,8 @@ def _gemm(m, n, k, dtype: str, impl: Implementation) -> Gemm:
 
 
 def gemm_dtype(model: ModelConfig, impl: Implementation) -> str:
-    """The GEMM kernels' weight format: the modeled precision, block-scaled FP8 for checkpoints
-    whose FP8 weights carry block scales."""
-    return "fp8_block" if impl.precision == "fp8" and model.fp8_block_scaled else impl.precision
+    """The weight format of the GEMM kernels (the routed experts have their own: impl.experts)."""
+    return impl.precision
 
 
 def _norm(batch: int, width: int) -> Elementwise:
@@ -243,7 +242,7 @@ def moe_experts_kernel(model: ModelConfig, shard: RankShard, layout: Layout, tok
     moe, width = model.moe, len(shard.expert_cols)
     tp = moe.expert_ffn_size / width if width else 1.0
     return MoeExperts(tokens, model.hidden_size, width, moe.experts_per_token, moe.n_routed_experts, tp,
-                      moe.n_routed_experts / max(len(shard.experts), 1), hit, pairs, impl.precision)
+                      moe.n_routed_experts / max(len(shard.experts), 1), hit, pairs, impl.experts)
 
 
 def moe_kernels(model: ModelConfig, shard: RankShard, layout: Layout, tokens: int, hit, pairs,

@@ -6,6 +6,7 @@ The unsharded tensors are simply the slices of the 1-rank layout.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +29,10 @@ def even_splits(total: int, parts: int) -> np.ndarray:
 
 
 def _piece(total: int, parts: int, index: int) -> range:
-    bounds = even_splits(total, parts)
-    return range(int(bounds[index]), int(bounds[index + 1]))
+    """Piece `index` of `total` items split as even_splits does (first pieces larger), in O(1)."""
+    size, extra = divmod(total, parts)
+    start = index * size + min(index, extra)
+    return range(start, start + size + (index < extra))
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,9 @@ class RankShard:
     shared_cols: range  # columns of the shared experts' total width
 
 
+@functools.lru_cache(maxsize=65536)
 def rank_shard(model: ModelConfig, layout: Layout, rank: int) -> RankShard:
+    """The index ranges `rank` owns (cached: pure in its arguments; callers must not modify it)."""
     c = coordinates(layout, rank)
     strategy = layout.strategy
     Q, K = model.num_heads, model.num_kv_heads

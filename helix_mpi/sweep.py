@@ -132,8 +132,10 @@ class SweepSpec:
     def implementation(self) -> Implementation:
         return Implementation(self.precision, self.kv_precision, self.comm, self.cuda_graphs)
 
+    @functools.cached_property
     def time_model(self) -> TimeModel:
-        """The timing engine's model of this sweep's machine, with the what-if latency scales."""
+        """The timing engine's model of this sweep's machine, with the what-if latency scales (one
+        per sweep: it remembers the kernels it has timed over the batch grid)."""
         return TimeModel(self.topo, self.implementation(), self.whatif.a2a_latency_scale,
                          self.whatif.reduce_latency_scale)
 
@@ -248,7 +250,11 @@ def class_memory(model: ModelConfig, cls: ShardClass, layers: Iterable[int], pre
     formula restricted to a layer range (a PP stage)."""
     shard, wb, layers = cls.shard, PRECISION_BYTES[precision], list(layers)
     attention = qkv_weight_elements(model, shard) + out_weight_elements(model, shard)
-    weights = sum(attention + ffn_weight_elements(model, shard, layer) for layer in layers)
+    moe = sum(model.is_moe_layer(layer) for layer in layers)  # layers of a kind hold the same FFN weights
+    first = {model.is_moe_layer(layer): layer for layer in reversed(layers)}
+    weights = len(layers) * attention + sum(
+        count * ffn_weight_elements(model, shard, first[kind]) for kind, count in ((True, moe), (False, len(layers) - moe))
+        if count)
     kvb = PRECISION_BYTES[kv_precision or precision]
     return weights * wb, cls.held * kv_elements_per_token(model, shard) * len(layers) * kvb
 
@@ -270,7 +276,7 @@ def peak_memory(model: ModelConfig, classes: tuple[ShardClass, ...], requests: n
 def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, ...], batches: np.ndarray) -> np.ndarray:
     """Token-to-token latency [n] of a candidate at each grid batch (per-GPU batch under dp-ep,
     micro-batch under pp-tp), seconds: every layer in sequence (+ PP - 1 stage sends)."""
-    timer = spec.time_model()
+    timer = spec.time_model
     ttl = TailTime(spec.model, cand.layout, timer)(batches)  # LM head and sampling, once per step
     for first, count in layer_kinds(spec.model):
         layer = BatchLayerTime(spec.model, cand.layout, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
@@ -292,16 +298,19 @@ def evaluate(spec: SweepSpec, cand: Candidate, grid: np.ndarray) -> tuple[np.nda
     held_requests = batches if cand.per_gpu_batch else batches * cand.pp  # requests whose KV each GPU holds
     memory = peak_memory(spec.model, classes, held_requests.astype(np.float64), spec.precision, cand.pp,
                          spec.kv_precision)
-    ttl = candidate_ttl(spec, cand, classes, batches)
-    fits = memory <= spec.topo.gpu.hbm_bytes
+    fits = memory <= spec.topo.gpu.hbm_bytes  # a prefix of the grid: memory grows with the batch
+    if not fits.any():
+        return np.zeros(0, CONFIG_DTYPE), len(batches)
+    # every candidate is timed on the whole grid, so a kernel timed once serves every layout that has it
+    ttl = candidate_ttl(spec, cand, classes, grid)[:len(batches)][fits]
     rows = np.zeros(int(fits.sum()), CONFIG_DTYPE)
     layout = cand.layout
     rows["strategy"], rows["gpus"], rows["pp"], rows["hopb"] = cand.series, cand.gpus, cand.pp, cand.hopb
     rows["kvp"], rows["tpa"], rows["tpf"], rows["ep"] = layout.kvp, layout.tpa, layout.tpf, layout.ep
     rows["batch"] = batches[fits] * per_unit
-    rows["ttl_s"], rows["memory_bytes"] = ttl[fits], memory[fits]
-    rows["tokens_per_s_per_user"] = 1.0 / ttl[fits]
-    rows["tokens_per_s_per_gpu"] = rows["batch"] / ttl[fits] / cand.gpus
+    rows["ttl_s"], rows["memory_bytes"] = ttl, memory[fits]
+    rows["tokens_per_s_per_user"] = 1.0 / ttl
+    rows["tokens_per_s_per_gpu"] = rows["batch"] / ttl / cand.gpus
     return rows, len(batches)
 
 

@@ -55,7 +55,7 @@ def _reference_ttl(spec: sweep.SweepSpec, row) -> float:
                     precision=spec.precision, hopb=bool(row["hopb"]))
     kv = [local_kv_lengths(layout, run, r, 0) for r in range(layout.world_size)]
     ttl = step_time(spec.model, layout, kv, spec.implementation(), bool(row["hopb"]), spec.topo)
-    send = spec.time_model().send_seconds(batch * spec.model.hidden_size * ACTIVATION_BYTES)
+    send = spec.time_model.send_seconds(batch * spec.model.hidden_size * ACTIVATION_BYTES)
     return ttl + (pp - 1) * float(send)
 
 
@@ -231,7 +231,7 @@ def test_pp_tp_is_tp_stages_in_sequence_plus_sends():
         micro = int(row["batch"]) // 3
         run = RunConfig(batch=micro, context=spec.context, steps=1, layers=1, precision="fp4")
         kv = [local_kv_lengths(tp8, run, r, 0) for r in range(8)]
-        send = spec.time_model().send_seconds(micro * model.hidden_size * ACTIVATION_BYTES)  # one peer
+        send = spec.time_model.send_seconds(micro * model.hidden_size * ACTIVATION_BYTES)  # one peer
         ttl = step_time(model, tp8, kv, spec.implementation(), False, TOPO) + 2 * send
         assert row["ttl_s"] == pytest.approx(ttl, rel=REL)
         assert row[pareto.GPU] == pytest.approx(3 * micro / row["ttl_s"] / 24, rel=1e-12)  # 3 micro-batches in flight
@@ -240,7 +240,7 @@ def test_pp_tp_is_tp_stages_in_sequence_plus_sends():
 def test_chunked_chain_reduces_to_the_plan_and_to_one_exchange():
     model, spec = MODEL_PRESETS["deepseek-r1"], _spec("deepseek-r1", 1_000_000)
     layout = Layout(64, 1, 64, 1, Strategy.HELIX)
-    classes, timer = sweep.shard_classes(model, layout, spec.tokens, 16), spec.time_model()
+    classes, timer = sweep.shard_classes(model, layout, spec.tokens, 16), spec.time_model
     per_request, whole_batch = (BatchLayerTime(model, layout, classes, 5, hopb, timer, chunk)
                                 for hopb, chunk in ((True, 1), (False, 0)))
     one_chunk = BatchLayerTime(model, layout, classes, 5, True, timer, 2 ** 40)  # a chunk larger than any batch
@@ -264,7 +264,7 @@ def test_chunked_chain_reduces_to_the_plan_and_to_one_exchange():
 
 def test_latency_what_ifs_scale_only_their_terms():
     whatif = sweep.WhatIf(a2a_latency_scale=0.0, reduce_latency_scale=0.5)
-    plain, scaled = _spec().time_model(), _spec(whatif=whatif).time_model()
+    plain, scaled = _spec().time_model, _spec(whatif=whatif).time_model
     size, latency = 9000.0, plain.collective_seconds(Collective.ALL_TO_ALL, 0.0, 10)
     assert scaled.collective_seconds(Collective.ALL_TO_ALL, size, 10) == pytest.approx(
         plain.collective_seconds(Collective.ALL_TO_ALL, size, 10) - latency)  # only the latency is gone

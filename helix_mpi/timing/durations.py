@@ -10,7 +10,7 @@ its longest kernel (`costmodel.SOURCES`: measured table, fitted physics, or spec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,8 @@ class TimeModel:
     reduce_latency_scale: float = 1.0
     hbm_scale: float = 1.0
     nvlink_scale: float = 1.0
+    # durations already computed for arrays of batches (the sweep times the same kernels for many layouts)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def precision(self) -> str:
@@ -76,6 +78,12 @@ class TimeModel:
 
     def kernels_seconds(self, kernels) -> np.ndarray:
         return self.kernels_timing(kernels)[0]
+
+    def remembered(self, key, compute):
+        """compute(), remembered under `key` (hashable: kernel shapes and a batch array's bytes)."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def collective_timing(self, kind: Collective | str, nbytes, group_size) -> tuple[np.ndarray, np.ndarray]:
         seconds, source = collective_seconds(kind, nbytes, group_size, self.topo, self.impl.comm)

@@ -49,8 +49,11 @@ class BatchLayerTime:
             raise AssertionError(f"shard classes of {layout} have different plans: {names}")
 
     def _plan(self, cls, batch: int) -> list[Op]:
-        ops = layer_plan(self.model, self.layout, cls.rank, self.layer, np.full(batch, cls.held, dtype=np.int64),
-                         self.timer.impl, self.hopb)
+        key = ("plan", self.model, self.layout, cls.rank, self.model.is_moe_layer(self.layer), cls.held, batch,
+               self.hopb, self.a2a_chunk)
+        ops = self.timer.remembered(key, lambda: layer_plan(
+            self.model, self.layout, cls.rank, self.layer, np.full(batch, cls.held, dtype=np.int64), self.timer.impl,
+            self.hopb, self.a2a_chunk))
         return [op for op in ops if op.request <= 0]  # request 0 stands for every request of the chain
 
     def __call__(self, batches: np.ndarray) -> np.ndarray:
@@ -65,8 +68,11 @@ class BatchLayerTime:
                 index += 2
                 continue
             if op.is_collective:
-                size = op.nbytes + (b - 1) * (self.plans[1][0][index].nbytes - op.nbytes)
-                duration = self.timer.collective_seconds(op.collective, size, op.group_size)
+                other = self.plans[1][0][index].nbytes
+                duration = self.timer.remembered(
+                    ("collective", op.collective, op.nbytes, other, op.group_size, self._key(b)),
+                    lambda: self.timer.collective_seconds(op.collective, op.nbytes + (b - 1) * (other - op.nbytes),
+                                                          op.group_size))
                 t = (t.max(axis=0, keepdims=True) if op.group_size > 1 else t) + duration
             else:
                 t = t + np.array([self._compute(c, index, b) for c in range(len(self.classes))])
@@ -76,8 +82,14 @@ class BatchLayerTime:
     def _compute(self, c: int, index: int, b: np.ndarray) -> np.ndarray:
         """Seconds [n] of compute op `index` of class c at each batch."""
         op1, op2 = self.plans[0][c][index], self.plans[1][c][index]
-        kernels = [with_expected_load(k1.extrapolated(k2, b)) for k1, k2 in zip(op1.kernels, op2.kernels)]
-        return self.timer.kernels_seconds(kernels) * np.ones(len(b))
+        return self.timer.remembered(
+            ("kernels", op1.kernels, op2.kernels, self._key(b)),
+            lambda: self.timer.kernels_seconds([with_expected_load(k1.extrapolated(k2, b))
+                                                for k1, k2 in zip(op1.kernels, op2.kernels)]) * np.ones(len(b)))
+
+    @staticmethod
+    def _key(b: np.ndarray) -> bytes:
+        return b.tobytes()
 
     def _chain(self, t: np.ndarray, index: int, b: np.ndarray) -> np.ndarray:
         attn = [plan[index] for plan in self.plans[0]]
@@ -89,11 +101,14 @@ class BatchLayerTime:
         full, rem = b // c, b % c
 
         def attention(k: np.ndarray) -> np.ndarray:  # the slowest class's attention of k requests
-            return np.max([self.timer.kernels_seconds([replace(op.kernels[0], batch=k)]) * np.ones(len(k))
+            return np.max([self.timer.remembered(("chunk", op.kernels[0], self._key(k)), lambda op=op: self.timer.
+                                                 kernels_seconds([replace(op.kernels[0], batch=k)]) * np.ones(len(k)))
                            for op in attn], axis=0)
 
         def exchange(k: np.ndarray) -> np.ndarray:
-            return self.timer.collective_seconds(a2a.collective, k * a2a.nbytes, a2a.group_size) * np.ones(len(k))
+            return self.timer.remembered(
+                ("exchange", a2a.collective, a2a.nbytes, a2a.group_size, self._key(k)),
+                lambda: self.timer.collective_seconds(a2a.collective, k * a2a.nbytes, a2a.group_size) * np.ones(len(k)))
 
         has_rem = rem > 0
         ta_r = np.where(has_rem, attention(np.maximum(rem, 1)), 0.0)
