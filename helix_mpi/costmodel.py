@@ -289,7 +289,7 @@ def _gemm_seconds(k, topo: Topology):
 
 
 def _attention_seconds(k, topo: Topology):
-    from .calibration.fits import attention_features
+    from .calibration.fits import attention_features, decode_work_units
 
     cal = topo.calibration
     fits = {} if cal is None else cal.fits.attention
@@ -297,8 +297,9 @@ def _attention_seconds(k, topo: Topology):
     if dtype is None:
         return _roofline(k.flops, k.hbm_bytes, topo, "bf16"), SPEC
     fit = fits[dtype]  # fp4 KV (no measured kernel): the fp8 kernel's physics at fp4 bytes
+    units = decode_work_units(k.batch, k.kv_heads, k.tokens)
     fitted = lambda: fit(attention_features(k.batch, k.q_heads, k.kv_heads, k.head_dim, k.tokens,  # noqa: E731
-                                            k.kv_dtype, _efficiency(k.batch * k.kv_heads, fit)))
+                                            k.kv_dtype, _efficiency(units, fit)))
     grid = cal.tables.attention.get(k.kv_dtype, {}).get((int(k.q_heads), int(k.kv_heads), int(k.head_dim)))
     if grid is None:
         return fitted(), FITTED
@@ -306,7 +307,7 @@ def _attention_seconds(k, topo: Topology):
 
 
 def _mla_seconds(k, topo: Topology):
-    from .calibration.fits import mla_features
+    from .calibration.fits import decode_work_units, mla_features
 
     cal = topo.calibration
     fits = {} if cal is None else cal.fits.mla
@@ -314,8 +315,9 @@ def _mla_seconds(k, topo: Topology):
     if dtype is None:
         return _roofline(k.flops, k.hbm_bytes, topo, "bf16"), SPEC
     fit = fits[dtype]
+    units = decode_work_units(k.batch, 1.0, k.tokens)
     fitted = lambda: fit(mla_features(k.batch, k.heads, k.tokens, k.kv_dtype, k.latent, k.rope,  # noqa: E731
-                                      _efficiency(k.batch, fit)))
+                                      _efficiency(units, fit)))
     grid = cal.tables.mla.get(k.kv_dtype, {}).get(int(k.heads)) if (k.latent, k.rope) == (512, 64) else None
     if grid is None:
         return fitted(), FITTED

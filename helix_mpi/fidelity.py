@@ -10,7 +10,10 @@ becomes one of our configurations, and its time per output token is
 The prefill share is the physics of continuous batching in one engine: each of the B requests
 decoding together needs one prefill of ISL tokens every OSL decode steps, and those prefill
 tokens run inside the same engine's iterations, so on average each step also carries B / OSL
-prefills: (B / OSL) x t_prefill(ISL). t_prefill is timed with the same kernel tables: every
+prefills: (B / OSL) x t_prefill(ISL). With attention data parallelism (DP ranks of B requests each)
+the ranks run in lock step (every step's expert all-to-all joins them), so any rank's prefill
+stalls all of them: DP x B / OSL prefills per step, each one rank's attention and dense layers
+over ISL tokens plus its experts spread over the EP ranks. t_prefill is timed with the same kernel tables: every
 GEMM at m = ISL tokens, causal attention over ISL tokens at the GEMMs' fitted FLOP rate, the
 all-reduces of ISL x H activations. Disaggregated rows time the decode workers alone. Nothing in
 this module is fitted to the rows it predicts.
@@ -45,6 +48,14 @@ MODEL_PATTERNS = [(r"deepseek-(v3|r1)", "deepseek-r1"), (r"llama-?3(\.\d)?-405b"
                   (r"qwen3-32b", "qwen3-32b"), (r"qwen2\.5-72b", "qwen2.5-72b")]
 QUANT_PRECISION = {"": "bf16", "bf16": "bf16", "bfloat16": "bf16", "fp16": "bf16", "fp8": "fp8",
                    "fp8_block": "fp8_block", "nvfp4": "fp4", "fp4": "fp4", "w4a8_mxfp4_mxfp8": "fp4"}
+# checkpoints whose FP8 weights are 128x128 block-scaled (DeepSeek-V3/R1 config.json:
+# quantization_config.weight_block_size [128, 128]): engines run "fp8" on them with block-scale kernels
+BLOCK_SCALED_FP8 = ("deepseek-r1",)
+# collectives each engine runs: TensorRT-LLM its custom all-reduce and one-kernel all-to-all; SGLang
+# the same all-reduce kernel through FlashInfer (trtllm_allreduce_fusion, sglang
+# python/sglang/srt/layers/flashinfer_comm_fusion.py); vLLM its own custom all-reduce, which has no
+# measured table here, so NCCL's measured one stands in for it
+BACKEND_COMM = {"trtllm": "trtllm", "sglang": "trtllm", "vllm": "nccl"}
 DECODE_DOMINATED = 0.25  # ISL <= OSL / 4: the rows the decode model is judged on
 
 
@@ -63,7 +74,7 @@ class E2ERow:
     mode: str  # agg | disagg
     isl: int
     osl: int
-    batch: int  # concurrent requests of one engine (decode workers: decode_batch_size)
+    batch: int  # requests decoded together per attention-DP rank (AIConfigurator batch_size; disagg: decode_batch_size)
     tp: int
     pp: int
     dp: int  # attention data parallelism
@@ -163,9 +174,11 @@ def layout_for(row: E2ERow, model: ModelConfig) -> tuple[Layout, int]:
     return Layout(1, row.tp, tpf, ep, Strategy.TP), row.pp
 
 
-def implementation_for(row: E2ERow) -> Implementation:
+def implementation_for(row: E2ERow, model: ModelConfig | None = None) -> Implementation:
     kv = "bf16" if row.precision == "bf16" else "fp8"  # quantised checkpoints ship an FP8 KV cache
-    return Implementation(row.precision, kv, "trtllm" if row.backend == "trtllm" else "nccl", True, row.moe_precision)
+    block = model is not None and model.name in BLOCK_SCALED_FP8
+    weights, experts = ("fp8_block" if block and p == "fp8" else p for p in (row.precision, row.moe_precision))
+    return Implementation(weights, kv, BACKEND_COMM.get(row.backend, "nccl"), True, experts)
 
 
 # --- timing ------------------------------------------------------------------------------------------
@@ -191,7 +204,7 @@ def prefill_s(model: ModelConfig, layout: Layout, pp: int, tokens: int, timer: T
     tp = layout.tpa if layout.strategy is not Strategy.DP_EP else 1
     H, wdt = model.hidden_size, gemm_dtype(model, timer.impl)
     heads = max(model.num_heads // tp, 1)
-    gemms = [Gemm(tokens, max(n, 1), max(k, 1), wdt) for n, k in _prefill_gemms(model, tp)]
+    gemms = [Gemm(tokens, max(n, 1), max(k, 1), wdt) for n, k in _prefill_gemms(model, tp, layout.ep)]
     per_flop = _seconds_per_flop(timer, wdt)
     width = model.head_dim if model.mla is None else model.mla.qk_nope_head_dim + model.mla.qk_rope_head_dim
     attention = 2.0 * tokens * tokens * heads * width * per_flop  # causal: half of 4 S^2 heads D
@@ -202,9 +215,10 @@ def prefill_s(model: ModelConfig, layout: Layout, pp: int, tokens: int, timer: T
     return model.num_layers * layer + head
 
 
-def _prefill_gemms(model: ModelConfig, tp: int) -> list[tuple[int, int]]:
+def _prefill_gemms(model: ModelConfig, tp: int, ep: int = 1) -> list[tuple[int, int]]:
     """(n, k) of one layer's GEMMs per rank in prefill (MoE: the routed experts every token uses,
-    as one GEMM of top-k widths, and the shared ones)."""
+    as one GEMM of top-k widths, and the shared ones; tp = 1: attention DP, whose routed experts
+    are spread over the ep ranks)."""
     H, D = model.hidden_size, model.head_dim
     if model.mla is None:
         attn = [((model.num_heads + 2 * model.num_kv_heads) * D // tp, H), (H, model.num_heads * D // tp)]
@@ -216,7 +230,9 @@ def _prefill_gemms(model: ModelConfig, tp: int) -> list[tuple[int, int]]:
     if model.moe is None:
         width = model.ffn_size // tp
     else:
-        width = (model.moe.experts_per_token + model.moe.n_shared_experts) * model.moe.expert_ffn_size // tp
+        moe = model.moe
+        routed = moe.experts_per_token * moe.expert_ffn_size // (tp if tp > 1 else ep)
+        width = routed + moe.n_shared_experts * moe.expert_ffn_size // tp
     return attn + [(2 * width, H), (H, width)]
 
 
@@ -245,17 +261,16 @@ def predict_tpot(row: E2ERow, topologies: dict[str, Topology] | None = None) -> 
     try:
         layout, pp = layout_for(row, model)
         validate_layout(model, layout, layout.world_size)
-        timer = TimeModel(topo, implementation_for(row))
+        timer = TimeModel(topo, implementation_for(row, model))
     except ConfigError as exc:
         prediction.skipped = f"layout not supported: {exc}"
         return prediction
     context = row.isl + row.osl // 2
-    per_rank = max(row.batch // layout.world_size, 1) if layout.strategy is Strategy.DP_EP else row.batch
-    decode = decode_step_s(model, layout, pp, per_rank, context, timer)
+    decode = decode_step_s(model, layout, pp, row.batch, context, timer)
     share = 0.0
     if row.mode == "agg":
-        engines = layout.world_size if layout.strategy is Strategy.DP_EP else 1
-        share = row.batch / engines / row.osl * prefill_s(model, layout, pp, row.isl, timer)
+        ranks_in_step = layout.world_size if layout.strategy is Strategy.DP_EP else 1
+        share = ranks_in_step * row.batch / row.osl * prefill_s(model, layout, pp, row.isl, timer)
     prediction.tpot_s, prediction.decode_s, prediction.prefill_share_s = decode + share, decode, share
     prediction.layout = (f"{layout.strategy.value} N={layout.world_size} tpa={layout.tpa} tpf={layout.tpf} "
                          f"ep={layout.ep} pp={pp}")
