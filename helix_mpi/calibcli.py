@@ -206,3 +206,22 @@ def register(cli: click.Group) -> None:
         if errors:
             click.echo(_stats_line("your logs, as now modeled", written["fit_check"]))
         click.echo(f"use it: helix-mpi model --topology {output} ...")
+
+
+def print_fits(topo, as_json: bool) -> None:
+    """`helix-mpi topologies --fits NAME`: the fitted models of a calibrated topology."""
+    from .calibration.fits import describe_fits
+
+    if topo.calibration is None:
+        click.echo(f"{topo.name} has no measured tables ([calibration] tables = ...): it is timed by the spec "
+                   "rooflines of its TOML file")
+        return
+    rows = describe_fits(topo.calibration.fits)
+    if as_json:
+        click.echo(json.dumps({"topology": topo.name, "tables": str(topo.calibration.directory), "fits": rows}))
+        return
+    click.echo(f"{topo.name}: physics fitted to {topo.calibration.directory}")
+    for row in rows:
+        terms = ", ".join(f"{k} {v}" for k, v in row["terms"].items())
+        click.echo(f"  {row['model']:<38} {terms}  ({row['points']} points, median |error| "
+                   f"{row['median_error'] * 100:.1f} %)")

@@ -386,10 +386,18 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def topologies(as_json: bool) -> None:
+@click.option("--fits", "fits_of", metavar="TOPOLOGY",
+              help="instead, the physics fitted to this topology's measured tables (what times kernels and "
+                   "collectives outside them)")
+def topologies(as_json: bool, fits_of: str | None) -> None:
     """List the hardware topologies (topologies/*.toml) with their key constants."""
     from .topology import list_topologies, load_topology
 
+    if fits_of is not None:
+        from .calibcli import print_fits
+
+        print_fits(load_topology(fits_of), as_json)
+        return
     rows = [load_topology(name) for name in list_topologies()]
     if as_json:
         click.echo(json.dumps([t.to_dict() for t in rows]))

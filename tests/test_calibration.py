@@ -82,6 +82,30 @@ def test_fitted_physics_is_physical(system):
     assert gemm.median_error < 0.25 and fits.attention["fp8"].median_error < 0.35
     ring = fits.collectives.nccl["all_reduce"]
     assert 1e-6 < ring.coefficients[0] < 30e-6 and 0 < ring.coefficients[1] < 5e-6  # base and per-step latency
+    attention_bw = 1 / fits.attention["fp8"].coefficients[1]  # decode attention streams the KV cache from HBM
+    assert 0.5 * topo.gpu.hbm_bytes_per_s < attention_bw < 1.1 * topo.gpu.hbm_bytes_per_s
+
+
+def test_one_long_request_fills_the_gpu_through_split_kv():
+    """Flash-decoding splits a long cache into chunks: batch 1 at 1M tokens reaches most of the HBM
+    bandwidth, while batch 1 at 1K tokens is latency-bound."""
+    def achieved(tokens):
+        kernel = Attention(1, 16, 1, 128, tokens, "fp8")
+        return kernel.hbm_bytes / kernel_seconds(kernel, GB200)[0]
+
+    assert achieved(1_000_000) > 0.6 * GB200.gpu.hbm_bytes_per_s
+    assert achieved(1_024) < 0.2 * GB200.gpu.hbm_bytes_per_s
+
+
+def test_topologies_fits_prints_every_fitted_model_in_physical_units():
+    done = CliRunner().invoke(cli, ["topologies", "--fits", "gb200-nvl72", "--json"])
+    assert done.exit_code == 0, done.output
+    fits = {row["model"]: row for row in json.loads(done.output)["fits"]}
+    assert {"gemm fp4", "decode attention, fp8 KV", "MoE experts", "NCCL all_reduce",
+            "TensorRT-LLM all_reduce"} <= set(fits)
+    assert fits["NCCL all_reduce"]["terms"]["base"].endswith(" us")
+    text = CliRunner().invoke(cli, ["topologies", "--fits", "dgx-h100"]).output
+    assert "kv byte bandwidth" in text and "TFLOP/s" in text
 
 
 # --- kernels --------------------------------------------------------------------------------------------------
@@ -297,6 +321,28 @@ def test_tpot_is_a_decode_step_plus_the_prefill_share_of_aggregated_serving():
     assert longer.prefill_share_s < agg.prefill_share_s  # the same prefill spread over 4x the tokens
     assert predict_tpot(e2e_row(tp=8)).decode_s < agg.decode_s
     assert predict_tpot(e2e_row(model="acme/Unknown-7B")).skipped.startswith("unknown model")
+
+
+def test_attention_dp_ranks_prefill_in_lock_step():
+    """batch is per attention-DP rank; any of the DP ranks' prefills stalls all of them."""
+    deepseek = dict(model="deepseek-ai/DeepSeek-V3", system="b200_sxm", tp=1, dp=8, moe_tp=1, moe_ep=8,
+                    precision="fp4", moe_precision="fp4", batch=16)
+    agg, disagg = predict_tpot(e2e_row(**deepseek)), predict_tpot(e2e_row(**deepseek, mode="disagg"))
+    assert agg.decode_s == pytest.approx(disagg.decode_s) and agg.prefill_share_s > 0
+    more_ranks = predict_tpot(e2e_row(**{**deepseek, "dp": 4, "moe_ep": 4}))
+    assert agg.prefill_share_s > 1.5 * more_ranks.prefill_share_s  # 8 ranks stall each other, not 4
+
+
+def test_engines_run_their_own_kernels_and_collectives():
+    from helix_mpi.fidelity import implementation_for, model_for
+
+    deepseek = model_for("deepseek-ai/DeepSeek-V3")
+    row = e2e_row(model="deepseek-ai/DeepSeek-V3", precision="fp8", moe_precision="fp8")
+    impl = implementation_for(row, deepseek)
+    assert (impl.precision, impl.moe_precision) == ("fp8_block", "fp8_block")  # its checkpoint is block-scaled
+    assert implementation_for(row, model_for("Qwen/Qwen3-32B")).precision == "fp8"
+    assert implementation_for(e2e_row(backend="sglang")).comm == "trtllm"  # FlashInfer's port of the kernel
+    assert implementation_for(e2e_row(backend="vllm")).comm == "nccl"
 
 
 def test_fidelity_command_on_e2e_rows_and_on_nccl_tests_logs(tmp_path):

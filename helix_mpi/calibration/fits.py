@@ -8,7 +8,8 @@ relative error over all measured points of one table:
 so a coefficient is a physical quantity (a fixed latency, an achieved bandwidth or FLOP rate, a
 latency per ring step), printed by `helix-mpi topologies --fits`. Kernels that cannot fill the GPU
 reach a fraction p / (p + p_half) of their bandwidth, p being the kernel's parallel work units
-(requests x KV heads for decode attention); p_half is chosen on a grid by the same criterion.
+(requests x KV heads x cache chunks for split-KV decode attention, `decode_work_units`; the
+weight matrix's size for GEMMs); p_half is chosen on a grid by the same criterion.
 Nothing here is tuned to an end-to-end measurement.
 """
 from __future__ import annotations
@@ -285,3 +286,43 @@ class CollectiveFits:
 
         features, terms = fit_terms("all_to_all", "direct", sizes, ranks)
         return _fit(terms, lambda e: features, seconds)
+
+
+# --- what was fitted, in physical units -------------------------------------------------------------
+def _physical(term: str, value: float) -> tuple[str, str]:
+    """(name, value with unit) of one fitted coefficient."""
+    if term.endswith("_s") and not term.startswith("s_per"):
+        return term[:-2], f"{value * 1e6:.2f} us"
+    if term == "s_per_flop":
+        return "FLOP rate", ("inf" if value == 0 else f"{1 / value / 1e12:,.0f} TFLOP/s")
+    if term.startswith("s_per_"):
+        name = term[len("s_per_"):].replace("_", " ") + " bandwidth"
+        return name, ("inf" if value == 0 else f"{1 / value / 1e9:,.0f} GB/s")
+    return term, f"{value:g}"
+
+
+def describe_fits(fits: SystemFits) -> list[dict]:
+    """One row per fitted model: what it times, its coefficients in physical units, how well it fits
+    its own points (median |error|) and how many there were."""
+    models = [(f"gemm {d}", f) for d, f in fits.gemm.items()]
+    models += [(f"decode attention, {d} KV", f) for d, f in fits.attention.items()]
+    models += [(f"MLA decode, {d} KV", f) for d, f in fits.mla.items()]
+    models += [("MoE experts", fits.moe)] if fits.moe is not None else []
+    models += [(f"NCCL {op}", f) for op, f in fits.collectives.nccl.items()]
+    models += [("TensorRT-LLM all_reduce", fits.collectives.trtllm_all_reduce),
+               ("TensorRT-LLM one-kernel all_to_all", fits.collectives.one_kernel_all_to_all)]
+    rows = []
+    for name, fit in models:
+        if fit is None:
+            continue
+        terms = dict(_physical(t, c) for t, c in zip(fit.terms, fit.coefficients))
+        if fit.p_half:
+            terms["half-bandwidth work units"] = f"{fit.p_half:.3g}"
+        rows.append({"model": name, "terms": terms, "points": fit.points, "median_error": fit.median_error})
+    for op, bandwidth in fits.collectives.nvls_bandwidth.items():
+        rows.append({"model": f"NVLS {op} (large messages)", "terms": {"bandwidth": f"{bandwidth / 1e9:,.0f} GB/s"},
+                     "points": 1, "median_error": 0.0})
+    if fits.shortest_kernel_s is not None:
+        rows.append({"model": "shortest kernel (floor)", "terms": {"t0": f"{fits.shortest_kernel_s * 1e6:.2f} us"},
+                     "points": 1, "median_error": 0.0})
+    return rows
