@@ -12,6 +12,9 @@ Forms (f = bytes each rank moves per byte of S, the nccl-tests busbw factor: all
 - `Nvls`:   t = base + nvls_latency + S / nvls_bandwidth      (NVLink SHARP: the switch reduces and
             multicasts, so a rank moves ~S each way whatever n; NCCL's latency for it is one constant)
 - `Direct`: t = base + (n-1) * peer_latency + (n-1)/n S / bus_bandwidth   (all-to-all: every peer at once)
+- `SymmetricMulticast`: t = latency + S / nvls_bandwidth, independent of n (NCCL 2.27's
+            symmetric-memory kernels: every rank reduces through the switch's multicast with one
+            load-reduce per element, so neither steps nor peers add latency)
 - `OneKernelAllToAll`: TensorRT-LLM's NVLink all-to-all kernel (one launch for all peers)
   t = base + (n-1) * peer_latency + (n-1)/n S / bus_bandwidth, fitted to its MoE dispatch kernel,
   the only all-to-all measured across the whole NVL72 rack.
@@ -58,6 +61,16 @@ class Nvls:
 
     def seconds(self, op: str, size, n):
         return self.base_s + self.latency_s + np.asarray(size, dtype=float) / self.bytes_per_s
+
+
+@dataclass(frozen=True)
+class SymmetricMulticast:
+    name = "symmetric_multicast"
+    latency_s: float
+    bytes_per_s: float  # algorithm bandwidth, as NVLS
+
+    def seconds(self, op: str, size, n):
+        return self.latency_s + np.asarray(size, dtype=float) / self.bytes_per_s + 0.0 * np.asarray(n, dtype=float)
 
 
 @dataclass(frozen=True)

@@ -481,6 +481,26 @@ def _staging(size, cal) -> np.ndarray:
     return fits.shortest_kernel_s + 4.0 * np.asarray(size, float) * fits.gemm["bf16"].coefficients[1]
 
 
+def _symmetric_all_reduce(size, n, topo: Topology):
+    """TensorRT-LLM's all-reduce beyond its custom kernels (over 8 ranks or 4 MiB): AUTO returns NCCL_SYMMETRIC
+    (cpp/tensorrt_llm/common/customAllReduceUtils.h), NCCL 2.27's symmetric-memory kernels, which
+    reduce through the NVSwitch multicast (`SymmetricMulticast`: latency independent of n).
+    Assumed: their fixed cost is the custom one-shot kernel's at 8 ranks (public figures agree:
+    "under 8 us" on 4 GB200 GPUs and a fixed cost "just over 3 us" on 8 B200, NVIDIA/nccl-tests
+    issue 333); their bandwidth is NVLS's, fitted to the measured tables."""
+    from .calibration.fits import TRTLLM_ALL_REDUCE_MAX_RANKS
+    from .collective_algorithms import Ring, SymmetricMulticast
+
+    cal = topo.calibration
+    fit = cal.fits.collectives.trtllm_all_reduce
+    bandwidth = cal.fits.collectives.nvls_bandwidth.get("all_reduce")
+    if fit is None or bandwidth is None or not topo.fabric.nvls_available:
+        return None
+    latency = float(Ring(*fit.coefficients[:2], 1 / fit.coefficients[2]).seconds("all_reduce", 0.0,
+                                                                                TRTLLM_ALL_REDUCE_MAX_RANKS))
+    return SymmetricMulticast(latency, bandwidth).seconds("all_reduce", size, n) + _staging(size, cal)
+
+
 def _trtllm_seconds(op: str, size, n, topo: Topology, nccl_s, nccl_source):
     from .calibration.fits import TRTLLM_ALL_REDUCE_MAX_BYTES, TRTLLM_ALL_REDUCE_MAX_RANKS
     from .collective_algorithms import Ring
@@ -498,6 +518,11 @@ def _trtllm_seconds(op: str, size, n, topo: Topology, nccl_s, nccl_source):
             measured = measured + _staging(size, cal)
             better = inside & (n == ranks) & (size <= TRTLLM_ALL_REDUCE_MAX_BYTES) & (measured < nccl_s)
             seconds, source = np.where(better, measured, seconds), np.where(better, TABLE, source)
+        symmetric = _symmetric_all_reduce(size, n, topo)
+        if symmetric is not None:
+            custom = (n <= TRTLLM_ALL_REDUCE_MAX_RANKS) & (size <= TRTLLM_ALL_REDUCE_MAX_BYTES)
+            better = ~custom & (n > 2) & (symmetric < seconds)  # NVLS needs more than 2 ranks
+            seconds, source = np.where(better, symmetric, seconds), np.where(better, FITTED, source)
         return seconds, source
     fit = cal.fits.collectives.one_kernel_all_to_all
     if op == "all_to_all" and fit is not None:

@@ -72,8 +72,8 @@ CONFIG_DTYPE = np.dtype([
 class WhatIf:
     """Departures from the plan and the topology file, for what-if studies only (defaults: none)."""
 
-    a2a_latency_scale: float = 1.0  # multiplies the topology's a2a_base_us and a2a_step_us
-    reduce_latency_scale: float = 1.0  # multiplies ring_base/step_us and nvls_base/step_us
+    a2a_latency_scale: float = 1.0  # multiplies every all-to-all's fixed latency (its time at 0 bytes)
+    reduce_latency_scale: float = 1.0  # the same for all-reduce, all-gather and reduce-scatter
     a2a_chunk: int = 0  # requests per attention kernel + all-to-all under KVP: 0 = whole batch, 1 = per request
 
     def __post_init__(self) -> None:

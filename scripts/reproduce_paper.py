@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Redo the Helix paper's simulation study (arXiv 2507.07120, section 4) with helix_mpi's sweep.
 
-For deepseek-r1 and llama-3.1-405b at 1M tokens on gb200-nvl72 (FP4, 1..72 GPUs), sweeps every
-layout of Helix (with and without HOP-B), TP, PP x TP, KVP-only and DP-attention + EP at every
-batch, then compares Helix with the best baseline (helix_mpi.pareto.key_ratios). Besides the plan
-as it is, it runs labelled what-ifs (collective latency, all-to-all granularity) to show which
-assumption the paper's figures need, and measures how the per-request all-to-all latency weighs
-on Helix at large KVP. Writes docs/pareto_<model>.png (the plan), docs/pareto_<model>_whatif.png
-(batched exchange + NCCL 2.27 latencies) and the results between the markers of docs/sweep.md.
+For deepseek-r1 and llama-3.1-405b at 1M tokens on gb200-nvl72 and gb300-nvl72 (FP4, 1..72 GPUs),
+sweeps every layout of Helix (with and without HOP-B), TP, PP x TP, KVP-only and DP-attention + EP
+at every batch with the calibrated time model, then compares Helix with the best baseline
+(helix_mpi.pareto.key_ratios). Besides the calibrated plan (TensorRT-LLM's collectives: its
+custom all-reduce up to 8 GPUs, NCCL's symmetric-memory kernels beyond), it runs labelled
+alternatives that show which assumption the answer hangs on: NCCL's classic collectives (the
+measured 2-4 GPU tables extrapolated with NVLS), the paper's per-request all-to-all, and the
+all-to-all latency scaled. Writes docs/pareto_<model>.png (GB200, the plan),
+docs/pareto_<model>_whatif.png (GB200, NCCL collectives) and the results between the markers of
+docs/sweep.md.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,25 +28,25 @@ from helix_mpi.sweep import Candidate, SweepSpec, WhatIf, candidate_ttl, run_swe
 from helix_mpi.topology import load_topology  # noqa: E402
 
 MODELS = ("deepseek-r1", "llama-3.1-405b")
-PAPER = {  # published claims (arXiv 2507.07120 abstract and section 4; DESIGN.md section 1)
-    "deepseek-r1": {"throughput_gain": "up to 32x (users at fixed TTL)", "batch_gain": "up to 32x",
-                    "min_ttl_gain": "up to 1.5x"},
-    "llama-3.1-405b": {"throughput_gain": "4x", "batch_gain": "4x", "min_ttl_gain": "1.13x"},
+TOPOLOGIES = ("gb200-nvl72", "gb300-nvl72")
+PAPER = {  # published claims: arXiv 2507.07120 abstract and section 4 (GB200 simulation); NVIDIA TensorRT-LLM
+    # tech blog 22 "Helix parallelism" (GB300 NVL72, TensorRT-LLM, FP4, disaggregated): "up to 32x concurrency
+    # improvement and 1.8x interactivity improvement for 1M sequence length on DeepSeek-R1"
+    ("deepseek-r1", "gb200-nvl72"): ("paper (simulation)", "up to 32x", "up to 32x", "up to 1.5x"),
+    ("deepseek-r1", "gb300-nvl72"): ("TensorRT-LLM blog (measured)", "", "up to 32x", "1.8x interactivity"),
+    ("llama-3.1-405b", "gb200-nvl72"): ("paper (simulation)", "4x", "4x", "1.13x"),
 }
-NCCL_227 = 1 / 9  # NVIDIA blog "Enabling Fast Inference and Resilient Training with NCCL 2.27": symmetric-memory
-# kernels give "up to 9x reduction in latency for small message sizes" on NVLink
-SCENARIOS = (
-    ("plan", WhatIf()),
-    ("one a2a per batch", WhatIf(a2a_chunk=0)),
-    ("NCCL 2.27 latency (/9)", WhatIf(NCCL_227, NCCL_227)),
-    ("one a2a per batch + NCCL 2.27", WhatIf(NCCL_227, NCCL_227, 0)),
+SCENARIOS = (  # (label, whatif, comm)
+    ("calibrated plan", WhatIf(), "trtllm"),
+    ("NCCL classic collectives", WhatIf(), "nccl"),
+    ("per-request all-to-all (paper's HOP-B)", WhatIf(a2a_chunk=1), "trtllm"),
 )
-A2A_SCAN = (0.5, 0.25, 0.1)
+A2A_SCAN = (4.0, 2.0, 0.5)
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def sweep_ratios(model, topo, context, whatif):
-    spec = SweepSpec(model, topo, context, "fp4", 72, 4096, whatif=whatif)
+def sweep_ratios(model, topo, context, whatif, comm="trtllm"):
+    spec = SweepSpec(model, topo, context, "fp4", 72, 4096, whatif=whatif, comm=comm)
     result = run_sweep(spec)
     return result, key_ratios(result.configs)
 
@@ -65,85 +69,93 @@ def ttl_at(model, topo, context, layout, batch, whatif=WhatIf(), series="helix")
 
 
 def kvp64_study(topo, context) -> list[str]:
-    """DeepSeek-R1 KVP=64: how much of Helix's TTL is the per-request all-to-all latency, and which
-    latency would let it match TP=64 and the best TP."""
+    """DeepSeek-R1 KVP=64: how much of Helix's TTL is the all-to-all's fixed latency, and which
+    latency would still let it match TP=64 and the best TP."""
+    from helix_mpi.timing import TimeModel
+
     model = load_model("deepseek-r1")
     tp64, tp4 = Layout(1, 64, 64, 1, Strategy.TP), Layout(1, 4, 4, 1, Strategy.TP)
-    lines = ["| layout (DeepSeek-R1, 1M tokens) | B | TTL ms (plan) | TTL ms, a2a latency 0 | a2a latency share "
-             "| TTL ms, one a2a per batch |", "|---|---|---|---|---|---|"]
+    lines = ["| layout (DeepSeek-R1, 1M tokens) | B | TTL ms | TTL ms, a2a latency 0 | a2a latency share "
+             "| TTL ms, one a2a per request |", "|---|---|---|---|---|---|"]
     for ep in (64, 1):
         helix = Layout(64, 1, 64 // ep, ep, Strategy.HELIX)
         for batch in (1, 8, 32):
             plan = ttl_at(model, topo, context, helix, batch)
             free = ttl_at(model, topo, context, helix, batch, WhatIf(a2a_latency_scale=0.0))
-            batched = ttl_at(model, topo, context, helix, batch, WhatIf(a2a_chunk=0))
+            per_request = ttl_at(model, topo, context, helix, batch, WhatIf(a2a_chunk=1))
             lines.append(f"| Helix KVP=64 TPF={64 // ep} EP={ep} | {batch} | {plan * 1e3:.2f} | {free * 1e3:.2f} | "
-                         f"{(plan - free) / plan:.0%} | {batched * 1e3:.2f} |")
-    for layout, name in ((tp64, "TP=64"), (tp4, "TP=4 (best TP)")):
+                         f"{(plan - free) / plan:.0%} | {per_request * 1e3:.2f} |")
+    for layout, name in ((tp64, "TP=64"), (tp4, "TP=4")):
         lines.append(f"| {name} | 1 | {ttl_at(model, topo, context, layout, 1, series='tp') * 1e3:.2f} | | | |")
     target = ttl_at(model, topo, context, tp64, 1, series="tp")
     helix = Layout(64, 1, 64, 1, Strategy.HELIX)
-    lo, hi = 0.0, 1.0  # a2a latency scale at which Helix KVP=64 (TPF=64) B=1 ties TP=64 B=1
+    lo, hi = 0.0, 64.0  # a2a latency scale at which Helix KVP=64 (TPF=64) B=1 ties TP=64 B=1
     for _ in range(40):
         mid = (lo + hi) / 2
         faster = ttl_at(model, topo, context, helix, 1, WhatIf(a2a_latency_scale=mid)) < target
         lo, hi = (mid, hi) if faster else (lo, mid)
-    f = topo.fabric
-    base_us, step_us = f.a2a_base_s * 1e6, f.a2a_step_s * 1e6
-    lines += ["", f"Per-request all-to-all over 64 ranks in the plan: a2a_base + 63 a2a_step = {base_us:.1f} + "
-                  f"63 x {step_us:.1f} = {base_us + 63 * step_us:.1f} us per layer per request. Helix KVP=64 "
-                  f"(TPF=64) at B=1 ties TP=64 when that latency is scaled by {lo:.2f} "
-                  f"({(base_us + 63 * step_us) * lo:.1f} us)."]
+    latency_us = float(TimeModel(topo, SweepSpec(model, topo, context).implementation()).collective_seconds(
+        "all_to_all", 0.0, 64)) * 1e6
+    lines += ["", f"Fixed latency of one all-to-all over 64 ranks in the calibrated model: {latency_us:.1f} us "
+                  f"per layer. Helix KVP=64 (TPF=64) at B=1 still beats TP=64 up to {lo:.1f}x that latency "
+                  f"({latency_us * lo:.0f} us)."]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context", type=int, default=1_000_000)
-    parser.add_argument("--topology", default="gb200-nvl72")
+    parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--docs", default=os.path.join(ROOT, "docs"))
     args = parser.parse_args()
-    topo, start = load_topology(args.topology), time.perf_counter()
+    start = time.perf_counter()
     os.makedirs(args.docs, exist_ok=True)
-    table = ["| model | scenario | throughput/GPU at equal TTL | users at equal TTL | min TTL | "
-             "same without HOP-B (tput / users / min TTL) | configs (fit) |", "|---|---|---|---|---|---|---|"]
-    notes = []
-    scan = ["| model | a2a latency scale | throughput gain | users gain | min TTL gain |", "|---|---|---|---|---|"]
-    for name in MODELS:
-        model = load_model(name)
-        claim = PAPER[name]
-        table.append(f"| {name} | **paper** | {claim['throughput_gain']} | {claim['batch_gain']} | "
-                     f"{claim['min_ttl_gain']} | | >100,000 |")
-        for label, whatif in SCENARIOS:
-            result, r = sweep_ratios(model, topo, args.context, whatif)
-            table.append(f"| {name} | {label} | {fmt(r.get('throughput_gain'))} | {fmt(r.get('batch_gain'))} | "
-                         f"{fmt(r.get('min_ttl_gain'))} | {fmt(r.get('throughput_gain_no_hopb'))} / "
-                         f"{fmt(r.get('batch_gain_no_hopb'))} / {fmt(r.get('min_ttl_gain_no_hopb'))} | "
-                         f"{result.timed:,} ({len(result.configs):,}) |")
-            notes.append(f"- {name}, {label}: throughput gain at {where(r['details'], 'throughput')}; "
-                         f"min TTL Helix {r['details']['min_ttl']['helix']['ttl_s'] * 1e3:.2f} ms "
-                         f"(N={r['details']['min_ttl']['helix']['gpus']}) vs "
-                         f"{r['details']['min_ttl']['baseline']['strategy']} "
-                         f"{r['details']['min_ttl']['baseline']['ttl_s'] * 1e3:.2f} ms")
-            suffix = {"plan": "", "one a2a per batch + NCCL 2.27": "_whatif"}.get(label)
-            if suffix is not None:
-                title = f"{name}, {args.context:,} tokens, {topo.name}, fp4, 1..72 GPUs\n"
-                title += "plan and topology as they are" if whatif.is_plan else f"what-if: {whatif.describe()}"
-                path = os.path.join(args.docs, f"pareto_{name}{suffix}.png")
-                plot_frontiers(frontiers(result.configs), path, title, r)
-                print(f"wrote {path}", file=sys.stderr)
-        for scale in A2A_SCAN:
-            _, r = sweep_ratios(model, topo, args.context, WhatIf(a2a_latency_scale=scale))
-            scan.append(f"| {name} | {scale:g} | {fmt(r['throughput_gain'])} | {fmt(r['batch_gain'])} | "
-                        f"{fmt(r['min_ttl_gain'])} |")
+    table = ["| model | topology | scenario | throughput/GPU at equal TTL | users at equal TTL | min TTL | "
+             "same without HOP-B (tput / users / min TTL) | configs (fit) |", "|---|---|---|---|---|---|---|---|"]
+    notes, summary = [], {}
+    scan = ["| model | topology | a2a latency scale | throughput gain | users gain | min TTL gain |",
+            "|---|---|---|---|---|---|"]
+    for topo_name in args.topologies.split(","):
+        topo = load_topology(topo_name)
+        for name in MODELS:
+            model = load_model(name)
+            claim = PAPER.get((name, topo_name))
+            if claim:
+                table.append(f"| {name} | {topo_name} | **{claim[0]}** | {claim[1]} | {claim[2]} | {claim[3]} | | |")
+            for label, whatif, comm in SCENARIOS:
+                result, r = sweep_ratios(model, topo, args.context, whatif, comm)
+                summary[f"{name} {topo_name} {label}"] = {k: r.get(k) for k in ("throughput_gain", "batch_gain",
+                                                                                 "min_ttl_gain")}
+                table.append(f"| {name} | {topo_name} | {label} | {fmt(r.get('throughput_gain'))} | "
+                             f"{fmt(r.get('batch_gain'))} | {fmt(r.get('min_ttl_gain'))} | "
+                             f"{fmt(r.get('throughput_gain_no_hopb'))} / {fmt(r.get('batch_gain_no_hopb'))} / "
+                             f"{fmt(r.get('min_ttl_gain_no_hopb'))} | {result.timed:,} ({len(result.configs):,}) |")
+                notes.append(f"- {name}, {topo_name}, {label}: throughput gain at {where(r['details'], 'throughput')}; "
+                             f"min TTL Helix {r['details']['min_ttl']['helix']['ttl_s'] * 1e3:.2f} ms "
+                             f"(N={r['details']['min_ttl']['helix']['gpus']}) vs "
+                             f"{r['details']['min_ttl']['baseline']['strategy']} "
+                             f"{r['details']['min_ttl']['baseline']['ttl_s'] * 1e3:.2f} ms")
+                suffix = {"calibrated plan": "", "NCCL classic collectives": "_whatif"}.get(label)
+                if suffix is not None and topo_name == TOPOLOGIES[0]:
+                    title = f"{name}, {args.context:,} tokens, {topo.name}, fp4, 1..72 GPUs\n{label}"
+                    path = os.path.join(args.docs, f"pareto_{name}{suffix}.png")
+                    plot_frontiers(frontiers(result.configs), path, title, r)
+                    print(f"wrote {path}", file=sys.stderr)
+            if topo_name == TOPOLOGIES[0]:
+                for scale in A2A_SCAN:
+                    _, r = sweep_ratios(model, topo, args.context, WhatIf(a2a_latency_scale=scale))
+                    scan.append(f"| {name} | {topo_name} | {scale:g} | {fmt(r['throughput_gain'])} | "
+                                f"{fmt(r['batch_gain'])} | {fmt(r['min_ttl_gain'])} |")
+    first = load_topology(args.topologies.split(",")[0])
     text = "\n".join(["Generated by `scripts/reproduce_paper.py` "
-                      f"({args.context:,} tokens, {topo.name}, FP4, 1..72 GPUs, batches up to 4096; "
-                      f"{time.perf_counter() - start:.0f} s on this machine).", "", *table, "",
+                      f"({args.context:,} tokens, FP4 weights, FP8 KV, 1..72 GPUs, batches up to 4096, "
+                      f"calibrated time model; {time.perf_counter() - start:.0f} s on this machine).", "", *table, "",
                       "Where each gain is attained (the configurations behind it):", "", *notes, "",
-                      "All-to-all latency alone (ring/NVLS latencies and granularity as in the plan):", "", *scan, "",
-                      "### The per-request all-to-all at large KVP", "", *kvp64_study(topo, args.context)])
+                      "All-to-all latency scaled (calibrated plan otherwise):", "", *scan, "",
+                      f"### The all-to-all at large KVP ({first.name})", "", *kvp64_study(first, args.context)])
     write_results(os.path.join(args.docs, "sweep.md"), text)
     print(text)
+    print(json.dumps({"seconds": round(time.perf_counter() - start, 1), "gains": summary}, default=float))
 
 
 def write_results(path: str, text: str) -> None:

@@ -193,6 +193,19 @@ def test_trtllm_all_reduce_never_slower_than_nccl_and_the_all_to_all_is_one_kern
     assert one_kernel < grouped
 
 
+def test_trtllm_beyond_eight_gpus_is_nccl_symmetric_multicast_whatever_the_group():
+    """TensorRT-LLM's AUTO all-reduce over more than 8 GPUs is NCCL's symmetric-memory kernel: one
+    multicast reduce through the switch, so its latency does not grow with the group, and it is
+    never slower than NCCL's classic algorithms."""
+    sizes = np.array([16e3, 57344.0, 1e6])
+    sixteen, _ = collective_seconds("all_reduce", sizes, 16, GB200, "trtllm")
+    rack, source = collective_seconds("all_reduce", sizes, 72, GB200, "trtllm")
+    classic, _ = collective_seconds("all_reduce", sizes, 72, GB200, "nccl")
+    assert (source == FITTED).all() and rack == pytest.approx(sixteen) and (rack < classic).all()
+    eight, _ = collective_seconds("all_reduce", sizes, 8, GB200, "trtllm")
+    assert rack[1] == pytest.approx(eight[1], rel=0.05)  # the one-shot kernel's latency at 8 GPUs
+
+
 def test_groups_across_nvlink_domains_pay_the_network():
     inside, _ = collective_seconds("all_reduce", 1e6, 8, B200, "nccl")
     across, _ = collective_seconds("all_reduce", 1e6, 16, B200, "nccl")  # two 8-GPU nodes
