@@ -345,8 +345,15 @@ def run_sweep(spec: SweepSpec, progress: Callable[[int], None] | None = None) ->
     grid = batch_grid(spec.max_batch)
     found = candidates(spec)
     rows, timed = [np.zeros(0, CONFIG_DTYPE)], 0
+    done: dict[tuple, tuple[np.ndarray, int]] = {}  # candidates with identical plans are timed once
     for cand in found:
-        fitting, count = evaluate(spec, cand, grid)
+        # Helix with and without HOP-B have one plan when the batch is exchanged at once
+        key = (cand.layout, cand.pp, cand.hopb and spec.whatif.a2a_chunk != 0)
+        if key in done:
+            fitting, count = done[key][0].copy(), done[key][1]
+            fitting["strategy"], fitting["hopb"] = cand.series, cand.hopb
+        else:
+            fitting, count = done.setdefault(key, evaluate(spec, cand, grid))
         rows.append(fitting)
         timed += count
         if progress is not None:
