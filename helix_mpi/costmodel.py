@@ -335,7 +335,8 @@ def _moe_seconds(k, topo: Topology):
     fit = None if cal is None else cal.fits.moe
     if fit is None:
         return _roofline(k.flops, k.hbm_bytes, topo, k.dtype), SPEC
-    fitted = lambda: fit(moe_features(k.hit, k.pairs, k.hidden, k.inter, GEMM_DTYPES[k.dtype]))  # noqa: E731
+    fitted = lambda: fit(moe_features(k.hit, k.pairs, k.hidden, k.inter, GEMM_DTYPES[k.dtype], k.tokens,  # noqa: E731
+                                      k.topk))
     key = (int(k.hidden), int(round(k.inter * k.tp)), int(k.topk), int(k.experts), int(round(k.tp)), int(round(k.ep)))
     for dtype in _MOE_TABLE_DTYPES[k.dtype]:
         grid = cal.tables.moe.get(dtype, {}).get(key)

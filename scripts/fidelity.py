@@ -9,7 +9,7 @@
      tokens; MoE tokens; NCCL sizes) removed in turn and predicted from its neighbours;
    - extrapolation (the fitted physics): GEMMs fitted without the n or k >= 32768 shapes and
      predicting them; decode attention fitted on <= 16K tokens, predicting 32K-131K; MLA fitted
-     on <= 4K tokens, predicting 8K and more; NCCL fitted on 2 and 4 GPUs, predicting 8 (the
+     on <= 4K tokens, predicting 8K and more; MoE fitted on EP <= 8, predicting EP 16-256; NCCL fitted on 2 and 4 GPUs, predicting 8 (the
      systems measured on 8);
    - the rack: public nccl-tests all-reduce on 72 GB200 GPUs (coreweave/nccl-tests PR 43: busbw
      586-839 GB/s at 0.5-8 GiB) predicted from the 2-4 GPU tables.
@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from helix_mpi.calibration import SystemTables  # noqa: E402
-from helix_mpi.calibration.fits import (ATTENTION_TERMS, GEMM_TERMS, _fit, _grid_points,  # noqa: E402
+from helix_mpi.calibration.fits import (ATTENTION_TERMS, GEMM_TERMS, MOE_DTYPE_BYTES, MOE_TERMS,  # noqa: E402
+                                        _fit, _grid_points, expected_load, moe_features,
                                         attention_features, decode_work_units, gemm_features,
                                         mla_features)
 from helix_mpi.calibration.grid import Grid  # noqa: E402
@@ -141,6 +142,27 @@ def mla_extrapolation(tables: SystemTables) -> float:
     return median_abs(errors)
 
 
+def moe_extrapolation(tables: SystemTables) -> float:
+    """Fitted on expert parallelism <= 8, predicting EP 16-256 (the wide-EP layouts of a rack)."""
+    rows = []
+    for dtype, shapes in tables.moe.items():
+        for (hidden, inter, topk, experts, tp, ep), grid in shapes.items():
+            (tokens,), seconds = _grid_points(grid)
+            hit, pairs = expected_load(tokens, topk, experts, experts / ep)
+            full = lambda v: np.full_like(hit, v)  # noqa: E731
+            rows.append(np.stack([hit, pairs, full(hidden), full(inter / tp), full(MOE_DTYPE_BYTES.get(dtype, 1.0)),
+                                  tokens, full(topk), full(ep), seconds], axis=1))
+    if not rows:
+        return float("nan")
+    hit, pairs, hidden, width, element_bytes, tokens, topk, ep, seconds = np.concatenate(rows).T
+    train, test = ep <= 8, ep > 8
+    if not test.any():
+        return float("nan")
+    features = lambda m: moe_features(hit[m], pairs[m], hidden[m], width[m], element_bytes[m], tokens[m], topk[m])  # noqa
+    fit = _fit(MOE_TERMS, lambda e: features(train), seconds[train])
+    return median_abs(fit(features(test)) / seconds[test] - 1)
+
+
 def nccl_extrapolation(tables: SystemTables) -> dict[str, float]:
     """Fit on the smaller rank counts, predict the largest one (needs two rank counts to fit: one
     alone cannot separate the fixed cost from the per-step latency)."""
@@ -211,7 +233,8 @@ def main() -> None:
         interp = interpolation_report(tables)
         extrap = {"gemm (n or k >= 32768)": gemm_extrapolation(tables),
                   "attention (>= 32K tokens)": attention_extrapolation(tables),
-                  "mla (>= 8K tokens)": mla_extrapolation(tables), **nccl_extrapolation(tables)}
+                  "mla (>= 8K tokens)": mla_extrapolation(tables), "moe (EP > 8)": moe_extrapolation(tables),
+                  **nccl_extrapolation(tables)}
         out[system] = {"interpolation": interp, "extrapolation": extrap}
         print(f"  {system}: interpolation " + ", ".join(f"{k} {v * 100:.1f} %" for k, v in interp.items()))
         print(f"  {' ' * len(system)}  extrapolation " + ", ".join(f"{k} {v * 100:.1f} %" for k, v in extrap.items()))

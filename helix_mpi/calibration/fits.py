@@ -116,13 +116,16 @@ def decode_work_units(batch, heads, tokens):
     return batch * heads * np.maximum(np.asarray(tokens, dtype=float) / SPLIT_KV_TOKENS, 1.0)
 
 
-def moe_features(hit, pairs, hidden, inter, element_bytes) -> list:
+def moe_features(hit, pairs, hidden, inter, element_bytes, tokens, topk) -> list:
+    """The fused MoE op: weights of the held experts hit, activations of the held (token, expert)
+    pairs, their FLOPs, and the routing, permutation and finalize of every token's k expert copies
+    (done for all tokens whichever rank holds the experts)."""
     weights = 3.0 * hidden * inter * hit * element_bytes
     return [np.ones_like(hit * pairs, dtype=float), weights, pairs * 2.0 * hidden * ACTIVATION_BYTES,
-            6.0 * hidden * inter * pairs]
+            6.0 * hidden * inter * pairs, tokens * topk * hidden * ACTIVATION_BYTES]
 
 
-MOE_TERMS = ("t0_s", "s_per_weight_byte", "s_per_activation_byte", "s_per_flop")
+MOE_TERMS = ("t0_s", "s_per_weight_byte", "s_per_activation_byte", "s_per_flop", "s_per_routed_byte")
 
 
 def expected_load(tokens, topk, experts, held):
@@ -184,11 +187,12 @@ class SystemFits:
                 hit, pairs = expected_load(tokens, topk, experts, experts / ep)
                 width = inter / tp
                 rows.append(np.stack([hit, pairs, np.full_like(hit, hidden), np.full_like(hit, width),
-                                      np.full_like(hit, MOE_DTYPE_BYTES.get(dtype, 1.0)), seconds], axis=1))
+                                      np.full_like(hit, MOE_DTYPE_BYTES.get(dtype, 1.0)), tokens,
+                                      np.full_like(hit, topk), seconds], axis=1))
         if not rows:
             return None
-        hit, pairs, hidden, width, element_bytes, seconds = np.concatenate(rows).T
-        return _fit(MOE_TERMS, lambda e: moe_features(hit, pairs, hidden, width, element_bytes), seconds)
+        hit, pairs, hidden, width, element_bytes, tokens, topk, seconds = np.concatenate(rows).T
+        return _fit(MOE_TERMS, lambda e: moe_features(hit, pairs, hidden, width, element_bytes, tokens, topk), seconds)
 
     @functools.cached_property
     def shortest_kernel_s(self) -> float | None:
