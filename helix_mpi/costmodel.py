@@ -272,14 +272,15 @@ def _efficiency(parallel, fit) -> np.ndarray:
 
 
 def _gemm_seconds(k, topo: Topology):
-    from .calibration.fits import gemm_features
+    from .calibration.fits import gemm_features, gemm_work_units
 
     cal = topo.calibration
     dtype = next((d for d in _FALLBACK_DTYPES[k.dtype] if cal is not None and d in cal.tables.gemm), None)
     if dtype is None:
         return _roofline(k.flops, k.hbm_bytes, topo, k.dtype), SPEC
     fit = cal.fits.gemm[dtype]
-    fitted = lambda: fit(gemm_features(k.m, k.n, k.k, dtype, _efficiency(k.n * k.k / 2**20, fit)))  # noqa: E731
+    units = gemm_work_units(k.n, k.k, dtype)
+    fitted = lambda: fit(gemm_features(k.m, k.n, k.k, dtype, _efficiency(units, fit)))  # noqa: E731
     seconds, source = _choose(*cal.tables.gemm[dtype](k.m, k.n, k.k), fitted)
     if k.fused_quant and dtype != "bf16" and "bf16" in cal.fits.gemm:
         floor = cal.fits.gemm["bf16"].coefficients[0]

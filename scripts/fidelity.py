@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from helix_mpi.calibration import SystemTables  # noqa: E402
 from helix_mpi.calibration.fits import (ATTENTION_TERMS, GEMM_TERMS, MOE_DTYPE_BYTES, MOE_TERMS,  # noqa: E402
                                         _fit, _grid_points, expected_load, moe_features,
-                                        attention_features, decode_work_units, gemm_features,
+                                        attention_features, decode_work_units, gemm_features, gemm_work_units,
                                         mla_features)
 from helix_mpi.calibration.grid import Grid  # noqa: E402
 from helix_mpi.collective_algorithms import Direct, Ring, fit_terms  # noqa: E402
@@ -95,10 +95,11 @@ def gemm_extrapolation(tables: SystemTables) -> float:
     for dtype, grid in tables.gemm.items():
         (m, n, k), seconds = _grid_points(grid)
         train = (n < 32768) & (k < 32768)
+        units = gemm_work_units(n, k, dtype)
         fit = _fit(GEMM_TERMS, lambda e: gemm_features(m[train], n[train], k[train], dtype, e), seconds[train],
-                   parallel=n[train] * k[train] / 2**20)
+                   parallel=units[train])
         test = ~train & (m <= 256)  # decode sizes
-        efficiency = (n[test] * k[test] / 2**20) / (n[test] * k[test] / 2**20 + fit.p_half) if fit.p_half else 1.0
+        efficiency = units[test] / (units[test] + fit.p_half) if fit.p_half else 1.0
         predicted = fit(gemm_features(m[test], n[test], k[test], dtype, efficiency))
         errors.extend((predicted / seconds[test] - 1).tolist())
     return median_abs(errors)

@@ -9,7 +9,7 @@ so a coefficient is a physical quantity (a fixed latency, an achieved bandwidth 
 latency per ring step), printed by `helix-mpi topologies --fits`. Kernels that cannot fill the GPU
 reach a fraction p / (p + p_half) of their bandwidth, p being the kernel's parallel work units
 (requests x KV heads x cache chunks for split-KV decode attention, `decode_work_units`; the
-weight matrix's size for GEMMs); p_half is chosen on a grid by the same criterion.
+weight matrix's size or its output tiles for GEMMs, `gemm_work_units`); p_half is chosen on a grid by the same criterion.
 Nothing here is tuned to an end-to-end measurement.
 """
 from __future__ import annotations
@@ -92,6 +92,18 @@ def gemm_features(m, n, k, dtype: str, efficiency=1.0) -> list:
 
 
 GEMM_TERMS = ("t0_s", "s_per_byte", "s_per_flop")
+# Assumed from the libraries: cuBLASLt's BF16 and per-tensor FP8 GEMMs split K at decode sizes, so
+# their parallel work grows with the whole weight matrix; TensorRT-LLM's NVFP4 and 128x128
+# block-scaled FP8 kernels (CUTLASS / DeepGEMM style) parallelise over output tiles only, so a
+# long-K, narrow-N GEMM streams through few CTAs (measured: NVFP4 n = 8192, k = 51200 reaches half
+# the bandwidth of n = 51200, k = 8192). Both forms are fitted on the same tables.
+SPLIT_K_DTYPES = ("bf16", "fp8")
+OUTPUT_TILE = 128.0  # columns of one output tile
+
+
+def gemm_work_units(n, k, dtype: str):
+    """Parallel work units of a decode GEMM: weight MiB with split-K, else output tiles."""
+    return n * k / 2**20 if dtype in SPLIT_K_DTYPES else np.asarray(n, dtype=float) / OUTPUT_TILE
 
 
 def attention_features(batch, q_heads, kv_heads, head_dim, tokens, kv_dtype: str, efficiency=1.0) -> list:
@@ -147,7 +159,8 @@ class SystemFits:
         out = {}
         for dtype, grid in self.tables.gemm.items():
             (m, n, k), seconds = _grid_points(grid)
-            out[dtype] = _fit(GEMM_TERMS, lambda e: gemm_features(m, n, k, dtype, e), seconds, parallel=n * k / 2**20)
+            out[dtype] = _fit(GEMM_TERMS, lambda e: gemm_features(m, n, k, dtype, e), seconds,
+                              parallel=gemm_work_units(n, k, dtype))
         return out
 
     @functools.cached_property
