@@ -377,10 +377,14 @@ _KERNEL_TIMERS = {"gemm": _gemm_seconds, "attention": _attention_seconds, "mla":
 
 def kernel_seconds(kernel, topo: Topology, cuda_graphs: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(seconds, source) of one GPU kernel (`gpuops`), arrays if its shape is. Inside a measured
-    table: interpolated (TABLE); outside it: the physics fitted to the table (FITTED); on a
+    table: interpolated (TABLE); outside it: the physics fitted to the table (FITTED), never
+    faster than reading its bytes at the spec HBM bandwidth; on a
     topology without tables: the roofline (SPEC). Without CUDA graphs a kernel takes at least the
     host's launch time (kernels shorter than it leave the GPU idle)."""
     seconds, source = _KERNEL_TIMERS[kernel.kind.value](kernel, topo)
+    if np.any(source == FITTED):  # no fit may read HBM faster than the GPU's spec bandwidth
+        floor = np.asarray(kernel.hbm_bytes, float) / topo.gpu.hbm_bytes_per_s
+        seconds = np.where(source == FITTED, np.maximum(seconds, floor), seconds)
     if not cuda_graphs:
         seconds = np.maximum(seconds, getattr(kernel, "count", 1.0) * topo.gpu.host_launch_s)
     return seconds, source

@@ -86,6 +86,13 @@ def test_fitted_physics_is_physical(system):
     assert 0.5 * topo.gpu.hbm_bytes_per_s < attention_bw < 1.1 * topo.gpu.hbm_bytes_per_s
 
 
+@pytest.mark.parametrize("kernel", [Gemm(4, 1_000_000, 8192, "fp4"), Gemm(1, 500_000, 16384, "bf16"),
+                                    Attention(64, 64, 8, 128, 2_000_000, "fp8")])
+def test_no_fitted_kernel_reads_faster_than_the_hbm(kernel):
+    seconds, source = kernel_seconds(kernel, GB200)
+    assert source == FITTED and kernel.hbm_bytes / seconds <= GB200.gpu.hbm_bytes_per_s * (1 + 1e-12)
+
+
 def test_one_long_request_fills_the_gpu_through_split_kv():
     """Flash-decoding splits a long cache into chunks: batch 1 at 1M tokens reaches most of the HBM
     bandwidth, while batch 1 at 1K tokens is latency-bound."""
