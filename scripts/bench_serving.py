@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from helix_mpi.config import ConfigError, load_model, make_layout, validate_layout  # noqa: E402
+from helix_mpi.config import ConfigError, Implementation, load_model, make_layout, validate_layout  # noqa: E402
 from helix_mpi.launcher import rank_environment  # noqa: E402
 from helix_mpi.serving import KV_TRANSFER, ServingError, serve  # noqa: E402
 from helix_mpi.topology import TopologyError, load_topology  # noqa: E402
@@ -74,7 +74,7 @@ def analytic_rows(args: argparse.Namespace) -> tuple[str, list[dict]]:
         layout = make_layout(model, gpus, None, None, strategy)
         validate_layout(model, layout, gpus)
         start = time.perf_counter()
-        r = serve(workload, model, layout, topo, args.precision, tokens_per_block=args.tokens_per_block,
+        r = serve(workload, model, layout, topo, Implementation(args.precision), tokens_per_block=args.tokens_per_block,
                   max_batch=args.max_batch, kv_transfer=args.kv_transfer)
         label = f"{name} {gpus} GPUs (KVP={layout.kvp} TPA={layout.tpa} EP={layout.ep})"
         row = {"layout": label, "strategy": strategy, "gpus": gpus, "sim_wall_s": time.perf_counter() - start}
