@@ -43,9 +43,10 @@ class Grid:
         When only one coordinate varies (the sweep's batches, serving's KV lengths) the grid is
         first cut along that axis at the fixed ones (cached), then interpolated in one dimension:
         the same multilinear interpolation, much faster."""
+        coords = tuple(_constant(c) for c in coords)
         varying = [d for d, c in enumerate(coords) if np.ndim(c) > 0]
-        if len(varying) == 1 and len(coords) > 1:
-            axis = varying[0]
+        if len(varying) <= 1 and len(coords) > 1:
+            axis = varying[0] if varying else len(coords) - 1
             fixed = tuple(float(c) if d != axis else None for d, c in enumerate(coords))
             return self._along(axis, fixed)(np.asarray(coords[axis], dtype=float))
         return self._interpolate(*coords)
@@ -78,6 +79,15 @@ class Grid:
             inside &= ~(used & ~np.isfinite(value))
             total = total + np.where(used, weight * np.where(np.isfinite(value), value, 0.0), 0.0)
         return np.where(inside, np.exp(total), np.nan), inside
+
+
+def _constant(coord):
+    """A coordinate array holding one value, as that scalar (so the cheap one-axis cut applies)."""
+    if np.ndim(coord) == 0 or np.size(coord) == 0:
+        return coord
+    array = np.asarray(coord, dtype=float)
+    first = array.flat[0]
+    return first if np.all(array == first) else array
 
 
 class _Curve:

@@ -187,7 +187,11 @@ class RaggedLayerTime:
         """Seconds [N, ...] of each rank's attention kernel at `tokens` [N, ...] (and `batch`
         requests, default its plan's), one class at a time: each has its own measured shape."""
         out = np.zeros(tokens.shape)
+        groups: dict = {}  # classes whose kernels differ only in tokens are timed in one call
         for kernel, ranks in zip(plan.attention, self.members):
+            groups.setdefault(replace(kernel, tokens=0.0), []).append(ranks)
+        for kernel, members in groups.items():
+            ranks = np.concatenate(members)
             shaped = replace(kernel, tokens=tokens[ranks]) if batch is None else \
                 replace(kernel, tokens=tokens[ranks], batch=batch[ranks])
             out[ranks] = self.timer.kernels_seconds([shaped])
