@@ -132,6 +132,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
                 path = writer.finish()
                 summary["trace"] = str(path)
     finally:
+        _release(writer)
         mesh.free()
     return RunOutcome(result, summary, error, Path(output) if (is_root and output) else None)
 
@@ -280,8 +281,15 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
                 _write_serving(writer, model, layout, run, scheduler.step_log(), metrics, summary)
                 summary["trace"] = str(writer.finish())
     finally:
+        _release(writer)
         mesh.free()
     return ServingOutcome(result, summary, metrics, error, Path(output) if (is_root and output) else None)
+
+
+def _release(writer: TraceWriter | None) -> None:
+    """A run that stops early keeps its partial trace and frees the output for the next run."""
+    if writer is not None and not writer.finished:
+        writer.abandon()
 
 
 class _StepBuffer:

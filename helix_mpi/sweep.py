@@ -474,23 +474,29 @@ class SweepFileError(ValueError):
 
 def write_sweep(path: str | os.PathLike, result: SweepResult, frontiers: dict[str, np.ndarray]) -> None:
     """/configs (every fitting configuration), /frontier/<series> (its Pareto points), root attrs
-    `schema`, `spec` and `summary` (JSON); written under NAME.partial, renamed when complete."""
+    `schema`, `spec` and `summary` (JSON). The HDF5 file is built in memory (a few MB) and written
+    in one go under NAME.partial, renamed when complete (outputs.exclusive_output: a second writer
+    of the same file refuses; a failed write, such as a full disk, leaves nothing)."""
+    import io
+
     import h5py
 
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with h5py.File(partial, "w") as file:
-            file.attrs["schema"] = SCHEMA
-            file.attrs["spec"] = json.dumps(result.spec.to_dict())
-            file.attrs["summary"] = json.dumps(result.summary())
-            file.create_dataset("configs", data=result.configs, compression="gzip", shuffle=True)
-            group = file.create_group("frontier")
-            for series, rows in frontiers.items():
-                group.create_dataset(series, data=rows)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    from .outputs import exclusive_output, write_failure
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as file:
+        file.attrs["schema"] = SCHEMA
+        file.attrs["spec"] = json.dumps(result.spec.to_dict())
+        file.attrs["summary"] = json.dumps(result.summary())
+        file.create_dataset("configs", data=result.configs, compression="gzip", shuffle=True)
+        group = file.create_group("frontier")
+        for series, rows in frontiers.items():
+            group.create_dataset(series, data=rows)
+    with exclusive_output(path) as partial:
+        try:
+            partial.write_bytes(image.getbuffer())
+        except OSError as exc:
+            raise write_failure(path, exc) from None
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
 
+from .outputs import OutputLock, check_room, partial_path, write_failure
+
 SCHEMA_VERSION = 1
-PARTIAL_SUFFIX = ".partial"
 
 # One row per op per rank per layer per step.
 EVENT_DTYPE = np.dtype([
@@ -48,14 +52,22 @@ class TraceWriter:
     """Rank 0's incremental writer. The file is opened only while a step is appended, so between
     steps it is always a consistent HDF5 file marked `complete = False` under `NAME.partial`: a
     run killed at any point leaves a readable partial trace. `finish()` marks it complete and
-    renames it to NAME."""
+    renames it to NAME. The writer holds NAME's lock (outputs.OutputLock) from start to end, so a
+    second run with the same output refuses; a write that fails (disk full, file-size limit)
+    removes the partial file and raises OutputError (one line)."""
 
     def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int, chunk: int = 65536):
         self.path = Path(path)
-        self.partial_path = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial_path = partial_path(self.path)
         self.finished = False
-        with h5py.File(self.partial_path, "w") as file:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(self.path, exc) from None
+        self.lock = OutputLock(self.path)
+        self.chunk, self.rows = chunk, 0
+
+        def create(file: h5py.File) -> None:
             file.attrs["schema_version"] = SCHEMA_VERSION
             file.attrs["complete"] = False
             for key, value in attrs.items():
@@ -65,8 +77,30 @@ class TraceWriter:
             file.create_dataset("kv_tokens", shape=(0, world_size), maxshape=(None, world_size), dtype="<i8",
                                 chunks=(256, world_size))
 
-    def _open(self) -> h5py.File:
-        return h5py.File(self.partial_path, "a")
+        self._write(create, "w")
+
+    def _write(self, action: Callable[[h5py.File], None], mode: str = "a", nbytes: int = 0) -> None:
+        """Open the partial file, apply `action` (writing about `nbytes` of data), close it;
+        SIGINT/SIGTERM wait until it is closed."""
+        try:
+            check_room(self.partial_path, nbytes)
+        except OSError as exc:  # nothing written: the partial trace stays consistent
+            self.lock.release()
+            kept = self.partial_path.exists() and mode == "a"
+            note = f"the partial trace is kept as {self.partial_path} (complete = False)" if kept else ""
+            raise write_failure(self.path, exc, note) from None
+        try:
+            with interrupts_deferred(), h5py.File(self.partial_path, mode) as file:
+                action(file)
+        except (OSError, RuntimeError) as exc:  # h5py raises either for a failed write
+            self.partial_path.unlink(missing_ok=True)  # possibly cut mid-write: never leave it
+            self.lock.release()
+            raise write_failure(self.path, exc) from None
+
+    @property
+    def last_chunk_bytes(self) -> int:
+        """Bytes of the partly filled last chunk of /events, which an append rewrites."""
+        return (self.rows % self.chunk) * EVENT_DTYPE.itemsize
 
     def append_step(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
         """Append one decode step: all ranks' events and KV tokens held per rank [N]."""
@@ -74,7 +108,7 @@ class TraceWriter:
 
     def append_steps(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
         """Append whole decode steps at once: their events and KV tokens per rank [steps, N]."""
-        with self._open() as file:
+        def append(file: h5py.File) -> None:
             dataset, kv = file["events"], file["kv_tokens"]
             n = dataset.shape[0]
             dataset.resize((n + len(events),))
@@ -83,35 +117,72 @@ class TraceWriter:
             kv.resize((m + len(kv_tokens), kv.shape[1]))
             kv[m:] = kv_tokens
 
+        self._write(append, nbytes=events.nbytes + kv_tokens.nbytes + self.last_chunk_bytes)
+        self.rows += len(events)
+
     def write_group(self, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
-        with self._open() as file:
+        def write(file: h5py.File) -> None:
             group = file.require_group(name)
             for key, array in arrays.items():
                 group.create_dataset(key, data=array)
             for key, value in (attrs or {}).items():
                 group.attrs[key] = value
 
+        self._write(write, nbytes=sum(np.asarray(a).nbytes for a in arrays.values()))
+
     def set_attrs(self, attrs: dict[str, Any]) -> None:
-        with self._open() as file:
+        def write(file: h5py.File) -> None:
             for key, value in attrs.items():
                 file.attrs[key] = value
 
+        self._write(write)
+
     def finish(self) -> Path:
-        """Mark complete and rename to the final name."""
+        """Mark complete, flush to disk and rename to the final name."""
         self.set_attrs({"complete": True})
-        os.replace(self.partial_path, self.path)
+        try:
+            with open(self.partial_path, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.partial_path, self.path)
+        except OSError as exc:
+            self.partial_path.unlink(missing_ok=True)
+            raise write_failure(self.path, exc) from None
+        finally:
+            self.lock.release()
         self.finished = True
         return self.path
 
     def abandon(self) -> Path:
-        """An unfinished trace stays under its `.partial` name with complete = False."""
+        """An unfinished trace stays under its `.partial` name with complete = False; the lock goes."""
+        self.lock.release()
         return self.partial_path
 
     def __enter__(self) -> "TraceWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        pass
+        if not self.finished:
+            self.abandon()
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are handled when it ends (in the main
+    thread; elsewhere signals are not delivered to Python code anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda number, frame: pending.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.File:
@@ -152,3 +223,38 @@ def read_events(file: h5py.File, chunk: int = 1 << 20):
     events = file["events"]
     for start in range(0, events.shape[0], chunk):
         yield events[start:start + chunk]
+
+
+def settle_partial(path: str | os.PathLike) -> str:
+    """After a run that stopped early: keep NAME.partial if it is a consistent trace, remove it
+    if it was cut mid-write (a rank killed while writing); returns what was left, for one line."""
+    partial = partial_path(path)
+    if not partial.is_file():
+        return "no trace was written"
+    state = partial_state(partial)
+    if state == "complete":  # stopped between marking it complete and renaming it
+        os.replace(partial, path)
+        return f"the trace is complete: {path}"
+    if state == "partial":
+        return f"the partial trace is kept as {partial} (complete = False)"
+    partial.unlink(missing_ok=True)
+    return f"the partial trace was cut mid-write and is removed ({state})"
+
+
+def partial_state(partial: str | os.PathLike) -> str:
+    """'partial' (readable, complete = False, one /kv_tokens row per step with events), 'complete',
+    or what is wrong with it."""
+    try:
+        with h5py.File(partial, "r") as file:
+            if file.attrs.get("schema_version") != SCHEMA_VERSION:
+                return "no schema version"
+            events, kv = file["events"], file["kv_tokens"]
+            if events.dtype != EVENT_DTYPE or kv.ndim != 2:
+                return "unexpected datasets"
+            steps = np.unique(events.fields("step")[...])
+            kv[...]
+            if not np.array_equal(steps, np.arange(kv.shape[0])):
+                return f"{len(steps)} steps of events but {kv.shape[0]} rows of /kv_tokens"
+            return "complete" if bool(file.attrs.get("complete")) else "partial"
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
