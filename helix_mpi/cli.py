@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from .launcher import default_numba_cache, relaunch, strip_np_option, under_mpiexec
+from .launcher import RELAUNCHED_ENV, JobEnd, default_numba_cache, relaunch, strip_np_option, under_mpiexec
+from .outputs import OutputError
 
 EXIT_BAD_INPUT = 2
 ABORT_GRACE_S = 0.5  # a failing rank waits this long before MPI_Abort kills every rank
@@ -31,7 +32,7 @@ def _user_errors():
     from .trace import TraceError
     from .workload import WorkloadError
 
-    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError)
+    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError, OutputError)
 
 
 def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
@@ -126,17 +127,16 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
                     a2a_chunk=a2a_chunk, storage=storage, key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
+            from .outputs import check_writable
+
             resolved = _resolve_run(world_size=ranks, **settings)
             if serving["workload"] is not None:
                 _refuse_fixed_batch_flags(save_tensors)
                 _resolve_serving(*resolved, serving)
+            check_writable(output, create_folders=True)
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
-        code, interrupted = relaunch(ranks, strip_np_option(sys.argv[1:]))
-        if interrupted:
-            click.echo(f"helix-mpi: interrupted; the partial trace is kept as {output}.partial "
-                       "(complete = False)", err=True)
-        sys.exit(code)
+        sys.exit(_report_job_end(relaunch(ranks, strip_np_option(sys.argv[1:])), output))
     from mpi4py import MPI
 
     _interrupt_on_sigterm()
@@ -156,15 +156,22 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
             with _progress(is_root and not as_json, steps) as advance:
                 outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance,
                                         failure)
+    except OutputError as exc:  # only rank 0 writes: it stops every rank
+        click.echo(f"helix-mpi: error: {exc}", err=True)
+        sys.stderr.flush()
+        comm.Abort(EXIT_BAD_INPUT)
     except (*_user_errors(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
             click.echo(f"helix-mpi: error: {exc.message if isinstance(exc, UserError) else exc}", err=True)
         _exit_all_ranks(comm, EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # SIGINT or SIGTERM: the trace on disk is consistent between steps
-        if is_root:
-            click.echo(f"helix-mpi: interrupted; the partial trace is kept as {output}.partial "
-                       "(complete = False)", err=True)
+        if is_root and not os.environ.get(RELAUNCHED_ENV):  # else the parent says it
+            from .trace import settle_partial
+
+            click.echo(f"helix-mpi: interrupted; {settle_partial(output)}", err=True)
         sys.stderr.flush()
+        if not is_root:  # let rank 0 finish a trace append it may be in
+            time.sleep(ABORT_GRACE_S)
         comm.Abort(130)
     except Exception as exc:  # any other failure on any rank stops every rank now
         sys.stderr.write(f"helix-mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}\n")
@@ -180,6 +187,41 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, layout, model, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
+
+
+def _report_job_end(end: JobEnd, output: str) -> int:
+    """After a relaunched job: one line saying how it ended, unless it ended well or a rank has
+    already said why it stopped; returns the exit code (128 + signal when interrupted)."""
+    from .outputs import is_locked
+    from .trace import settle_partial
+
+    if end.code == 0 and end.failure is None:  # it finished (perhaps just as it was interrupted)
+        return 0
+    if end.reported and end.interrupted is None:
+        return end.code
+    trace = "no trace was written by this run" if is_locked(output) else settle_partial(output)
+    if end.interrupted is not None:
+        line, code = f"helix-mpi: interrupted; {trace}", 128 + end.interrupted
+    elif end.failure is not None:
+        line, code = f"{end.failure}; {trace}", end.code or 1
+    elif end.lost is not None:
+        rank, signum = end.lost
+        line, code = (f"helix-mpi: rank {rank} was lost: killed by {_signal_name(signum)} (the out-of-memory killer "
+                      f"and kill -9 send SIGKILL); every rank was stopped; {trace}"), end.code or 1
+    else:
+        click.echo("".join(end.mpi_errors), err=True, nl=False)  # nothing else tells what happened
+        line, code = f"helix-mpi: the MPI job failed (mpiexec exit code {end.code}); {trace}", end.code
+    click.echo(line, err=True)
+    return code
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return f"signal {signum} ({signal.Signals(signum).name})"
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _parse_fail_at(text: str | None) -> tuple[int, int] | None:
@@ -282,6 +324,7 @@ class _progress:
     `absolute` the callback gets the units done so far."""
 
     def __init__(self, enabled: bool, length: int, label: str = "decode steps", absolute: bool = False):
+        enabled = enabled and sys.stderr.isatty()  # a rank under mpiexec writes to a pipe: no bar, no label
         self.bar = click.progressbar(length=length, label=label, file=sys.stderr) if enabled else None
         self.absolute = absolute
 
