@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from enum import Enum
@@ -235,21 +236,36 @@ def _model_from_hf(fields: dict[str, Any], name: str, source: str, strict: bool)
     return ModelConfig(**kwargs)
 
 
+def _model_path(spec: str) -> Path:
+    """The file a --model that is not a preset names: a .toml or .json file, or a folder holding
+    a Hugging Face config.json; one line saying what is wrong otherwise."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path / "config.json"
+    if path.suffix in (".toml", ".json") or "/" in spec or os.sep in spec:
+        if not path.is_file():
+            raise ConfigError(f"model file {spec}: no such file: check the path (or use a preset: "
+                              f"{', '.join(MODEL_PRESETS)})")
+        if path.suffix not in (".toml", ".json"):
+            raise ConfigError(f"model file {spec}: not a .toml or .json file: pass a TOML file or a Hugging Face "
+                              "config.json")
+        return path
+    close = difflib.get_close_matches(spec, list(MODEL_PRESETS), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"unknown model {spec!r}: {hint}use a preset ({', '.join(MODEL_PRESETS)}) "
+                      "or a path to a .toml or config.json file")
+
+
 def load_model(spec: str) -> ModelConfig:
     """A preset name, a TOML file, or a Hugging Face config.json (HF field names in both files)."""
     if spec in MODEL_PRESETS:
         return MODEL_PRESETS[spec]
-    path = Path(spec)
-    if path.suffix not in (".toml", ".json"):
-        close = difflib.get_close_matches(spec, list(MODEL_PRESETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            f"unknown model {spec!r}: {hint}use a preset ({', '.join(MODEL_PRESETS)}) "
-            "or a path to a .toml or config.json file"
-        )
-    if not path.is_file():
-        raise ConfigError(f"model file {spec!r} not found")
-    text = path.read_text()
+    path = _model_path(spec)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"model file {spec}: cannot read it ({exc.strerror if isinstance(exc, OSError) else exc})") \
+            from None
     try:
         fields = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:

@@ -58,7 +58,10 @@ CASES = [
     ("a2a-chunk-negative", lambda t: ["model", "--a2a-chunk", "-1"], "--a2a-chunk must be an integer >= 0"),
     # models
     ("model-unknown", lambda t: ["run", "-n", "2", "--model", "llama-3.1-8"], "did you mean 'llama-3.1-8b'"),
-    ("model-missing-file", lambda t: ["run", "-n", "2", "--model", str(t / "none.toml")], "not found"),
+    ("model-missing-file", lambda t: ["run", "-n", "2", "--model", str(t / "none.toml")], "none.toml: no such file"),
+    ("model-mistyped-path", lambda t: ["run", "-n", "2", "--model", "nosuch/config.json"],
+     "model file nosuch/config.json: no such file"),
+    ("model-missing-folder", lambda t: ["model", "--model", str(t / "llama-dir")], "llama-dir: no such file"),
     ("model-bad-toml", lambda t: ["run", "-n", "2", "--model", _write(t, "m.toml", "hidden_size = [")],
      "not valid TOML"),
     ("model-unknown-field", lambda t: ["run", "-n", "2", "--model", _write(
