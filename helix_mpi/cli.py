@@ -110,8 +110,9 @@ def workload_options(fn):
 @click.option("--fail-at", hidden=True, help="STEP:RANK: raise on that rank at that step (tests)")
 @click.option("--storage", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
+@click.option("--force", is_flag=True, help="run even when the estimated host memory exceeds what is available")
 def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, hopb, a2a_chunk, tokens_per_block,
-        as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, storage,
+        as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check, fail_at, storage, force,
         **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
 
@@ -133,6 +134,8 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
             if serving["workload"] is not None:
                 _refuse_fixed_batch_flags(save_tensors)
                 _resolve_serving(*resolved, serving)
+            elif not force:
+                _guard_host_memory(*resolved[:3], check, save_tensors)
             check_writable(output, create_folders=True)
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
@@ -146,6 +149,8 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         if ranks is not None and ranks != comm.Get_size():
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
         model, layout, run_config, topo = _resolve_run(world_size=comm.Get_size(), **settings)
+        if serving["workload"] is None and not force and not os.environ.get(RELAUNCHED_ENV):  # else checked
+            _guard_host_memory(model, layout, run_config, check, save_tensors, comm)
         if serving["workload"] is not None:
             _refuse_fixed_batch_flags(save_tensors)
             outcome = _run_serving(comm, model, layout, run_config, topo, serving, output, check, failure,
@@ -187,6 +192,29 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, layout, model, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
+
+
+def _guard_host_memory(model, layout, run_config, check, save_tensors: bool, comm=None) -> None:
+    """Refuse (ConfigError, one line) a fixed-batch run whose ranks on this machine need more host
+    memory than it has available. Under mpiexec every rank checks its own machine's share and all
+    ranks refuse if any does."""
+    from .config import ConfigError
+    from .hostmem import available_bytes, estimate_run, refusal, will_check
+
+    memory = estimate_run(model, layout, run_config, will_check(model, run_config, check) or save_tensors)
+    here = list(range(layout.world_size))
+    if comm is not None and comm.Get_size() > 1:
+        from mpi4py import MPI
+
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        here = node.allgather(comm.Get_rank())
+        node.Free()
+    available = available_bytes()
+    reason = None if available is None else refusal(memory.ranks(here), available, run_config)
+    reasons = [reason] if comm is None else comm.allgather(reason)
+    refused = [r for r in reasons if r is not None]
+    if refused:
+        raise ConfigError(refused[0])
 
 
 def _report_job_end(end: JobEnd, output: str) -> int:
