@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from .config import Layout
 from .costmodel import Collective, collective_time, compute_time
 from .mesh import group_colors
 from .plan import Op
-from .topology import FabricSpec, GpuSpec, ScaleOutSpec, Topology
+from .topology import PRECISIONS, FabricSpec, GpuSpec, ScaleOutSpec, Topology
 from .trace import TraceError, TraceWriter, open_trace
 
 A2A = Collective.ALL_TO_ALL.value.encode()
@@ -46,11 +47,33 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
     try:
         gpu = dict(data["gpu"])
         gpu["flops_per_s"] = MappingProxyType(dict(gpu["flops_per_s"]))
-        return Topology(name=data["name"], description=data.get("description", ""), source=data.get("source", ""),
+        topo = Topology(name=data["name"], description=data.get("description", ""), source=data.get("source", ""),
                         gpu=GpuSpec(**gpu), fabric=FabricSpec(**data["fabric"]),
                         scale_out=ScaleOutSpec(**data["scale_out"]))
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise TraceError(f"the trace's topology attribute is incomplete ({exc}): pass --topology") from None
+    _check_recorded_topology(topo)
+    return topo
+
+
+_POSITIVE_CONSTANTS = ("hbm_bytes", "hbm_bytes_per_s", "flops_per_s", "domain_size", "link_bytes_per_s",
+                       "nvls_efficiency", "bytes_per_s")
+
+
+def _check_recorded_topology(topo: Topology) -> None:
+    """Every constant of a recorded topology is a finite number, > 0 for capacities, bandwidths
+    and rates, >= 0 for latencies; NVLS availability a boolean; a rate for every precision."""
+    if not isinstance(topo.fabric.nvls_available, bool) or set(topo.gpu.flops_per_s) != set(PRECISIONS):
+        raise TraceError("the trace's topology attribute is malformed (fabric.nvls_available, "
+                         "gpu.flops_per_s): pass --topology")
+    values = [(f"gpu.flops_per_s.{k}", "flops_per_s", v) for k, v in topo.gpu.flops_per_s.items()]
+    for part, spec in (("gpu", topo.gpu), ("fabric", topo.fabric), ("scale_out", topo.scale_out)):
+        values += [(f"{part}.{f.name}", f.name, getattr(spec, f.name)) for f in dataclasses.fields(spec)
+                   if f.name not in ("name", "flops_per_s", "nvls_available")]
+    for label, name, value in values:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value < 0 or (name in _POSITIVE_CONSTANTS and value == 0):
+            raise TraceError(f"the trace's topology attribute has {label} = {value!r}: pass --topology")
 
 
 def scaled_topology(topo: Topology, nvlink_scale: float = 1.0, hbm_scale: float = 1.0) -> Topology:
@@ -215,10 +238,10 @@ class Retimer:
 
 
 # --- the trace --------------------------------------------------------------------------------------
-def iter_steps(file, path: str | Path) -> Iterator[np.ndarray]:
+def iter_steps(file, path: str | Path, meta=None) -> Iterator[np.ndarray]:
     """All ranks' rows of one step at a time (rows of a step are contiguous: one append per step)."""
     carry, seen = None, set()
-    for rows in iter_event_chunks(file, path):
+    for rows in iter_event_chunks(file, path, meta=meta):
         if carry is not None:
             rows = np.concatenate([carry, rows])
         cuts = np.flatnonzero(np.diff(rows["step"])) + 1
@@ -291,7 +314,7 @@ def _write_steps(file, source, retimer: Retimer, writer: TraceWriter, kv_tokens:
                  progress) -> tuple[np.ndarray, np.ndarray]:
     """Re-time and append every step; returns the (recorded, new) modeled end of each step."""
     old_ends, new_ends = [], []
-    for count, rows in enumerate(iter_steps(file, source)):
+    for count, rows in enumerate(iter_steps(file, source, read_meta(file, source))):
         step = int(rows["step"][0])
         if step != count or step >= len(kv_tokens):
             raise TraceError(f"{source}: step {step} is out of order or has no /kv_tokens row "

@@ -199,19 +199,28 @@ def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.
         version = file.attrs.get("schema_version")
         if version is None:
             raise TraceError(f"{path}: HDF5 file without a schema_version attribute: not a helix_mpi trace")
-        if int(version) != SCHEMA_VERSION:
+        if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+            raise TraceError(f"{path}: schema_version {version!r} is not an integer: not a helix_mpi trace")
+        if version != SCHEMA_VERSION:
             raise TraceError(
                 f"{path}: trace schema version {int(version)} is not supported (this helix_mpi reads "
                 f"version {SCHEMA_VERSION}): use the helix_mpi version that wrote it"
             )
-        if not allow_incomplete and not bool(file.attrs.get("complete", False)):
+        if not allow_incomplete and not marked_complete(file):
             raise TraceError(f"{path}: trace is incomplete (its run did not finish); results would be partial")
-        if "events" not in file or file["events"].dtype != EVENT_DTYPE:
+        events = file.get("events")
+        if not isinstance(events, h5py.Dataset) or events.dtype != EVENT_DTYPE or events.ndim != 1:
             raise TraceError(f"{path}: /events is missing or has an unexpected layout")
-    except TraceError:
+    except BaseException:
         file.close()
         raise
     return file
+
+
+def marked_complete(file: h5py.File) -> bool:
+    """The root attribute `complete` is a boolean true (anything else is not)."""
+    value = file.attrs.get("complete", False)
+    return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
 def read_attr_json(file: h5py.File, key: str) -> Any:
@@ -255,6 +264,6 @@ def partial_state(partial: str | os.PathLike) -> str:
             kv[...]
             if not np.array_equal(steps, np.arange(kv.shape[0])):
                 return f"{len(steps)} steps of events but {kv.shape[0]} rows of /kv_tokens"
-            return "complete" if bool(file.attrs.get("complete")) else "partial"
+            return "complete" if marked_complete(file) else "partial"
     except (OSError, KeyError, ValueError) as exc:
         return f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
