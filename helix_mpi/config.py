@@ -122,10 +122,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> "ModelConfig":
         fields = dict(fields)
-        if fields.get("mla"):
-            fields["mla"] = MLAConfig(**fields["mla"])
-        if fields.get("moe"):
-            fields["moe"] = MoEConfig(**fields["moe"])
+        for key, part in (("mla", MLAConfig), ("moe", MoEConfig)):
+            if fields.get(key) is not None:
+                if not isinstance(fields[key], dict):
+                    raise ConfigError(f"model {key} must be a table of fields, got {fields[key]!r}")
+                fields[key] = part(**fields[key])
         return cls(**fields)
 
 
@@ -262,14 +263,16 @@ def load_model(spec: str) -> ModelConfig:
         return MODEL_PRESETS[spec]
     path = _model_path(spec)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"model file {spec}: cannot read it ({exc.strerror if isinstance(exc, OSError) else exc})") \
-            from None
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"model file {spec}: cannot read it ({reason})") from None
     try:
         fields = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"model file {spec}: not valid {path.suffix[1:].upper()}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"model file {spec}: not valid {path.suffix[1:].upper()}: nested too deeply") from None
     if not isinstance(fields, dict):
         raise ConfigError(f"model file {spec}: expected an object of fields at the top level")
     return _model_from_hf(fields, path.stem, f"model file {spec}", strict=path.suffix == ".toml")
