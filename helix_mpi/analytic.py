@@ -2,6 +2,8 @@
 ranks at once, with no MPI and no data (`helix-mpi model`)."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from .axes import Axis
@@ -10,6 +12,7 @@ from .config import Layout, ModelConfig, RunConfig, Strategy
 from .kvcache import tokens_held
 from .mesh import coordinates, group_colors
 from .plan import Op, dp_requests, layer_plan, op_collective_fields, op_dep_fields
+from .sharding import rank_shard
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -39,24 +42,66 @@ class _GroupMax:
 
 
 class _Plans:
-    """Every rank's plan and op durations for one step, built once per kind of layer."""
+    """Every rank's plan, op durations and event rows (times aside) for one step, built once per
+    kind of layer."""
 
     def __init__(self, model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], precision: str,
                  hopb: bool, topo: Topology, a2a_chunk: int = 1):
         self.args = (model, layout, kv_lengths, precision, hopb, topo)
         self.a2a_chunk = a2a_chunk
         self.cache: dict[bool, tuple[list, np.ndarray]] = {}
+        self.rows: dict[bool, np.ndarray] = {}
 
     def __call__(self, layer: int) -> tuple[list[list[Op]], np.ndarray]:
         model, layout, kv_lengths, precision, hopb, topo = self.args
         kind = model.is_moe_layer(layer)
         if kind not in self.cache:
-            plans = [layer_plan(model, layout, r, layer, kv_lengths[r], precision, hopb, self.a2a_chunk)
-                     for r in range(layout.world_size)]
-            durations = np.array([[op_duration(plan[i], topo, precision) for plan in plans]
-                                  for i in range(len(plans[0]))])  # [ops, N]
+            classes = [self._class_key(r) for r in range(layout.world_size)]
+            first = {key: classes.index(key) for key in dict.fromkeys(classes)}  # one plan per class of ranks
+            built = {key: layer_plan(model, layout, r, layer, kv_lengths[r], precision, hopb, self.a2a_chunk)
+                     for key, r in first.items()}
+            timed = {key: np.array([op_duration(op, topo, precision) for op in plan]) for key, plan in built.items()}
+            plans = [built[key] for key in classes]
+            durations = np.stack([timed[key] for key in classes], axis=1)  # [ops, N]
             self.cache[kind] = (plans, durations)
         return self.cache[kind]
+
+    def _class_key(self, rank: int) -> tuple:
+        """Ranks with equal shard shapes and KV lengths have the same plan (as the sweep's shard classes)."""
+        model, layout, kv_lengths = self.args[:3]
+        s = rank_shard(model, layout, rank)
+        shape = tuple(len(part) for part in (s.q_heads, s.kv_heads, s.combine_heads, s.ffn_cols, s.experts,
+                                            s.expert_cols, s.shared_cols))
+        return shape + (tuple(s.a2a_splits.tolist()), np.asarray(kv_lengths[rank]).tobytes())
+
+    def template(self, layer: int) -> np.ndarray:
+        """Event rows [ops, N] of a layer of this kind, every field but step, layer and times."""
+        kind = self.args[0].is_moe_layer(layer)
+        if kind not in self.rows:
+            plans, _ = self(layer)
+            self.rows[kind] = _template_rows(plans)
+        return self.rows[kind]
+
+
+def _template_rows(plans: list[list[Op]]) -> np.ndarray:
+    """Rows [ops, N] of one layer plan on every rank (rank r's plan in column r)."""
+    ops, n = len(plans[0]), len(plans)
+    rows = np.zeros((ops, n), dtype=EVENT_DTYPE)
+    rows["rank"] = np.arange(n, dtype=np.int32)
+    rows["index"] = np.arange(ops, dtype=np.int32)[:, None]
+    first = plans[0]
+    rows["request"] = np.array([op.request for op in first])[:, None]
+    deps = np.array([op_dep_fields(op) for op in first], dtype=np.int32).reshape(ops, 2)
+    rows["dep0"], rows["dep1"] = deps[:, :1], deps[:, 1:]
+    rows["op"] = np.array([op.name.value for op in first], dtype="S24")[:, None]
+    rows["stream"] = np.array([op.stream.value for op in first], dtype="S8")[:, None]
+    fields = [op_collective_fields(op) for op in first]
+    rows["collective"] = np.array([f[0] for f in fields], dtype="S16")[:, None]
+    rows["group"] = np.array([f[1] for f in fields], dtype="S16")[:, None]
+    rows["group_size"] = np.array([f[2] for f in fields])[:, None]
+    rows["bytes"] = np.array([[op_collective_fields(plan[i])[3] for plan in plans] for i in range(ops)])
+    rows["flops"] = np.array([[plan[i].flops for plan in plans] for i in range(ops)])
+    return rows
 
 
 def _place_layer(clocks: StreamClocks, group_max: "_GroupMax", plans: list[list[Op]],
@@ -65,20 +110,27 @@ def _place_layer(clocks: StreamClocks, group_max: "_GroupMax", plans: list[list[
     return [schedule.place(index, op, durations[index]) for index, op in enumerate(plans[0])]
 
 
-def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> np.ndarray:
-    """Events (trace dtype, host times 0) of every op of every rank, layer and step."""
+def simulate_layers(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> Iterator[np.ndarray]:
+    """Events (trace dtype, host times 0) of every op of every rank, one layer of one step at a
+    time (memory bounded by one layer's rows however large the batch)."""
     n = layout.world_size
     clocks, group_max = StreamClocks(n), _GroupMax(layout)
-    ranks = np.arange(n, dtype=np.int32)
-    rows = []
     for step in range(run.steps):
         lengths = [local_kv_lengths(layout, run, r, step) for r in range(n)]
         plans_of = _Plans(model, layout, lengths, run.precision, run.hopb, topo, run.a2a_chunk)
         for layer in range(run.layers):
             plans, durations = plans_of(layer)
-            for index, (start, end) in enumerate(_place_layer(clocks, group_max, plans, durations)):
-                rows.append(_event_rows(ranks, step, layer, index, [plan[index] for plan in plans], start, end))
-    return np.concatenate(rows)
+            placed = _place_layer(clocks, group_max, plans, durations)
+            rows = plans_of.template(layer).copy()
+            rows["step"], rows["layer"] = step, layer
+            rows["start_s"] = np.stack([start for start, _ in placed])
+            rows["end_s"] = np.stack([end for _, end in placed])
+            yield rows.reshape(-1)
+
+
+def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> np.ndarray:
+    """Events (trace dtype, host times 0) of every op of every rank, layer and step."""
+    return np.concatenate(list(simulate_layers(model, layout, run, topo)))
 
 
 def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], precision: str, hopb: bool,
@@ -102,17 +154,3 @@ def layer_time(model: ModelConfig, layout: Layout, kv_lengths: np.ndarray, preci
                topo: Topology) -> float:
     """Modeled seconds of one layer of the first kind, kv_lengths [N, B] (kept for serving)."""
     return step_time(model, layout, list(kv_lengths), precision, hopb, topo, layers=1)
-
-
-def _event_rows(ranks: np.ndarray, step: int, layer: int, index: int, ops: list, start: np.ndarray,
-                end: np.ndarray) -> np.ndarray:
-    rows = np.zeros(len(ranks), dtype=EVENT_DTYPE)
-    op = ops[0]
-    rows["rank"], rows["step"], rows["layer"], rows["request"], rows["index"] = ranks, step, layer, op.request, index
-    rows["dep0"], rows["dep1"] = op_dep_fields(op)
-    rows["op"], rows["stream"] = op.name.value, op.stream.value
-    rows["collective"], rows["group"], rows["group_size"], _ = op_collective_fields(op)
-    rows["bytes"] = [op_collective_fields(o)[3] for o in ops]
-    rows["flops"] = [o.flops for o in ops]
-    rows["start_s"], rows["end_s"] = start, end
-    return rows

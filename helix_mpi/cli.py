@@ -414,8 +414,8 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
                        gpus, serving, a2a_chunk)
         return
-    from .analysis import format_summary, shape_of, summarize
-    from .analytic import simulate
+    from .analysis import EventStats, format_summary, shape_of
+    from .analytic import simulate_layers
     from .memory import memory_report
     from .config import RunConfig, load_model, make_layout, validate_layout
     from .topology import load_topology
@@ -432,8 +432,10 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         topo = load_topology(topology)
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
-    events = simulate(model, layout, run_config, topo)
-    summary = summarize(events, shape_of(gpus, batch, run_config.layers, model))
+    stats = EventStats()  # one layer's events at a time: bounded memory at batch 4096 on 72 GPUs
+    for rows in simulate_layers(model, layout, run_config, topo):
+        stats.add(rows)
+    summary = stats.summary(shape_of(gpus, batch, run_config.layers, model))
     memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block)
     summary.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
                    precision=precision, context=context, hopb=hopb, memory=memory, fits=memory["fits"],
