@@ -38,6 +38,16 @@ def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strateg
                      names, tokens_per_block, whatif)
 
 
+@contextmanager
+def _progress_bar(total: int) -> Iterator[Any]:
+    """Click's progress bar on a terminal; nothing when stderr is a pipe or a file (no stray label)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=total, label="timing layouts", file=sys.stderr) as bar:
+        yield bar.update
+
+
 def _sweep_text(summary: dict[str, Any], output: str) -> str:
     lines = [f"{summary['model']} at {summary['context']:,} tokens on {summary['topology']}, {summary['precision']}, "
              f"1..{summary['max_gpus']} GPUs",
@@ -79,15 +89,16 @@ def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strateg
     from .cli import _emit
     from .outputs import check_writable
     from .pareto import frontiers
-    from .sweep import candidates, run_sweep, write_sweep
+    from .sweep import candidates, nothing_fits, run_sweep, write_sweep
 
     with _one_line_errors():
         spec = _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
                      a2a_latency_scale, reduce_latency_scale, a2a_chunk)
         check_writable(output)
-        total = len(candidates(spec))
-        with click.progressbar(length=total, label="timing layouts", file=sys.stderr) as bar:
-            result = run_sweep(spec, bar.update)
+        with _progress_bar(len(candidates(spec))) as advance:
+            result = run_sweep(spec, advance)
+        if len(result.configs) == 0:
+            raise ValueError(nothing_fits(spec, result.timed))
         write_sweep(output, result, frontiers(result.configs))
     summary = result.summary()
     summary["output"] = output
