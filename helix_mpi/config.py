@@ -397,6 +397,9 @@ ACTIVATION_BYTES = 2.0  # activations and exchanged partials travel in bf16
 LSE_BYTES = 4.0  # log-sum-exp values stay fp32
 
 
+MAX_KEY_SCALE = 1e30  # initial keys up to ~1.7e30: their float32 squares and logits stay below 3.4e38
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One emulation: a batch of requests that all start from the same context length."""
@@ -430,6 +433,9 @@ class RunConfig:
             raise ConfigError(f"--storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if not isinstance(self.a2a_chunk, int) or self.a2a_chunk < 0:
             raise ConfigError(f"--a2a-chunk must be an integer >= 0 (0: the whole batch), got {self.a2a_chunk!r}")
+        if not (isinstance(self.key_scale, (int, float)) and 0 < self.key_scale <= MAX_KEY_SCALE):
+            raise ConfigError(f"--key-scale must be a number in (0, {MAX_KEY_SCALE:g}] (float32 keys and logits stay "
+                              f"finite), got {self.key_scale!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -48,6 +48,7 @@ CASES = [
     ("block-zero", lambda t: ["run", "-n", "2", "--tokens-per-block", "0"], "--tokens-per-block must be"),
     ("seed-negative", lambda t: ["run", "-n", "2", "--seed", "-1"], "--seed must be >= 0"),
     ("np-zero", lambda t: ["run", "-n", "0"], "-n/--np must be >= 1"),
+    ("key-scale-infinite", lambda t: ["run", "-n", "2", "--key-scale", "inf"], "--key-scale must be a number in"),
     ("fail-at-garbage", lambda t: ["run", "-n", "2", "--fail-at", "x"], "--fail-at must be STEP:RANK"),
     ("dp-ep-dense", lambda t: ["run", "-n", "2", "--strategy", "dp-ep"], "dp-ep needs an MoE model"),
     ("ep-not-dividing", lambda t: ["run", "-n", "4", "--model", "tiny-mla-moe", "--ep", "3"], "--ep 3 does not divide"),
