@@ -90,7 +90,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     is_root = comm.Get_rank() == 0
     mesh = RankMesh.build(comm, layout)
     warm_up_kernels(comm, run.storage)
-    emulator = Emulator(model, layout, run, topo, mesh, fail_at)
+    emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
     stats, buffered = EventStats(), _StepBuffer(writer)  # rank 0's memory stays flat on long runs
