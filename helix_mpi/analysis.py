@@ -164,7 +164,8 @@ class EventStats:
             raise ValueError(f"--by must be one of {', '.join(BY_KEYS)}, got {by!r}")
         self.by = by
         self.events = 0
-        self.step_end = np.zeros(0)  # [T] modeled end of each step, s
+        self.steps = 0  # steps seen (largest step + 1); the per-step arrays below have room for more
+        self.step_end = np.zeros(0)  # [>= T] modeled end of each step, s
         self.compute_s = 0.0  # busy seconds summed over ranks and steps
         self.comm_s = 0.0
         self.modeled_end_s = 0.0
@@ -173,7 +174,7 @@ class EventStats:
         self.op_sums = np.zeros((0, 4))  # per op key: count, seconds, bytes, flops
         self.op_group_size = np.zeros(0, dtype=np.int64)
         self.key_sums = np.zeros((0, 4))  # per --by value: events, compute s, comm s, comm bytes
-        self.layer_span = np.full((0, 0, 2), np.nan)  # [T, L, (min start, max end)] for --by layer
+        self.layer_span = np.full((0, 0, 2), np.nan)  # [>= T, L, (min start, max end)] for --by layer
 
     def add(self, chunk: np.ndarray) -> None:
         if len(chunk) == 0:
@@ -185,16 +186,28 @@ class EventStats:
         self.comm_s += float(duration[is_comm].sum())
         self.modeled_end_s = max(self.modeled_end_s, float(chunk["end_s"].max()))
         self.host_end_s = max(self.host_end_s, float(chunk["host_end_s"].max()))
+        self._reserve(int(chunk["step"].max()) + 1, int(chunk["layer"].max()) + 1)
         self._add_step_ends(chunk)
         self._add_ops(chunk, duration)
         self._add_layer_spans(chunk)
         if self.by != "op":
             self._add_by_key(chunk, duration, is_comm)
 
+    def _reserve(self, steps: int, layers: int) -> None:
+        """Room for `steps` steps and `layers` layers in the per-step arrays; the room for steps
+        doubles when it runs out, so a long run copies them a few times, not at every step."""
+        if steps > len(self.step_end) or layers > self.layer_span.shape[1]:
+            capacity = max(steps, 2 * len(self.step_end)) if steps > len(self.step_end) else len(self.step_end)
+            width = max(layers, self.layer_span.shape[1])
+            self.step_end = _grow(self.step_end, capacity)
+            grown = np.full((capacity, width, 2), np.nan)
+            grown[:self.layer_span.shape[0], :self.layer_span.shape[1]] = self.layer_span
+            self.layer_span = grown
+        self.steps = max(self.steps, steps)
+
     def _add_step_ends(self, chunk: np.ndarray) -> None:
         """Max end per step; rows of a step come in long runs, so reduce runs first (fast)."""
         steps = chunk["step"]
-        self.step_end = _grow(self.step_end, int(steps.max()) + 1)
         run_starts = np.flatnonzero(np.concatenate([[True], steps[1:] != steps[:-1]]))
         np.maximum.at(self.step_end, steps[run_starts], np.maximum.reduceat(chunk["end_s"], run_starts))
 
@@ -220,24 +233,18 @@ class EventStats:
 
     def _add_layer_spans(self, chunk: np.ndarray) -> None:
         steps, layers = chunk["step"].astype(np.int64), chunk["layer"].astype(np.int64)
-        shape = (max(self.layer_span.shape[0], int(steps.max()) + 1),
-                 max(self.layer_span.shape[1], int(layers.max()) + 1))
-        if shape != self.layer_span.shape[:2]:
-            grown = np.full(shape + (2,), np.nan)
-            grown[:self.layer_span.shape[0], :self.layer_span.shape[1]] = self.layer_span
-            self.layer_span = grown
-        flat = self.layer_span.reshape(-1, 2)
-        cell = steps * shape[1] + layers
-        first = np.isnan(flat[:, 0])
-        flat[first] = (np.inf, -np.inf)
+        flat = self.layer_span.reshape(-1, 2)  # a view
+        cell = steps * self.layer_span.shape[1] + layers
+        touched = np.unique(cell)
+        flat[touched[np.isnan(flat[touched, 0])]] = (np.inf, -np.inf)  # cells seen for the first time
         np.minimum.at(flat[:, 0], cell, chunk["start_s"])
         np.maximum.at(flat[:, 1], cell, chunk["end_s"])
-        flat[np.isinf(flat[:, 0])] = np.nan  # cells no chunk has touched yet
 
     def _layer_times(self) -> np.ndarray:
         """Modeled seconds of each layer of each step [T, L]: successive layer ends."""
-        ends = self.layer_span[:, :, 1].reshape(-1)
-        return np.diff(np.concatenate([[0.0], np.maximum.accumulate(ends)])).reshape(self.layer_span.shape[:2])
+        spans = self.layer_span[:self.steps]
+        ends = spans[:, :, 1].reshape(-1)
+        return np.diff(np.concatenate([[0.0], np.maximum.accumulate(ends)])).reshape(spans.shape[:2])
 
     def _ttl(self, shape: RunShape, step_time: float) -> float:
         if not shape.layer_kinds or self.layer_span.shape[1] != shape.layers:
@@ -248,7 +255,7 @@ class EventStats:
     def summary(self, shape: RunShape) -> dict[str, Any]:
         if self.events == 0:
             raise ValueError("no events to summarize")
-        per_step = step_times_from_ends(self.step_end)
+        per_step = step_times_from_ends(self.step_end[:self.steps])
         n_steps = len(per_step)
         rank_steps = shape.world_size * n_steps
         step_time = float(per_step.mean())
@@ -305,7 +312,7 @@ class EventStats:
             if self.by == "step":
                 row["step_time_s"] = float(per_step[value])
             if self.by == "layer":
-                spans = self.layer_span[:, value]
+                spans = self.layer_span[:self.steps, value]
                 row["layer_time_s"] = float(np.nanmean(spans[:, 1] - spans[:, 0]))
             rows.append(row)
         return rows

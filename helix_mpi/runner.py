@@ -284,10 +284,10 @@ def _release(writer: TraceWriter | None) -> None:
 
 
 class _StepBuffer:
-    """Steps appended to the trace a chunk of events (or `seconds` of wall time) at a time: steps
-    are small, and each append rewrites the dataset's last compressed chunk (65,536 rows), so
-    per-step appends would cost more than the emulation. A killed run's partial trace lacks at
-    most the buffered steps; memory stays bounded by one chunk."""
+    """Steps appended to the trace 65,536 events (or `seconds` of wall time) at a time: steps
+    are small, and each append rewrites the dataset's last compressed chunk, so per-step appends
+    would cost more than the emulation. A killed run's partial trace lacks at most the buffered
+    steps; memory stays bounded by `rows` events."""
 
     def __init__(self, writer: TraceWriter | None, rows: int = 65536, seconds: float = 1.0):
         self.writer, self.rows, self.seconds = writer, rows, seconds

@@ -20,6 +20,9 @@ import numpy as np
 from .outputs import OutputLock, check_room, partial_path, write_failure
 
 SCHEMA_VERSION = 1
+# Rows per compressed chunk of /events (1.2 MB raw): each append rewrites the last, partly filled
+# chunk, so small chunks keep appends cheap and the writer's buffers small on long runs.
+EVENT_CHUNK_ROWS = 8192
 
 # One row per op per rank per layer per step.
 EVENT_DTYPE = np.dtype([
@@ -56,7 +59,7 @@ class TraceWriter:
     second run with the same output refuses; a write that fails (disk full, file-size limit)
     removes the partial file and raises OutputError (one line)."""
 
-    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int, chunk: int = 65536):
+    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int, chunk: int = EVENT_CHUNK_ROWS):
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
         self.finished = False
