@@ -137,7 +137,7 @@ def test_a_full_disk_while_the_trace_is_written_gives_one_line_and_exit_2(tmp_pa
     output = tmp_path / "full.h5"
     env = rank_environment({**os.environ, "OMPI_MCA_btl": "self,tcp"})
     process = _start(["run", "-n", "2", "--steps", "100000", "--layers", "4", "-o", str(output)], env=env,
-                     preexec_fn=_file_size_limit(4 << 20))
+                     preexec_fn=_file_size_limit(2 << 20))
     _, stderr = process.communicate(timeout=START_TIMEOUT_S)
     assert process.returncode == 2
     [line] = _lines(stderr)
