@@ -4,10 +4,10 @@ guard of `helix-mpi run`).
 Per rank: the weight shards of the emulated layers and the KV cache shards at their final length
 (context + steps), in the storage of --storage (fp32 4 B, bf16 2 B per element), plus the scratch
 of one layer's initial cache while it is generated (float32, and its bf16 rounding), plus the
-runtime (Python, NumPy, Numba, h5py, MPI). Checked against the peak resident memory of 8-rank
-runs of `tiny` at 4M tokens: estimated 7.7 GB (fp32) and 6.7 GB (bf16), measured 8.0 and 6.5 GB. Rank 0 also holds the float64 reference when it checks
-or saves tensors. Compared with what the machine can still give (MemAvailable, or the cgroup's
-limit when lower).
+runtime (Python, NumPy, Numba, h5py, MPI). Rank 0 also holds the float64 reference when it
+checks or saves tensors. Compared with what the machine can still give (MemAvailable, or the
+cgroup's limit when lower). Checked against the peak resident memory of 8-rank runs of `tiny` at
+4M tokens: estimated 7.7 GB (fp32) and 6.7 GB (bf16), measured 8.0 and 6.5 GB.
 """
 from __future__ import annotations
 

@@ -457,7 +457,8 @@ def nothing_fits(spec: SweepSpec, timed: int) -> str:
     model = spec.model
     full = rank_shard(model, Layout(kvp=1, tpa=1, tpf=1), 0)
     cache = spec.tokens * kv_elements_per_token(model, full) * model.num_layers * PRECISION_BYTES[spec.precision]
-    return (f"none of the {timed:,} configurations fits in the {spec.topo.gpu.hbm_bytes / 1e9:,.0f} GB of HBM of a GPU: "
+    hbm = spec.topo.gpu.hbm_bytes / 1e9
+    return (f"none of the {timed:,} configurations fits in the {hbm:,.0f} GB of HBM of a GPU: "
             f"one request's KV cache at {spec.context:,} tokens is {cache / 1e9:,.1f} GB ({model.name}, "
             f"{spec.precision}), at best {cache / spec.max_gpus / 1e9:,.1f} GB per GPU over {spec.max_gpus} GPUs: use "
             "a shorter --context, a larger --max-gpus or a lower --precision")

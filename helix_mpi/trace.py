@@ -59,7 +59,8 @@ class TraceWriter:
     second run with the same output refuses; a write that fails (disk full, file-size limit)
     removes the partial file and raises OutputError (one line)."""
 
-    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int, chunk: int = EVENT_CHUNK_ROWS):
+    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int,
+                 chunk: int = EVENT_CHUNK_ROWS):
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
         self.finished = False

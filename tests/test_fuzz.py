@@ -219,8 +219,8 @@ def mooncake_lines(draw) -> tuple[list[str], bool]:
 
 @st.composite
 def azure_lines(draw) -> tuple[list[str], bool]:
-    header = draw(st.sampled_from(["TIMESTAMP,ContextTokens,GeneratedTokens",
-                                   "\ufeffTIMESTAMP,ContextTokens,GeneratedTokens", "TIMESTAMP,ContextTokens", "a,b,c"]))
+    header = draw(st.sampled_from(["TIMESTAMP,ContextTokens,GeneratedTokens", "TIMESTAMP,ContextTokens", "a,b,c",
+                                   "\ufeffTIMESTAMP,ContextTokens,GeneratedTokens"]))
     lines, valid = [header], header.endswith("GeneratedTokens")
     for second in range(draw(st.integers(1, 8))):
         if draw(st.booleans()):
