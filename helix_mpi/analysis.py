@@ -23,7 +23,7 @@ import numpy as np
 from numpy.lib.recfunctions import repack_fields
 
 from .costmodel import busbw
-from .trace import SCHEMA_VERSION, TraceError, marked_complete, open_trace, read_events
+from .trace import SCHEMA_VERSION, TraceError, attribute, marked_complete, open_trace, read_events
 
 GB = 1e9
 US = 1e6  # microseconds per second
@@ -403,7 +403,7 @@ def _attr_json(file, path: str, key: str, required: bool = True) -> Any:
         if required:
             raise TraceError(f"{path}: root attribute '{key}' is missing: not a complete helix_mpi trace")
         return None
-    value = file.attrs[key]
+    value = attribute(file, key)
     try:
         value = json.loads(value) if isinstance(value, (str, bytes)) else value
     except (ValueError, RecursionError):
@@ -466,7 +466,7 @@ def read_meta(file, path: str | Path) -> TraceMeta:
     if not isinstance(kv, h5py.Dataset) or kv.ndim != 2 or kv.dtype.kind not in "iu":
         raise TraceError(f"{path}: dataset /kv_tokens is missing or not [steps, ranks] integers")
     kv_steps, kv_ranks = kv.shape
-    world = file.attrs.get("world_size", kv_ranks)
+    world = attribute(file, "world_size", kv_ranks)
     if not isinstance(world, (int, np.integer)) or isinstance(world, (bool, np.bool_)) or world != kv_ranks \
             or world < 1:
         raise TraceError(f"{path}: attribute world_size = {world!r} does not match the {kv_ranks} columns of "

@@ -35,7 +35,7 @@ from .costmodel import Collective, collective_time, compute_time
 from .mesh import group_colors
 from .plan import Op
 from .topology import PRECISIONS, FabricSpec, GpuSpec, ScaleOutSpec, Topology
-from .trace import TraceError, TraceWriter, open_trace
+from .trace import TraceError, TraceWriter, open_trace, root_attributes
 
 A2A = Collective.ALL_TO_ALL.value.encode()
 COPIED_ATTRS_SKIP = ("schema_version", "complete", "config", "topology", "replayed_from", "memory")
@@ -332,7 +332,7 @@ def _write_steps(file, source, retimer: Retimer, writer: TraceWriter, kv_tokens:
 
 def _replay_attrs(file, meta, source, target: Topology, hopb: bool) -> dict[str, Any]:
     """Root attributes of the replayed trace: the source's, with config/topology updated."""
-    attrs = {key: _plain(value) for key, value in file.attrs.items() if key not in COPIED_ATTRS_SKIP}
+    attrs = {key: _plain(value) for key, value in root_attributes(file).items() if key not in COPIED_ATTRS_SKIP}
     config = json.loads(json.dumps(meta.config))
     config["run"]["hopb"] = hopb
     attrs["config"] = json.dumps(config)

@@ -6,10 +6,12 @@ Readers refuse files that are not complete traces of a known schema with one cle
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -194,13 +196,14 @@ def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"{path}: no such file")
+    probe_hdf5(path)
     try:
         file = h5py.File(path, "r")
     except OSError as exc:
         reason = "truncated or corrupt HDF5 file" if h5py.is_hdf5(path) else "not an HDF5 file"
         raise TraceError(f"{path}: {reason} ({str(exc).split(';')[0].strip()})") from None
     try:
-        version = file.attrs.get("schema_version")
+        version = attribute(file, "schema_version")
         if version is None:
             raise TraceError(f"{path}: HDF5 file without a schema_version attribute: not a helix_mpi trace")
         if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
@@ -223,12 +226,84 @@ def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.
 
 def marked_complete(file: h5py.File) -> bool:
     """The root attribute `complete` is a boolean true (anything else is not)."""
-    value = file.attrs.get("complete", False)
+    value = attribute(file, "complete", False)
     return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
+# Classes of HDF5 datatype a root attribute may have: numbers, booleans (an enum) and strings.
+_ATTRIBUTE_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM, h5py.h5t.STRING)
+
+
+def attribute(file: h5py.File, key: str, default: Any = None) -> Any:
+    """A root attribute's value (`default` when absent). Its stored type is checked before its
+    value is read: a damaged type (say a string turned into a sequence) can crash the HDF5 library
+    when the value is read, so such an attribute raises TraceError instead."""
+    if key not in file.attrs:
+        return default
+    stored = file.attrs.get_id(key)
+    if stored.get_type().get_class() not in _ATTRIBUTE_CLASSES or stored.shape != ():
+        raise TraceError(f"{file.filename}: root attribute '{key}' has an unexpected type: a damaged trace")
+    return file.attrs[key]
+
+
+def root_attributes(file: h5py.File) -> dict[str, Any]:
+    """Every root attribute, each read as `attribute` does."""
+    return {key: attribute(file, key) for key in file.attrs}
+
+
+PROBE_TIMEOUT_S = 10.0
+
+
+def probe_hdf5(path: str | os.PathLike) -> None:
+    """Read the file's root attributes, /kv_tokens and the ends of /events in a forked child
+    first: damaged HDF5 metadata can crash or hang the HDF5 library, which no exception reports.
+    TraceError (one line) if the child dies of a signal or does not finish in time; any ordinary
+    error is left to the caller's own reading, which reports it."""
+    if not hasattr(os, "fork"):
+        return
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _PROBED:
+        _PROBED[key] = _probe_in_child(path)
+    if _PROBED[key]:
+        raise TraceError(f"{path}: damaged HDF5 file: {_PROBED[key]}")
+
+
+_PROBED: dict[tuple, str] = {}  # (path, mtime, size) -> "" or what reading it does to HDF5
+
+
+def _probe_in_child(path: str | os.PathLike) -> str:
+    pid = os.fork()
+    if pid == 0:  # the child: read, then leave without running any exit handler
+        faulthandler.disable()  # its crash is the answer, not something to report
+        try:
+            _read_headers(path)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    while not (finished := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "reading it does not finish (the HDF5 library loops on it)"
+        time.sleep(0.002)
+    if os.WIFSIGNALED(finished[1]):
+        return f"reading it crashes the HDF5 library ({signal.Signals(os.WTERMSIG(finished[1])).name})"
+    return ""
+
+
+def _read_headers(path: str | os.PathLike, rows: int = EVENT_CHUNK_ROWS) -> None:
+    with h5py.File(path, "r") as file:
+        root_attributes(file)
+        kv, events = file.get("kv_tokens"), file.get("events")
+        if isinstance(kv, h5py.Dataset) and kv.dtype.kind in "iu":
+            kv[...]
+        if isinstance(events, h5py.Dataset) and events.dtype == EVENT_DTYPE and events.ndim == 1:
+            events[:rows], events[-rows:]
+
+
 def read_attr_json(file: h5py.File, key: str) -> Any:
-    return json.loads(file.attrs[key])
+    return json.loads(attribute(file, key))
 
 
 def read_events(file: h5py.File, chunk: int = 1 << 20):
@@ -244,7 +319,11 @@ def settle_partial(path: str | os.PathLike) -> str:
     partial = partial_path(path)
     if not partial.is_file():
         return "no trace was written"
-    state = partial_state(partial)
+    try:
+        probe_hdf5(partial)
+        state = partial_state(partial)
+    except TraceError as exc:
+        state = str(exc).split(": ", 1)[-1]
     if state == "complete":  # stopped between marking it complete and renaming it
         os.replace(partial, path)
         return f"the trace is complete: {path}"
@@ -259,7 +338,7 @@ def partial_state(partial: str | os.PathLike) -> str:
     or what is wrong with it."""
     try:
         with h5py.File(partial, "r") as file:
-            if file.attrs.get("schema_version") != SCHEMA_VERSION:
+            if attribute(file, "schema_version") != SCHEMA_VERSION:
                 return "no schema version"
             events, kv = file["events"], file["kv_tokens"]
             if events.dtype != EVENT_DTYPE or kv.ndim != 2:
@@ -269,5 +348,5 @@ def partial_state(partial: str | os.PathLike) -> str:
             if not np.array_equal(steps, np.arange(kv.shape[0])):
                 return f"{len(steps)} steps of events but {kv.shape[0]} rows of /kv_tokens"
             return "complete" if marked_complete(file) else "partial"
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # TraceError is a ValueError
         return f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

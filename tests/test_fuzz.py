@@ -10,8 +10,10 @@ import contextlib
 import faulthandler
 import json
 import math
+import os
 import shutil
 import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -327,3 +329,21 @@ def test_a_few_broken_inputs_through_the_console_script(trace, tmp_path):
         done = run_cli(args, timeout=60)
         assert done.returncode == 2, (args, done.stderr)
         assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("helix-mpi: error: "), done.stderr
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: os.kill(os.getpid(), signal.SIGSEGV), "reading it crashes the HDF5 library (SIGSEGV)"),
+    (lambda path: time.sleep(60), "reading it does not finish")])
+def test_a_file_that_crashes_or_hangs_the_hdf5_library_gets_one_line(trace, tmp_path, monkeypatch, damage, message):
+    """Some flipped bits (a string attribute turned into a sequence, a bad heap address) crash or
+    hang HDF5 itself; the readers first read the headers in a forked child (trace.probe_hdf5)."""
+    import helix_mpi.trace as trace_module
+
+    monkeypatch.setattr(trace_module, "_read_headers", damage)
+    monkeypatch.setattr(trace_module, "PROBE_TIMEOUT_S", 1.0)
+    copy = tmp_path / "damaged.h5"
+    shutil.copy(trace, copy)
+    done = _cli(["summarize", str(copy)])
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"helix-mpi: error: {copy}: damaged HDF5 file: {message}")
+    assert done.stderr.count("\n") == 1
