@@ -437,6 +437,10 @@ def _check_config(config: dict[str, Any], path: str) -> None:
                Strategy(layout.get("strategy", config.get("strategy", "helix"))))
         if not (isinstance(layout.get("ep", 1), int) and layout.get("ep", 1) >= 1):
             raise ConfigError(f"layout.ep = {layout['ep']!r}")
+        if not isinstance(config["run"].get("hopb", True), bool):
+            raise ConfigError(f"run.hopb = {config['run']['hopb']!r} is not true or false")
+        if not isinstance(config["run"].get("context", 0), int) or not isinstance(config.get("strategy", ""), str):
+            raise ConfigError("run.context must be an integer and strategy a name")
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise TraceError(f"{path}: attribute 'config' is unusable ({' '.join(str(exc).split())})") from None
 
