@@ -11,17 +11,19 @@ by step/layer/rank ranges, and `validate_trace`. Times are seconds unless a name
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import h5py
 import numpy as np
 from numpy.lib.recfunctions import repack_fields
 
 from .costmodel import busbw
-from .trace import SCHEMA_VERSION, TraceError, open_trace, read_events
+from .trace import SCHEMA_VERSION, TraceError, attribute, marked_complete, open_trace, read_events
 
 GB = 1e9
 US = 1e6  # microseconds per second
@@ -182,7 +184,8 @@ class EventStats:
             raise ValueError(f"--by must be one of {', '.join(BY_KEYS)}, got {by!r}")
         self.by = by
         self.events = 0
-        self.step_end = np.zeros(0)  # [T] modeled end of each step, s
+        self.steps = 0  # steps seen (largest step + 1); the per-step arrays below have room for more
+        self.step_end = np.zeros(0)  # [>= T] modeled end of each step, s
         self.compute_s = 0.0  # busy seconds summed over ranks and steps
         self.comm_s = 0.0
         self.modeled_end_s = 0.0
@@ -191,7 +194,7 @@ class EventStats:
         self.op_sums = np.zeros((0, 4))  # per op key: count, seconds, bytes, flops
         self.op_group_size = np.zeros(0, dtype=np.int64)
         self.key_sums = np.zeros((0, 4))  # per --by value: events, compute s, comm s, comm bytes
-        self.layer_span = np.full((0, 0, 2), np.nan)  # [T, L, (min start, max end)] for --by layer
+        self.layer_span = np.full((0, 0, 2), np.nan)  # [>= T, L, (min start, max end)] for --by layer
         self.source_seconds: dict[tuple[int, str], float] = {}  # (op key, what timed it) -> busy seconds
 
     def add(self, chunk: np.ndarray) -> None:
@@ -204,16 +207,28 @@ class EventStats:
         self.comm_s += float(duration[is_comm].sum())
         self.modeled_end_s = max(self.modeled_end_s, float(chunk["end_s"].max()))
         self.host_end_s = max(self.host_end_s, float(chunk["host_end_s"].max()))
+        self._reserve(int(chunk["step"].max()) + 1, int(chunk["layer"].max()) + 1)
         self._add_step_ends(chunk)
         self._add_ops(chunk, duration)
         self._add_layer_spans(chunk)
         if self.by != "op":
             self._add_by_key(chunk, duration, is_comm)
 
+    def _reserve(self, steps: int, layers: int) -> None:
+        """Room for `steps` steps and `layers` layers in the per-step arrays; the room for steps
+        doubles when it runs out, so a long run copies them a few times, not at every step."""
+        if steps > len(self.step_end) or layers > self.layer_span.shape[1]:
+            capacity = max(steps, 2 * len(self.step_end)) if steps > len(self.step_end) else len(self.step_end)
+            width = max(layers, self.layer_span.shape[1])
+            self.step_end = _grow(self.step_end, capacity)
+            grown = np.full((capacity, width, 2), np.nan)
+            grown[:self.layer_span.shape[0], :self.layer_span.shape[1]] = self.layer_span
+            self.layer_span = grown
+        self.steps = max(self.steps, steps)
+
     def _add_step_ends(self, chunk: np.ndarray) -> None:
         """Max end per step; rows of a step come in long runs, so reduce runs first (fast)."""
         steps = chunk["step"]
-        self.step_end = _grow(self.step_end, int(steps.max()) + 1)
         run_starts = np.flatnonzero(np.concatenate([[True], steps[1:] != steps[:-1]]))
         np.maximum.at(self.step_end, steps[run_starts], np.maximum.reduceat(chunk["end_s"], run_starts))
 
@@ -261,28 +276,21 @@ class EventStats:
 
     def _add_layer_spans(self, chunk: np.ndarray) -> None:
         steps, layers = chunk["step"].astype(np.int64), chunk["layer"].astype(np.int64)
-        shape = (max(self.layer_span.shape[0], int(steps.max()) + 1),
-                 max(self.layer_span.shape[1], int(layers.max()) + 1))
-        if shape != self.layer_span.shape[:2]:
-            grown = np.full(shape + (2,), np.nan)
-            grown[:self.layer_span.shape[0], :self.layer_span.shape[1]] = self.layer_span
-            self.layer_span = grown
-        flat = self.layer_span.reshape(-1, 2)
-        cell = steps * shape[1] + layers
-        first = np.isnan(flat[:, 0])
-        flat[first] = (np.inf, -np.inf)
+        flat = self.layer_span.reshape(-1, 2)  # a view
+        cell = steps * self.layer_span.shape[1] + layers
+        touched = np.unique(cell)
+        flat[touched[np.isnan(flat[touched, 0])]] = (np.inf, -np.inf)  # cells seen for the first time
         np.minimum.at(flat[:, 0], cell, chunk["start_s"])
         np.maximum.at(flat[:, 1], cell, chunk["end_s"])
-        flat[np.isinf(flat[:, 0])] = np.nan  # cells no chunk has touched yet
 
     def _ttl(self, shape: RunShape, step_time: float) -> float:
-        return ttl_seconds(self.layer_span[:, :, 1], shape)
+        return ttl_seconds(self.layer_span[:self.steps, :, 1], shape)
 
     # --- figures --------------------------------------------------------------------------
     def summary(self, shape: RunShape) -> dict[str, Any]:
         if self.events == 0:
             raise ValueError("no events to summarize")
-        per_step = step_times_from_ends(self.step_end)
+        per_step = step_times_from_ends(self.step_end[:self.steps])
         n_steps = len(per_step)
         rank_steps = shape.world_size * n_steps
         step_time = float(per_step.mean())
@@ -341,7 +349,7 @@ class EventStats:
             if self.by == "step":
                 row["step_time_s"] = float(per_step[value])
             if self.by == "layer":
-                spans = self.layer_span[:, value]
+                spans = self.layer_span[:self.steps, value]
                 row["layer_time_s"] = float(np.nanmean(spans[:, 1] - spans[:, 0]))
             rows.append(row)
         return rows
@@ -423,52 +431,137 @@ class TraceMeta:
 
 
 _REQUIRED_CONFIG = {"run": ("batch", "layers", "precision"), "model": ("num_layers",), "layout": ()}
+_POSITIVE_INTEGERS = {"run": ("batch", "layers"), "model": ("num_layers",), "layout": ("kvp", "tpa", "tpf")}
 
 
 def _attr_json(file, path: str, key: str, required: bool = True) -> Any:
+    """A root attribute holding a JSON object, parsed (None when absent and not required)."""
     if key not in file.attrs:
         if required:
             raise TraceError(f"{path}: root attribute '{key}' is missing: not a complete helix_mpi trace")
         return None
-    value = file.attrs[key]
+    value = attribute(file, key)
     try:
-        return json.loads(value) if isinstance(value, (str, bytes)) else value
-    except ValueError:
+        value = json.loads(value) if isinstance(value, (str, bytes)) else value
+    except (ValueError, RecursionError):
         raise TraceError(f"{path}: root attribute '{key}' is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise TraceError(f"{path}: root attribute '{key}' is not a JSON object")
+    return value
+
+
+def _check_config(config: dict[str, Any], path: str) -> None:
+    """The sections and the numbers the tools compute with (one line for the first problem)."""
+    for section, keys in _REQUIRED_CONFIG.items():
+        if not isinstance(config.get(section), dict):
+            raise TraceError(f"{path}: attribute 'config' lacks its '{section}' section")
+        missing = [k for k in keys if k not in config[section]]
+        if missing:
+            raise TraceError(f"{path}: attribute 'config' lacks {section}.{missing[0]}")
+    for section, keys in _POSITIVE_INTEGERS.items():
+        for key in keys:
+            value = config[section].get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TraceError(f"{path}: attribute 'config' has {section}.{key} = {value!r}: not a positive integer")
+    from .config import ConfigError, Layout, ModelConfig, RunConfig, Strategy
+
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    try:
+        ModelConfig.from_dict(config["model"])
+        RunConfig(**{k: v for k, v in config["run"].items() if k in run_fields})
+        layout = config["layout"]
+        Layout(layout["kvp"], layout["tpa"], layout["tpf"], layout.get("ep", 1),
+               Strategy(layout.get("strategy", config.get("strategy", "helix"))))
+        if not (isinstance(layout.get("ep", 1), int) and layout.get("ep", 1) >= 1):
+            raise ConfigError(f"layout.ep = {layout['ep']!r}")
+        if not isinstance(config["run"].get("hopb", True), bool):
+            raise ConfigError(f"run.hopb = {config['run']['hopb']!r} is not true or false")
+        if not isinstance(config["run"].get("context", 0), int) or not isinstance(config.get("strategy", ""), str):
+            raise ConfigError("run.context must be an integer and strategy a name")
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise TraceError(f"{path}: attribute 'config' is unusable ({' '.join(str(exc).split())})") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_memory(memory: dict[str, Any], path: str) -> None:
+    """The `memory` attribute: numbers where the tools compute with them."""
+    per_rank = memory.get("per_rank", [])
+    rows_ok = isinstance(per_rank, list) and all(
+        isinstance(row, dict) and all(_is_number(row.get(key, 0)) for key in ("rank", "weights_bytes", "kv_bytes"))
+        for row in per_rank)
+    totals = ("max_weights_bytes", "max_kv_bytes", "max_total_bytes", "kv_read_s", "hbm_bytes")
+    if not rows_ok or not all(_is_number(memory.get(key, 0)) for key in totals) or \
+            not isinstance(memory.get("fits", True), bool):
+        raise TraceError(f"{path}: attribute 'memory' is malformed (numbers expected in per_rank and the totals)")
 
 
 def read_meta(file, path: str | Path) -> TraceMeta:
     """Parse the root attributes of an open trace, or raise TraceError with one line."""
     path = str(path)
     config = _attr_json(file, path, "config")
-    for section, keys in _REQUIRED_CONFIG.items():
-        if not isinstance(config, dict) or not isinstance(config.get(section), dict):
-            raise TraceError(f"{path}: attribute 'config' lacks its '{section}' section")
-        missing = [k for k in keys if k not in config[section]]
-        if missing:
-            raise TraceError(f"{path}: attribute 'config' lacks {section}.{missing[0]}")
-    if "kv_tokens" not in file or file["kv_tokens"].ndim != 2:
-        raise TraceError(f"{path}: dataset /kv_tokens is missing or not [steps, ranks]")
-    kv_steps, kv_ranks = file["kv_tokens"].shape
-    world = file.attrs.get("world_size", kv_ranks)
-    return TraceMeta(path=path, config=config, topology=_attr_json(file, path, "topology", False) or {},
+    _check_config(config, path)
+    kv = file.get("kv_tokens")
+    if not isinstance(kv, h5py.Dataset) or kv.ndim != 2 or kv.dtype.kind not in "iu":
+        raise TraceError(f"{path}: dataset /kv_tokens is missing or not [steps, ranks] integers")
+    kv_steps, kv_ranks = kv.shape
+    world = attribute(file, "world_size", kv_ranks)
+    if not isinstance(world, (int, np.integer)) or isinstance(world, (bool, np.bool_)) or world != kv_ranks \
+            or world < 1:
+        raise TraceError(f"{path}: attribute world_size = {world!r} does not match the {kv_ranks} columns of "
+                         "/kv_tokens")
+    memory = _attr_json(file, path, "memory", False)
+    if memory is not None:
+        _check_memory(memory, path)
+    topology = _attr_json(file, path, "topology", False) or {}
+    if not isinstance(topology.get("name", ""), str):
+        raise TraceError(f"{path}: attribute 'topology' has a name that is not text")
+    return TraceMeta(path=path, config=config, topology=topology,
                      world_size=int(world), events=int(file["events"].shape[0]), kv_steps=int(kv_steps),
-                     complete=bool(file.attrs.get("complete", False)),
-                     memory=_attr_json(file, path, "memory", False),
+                     complete=marked_complete(file), memory=memory,
                      replayed_from=_attr_json(file, path, "replayed_from", False))
 
 
-def iter_event_chunks(file, path: str | Path, chunk: int = SUMMARY_CHUNK) -> Iterator[np.ndarray]:
-    """Event chunks of an open trace; a read error (truncated data) becomes a TraceError."""
+# Largest plausible values: times of a run (31 years), bytes and FLOPs of one op, ranks in a group.
+_NUMBER_FIELDS = {"start_s": 1e9, "end_s": 1e9, "host_start_s": 1e9, "host_end_s": 1e9, "bytes": 1e24, "flops": 1e27,
+                  "group_size": 2**24}
+
+
+def check_event_rows(rows: np.ndarray, meta: TraceMeta) -> None:
+    """Refuse events whose rank, step or layer lies outside the trace (a corrupt file) before any
+    figure is computed from them (TraceError, one line)."""
+    layers = int(meta.run["layers"])  # layer `layers` holds the step's tail (LM head, sampling)
+    bad = ((rows["rank"] < 0) | (rows["rank"] >= meta.world_size) | (rows["step"] < 0)
+           | (rows["step"] >= meta.kv_steps) | (rows["layer"] < 0) | (rows["layer"] > layers))
+    if bad.any():
+        row = rows[int(np.argmax(bad))]
+        raise TraceError(f"{meta.path}: an event has rank {row['rank']}, step {row['step']}, layer {row['layer']}, "
+                         f"outside the trace's {meta.world_size} ranks, {meta.kv_steps} steps and {layers} layers (+ tail): "
+                         "a corrupt file (`helix-mpi validate` lists its problems)")
+    for field, limit in _NUMBER_FIELDS.items():
+        bad = ~np.isfinite(rows[field]) | (rows[field] < 0) | (rows[field] > limit)
+        if bad.any():
+            raise TraceError(f"{meta.path}: an event has {field} = {rows[field][int(np.argmax(bad))]}, outside "
+                             f"0..{limit:g}: a corrupt file (`helix-mpi validate` lists its problems)")
+
+
+def iter_event_chunks(file, path: str | Path, chunk: int = SUMMARY_CHUNK,
+                      meta: TraceMeta | None = None) -> Iterator[np.ndarray]:
+    """Event chunks of an open trace; a read error (truncated data) becomes a TraceError, and so
+    do rows outside the trace's ranks, steps and layers when `meta` is given."""
     iterator = read_events(file, chunk)
     while True:
         try:
             rows = next(iterator)
         except StopIteration:
             return
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
             raise TraceError(f"{path}: events are unreadable (truncated or corrupt file: "
                              f"{str(exc).splitlines()[0]})") from None
+        if meta is not None:
+            check_event_rows(rows, meta)
         yield rows
 
 
@@ -477,14 +570,14 @@ def count_events(path: str | Path) -> int:
     try:
         with open_trace(path, allow_incomplete=True) as file:
             return int(file["events"].shape[0])
-    except (TraceError, OSError, KeyError):
+    except (TraceError, OSError, RuntimeError, KeyError):
         return 0
 
 
 def read_kv_tokens(file, path: str | Path) -> np.ndarray:
     try:
         return file["kv_tokens"][...]
-    except (OSError, KeyError) as exc:
+    except (OSError, RuntimeError, KeyError) as exc:
         raise TraceError(f"{path}: /kv_tokens is unreadable ({str(exc).splitlines()[0]})") from None
 
 
@@ -498,9 +591,9 @@ def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK
     with open_trace(path, allow_incomplete=allow_interrupted) as file:
         if "complete" not in file.attrs:
             raise TraceError(f"{path}: root attribute 'complete' is missing: an incomplete or foreign file, not a helix_mpi trace")
-        complete = bool(file.attrs["complete"])
+        complete = marked_complete(file)
         meta = read_meta(file, path)
-        for rows in iter_event_chunks(file, path, chunk):
+        for rows in iter_event_chunks(file, path, chunk, meta):
             stats.add(rows)
             if progress is not None:
                 progress(len(rows))
@@ -709,8 +802,8 @@ def _format_memory(memory: dict[str, Any]) -> str:
     fits = {True: "fits", False: "DOES NOT FIT"}.get(memory.get("fits"), "?")
     if "max_total_bytes" not in memory:
         return f"memory: HBM {human_bytes(memory.get('hbm_bytes', math.nan))} per GPU: {fits}"
-    return (f"memory per rank (largest): weights {human_bytes(memory['max_weights_bytes'])} + KV "
-            f"{human_bytes(memory['max_kv_bytes'])} = {human_bytes(memory['max_total_bytes'])} of "
+    return (f"memory per rank (largest): weights {human_bytes(memory.get('max_weights_bytes', math.nan))} + KV "
+            f"{human_bytes(memory.get('max_kv_bytes', math.nan))} = {human_bytes(memory['max_total_bytes'])} of "
             f"{human_bytes(memory.get('hbm_bytes', math.nan))} HBM: {fits}")
 
 
@@ -812,7 +905,7 @@ def _compact(values: np.ndarray) -> str:
 
 def iter_selected(file, path: str | Path, selection: Selection, chunk: int = SUMMARY_CHUNK) -> Iterator[np.ndarray]:
     """Chunks of the selected events (bounded memory)."""
-    for rows in iter_event_chunks(file, path, chunk):
+    for rows in iter_event_chunks(file, path, chunk, read_meta(file, path)):
         kept = rows[selection.mask(rows)]
         if len(kept):
             yield kept
@@ -839,8 +932,8 @@ class _EventChecks:
 
     EXAMPLES = 3
 
-    def __init__(self, world_size: int):
-        self.world_size = world_size
+    def __init__(self, world_size: int, steps: int):
+        self.world_size, self.steps = world_size, steps  # steps: rows of /kv_tokens
         self.streams = Vocabulary(("stream",))
         self.counts = np.zeros((0, max(world_size, 1)), dtype=np.int64)  # [steps, ranks]
         self.last_end = np.full(0, -np.inf)  # per (rank, stream) track: latest end so far
@@ -855,6 +948,9 @@ class _EventChecks:
                    _ids(rows, ~(np.isfinite(rows["start_s"]) & (rows["start_s"] >= 0))))
         bad_rank = (rows["rank"] < 0) | (rows["rank"] >= self.world_size) | (rows["step"] < 0)
         self._flag("rank outside 0..world_size-1 or negative step", _ids(rows, bad_rank))
+        beyond = ~bad_rank & (rows["step"] >= self.steps)
+        self._flag(f"step beyond the {self.steps} rows of /kv_tokens", _ids(rows, beyond))
+        bad_rank |= beyond
         bad_dep = np.zeros(len(rows), dtype=bool)
         for dep in ("dep0", "dep1"):
             bad_dep |= (rows[dep] < -1) | (rows[dep] >= rows["index"])
@@ -930,7 +1026,7 @@ def validate_trace(path: str | Path, chunk: int = SUMMARY_CHUNK) -> tuple[dict[s
     traces at all (not HDF5, truncated, unknown schema) raise TraceError instead."""
     problems: list[str] = []
     with open_trace(path, allow_incomplete=True) as file:
-        if not bool(file.attrs.get("complete", False)):
+        if not marked_complete(file):
             problems.append("trace is incomplete (attribute 'complete' is missing or false): its run did not finish")
         try:
             meta = read_meta(file, path)
@@ -938,7 +1034,7 @@ def validate_trace(path: str | Path, chunk: int = SUMMARY_CHUNK) -> tuple[dict[s
             return {"events": int(file["events"].shape[0])}, problems + [str(exc).split(": ", 1)[-1]]
         facts = {"events": meta.events, "steps": meta.kv_steps, "ranks": meta.world_size,
                  "schema_version": SCHEMA_VERSION, "complete": meta.complete}
-        checks = _EventChecks(meta.world_size)
+        checks = _EventChecks(meta.world_size, meta.kv_steps)
         try:
             for rows in iter_event_chunks(file, path, chunk):
                 checks.add(rows)

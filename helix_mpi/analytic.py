@@ -2,6 +2,8 @@
 timing engine, with no MPI and no data (`helix-mpi model`)."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from .axes import Axis
@@ -10,6 +12,7 @@ from .kvcache import tokens_held
 from .mesh import coordinates
 from .costmodel import SOURCES
 from .plan import Op, dp_requests, layer_plan, op_collective_fields, op_dep_fields, op_shape_fields, tail_plan
+from .sharding import rank_shard, shard_key
 from .timing import GroupMax, StreamClocks, TailTime, TimeModel, layer_kinds, place_layer
 from .topology import Topology
 from .trace import EVENT_DTYPE
@@ -25,55 +28,111 @@ def local_kv_lengths(layout: Layout, run: RunConfig, rank: int, step: int) -> np
 
 
 class _Plans:
-    """Every rank's plan and op durations [ops, N] for one step, built once per kind of layer."""
+    """Every rank's plan, op durations and sources [ops, N] for one step, built and timed once per
+    kind of layer and class of ranks (equal shard shapes and KV lengths give equal plans)."""
 
     def __init__(self, model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], hopb: bool,
                  timer: TimeModel, a2a_chunk: int = 0):
         self.model, self.layout, self.kv_lengths, self.hopb = model, layout, kv_lengths, hopb
         self.timer, self.a2a_chunk = timer, a2a_chunk
+        self.classes = [self._class_key(r) for r in range(layout.world_size)]
+        self.first = {key: self.classes.index(key) for key in dict.fromkeys(self.classes)}
         self.cache: dict[bool, tuple[list, np.ndarray, np.ndarray]] = {}
+        self.rows: dict[bool, np.ndarray] = {}
+
+    def _class_key(self, rank: int) -> tuple:
+        shard = rank_shard(self.model, self.layout, rank)
+        return shard_key(shard) + (shard.a2a_splits.tobytes(), np.asarray(self.kv_lengths[rank]).tobytes())
 
     def __call__(self, layer: int) -> tuple[list[list[Op]], np.ndarray, np.ndarray]:
         """(plans, durations [ops, N], sources [ops, N]) of a layer of `layer`'s kind."""
         kind = self.model.is_moe_layer(layer)
         if kind not in self.cache:
-            plans = [layer_plan(self.model, self.layout, r, layer, self.kv_lengths[r], self.timer.impl,
-                                self.hopb, self.a2a_chunk) for r in range(self.layout.world_size)]
-            self.cache[kind] = (plans, *_timings(self.timer, plans))
+            built = {key: layer_plan(self.model, self.layout, r, layer, self.kv_lengths[r], self.timer.impl,
+                                     self.hopb, self.a2a_chunk) for key, r in self.first.items()}
+            self.cache[kind] = self._expand(built)
         return self.cache[kind]
+
+    def tail(self) -> tuple[list[list[Op]], np.ndarray, np.ndarray]:
+        """The same for the step's tail (LM head and sampling): plans empty for a model without one."""
+        built = {key: tail_plan(self.model, self.layout, r, len(self.kv_lengths[r]), self.timer.impl)
+                 for key, r in self.first.items()}
+        return self._expand(built)
+
+    def _expand(self, built: dict) -> tuple[list[list[Op]], np.ndarray, np.ndarray]:
+        keys = list(built)
+        plans = [built[key] for key in keys]
+        if not plans[0]:
+            return [built[key] for key in self.classes], np.zeros((0, len(self.classes))), np.zeros((0, 0))
+        durations, sources = _timings(self.timer, plans)  # [ops, classes]
+        column = np.array([keys.index(key) for key in self.classes])
+        return [built[key] for key in self.classes], durations[:, column], sources[:, column]
+
+    def template(self, layer: int | None) -> np.ndarray:
+        """Event rows [ops, N] of a layer of this kind (None: the tail), every field but step,
+        layer and times."""
+        kind = None if layer is None else self.model.is_moe_layer(layer)
+        if kind not in self.rows:
+            plans, _, sources = self.tail() if layer is None else self(layer)
+            self.rows[kind] = _template_rows(plans, sources, [len(k) for k in self.kv_lengths])
+        return self.rows[kind]
 
 
 def _timings(timer: TimeModel, plans: list[list[Op]]) -> tuple[np.ndarray, np.ndarray]:
-    """(durations, sources) [ops, N] of every rank's plan (all plans have the same op list)."""
+    """(durations, sources) [ops, plans] of plans that have the same op list."""
     per_op = [timer.ops_timing([plan[i] for plan in plans]) for i in range(len(plans[0]))]
     return np.array([t[0] for t in per_op]), np.array([t[1] for t in per_op])
 
 
-def tail_plans(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], impl: Implementation
-               ) -> list[list[Op]]:
-    """Every rank's tail plan (LM head and sampling) for the requests it decodes."""
-    return [tail_plan(model, layout, r, len(kv_lengths[r]), impl) for r in range(layout.world_size)]
+def _template_rows(plans: list[list[Op]], sources: np.ndarray, batches: list[int]) -> np.ndarray:
+    """Rows [ops, N] of one layer plan on every rank (rank r's plan in column r)."""
+    ops, n = len(plans[0]), len(plans)
+    rows = np.zeros((ops, n), dtype=EVENT_DTYPE)
+    rows["rank"] = np.arange(n, dtype=np.int32)
+    rows["index"] = np.arange(ops, dtype=np.int32)[:, None]
+    first = plans[0]
+    rows["request"] = np.array([op.request for op in first])[:, None]
+    deps = np.array([op_dep_fields(op) for op in first], dtype=np.int32).reshape(ops, 2)
+    rows["dep0"], rows["dep1"] = deps[:, :1], deps[:, 1:]
+    rows["op"] = np.array([op.name.value for op in first], dtype="S24")[:, None]
+    rows["stream"] = np.array([op.stream.value for op in first], dtype="S8")[:, None]
+    fields = [op_collective_fields(op) for op in first]
+    rows["collective"] = np.array([f[0] for f in fields], dtype="S16")[:, None]
+    rows["group"] = np.array([f[1] for f in fields], dtype="S16")[:, None]
+    rows["group_size"] = np.array([f[2] for f in fields])[:, None]
+    rows["bytes"] = np.array([[op_collective_fields(plan[i])[3] for plan in plans] for i in range(ops)])
+    rows["flops"] = np.array([[plan[i].flops for plan in plans] for i in range(ops)])
+    shapes = np.array([[op_shape_fields(plan[i], b) for plan, b in zip(plans, batches)] for i in range(ops)])
+    rows["requests"], rows["tokens"] = shapes[..., 0], shapes[..., 1]
+    rows["experts_hit"], rows["pairs"] = shapes[..., 2], shapes[..., 3]
+    rows["source"] = np.array([[SOURCES[code] for code in row] for row in sources], dtype="S8").reshape(ops, n)
+    return rows
 
 
-def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> np.ndarray:
-    """Events (trace dtype, host times 0) of every op of every rank, layer and step; the step's
-    tail (LM head, sampling) is recorded as layer `run.layers`, after the last emulated layer."""
+def simulate_layers(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> Iterator[np.ndarray]:
+    """Events (trace dtype, host times 0) of every op of every rank, one layer of one step at a
+    time (memory bounded by one layer's rows however large the batch); the step's tail (LM head,
+    sampling) is recorded as layer `run.layers`, after the last emulated layer."""
     n, timer = layout.world_size, TimeModel(topo, run.implementation())
     clocks, group_max = StreamClocks(n), GroupMax(layout)
-    ranks = np.arange(n, dtype=np.int32)
-    rows = []
     for step in range(run.steps):
         lengths = [local_kv_lengths(layout, run, r, step) for r in range(n)]
         plans_of = _Plans(model, layout, lengths, run.hopb, timer, run.a2a_chunk)
-        layers = [plans_of(layer) for layer in range(run.layers)]
-        tails = tail_plans(model, layout, lengths, timer.impl)
-        if tails[0]:
-            layers.append((tails, *_timings(timer, tails)))
-        for layer, (plans, durations, sources) in enumerate(layers):
-            for index, (start, end) in enumerate(place_layer(clocks, group_max, plans[0], durations)):
-                rows.append(_event_rows(ranks, step, layer, index, [plan[index] for plan in plans], start, end,
-                                        sources[index], [len(k) for k in lengths]))
-    return np.concatenate(rows)
+        tail = plans_of.tail()
+        layers = [(layer, plans_of(layer)) for layer in range(run.layers)]
+        layers += [(None, tail)] if tail[0][0] else []
+        for layer, (plans, durations, _) in layers:
+            placed = place_layer(clocks, group_max, plans[0], durations)
+            rows = plans_of.template(layer).copy()
+            rows["step"], rows["layer"] = step, run.layers if layer is None else layer
+            rows["start_s"] = np.stack([start for start, _ in placed])
+            rows["end_s"] = np.stack([end for _, end in placed])
+            yield rows.reshape(-1)
+
+
+def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> np.ndarray:
+    """Events of every op of every rank, layer and step (`simulate_layers`, concatenated)."""
+    return np.concatenate(list(simulate_layers(model, layout, run, topo)))
 
 
 def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], impl: Implementation, hopb: bool,
@@ -99,20 +158,3 @@ def layer_time(model: ModelConfig, layout: Layout, kv_lengths: np.ndarray, impl:
                topo: Topology) -> float:
     """Modeled seconds of one layer of the first kind, kv_lengths [N, B] (kept for serving)."""
     return step_time(model, layout, list(kv_lengths), impl, hopb, topo, layers=1, tail=False)
-
-
-def _event_rows(ranks: np.ndarray, step: int, layer: int, index: int, ops: list, start: np.ndarray,
-                end: np.ndarray, sources: np.ndarray, batches: list[int]) -> np.ndarray:
-    rows = np.zeros(len(ranks), dtype=EVENT_DTYPE)
-    op = ops[0]
-    rows["rank"], rows["step"], rows["layer"], rows["request"], rows["index"] = ranks, step, layer, op.request, index
-    rows["dep0"], rows["dep1"] = op_dep_fields(op)
-    rows["op"], rows["stream"] = op.name.value, op.stream.value
-    rows["collective"], rows["group"], rows["group_size"], _ = op_collective_fields(op)
-    rows["bytes"] = [op_collective_fields(o)[3] for o in ops]
-    rows["flops"] = [o.flops for o in ops]
-    shapes = np.array([op_shape_fields(o, b) for o, b in zip(ops, batches)])
-    rows["requests"], rows["tokens"], rows["experts_hit"], rows["pairs"] = shapes.T
-    rows["source"] = [SOURCES[code] for code in sources]
-    rows["start_s"], rows["end_s"] = start, end
-    return rows

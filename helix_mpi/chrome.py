@@ -11,7 +11,6 @@ The file is written chunk by chunk, so huge traces need no more memory than one 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from .analysis import Selection, TraceMeta, check_selection, iter_selected, read_meta
 from .costmodel import busbw
+from .outputs import exclusive_output, write_failure
 from .trace import open_trace
 
 STREAM_TIDS = {"compute": 0, "comm": 1}
@@ -30,17 +30,15 @@ def export_chrome(path: str | Path, output: str | Path, selection: Selection = S
     """Write the selected events of a trace as Chrome trace JSON; returns the number of ops written."""
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
-    partial = Path(f"{output}.partial")  # renamed to `output` only once complete
-    try:
-        with open_trace(path) as file:
-            meta = read_meta(file, path)
-            check_selection(selection, meta)
-            with open(partial, "w", encoding="utf-8") as out:
-                written = _write_events(out, file, meta, selection, clock, progress)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
-    return written
+    with open_trace(path) as file:
+        meta = read_meta(file, path)
+        check_selection(selection, meta)
+        with exclusive_output(output) as partial:  # renamed to `output` only once complete
+            try:
+                with open(partial, "w", encoding="utf-8") as out:
+                    return _write_events(out, file, meta, selection, clock, progress)
+            except OSError as exc:
+                raise write_failure(output, exc) from None
 
 
 def _write_events(out: TextIO, file, meta: TraceMeta, selection: Selection, clock: str,

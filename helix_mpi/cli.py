@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from .launcher import default_numba_cache, relaunch, strip_np_option, under_mpiexec
+from .launcher import RELAUNCHED_ENV, JobEnd, default_numba_cache, relaunch, strip_np_option, under_mpiexec
+from .outputs import OutputError
 
 EXIT_BAD_INPUT = 2
 ABORT_GRACE_S = 0.5  # a failing rank waits this long before MPI_Abort kills every rank
@@ -31,7 +32,7 @@ def _user_errors():
     from .trace import TraceError
     from .workload import WorkloadError
 
-    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError)
+    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError, OutputError)
 
 
 def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
@@ -117,9 +118,10 @@ def workload_options(fn):
 @click.option("--fail-at", hidden=True, help="STEP:RANK: raise on that rank at that step (tests)")
 @click.option("--storage", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
+@click.option("--force", is_flag=True, help="run even when the estimated host memory exceeds what is available")
 def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, kv_precision, comm, cuda_graphs,
         hopb, a2a_chunk, tokens_per_block, as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check,
-        fail_at, storage, **serving) -> None:
+        fail_at, storage, force, **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
 
     With --workload, serve a request trace instead: requests join the batch at their (scaled)
@@ -135,17 +137,18 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
                     storage=storage, key_scale=key_scale, topology=topology)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
+            from .outputs import check_writable
+
             resolved = _resolve_run(world_size=ranks, **settings)
             if serving["workload"] is not None:
                 _refuse_fixed_batch_flags(save_tensors)
                 _resolve_serving(*resolved, serving)
+            elif not force:
+                _guard_host_memory(*resolved[:3], check, save_tensors)
+            check_writable(output, create_folders=True)
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
-        code, interrupted = relaunch(ranks, strip_np_option(sys.argv[1:]))
-        if interrupted:
-            click.echo(f"helix-mpi: interrupted; the partial trace is kept as {output}.partial "
-                       "(complete = False)", err=True)
-        sys.exit(code)
+        sys.exit(_report_job_end(relaunch(ranks, strip_np_option(sys.argv[1:])), output))
     from mpi4py import MPI
 
     _interrupt_on_sigterm()
@@ -155,6 +158,8 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         if ranks is not None and ranks != comm.Get_size():
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
         model, layout, run_config, topo = _resolve_run(world_size=comm.Get_size(), **settings)
+        if serving["workload"] is None and not force and not os.environ.get(RELAUNCHED_ENV):  # else checked
+            _guard_host_memory(model, layout, run_config, check, save_tensors, comm)
         if serving["workload"] is not None:
             _refuse_fixed_batch_flags(save_tensors)
             outcome = _run_serving(comm, model, layout, run_config, topo, serving, output, check, failure,
@@ -165,15 +170,22 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
             with _progress(is_root and not as_json, steps) as advance:
                 outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance,
                                         failure)
+    except OutputError as exc:  # only rank 0 writes: it stops every rank
+        click.echo(f"helix-mpi: error: {exc}", err=True)
+        sys.stderr.flush()
+        comm.Abort(EXIT_BAD_INPUT)
     except (*_user_errors(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
             click.echo(f"helix-mpi: error: {exc.message if isinstance(exc, UserError) else exc}", err=True)
         _exit_all_ranks(comm, EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # SIGINT or SIGTERM: the trace on disk is consistent between steps
-        if is_root:
-            click.echo(f"helix-mpi: interrupted; the partial trace is kept as {output}.partial "
-                       "(complete = False)", err=True)
+        if is_root and not os.environ.get(RELAUNCHED_ENV):  # else the parent says it
+            from .trace import settle_partial
+
+            click.echo(f"helix-mpi: interrupted; {settle_partial(output)}", err=True)
         sys.stderr.flush()
+        if not is_root:  # let rank 0 finish a trace append it may be in
+            time.sleep(ABORT_GRACE_S)
         comm.Abort(130)
     except Exception as exc:  # any other failure on any rank stops every rank now
         sys.stderr.write(f"helix-mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}\n")
@@ -189,6 +201,64 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, layout, model, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
+
+
+def _guard_host_memory(model, layout, run_config, check, save_tensors: bool, comm=None) -> None:
+    """Refuse (ConfigError, one line) a fixed-batch run whose ranks on this machine need more host
+    memory than it has available. Under mpiexec every rank checks its own machine's share and all
+    ranks refuse if any does."""
+    from .config import ConfigError
+    from .hostmem import available_bytes, estimate_run, refusal, will_check
+
+    memory = estimate_run(model, layout, run_config, will_check(model, run_config, check) or save_tensors)
+    here = list(range(layout.world_size))
+    if comm is not None and comm.Get_size() > 1:
+        from mpi4py import MPI
+
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        here = node.allgather(comm.Get_rank())
+        node.Free()
+    available = available_bytes()
+    reason = None if available is None else refusal(memory.ranks(here), available, run_config)
+    reasons = [reason] if comm is None else comm.allgather(reason)
+    refused = [r for r in reasons if r is not None]
+    if refused:
+        raise ConfigError(refused[0])
+
+
+def _report_job_end(end: JobEnd, output: str) -> int:
+    """After a relaunched job: one line saying how it ended, unless it ended well or a rank has
+    already said why it stopped; returns the exit code (128 + signal when interrupted)."""
+    from .outputs import is_locked
+    from .trace import settle_partial
+
+    if end.code == 0 and end.failure is None:  # it finished (perhaps just as it was interrupted)
+        return 0
+    if end.reported and end.interrupted is None:
+        return end.code
+    trace = "no trace was written by this run" if is_locked(output) else settle_partial(output)
+    if end.interrupted is not None:
+        line, code = f"helix-mpi: interrupted; {trace}", 128 + end.interrupted
+    elif end.failure is not None:
+        line, code = f"{end.failure}; {trace}", end.code or 1
+    elif end.lost is not None:
+        rank, signum = end.lost
+        line, code = (f"helix-mpi: rank {rank} was lost: killed by {_signal_name(signum)} (the out-of-memory killer "
+                      f"and kill -9 send SIGKILL); every rank was stopped; {trace}"), end.code or 1
+    else:
+        click.echo("".join(end.mpi_errors), err=True, nl=False)  # nothing else tells what happened
+        line, code = f"helix-mpi: the MPI job failed (mpiexec exit code {end.code}); {trace}", end.code
+    click.echo(line, err=True)
+    return code
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return f"signal {signum} ({signal.Signals(signum).name})"
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _parse_fail_at(text: str | None) -> tuple[int, int] | None:
@@ -293,6 +363,7 @@ class _progress:
     `absolute` the callback gets the units done so far."""
 
     def __init__(self, enabled: bool, length: int, label: str = "decode steps", absolute: bool = False):
+        enabled = enabled and sys.stderr.isatty()  # a rank under mpiexec writes to a pipe: no bar, no label
         self.bar = click.progressbar(length=length, label=label, file=sys.stderr) if enabled else None
         self.absolute = absolute
 
@@ -354,8 +425,8 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
                        gpus, serving, a2a_chunk, kv_precision, comm, cuda_graphs)
         return
-    from .analysis import format_summary, shape_of, summarize
-    from .analytic import simulate
+    from .analysis import EventStats, format_summary, shape_of
+    from .analytic import simulate_layers
     from .memory import memory_report
     from .config import RunConfig, load_model, make_layout, validate_layout
     from .topology import load_topology
@@ -372,8 +443,10 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         topo = load_topology(topology)
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
-    events = simulate(model, layout, run_config, topo)
-    summary = summarize(events, shape_of(gpus, batch, run_config.layers, model))
+    stats = EventStats()  # one layer's events at a time: bounded memory at batch 4096 on 72 GPUs
+    for rows in simulate_layers(model, layout, run_config, topo):
+        stats.add(rows)
+    summary = stats.summary(shape_of(gpus, batch, run_config.layers, model))
     memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block, kv_precision)
     summary.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
                    precision=precision, context=context, hopb=hopb, memory=memory, fits=memory["fits"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from enum import Enum
@@ -126,10 +127,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> "ModelConfig":
         fields = dict(fields)
-        if fields.get("mla"):
-            fields["mla"] = MLAConfig(**fields["mla"])
-        if fields.get("moe"):
-            fields["moe"] = MoEConfig(**fields["moe"])
+        for key, part in (("mla", MLAConfig), ("moe", MoEConfig)):
+            if fields.get(key) is not None:
+                if not isinstance(fields[key], dict):
+                    raise ConfigError(f"model {key} must be a table of fields, got {fields[key]!r}")
+                fields[key] = part(**fields[key])
         return cls(**fields)
 
 
@@ -252,25 +254,42 @@ def _model_from_hf(fields: dict[str, Any], name: str, source: str, strict: bool)
     return ModelConfig(**kwargs)
 
 
+def _model_path(spec: str) -> Path:
+    """The file a --model that is not a preset names: a .toml or .json file, or a folder holding
+    a Hugging Face config.json; one line saying what is wrong otherwise."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path / "config.json"
+    if path.suffix in (".toml", ".json") or "/" in spec or os.sep in spec:
+        if not path.is_file():
+            raise ConfigError(f"model file {spec}: no such file: check the path (or use a preset: "
+                              f"{', '.join(MODEL_PRESETS)})")
+        if path.suffix not in (".toml", ".json"):
+            raise ConfigError(f"model file {spec}: not a .toml or .json file: pass a TOML file or a Hugging Face "
+                              "config.json")
+        return path
+    close = difflib.get_close_matches(spec, list(MODEL_PRESETS), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"unknown model {spec!r}: {hint}use a preset ({', '.join(MODEL_PRESETS)}) "
+                      "or a path to a .toml or config.json file")
+
+
 def load_model(spec: str) -> ModelConfig:
     """A preset name, a TOML file, or a Hugging Face config.json (HF field names in both files)."""
     if spec in MODEL_PRESETS:
         return MODEL_PRESETS[spec]
-    path = Path(spec)
-    if path.suffix not in (".toml", ".json"):
-        close = difflib.get_close_matches(spec, list(MODEL_PRESETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            f"unknown model {spec!r}: {hint}use a preset ({', '.join(MODEL_PRESETS)}) "
-            "or a path to a .toml or config.json file"
-        )
-    if not path.is_file():
-        raise ConfigError(f"model file {spec!r} not found")
-    text = path.read_text()
+    path = _model_path(spec)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"model file {spec}: cannot read it ({reason})") from None
     try:
         fields = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"model file {spec}: not valid {path.suffix[1:].upper()}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"model file {spec}: not valid {path.suffix[1:].upper()}: nested too deeply") from None
     if not isinstance(fields, dict):
         raise ConfigError(f"model file {spec}: expected an object of fields at the top level")
     return _model_from_hf(fields, path.stem, f"model file {spec}", strict=path.suffix == ".toml")
@@ -433,6 +452,9 @@ class Implementation:
         return dataclasses.asdict(self)
 
 
+MAX_KEY_SCALE = 1e30  # initial keys up to ~1.7e30: their float32 squares and logits stay below 3.4e38
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One emulation: a batch of requests that all start from the same context length."""
@@ -469,6 +491,9 @@ class RunConfig:
             raise ConfigError(f"--storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if not isinstance(self.a2a_chunk, int) or self.a2a_chunk < 0:
             raise ConfigError(f"--a2a-chunk must be an integer >= 0 (0: the whole batch), got {self.a2a_chunk!r}")
+        if not (isinstance(self.key_scale, (int, float)) and 0 < self.key_scale <= MAX_KEY_SCALE):
+            raise ConfigError(f"--key-scale must be a number in (0, {MAX_KEY_SCALE:g}] (float32 keys and logits stay "
+                              f"finite), got {self.key_scale!r}")
 
     def implementation(self) -> Implementation:
         return Implementation(self.precision, self.kv_precision, self.comm, self.cuda_graphs, self.moe_precision)

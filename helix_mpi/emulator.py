@@ -38,8 +38,8 @@ StepSink = Callable[[int, np.ndarray, np.ndarray], None]  # (step, events of all
 class EmulationResult:
     """What rank 0 returns (other ranks return the same arrays for their own checks)."""
 
-    inputs: np.ndarray  # [T, B, H] input of layer 0 at each step
-    outputs: np.ndarray  # [T, B, H] output of the last layer at each step
+    inputs: np.ndarray | None  # [T, B, H] input of layer 0 at each step (rank 0, when kept)
+    outputs: np.ndarray | None  # [T, B, H] output of the last layer at each step (rank 0, when kept)
     positions: np.ndarray  # [T] global position of each step's new token
     step_times: np.ndarray  # [T] modeled seconds of each step (emulated layers)
     host_seconds: float  # wall time of the decode loop on this machine
@@ -68,6 +68,17 @@ class _LayerState:
     g: np.ndarray | None = None  # [B, H] FFN input (dp-ep MoE)
     routing: tuple | None = None  # (experts [B, k], weights [B, k])
     dispatch: tuple | None = None  # dp-ep: (rows [n, H+2], token of each sent row, sent, received counts)
+
+
+class _RowLog:
+    """Rank 0's copy of every step's inputs and outputs [T, B, H], allocated once."""
+
+    def __init__(self, steps: int, batch: int, hidden: int):
+        self.inputs = np.zeros((steps, batch, hidden), dtype=np.float32)
+        self.outputs = np.zeros((steps, batch, hidden), dtype=np.float32)
+
+    def add(self, step: int, x_in: np.ndarray, x_out: np.ndarray) -> None:
+        self.inputs[step], self.outputs[step] = x_in, x_out
 
 
 def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
@@ -100,8 +111,9 @@ class Emulator:
     """One rank's share of a decode run under any strategy (Helix or a baseline)."""
 
     def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
-                 fail_at: tuple[int, int] | None = None):
+                 fail_at: tuple[int, int] | None = None, keep_rows: bool = True):
         self._setup(model, layout, run, topo, mesh, fail_at)
+        self.keep_rows = keep_rows  # rank 0 keeps every step's inputs and outputs (reference check, tensors)
         self.requests = dp_requests(run.batch, layout.world_size, mesh.rank) if self.data_parallel \
             else range(run.batch)
         self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
@@ -118,6 +130,7 @@ class Emulator:
         self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.implementation())
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
+        self.keep_rows = True  # keep what the reference check needs (the routing of MoE layers, ...)
 
     def _initial_cache(self, layer: int) -> ShardedKVCache:
         run, model, layout = self.run, self.model, self.layout
@@ -130,9 +143,12 @@ class Emulator:
 
     # --- the decode loop -------------------------------------------------------------------
     def decode(self, sink: StepSink | None = None) -> EmulationResult:
+        """Every decode step. What grows with the steps is allocated up front (step times) or kept
+        only when asked (`keep_rows`: inputs and outputs on rank 0), so memory stays flat."""
         run, model = self.run, self.model
         x = initial_input(model, run.seed, run.batch)[self.requests.start:self.requests.stop]
-        inputs, outputs, step_times = [], [], []
+        kept = _RowLog(run.steps, run.batch, model.hidden_size) if self.keep_rows and self.mesh.rank == 0 else None
+        step_times = np.zeros(run.steps)
         self.mesh.comm.Barrier()
         self.host_t0 = time.perf_counter()
         ids = np.arange(self.requests.start, self.requests.stop)
@@ -143,19 +159,22 @@ class Emulator:
             owner = (position // run.tokens_per_block) % self.layout.kvp == self.kvp_rank
             batch = StepBatch(ids, np.full(len(ids), position, dtype=np.int64), np.full(len(ids), owner))
             step_start = float(self.clocks.now()[0])
-            inputs.append(self._whole_batch(x))
+            x_in = self._whole_batch(x) if self.keep_rows else None  # a collective under dp-ep: every rank
             self.step_events = []
             for layer in range(run.layers):
                 x = self._layer(step, layer, x, batch)
             self._tail(step, batch)
-            outputs.append(self._whole_batch(x))
-            step_times.append(float(self.clocks.now()[0]) - step_start)
+            x_out = self._whole_batch(x) if self.keep_rows else None
+            if kept is not None:
+                kept.add(step, x_in, x_out)
+            step_times[step] = float(self.clocks.now()[0]) - step_start
             self._flush_step(step, sink)
             x = next_step_input(x, model)
         host_seconds = time.perf_counter() - self.host_t0
         positions = np.arange(run.context, run.context + run.steps, dtype=np.int64)
-        return EmulationResult(np.stack(inputs), np.stack(outputs), positions, np.array(step_times), host_seconds,
-                               self._whole_routing())
+        inputs, outputs = (kept.inputs, kept.outputs) if kept is not None else (None, None)
+        return EmulationResult(inputs, outputs, positions, step_times, host_seconds,
+                               self._whole_routing() if self.keep_rows else {})
 
     def _whole_routing(self) -> dict:
         """The routing of every MoE layer for the whole batch, [T, B, k] (dp-ep: gathered)."""
@@ -284,7 +303,8 @@ class Emulator:
         w, moe = self.weights[layer].ffn, self.model.moe
         state.g = ffn_input(state.x, w, self.model)
         experts, weights = state.routing = route(state.g, w.router, moe)
-        self.routing_log.setdefault(layer, []).append(state.routing)
+        if self.keep_rows:
+            self.routing_log.setdefault(layer, []).append(state.routing)
         if self.data_parallel:  # the shared expert now; routed experts after the dispatch
             state.partial_sum = swiglu_mlp(state.g, w.shared) if w.shared is not None else np.zeros_like(state.g)
             return None

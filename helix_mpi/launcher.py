@@ -6,12 +6,18 @@ cores, and yield when idle so waiting ranks do not starve working ones on a smal
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+# Set for the ranks of `helix-mpi run -n N`: the parent, not rank 0, says how the job ended.
+RELAUNCHED_ENV = "HELIX_MPI_RELAUNCHED"
 _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
 
 RANK_ENV = {
@@ -60,20 +66,131 @@ def mpiexec_command(ranks: int, module_args: list[str]) -> list[str]:
     return [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "helix_mpi", *module_args]
 
 
-def relaunch(ranks: int, module_args: list[str]) -> tuple[int, bool]:
-    """Run this command again under mpiexec with `ranks` ranks; returns (exit code, interrupted).
-    Ctrl-C reaches mpiexec too (same process group), which forwards it to the ranks; we wait
-    for them to stop."""
-    child = subprocess.Popen(mpiexec_command(ranks, module_args), env=rank_environment())
-    interrupted = []
+@dataclass
+class JobEnd:
+    """How a relaunched job ended, as the parent saw it."""
 
-    def forward(signum, frame):  # mpiexec forwards it to every rank
-        interrupted.append(signum)
-        child.send_signal(signum)
+    code: int  # mpiexec's exit code
+    interrupted: int | None = None  # signal (SIGINT, SIGTERM) the parent received and forwarded
+    lost: tuple[int, int] | None = None  # (rank, signal) of a rank killed by a signal (kill -9, OOM killer)
+    failure: str | None = None  # the first `helix-mpi: rank R failed: ...` line, held back to be completed
+    reported: bool = False  # a rank already printed its final `helix-mpi: error: ...` line
+    mpi_errors: list[str] = field(default_factory=list)  # the MPI runtime's `[host:pid] ...` lines, held back
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, forward)
-    return child.wait(), bool(interrupted)
+
+class StderrFilter:
+    """mpiexec's stderr, line by line. Lines from the ranks pass through, except `rank R failed`
+    lines, which are held back (JobEnd.failure). Open MPI's banners (text framed by lines of
+    dashes) that only tell how the job ended (MPI_ABORT, a rank killed by a signal, non-zero
+    exits) are dropped and their facts kept, since the parent says it in one line; any other
+    banner passes through. The runtime's `[host:pid] ...` error lines are held back
+    (JobEnd.mpi_errors). With HELIX_MPI_DEBUG set, everything passes through."""
+
+    def __init__(self, sink: BinaryIO, end: JobEnd, verbatim: bool = False):
+        self.sink, self.end, self.verbatim = sink, end, verbatim
+        self.banner: list[str] | None = None
+
+    def feed(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").replace("\0", "")  # Open MPI ends some messages with a NUL
+        if self.verbatim:
+            self._write(line)
+        elif _RULE.match(line):
+            self._rule(line)
+        elif self.banner is not None:
+            self.banner.append(line)
+        elif not line.strip():  # Open MPI leaves a blank after its banners
+            pass
+        elif line.startswith(_FAILED):
+            self.end.failure = self.end.failure or line.rstrip("\n")
+        elif _MPI_ERROR.match(line):  # the MPI runtime noticing that a peer is gone: shown only if nothing else is
+            self.end.mpi_errors.append(line)
+        elif not any(noise in line for noise in _NOISE):
+            self.end.reported |= line.startswith(_ERROR)
+            self._write(line)
+
+    def close(self) -> None:
+        """End of the stream: an unfinished banner passes through."""
+        if self.banner:
+            self._write("".join(self.banner))
+        self.banner = None
+
+    def _rule(self, line: str) -> None:
+        if self.banner is None:
+            self.banner = [line]
+            return
+        text, self.banner = "".join(self.banner) + line, None
+        if not self._ending(" ".join(text.split())):
+            self._write(text)
+
+    def _ending(self, text: str) -> bool:
+        """Whether a banner only tells how the job ended (its facts are kept in JobEnd)."""
+        killed = _KILLED.search(text)
+        if killed:
+            self.end.lost = self.end.lost or (int(killed.group(1)), int(killed.group(2)))
+            return True
+        return any(marker in text for marker in _ENDINGS)
+
+    def _write(self, text: str) -> None:
+        self.sink.write(text.encode())
+        self.sink.flush()
+
+
+_RULE = re.compile(r"^-{20,}\s*$")
+_MPI_ERROR = re.compile(r"^\[[^\]\s]+:\d+\] ")  # `[host:pid] ...`: Open MPI, PRRTE and PMIx messages
+_KILLED = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on\s+signal (\d+)")
+_ENDINGS = ("MPI_ABORT was invoked", 'calling "abort"', "exited with non-zero status", "exited on signal",
+            "a process exited unexpectedly", "terminated the job", "peer process has unexpectedly disconnected")
+_NOISE = ("Abort is in progress", "hit ctrl-c again")
+_FAILED = "helix-mpi: rank "
+_ERROR = "helix-mpi: error:"
+
+
+def relaunch(ranks: int, module_args: list[str]) -> JobEnd:
+    """Run this command again under mpiexec with `ranks` ranks and wait for it.
+
+    mpiexec gets its own session, so a Ctrl-C at the terminal reaches only this process, which
+    forwards it once as SIGTERM (the ranks stop between two trace writes) instead of Open MPI's
+    immediate abort; it dies with this process (PR_SET_PDEATHSIG) rather than outliving it."""
+    env = rank_environment()
+    env[RELAUNCHED_ENV] = "1"
+    child = subprocess.Popen(mpiexec_command(ranks, module_args), env=env, stderr=subprocess.PIPE,
+                             start_new_session=True, preexec_fn=_death_signal())
+    end = JobEnd(code=0)
+    lines = StderrFilter(sys.stderr.buffer, end, verbatim=bool(os.environ.get("HELIX_MPI_DEBUG")))
+    reader = threading.Thread(target=_pump, args=(child.stderr, lines), daemon=True)
+    reader.start()
+
+    def forward(signum, frame):
+        if end.interrupted is None:
+            end.interrupted = signum
+            child.send_signal(signal.SIGTERM)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        end.code = child.wait()
+        reader.join(timeout=10)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return end
+
+
+def _pump(stream: BinaryIO, lines: StderrFilter) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.feed(raw)
+    lines.close()
+
+
+def _death_signal():
+    """A function for the child before exec (Linux): SIGTERM when the parent dies, so no job
+    outlives it (PR_SET_PDEATHSIG); None where prctl does not exist."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)
 
 
 def strip_np_option(argv: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,9 @@ from .mesh import group_colors
 from .plan import Op, OpName, layer_plan, tail_plan
 from .sharding import shard_classes
 from .timing import GroupMax, LayerSchedule, StreamClocks, TimeModel
-from .topology import BUILTIN_TOPOLOGY_DIR, FabricSpec, GpuSpec, ScaleOutSpec, Topology, load_calibration
-from .trace import TraceError, TraceWriter, open_trace
+from .topology import (BUILTIN_TOPOLOGY_DIR, PRECISIONS, FabricSpec, GpuSpec, ScaleOutSpec, Topology,
+                       load_calibration)
+from .trace import TraceError, TraceWriter, open_trace, root_attributes
 
 A2A = Collective.ALL_TO_ALL.value.encode()
 COPIED_ATTRS_SKIP = ("schema_version", "complete", "config", "topology", "replayed_from", "memory")
@@ -51,11 +53,33 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
         gpu = dict(data["gpu"])
         gpu["flops_per_s"] = MappingProxyType(dict(gpu["flops_per_s"]))
         calibration = _recorded_calibration(data.get("calibration"))
-        return Topology(name=data["name"], description=data.get("description", ""), source=data.get("source", ""),
+        topo = Topology(name=data["name"], description=data.get("description", ""), source=data.get("source", ""),
                         gpu=GpuSpec(**gpu), fabric=FabricSpec(**data["fabric"]),
                         scale_out=ScaleOutSpec(**data["scale_out"]), calibration=calibration)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise TraceError(f"the trace's topology attribute is incomplete ({exc}): pass --topology") from None
+    _check_recorded_topology(topo)
+    return topo
+
+
+_POSITIVE_CONSTANTS = ("hbm_bytes", "hbm_bytes_per_s", "flops_per_s", "domain_size", "link_bytes_per_s",
+                       "nvls_efficiency", "bytes_per_s")
+
+
+def _check_recorded_topology(topo: Topology) -> None:
+    """Every constant of a recorded topology is a finite number, > 0 for capacities, bandwidths
+    and rates, >= 0 for latencies; NVLS availability a boolean; a rate for every precision."""
+    if not isinstance(topo.fabric.nvls_available, bool) or set(topo.gpu.flops_per_s) != set(PRECISIONS):
+        raise TraceError("the trace's topology attribute is malformed (fabric.nvls_available, "
+                         "gpu.flops_per_s): pass --topology")
+    values = [(f"gpu.flops_per_s.{k}", "flops_per_s", v) for k, v in topo.gpu.flops_per_s.items()]
+    for part, spec in (("gpu", topo.gpu), ("fabric", topo.fabric), ("scale_out", topo.scale_out)):
+        values += [(f"{part}.{f.name}", f.name, getattr(spec, f.name)) for f in dataclasses.fields(spec)
+                   if f.name not in ("name", "flops_per_s", "nvls_available")]
+    for label, name, value in values:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value < 0 or (name in _POSITIVE_CONSTANTS and value == 0):
+            raise TraceError(f"the trace's topology attribute has {label} = {value!r}: pass --topology")
 
 
 def _recorded_calibration(directory: str | None):
@@ -281,10 +305,10 @@ class Retimer:
 
 
 # --- the trace --------------------------------------------------------------------------------------
-def iter_steps(file, path: str | Path) -> Iterator[np.ndarray]:
+def iter_steps(file, path: str | Path, meta=None) -> Iterator[np.ndarray]:
     """All ranks' rows of one step at a time (rows of a step are contiguous: one append per step)."""
     carry, seen = None, set()
-    for rows in iter_event_chunks(file, path):
+    for rows in iter_event_chunks(file, path, meta=meta):
         if carry is not None:
             rows = np.concatenate([carry, rows])
         cuts = np.flatnonzero(np.diff(rows["step"])) + 1
@@ -359,7 +383,7 @@ def _write_steps(file, source, retimer: Retimer, writer: TraceWriter, kv_tokens:
     """Re-time and append every step; returns the (recorded, new) modeled end of every layer of
     every step [T, L]."""
     old_ends, new_ends = [], []
-    for count, rows in enumerate(iter_steps(file, source)):
+    for count, rows in enumerate(iter_steps(file, source, read_meta(file, source))):
         step = int(rows["step"][0])
         if step != count or step >= len(kv_tokens):
             raise TraceError(f"{source}: step {step} is out of order or has no /kv_tokens row "
@@ -386,7 +410,7 @@ def _layer_ends(rows: np.ndarray) -> np.ndarray:
 
 def _replay_attrs(file, meta, source, target: Topology, hopb: bool) -> dict[str, Any]:
     """Root attributes of the replayed trace: the source's, with config/topology updated."""
-    attrs = {key: _plain(value) for key, value in file.attrs.items() if key not in COPIED_ATTRS_SKIP}
+    attrs = {key: _plain(value) for key, value in root_attributes(file).items() if key not in COPIED_ATTRS_SKIP}
     config = json.loads(json.dumps(meta.config))
     config["run"]["hopb"] = hopb
     attrs["config"] = json.dumps(config)

@@ -20,6 +20,7 @@ from .analysis import EventStats, shape_of
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult, request_input, request_kv,
                        warm_up_kernels)
+from .hostmem import will_check
 from .memory import memory_report
 from .mesh import RankMesh
 from .reference import reference_decode, reference_layer, reference_tensors, relative_error
@@ -35,8 +36,6 @@ from .workload import Workload
 # relative error is ~1e-6 after a few layers and steps. 1e-4 leaves ~100x margin for longer sums
 # and reordered reductions while still catching any wrong head, token, shard or position.
 REFERENCE_TOLERANCE = 1e-4
-# Reference check by default only when the unsharded float64 model fits comfortably in memory.
-AUTO_CHECK_MAX_BYTES = 2 << 30
 
 
 @dataclass
@@ -45,13 +44,6 @@ class RunOutcome:
     summary: dict[str, Any] | None  # rank 0 only
     reference_error: float | None  # rank 0 only, when checked
     trace_path: Path | None
-
-
-def reference_bytes(model: ModelConfig, run: RunConfig) -> int:
-    """float64 bytes of the unsharded weights and KV caches the reference needs."""
-    H, Q, K, D, F = model.hidden_size, model.num_heads, model.num_kv_heads, model.head_dim, model.ffn_size
-    per_layer = H * (Q + 2 * K) * D + Q * D * H + 3 * H * F + 2 * run.batch * K * (run.context + run.steps) * D
-    return 8 * run.layers * per_layer * 2
 
 
 def _arrays(weights: Any) -> dict[str, np.ndarray]:
@@ -95,12 +87,11 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     """Run on `comm`; rank 0 writes the trace and (optionally) checks against the reference."""
     validate_layout(model, layout, comm.Get_size())
     check_run_fits_model(model, run)
-    if check is None:
-        check = reference_bytes(model, run) <= AUTO_CHECK_MAX_BYTES
+    check = will_check(model, run, check)
     is_root = comm.Get_rank() == 0
     mesh = RankMesh.build(comm, layout)
     warm_up_kernels(comm, run.storage)
-    emulator = Emulator(model, layout, run, topo, mesh, fail_at)
+    emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
     stats, buffered = EventStats(), _StepBuffer(writer)  # rank 0's memory stays flat on long runs
@@ -133,6 +124,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
                 path = writer.finish()
                 summary["trace"] = str(path)
     finally:
+        _release(writer)
         mesh.free()
     return RunOutcome(result, summary, error, Path(output) if (is_root and output) else None)
 
@@ -281,15 +273,22 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
                 _write_serving(writer, model, layout, run, scheduler.step_log(), metrics, summary)
                 summary["trace"] = str(writer.finish())
     finally:
+        _release(writer)
         mesh.free()
     return ServingOutcome(result, summary, metrics, error, Path(output) if (is_root and output) else None)
 
 
+def _release(writer: TraceWriter | None) -> None:
+    """A run that stops early keeps its partial trace and frees the output for the next run."""
+    if writer is not None and not writer.finished:
+        writer.abandon()
+
+
 class _StepBuffer:
-    """Steps appended to the trace a chunk of events (or `seconds` of wall time) at a time: steps
-    are small, and each append rewrites the dataset's last compressed chunk (65,536 rows), so
-    per-step appends would cost more than the emulation. A killed run's partial trace lacks at
-    most the buffered steps; memory stays bounded by one chunk."""
+    """Steps appended to the trace 65,536 events (or `seconds` of wall time) at a time: steps
+    are small, and each append rewrites the dataset's last compressed chunk, so per-step appends
+    would cost more than the emulation. A killed run's partial trace lacks at most the buffered
+    steps; memory stays bounded by `rows` events."""
 
     def __init__(self, writer: TraceWriter | None, rows: int = 65536, seconds: float = 1.0):
         self.writer, self.rows, self.seconds = writer, rows, seconds

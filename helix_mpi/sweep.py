@@ -339,6 +339,18 @@ class SweepResult:
                 "whatif": dataclasses.asdict(self.spec.whatif), "series": per_series}
 
 
+def nothing_fits(spec: SweepSpec, timed: int) -> str:
+    """Why no configuration fits, in one line: one request's KV cache against the HBM of the GPUs."""
+    model = spec.model
+    full = rank_shard(model, Layout(kvp=1, tpa=1, tpf=1), 0)
+    cache = spec.tokens * kv_elements_per_token(model, full) * model.num_layers * PRECISION_BYTES[spec.precision]
+    hbm = spec.topo.gpu.hbm_bytes / 1e9
+    return (f"none of the {timed:,} configurations fits in the {hbm:,.0f} GB of HBM of a GPU: "
+            f"one request's KV cache at {spec.context:,} tokens is {cache / 1e9:,.1f} GB ({model.name}, "
+            f"{spec.precision}), at best {cache / spec.max_gpus / 1e9:,.1f} GB per GPU over {spec.max_gpus} GPUs: use "
+            "a shorter --context, a larger --max-gpus or a lower --precision")
+
+
 def run_sweep(spec: SweepSpec, progress: Callable[[int], None] | None = None) -> SweepResult:
     """Time every candidate at every grid batch; keep what fits. `progress(k)`: k more layouts done."""
     start = time.perf_counter()
@@ -368,23 +380,29 @@ class SweepFileError(ValueError):
 
 def write_sweep(path: str | os.PathLike, result: SweepResult, frontiers: dict[str, np.ndarray]) -> None:
     """/configs (every fitting configuration), /frontier/<series> (its Pareto points), root attrs
-    `schema`, `spec` and `summary` (JSON); written under NAME.partial, renamed when complete."""
+    `schema`, `spec` and `summary` (JSON). The HDF5 file is built in memory (a few MB) and written
+    in one go under NAME.partial, renamed when complete (outputs.exclusive_output: a second writer
+    of the same file refuses; a failed write, such as a full disk, leaves nothing)."""
+    import io
+
     import h5py
 
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with h5py.File(partial, "w") as file:
-            file.attrs["schema"] = SCHEMA
-            file.attrs["spec"] = json.dumps(result.spec.to_dict())
-            file.attrs["summary"] = json.dumps(result.summary())
-            file.create_dataset("configs", data=result.configs, compression="gzip", shuffle=True)
-            group = file.create_group("frontier")
-            for series, rows in frontiers.items():
-                group.create_dataset(series, data=rows)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    from .outputs import exclusive_output, write_failure
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as file:
+        file.attrs["schema"] = SCHEMA
+        file.attrs["spec"] = json.dumps(result.spec.to_dict())
+        file.attrs["summary"] = json.dumps(result.summary())
+        file.create_dataset("configs", data=result.configs, compression="gzip", shuffle=True)
+        group = file.create_group("frontier")
+        for series, rows in frontiers.items():
+            group.create_dataset(series, data=rows)
+    with exclusive_output(path) as partial:
+        try:
+            partial.write_bytes(image.getbuffer())
+        except OSError as exc:
+            raise write_failure(path, exc) from None
 
 
 @dataclass(frozen=True)

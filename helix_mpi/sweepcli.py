@@ -38,14 +38,14 @@ def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strateg
                      names, tokens_per_block, whatif)
 
 
-def _check_writable(output: str) -> None:
-    """Refuse an output in a missing or read-only folder before the sweep runs, not after."""
-    import os
-    from pathlib import Path
-
-    folder = Path(output).resolve().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ValueError(f"cannot write {output}: folder {folder} does not exist or is not writable")
+@contextmanager
+def _progress_bar(total: int) -> Iterator[Any]:
+    """Click's progress bar on a terminal; nothing when stderr is a pipe or a file (no stray label)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=total, label="timing layouts", file=sys.stderr) as bar:
+        yield bar.update
 
 
 def _sweep_text(summary: dict[str, Any], output: str) -> str:
@@ -88,16 +88,18 @@ def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strateg
     """Time every layout of each strategy at every batch (analytic, same plan and cost model as the
     emulator), keep what fits in HBM, and save the configurations and each strategy's Pareto frontier."""
     from .cli import _emit
+    from .outputs import check_writable
     from .pareto import frontiers
-    from .sweep import candidates, run_sweep, write_sweep
+    from .sweep import candidates, nothing_fits, run_sweep, write_sweep
 
     with _one_line_errors():
         spec = _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
                      a2a_latency_scale, reduce_latency_scale, a2a_chunk)
-        _check_writable(output)
-        total = len(candidates(spec))
-        with click.progressbar(length=total, label="timing layouts", file=sys.stderr) as bar:
-            result = run_sweep(spec, bar.update)
+        check_writable(output)
+        with _progress_bar(len(candidates(spec))) as advance:
+            result = run_sweep(spec, advance)
+        if len(result.configs) == 0:
+            raise ValueError(nothing_fits(spec, result.timed))
         write_sweep(output, result, frontiers(result.configs))
     summary = result.summary()
     summary["output"] = output

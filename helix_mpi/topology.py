@@ -18,6 +18,7 @@ File layout (units are in the key names; see ``topologies/README.md``)::
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -173,6 +174,8 @@ def _check_value(label: str, value: Any, kind: str, rule: str | None, origin: st
         raise TopologyError(f"{origin}: '{label}' must be an integer, got {value!r}")
     if kind == "num" and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise TopologyError(f"{origin}: '{label}' must be a number, got {value!r}")
+    if kind == "num" and not math.isfinite(value):
+        raise TopologyError(f"{origin}: '{label}' must be a finite number, got {value!r}")
     if rule == "positive" and not value > 0:
         raise TopologyError(f"{origin}: '{label}' must be > 0 (a bandwidth, capacity or count), got {value!r}")
     if rule == "nonneg" and not value >= 0:
@@ -303,4 +306,9 @@ def load_topology(name_or_path: str = DEFAULT_TOPOLOGY) -> Topology:
     except tomllib.TOMLDecodeError as exc:
         detail = " ".join(str(exc).split())
         raise TopologyError(f"{path}: TOML syntax error: {detail}") from None
+    except RecursionError:
+        raise TopologyError(f"{path}: TOML syntax error: values nested too deeply") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise TopologyError(f"{path}: cannot read it ({reason})") from None
     return topology_from_dict(raw, origin=str(path), base=path.parent)

@@ -6,16 +6,25 @@ Readers refuse files that are not complete traces of a known schema with one cle
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
 
+from .outputs import OutputLock, check_room, partial_path, write_failure
+
 SCHEMA_VERSION = 2  # 2: op shapes (requests, tokens, experts hit) and what timed each op
-PARTIAL_SUFFIX = ".partial"
+# Rows per compressed chunk of /events: each append rewrites the last, partly filled chunk, so
+# small chunks keep appends cheap and the writer's buffers small on long runs.
+EVENT_CHUNK_ROWS = 8192
 
 # One row per op per rank per layer per step.
 EVENT_DTYPE = np.dtype([
@@ -53,14 +62,23 @@ class TraceWriter:
     """Rank 0's incremental writer. The file is opened only while a step is appended, so between
     steps it is always a consistent HDF5 file marked `complete = False` under `NAME.partial`: a
     run killed at any point leaves a readable partial trace. `finish()` marks it complete and
-    renames it to NAME."""
+    renames it to NAME. The writer holds NAME's lock (outputs.OutputLock) from start to end, so a
+    second run with the same output refuses; a write that fails (disk full, file-size limit)
+    removes the partial file and raises OutputError (one line)."""
 
-    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int, chunk: int = 65536):
+    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], world_size: int,
+                 chunk: int = EVENT_CHUNK_ROWS):
         self.path = Path(path)
-        self.partial_path = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial_path = partial_path(self.path)
         self.finished = False
-        with h5py.File(self.partial_path, "w") as file:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(self.path, exc) from None
+        self.lock = OutputLock(self.path)
+        self.chunk, self.rows = chunk, 0
+
+        def create(file: h5py.File) -> None:
             file.attrs["schema_version"] = SCHEMA_VERSION
             file.attrs["complete"] = False
             for key, value in attrs.items():
@@ -70,8 +88,30 @@ class TraceWriter:
             file.create_dataset("kv_tokens", shape=(0, world_size), maxshape=(None, world_size), dtype="<i8",
                                 chunks=(256, world_size))
 
-    def _open(self) -> h5py.File:
-        return h5py.File(self.partial_path, "a")
+        self._write(create, "w")
+
+    def _write(self, action: Callable[[h5py.File], None], mode: str = "a", nbytes: int = 0) -> None:
+        """Open the partial file, apply `action` (writing about `nbytes` of data), close it;
+        SIGINT/SIGTERM wait until it is closed."""
+        try:
+            check_room(self.partial_path, nbytes)
+        except OSError as exc:  # nothing written: the partial trace stays consistent
+            self.lock.release()
+            kept = self.partial_path.exists() and mode == "a"
+            note = f"the partial trace is kept as {self.partial_path} (complete = False)" if kept else ""
+            raise write_failure(self.path, exc, note) from None
+        try:
+            with interrupts_deferred(), h5py.File(self.partial_path, mode) as file:
+                action(file)
+        except (OSError, RuntimeError) as exc:  # h5py raises either for a failed write
+            self.partial_path.unlink(missing_ok=True)  # possibly cut mid-write: never leave it
+            self.lock.release()
+            raise write_failure(self.path, exc) from None
+
+    @property
+    def last_chunk_bytes(self) -> int:
+        """Bytes of the partly filled last chunk of /events, which an append rewrites."""
+        return (self.rows % self.chunk) * EVENT_DTYPE.itemsize
 
     def append_step(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
         """Append one decode step: all ranks' events and KV tokens held per rank [N]."""
@@ -79,7 +119,7 @@ class TraceWriter:
 
     def append_steps(self, events: np.ndarray, kv_tokens: np.ndarray) -> None:
         """Append whole decode steps at once: their events and KV tokens per rank [steps, N]."""
-        with self._open() as file:
+        def append(file: h5py.File) -> None:
             dataset, kv = file["events"], file["kv_tokens"]
             n = dataset.shape[0]
             dataset.resize((n + len(events),))
@@ -88,35 +128,72 @@ class TraceWriter:
             kv.resize((m + len(kv_tokens), kv.shape[1]))
             kv[m:] = kv_tokens
 
+        self._write(append, nbytes=events.nbytes + kv_tokens.nbytes + self.last_chunk_bytes)
+        self.rows += len(events)
+
     def write_group(self, name: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
-        with self._open() as file:
+        def write(file: h5py.File) -> None:
             group = file.require_group(name)
             for key, array in arrays.items():
                 group.create_dataset(key, data=array)
             for key, value in (attrs or {}).items():
                 group.attrs[key] = value
 
+        self._write(write, nbytes=sum(np.asarray(a).nbytes for a in arrays.values()))
+
     def set_attrs(self, attrs: dict[str, Any]) -> None:
-        with self._open() as file:
+        def write(file: h5py.File) -> None:
             for key, value in attrs.items():
                 file.attrs[key] = value
 
+        self._write(write)
+
     def finish(self) -> Path:
-        """Mark complete and rename to the final name."""
+        """Mark complete, flush to disk and rename to the final name."""
         self.set_attrs({"complete": True})
-        os.replace(self.partial_path, self.path)
+        try:
+            with open(self.partial_path, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.partial_path, self.path)
+        except OSError as exc:
+            self.partial_path.unlink(missing_ok=True)
+            raise write_failure(self.path, exc) from None
+        finally:
+            self.lock.release()
         self.finished = True
         return self.path
 
     def abandon(self) -> Path:
-        """An unfinished trace stays under its `.partial` name with complete = False."""
+        """An unfinished trace stays under its `.partial` name with complete = False; the lock goes."""
+        self.lock.release()
         return self.partial_path
 
     def __enter__(self) -> "TraceWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        pass
+        if not self.finished:
+            self.abandon()
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are handled when it ends (in the main
+    thread; elsewhere signals are not delivered to Python code anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda number, frame: pending.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.File:
@@ -124,32 +201,114 @@ def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"{path}: no such file")
+    probe_hdf5(path)
     try:
         file = h5py.File(path, "r")
     except OSError as exc:
         reason = "truncated or corrupt HDF5 file" if h5py.is_hdf5(path) else "not an HDF5 file"
         raise TraceError(f"{path}: {reason} ({str(exc).split(';')[0].strip()})") from None
     try:
-        version = file.attrs.get("schema_version")
+        version = attribute(file, "schema_version")
         if version is None:
             raise TraceError(f"{path}: HDF5 file without a schema_version attribute: not a helix_mpi trace")
-        if int(version) != SCHEMA_VERSION:
+        if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
+            raise TraceError(f"{path}: schema_version {version!r} is not an integer: not a helix_mpi trace")
+        if version != SCHEMA_VERSION:
             raise TraceError(
                 f"{path}: trace schema version {int(version)} is not supported (this helix_mpi reads "
                 f"version {SCHEMA_VERSION}): use the helix_mpi version that wrote it"
             )
-        if not allow_incomplete and not bool(file.attrs.get("complete", False)):
+        if not allow_incomplete and not marked_complete(file):
             raise TraceError(f"{path}: trace is incomplete (its run did not finish); results would be partial")
-        if "events" not in file or file["events"].dtype != EVENT_DTYPE:
+        events = file.get("events")
+        if not isinstance(events, h5py.Dataset) or events.dtype != EVENT_DTYPE or events.ndim != 1:
             raise TraceError(f"{path}: /events is missing or has an unexpected layout")
-    except TraceError:
+    except BaseException:
         file.close()
         raise
     return file
 
 
+def marked_complete(file: h5py.File) -> bool:
+    """The root attribute `complete` is a boolean true (anything else is not)."""
+    value = attribute(file, "complete", False)
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+# Classes of HDF5 datatype a root attribute may have: numbers, booleans (an enum) and strings.
+_ATTRIBUTE_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM, h5py.h5t.STRING)
+
+
+def attribute(file: h5py.File, key: str, default: Any = None) -> Any:
+    """A root attribute's value (`default` when absent). Its stored type is checked before its
+    value is read: a damaged type (say a string turned into a sequence) can crash the HDF5 library
+    when the value is read, so such an attribute raises TraceError instead."""
+    if key not in file.attrs:
+        return default
+    stored = file.attrs.get_id(key)
+    if stored.get_type().get_class() not in _ATTRIBUTE_CLASSES or stored.shape != ():
+        raise TraceError(f"{file.filename}: root attribute '{key}' has an unexpected type: a damaged trace")
+    return file.attrs[key]
+
+
+def root_attributes(file: h5py.File) -> dict[str, Any]:
+    """Every root attribute, each read as `attribute` does."""
+    return {key: attribute(file, key) for key in file.attrs}
+
+
+PROBE_TIMEOUT_S = 10.0
+
+
+def probe_hdf5(path: str | os.PathLike) -> None:
+    """Read the file's root attributes, /kv_tokens and the ends of /events in a forked child
+    first: damaged HDF5 metadata can crash or hang the HDF5 library, which no exception reports.
+    TraceError (one line) if the child dies of a signal or does not finish in time; any ordinary
+    error is left to the caller's own reading, which reports it."""
+    if not hasattr(os, "fork"):
+        return
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _PROBED:
+        _PROBED[key] = _probe_in_child(path)
+    if _PROBED[key]:
+        raise TraceError(f"{path}: damaged HDF5 file: {_PROBED[key]}")
+
+
+_PROBED: dict[tuple, str] = {}  # (path, mtime, size) -> "" or what reading it does to HDF5
+
+
+def _probe_in_child(path: str | os.PathLike) -> str:
+    pid = os.fork()
+    if pid == 0:  # the child: read, then leave without running any exit handler
+        faulthandler.disable()  # its crash is the answer, not something to report
+        try:
+            _read_headers(path)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    while not (finished := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "reading it does not finish (the HDF5 library loops on it)"
+        time.sleep(0.002)
+    if os.WIFSIGNALED(finished[1]):
+        return f"reading it crashes the HDF5 library ({signal.Signals(os.WTERMSIG(finished[1])).name})"
+    return ""
+
+
+def _read_headers(path: str | os.PathLike, rows: int = EVENT_CHUNK_ROWS) -> None:
+    with h5py.File(path, "r") as file:
+        root_attributes(file)
+        kv, events = file.get("kv_tokens"), file.get("events")
+        if isinstance(kv, h5py.Dataset) and kv.dtype.kind in "iu":
+            kv[...]
+        if isinstance(events, h5py.Dataset) and events.dtype == EVENT_DTYPE and events.ndim == 1:
+            events[:rows], events[-rows:]
+
+
 def read_attr_json(file: h5py.File, key: str) -> Any:
-    return json.loads(file.attrs[key])
+    return json.loads(attribute(file, key))
 
 
 def read_events(file: h5py.File, chunk: int = 1 << 20):
@@ -157,3 +316,42 @@ def read_events(file: h5py.File, chunk: int = 1 << 20):
     events = file["events"]
     for start in range(0, events.shape[0], chunk):
         yield events[start:start + chunk]
+
+
+def settle_partial(path: str | os.PathLike) -> str:
+    """After a run that stopped early: keep NAME.partial if it is a consistent trace, remove it
+    if it was cut mid-write (a rank killed while writing); returns what was left, for one line."""
+    partial = partial_path(path)
+    if not partial.is_file():
+        return "no trace was written"
+    try:
+        probe_hdf5(partial)
+        state = partial_state(partial)
+    except TraceError as exc:
+        state = str(exc).split(": ", 1)[-1]
+    if state == "complete":  # stopped between marking it complete and renaming it
+        os.replace(partial, path)
+        return f"the trace is complete: {path}"
+    if state == "partial":
+        return f"the partial trace is kept as {partial} (complete = False)"
+    partial.unlink(missing_ok=True)
+    return f"the partial trace was cut mid-write and is removed ({state})"
+
+
+def partial_state(partial: str | os.PathLike) -> str:
+    """'partial' (readable, complete = False, one /kv_tokens row per step with events), 'complete',
+    or what is wrong with it."""
+    try:
+        with h5py.File(partial, "r") as file:
+            if attribute(file, "schema_version") != SCHEMA_VERSION:
+                return "no schema version"
+            events, kv = file["events"], file["kv_tokens"]
+            if events.dtype != EVENT_DTYPE or kv.ndim != 2:
+                return "unexpected datasets"
+            steps = np.unique(events.fields("step")[...])
+            kv[...]
+            if not np.array_equal(steps, np.arange(kv.shape[0])):
+                return f"{len(steps)} steps of events but {kv.shape[0]} rows of /kv_tokens"
+            return "complete" if marked_complete(file) else "partial"
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:  # TraceError is a ValueError
+        return f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

@@ -7,6 +7,7 @@ unknown schema) and every bad option value as one line `helix-mpi: error: ...`, 
 from __future__ import annotations
 
 import sys
+import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -18,8 +19,9 @@ PROGRESS_MIN_EVENTS = 2_000_000  # show a progress bar (on a terminal) from this
 
 
 @contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn bad input (trace, topology, option values, unwritable output) into a UserError."""
+def _one_line_errors(*traces: str) -> Iterator[None]:
+    """Turn bad input (trace, topology, option values, unwritable output) into a UserError; an
+    error of the HDF5 library while reading `traces` says they are corrupt."""
     try:
         yield
     except _user_errors() as exc:
@@ -28,9 +30,22 @@ def _one_line_errors() -> Iterator[None]:
         raise UserError(str(exc)) from None
     except KeyError as exc:
         raise UserError(f"unreadable trace: missing {exc}") from None
-    except OSError as exc:
+    except Exception as exc:
+        if _raised_by_hdf5(exc):
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{' or '.join(traces) or 'the trace'}: truncated or corrupt HDF5 file, it cannot be "
+                            f"read ({detail})") from None
+        if not isinstance(exc, OSError):
+            raise
         name = str(getattr(exc, "filename", None) or "").removesuffix(".partial")
         raise UserError(f"cannot write {name}: {exc.strerror}" if name else str(exc)) from None
+
+
+def _raised_by_hdf5(exc: BaseException) -> bool:
+    """Whether h5py (the HDF5 library) raised it: damaged files surface as OSError, RuntimeError or
+    TypeError from inside h5py, wherever the damage is first read."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and ("/h5py/" in frames[-1].filename or frames[-1].filename.startswith("h5py/"))
 
 
 @contextmanager
@@ -79,7 +94,7 @@ def summarize(trace_path: str, by: str, as_json: bool) -> None:
     """TTL, tokens/s, time per op, exposed comm, collective bandwidths, KV cache per rank."""
     from .analysis import format_trace_summary, summarize_trace
 
-    with _one_line_errors(), _progress(trace_path, "summarize") as progress:
+    with _one_line_errors(trace_path), _progress(trace_path, "summarize") as progress:
         summary = summarize_trace(trace_path, by=by, progress=progress, allow_interrupted=True)
     if not summary["complete"]:
         click.echo(f"helix-mpi: warning: {trace_path} is incomplete (its run was interrupted): the figures cover "
@@ -95,7 +110,7 @@ def compare(trace_a: str, trace_b: str, as_json: bool) -> None:
     """Two runs side by side (e.g. Helix vs TP, HOP-B on vs off) with ratios B/A."""
     from .analysis import compare_summaries, format_compare, summarize_trace
 
-    with _one_line_errors():
+    with _one_line_errors(trace_a, trace_b):
         result = compare_summaries(summarize_trace(trace_a), summarize_trace(trace_b))
     _emit(result, as_json, format_compare(result))
 
@@ -110,7 +125,7 @@ def timeline(trace_path: str, output: str, steps: str | None, layers: str | None
     from .plots import plot_timeline, read_selection
 
     selection = _selection(steps, layers, ranks, default_steps="0")
-    with _one_line_errors():
+    with _one_line_errors(trace_path):
         meta, events = read_selection(trace_path, selection)
         path = plot_timeline(meta, events, output, selection, clock)
     click.echo(f"timeline of {len(events):,} events ({selection.describe()}): {path}")
@@ -128,7 +143,7 @@ def export(trace_path: str, fmt: str, output: str, steps: str | None, layers: st
     from .chrome import export_chrome
 
     selection = _selection(steps, layers, ranks)
-    with _one_line_errors():
+    with _one_line_errors(trace_path):
         with _progress(trace_path, "export") as progress:
             count = export_chrome(trace_path, output, selection, clock, progress)
     click.echo(f"{count:,} ops ({selection.describe()}) written to {output}: open it in https://ui.perfetto.dev")
@@ -148,7 +163,7 @@ def replay(trace_path: str, topology: str | None, nvlink_scale: float, hbm_scale
     from .replay import replay_trace
     from .topology import load_topology
 
-    with _one_line_errors():
+    with _one_line_errors(trace_path):
         topo = load_topology(topology) if topology else None
         with _progress(trace_path, "replay") as progress:
             result = replay_trace(trace_path, output, topo, hopb, nvlink_scale, hbm_scale, progress)
@@ -173,7 +188,7 @@ def validate(trace_path: str, as_json: bool) -> None:
     """Check schema, completeness, times, stream overlaps and per-step consistency (exit 0 or 2)."""
     from .analysis import validate_trace
 
-    with _one_line_errors():
+    with _one_line_errors(trace_path):
         facts, problems = validate_trace(trace_path)
     if as_json:
         _emit({"trace": trace_path, "ok": not problems, "problems": problems, **facts}, True, "")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import math
 import re
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = ("mooncake", "azure")
+MAX_INPUT_TOKENS = 2**40  # a prompt longer than a trillion tokens is a broken row, not a request
+MAX_OUTPUT_TOKENS = 2**20  # each generated token is one decode step of the serving simulation
 _EXTENSIONS = {".jsonl": "mooncake", ".json": "mooncake", ".csv": "azure"}
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MS_PER_S = 1000  # Mooncake timestamps are milliseconds
@@ -92,7 +95,16 @@ def _lengths(raw_in: object, raw_out: object, names: tuple[str, str], path: Path
         raise WorkloadError(f"{_where(path, line)}: negative length ({names[0]}={tokens_in}, {names[1]}={tokens_out})")
     if tokens_out == 0:
         raise WorkloadError(f"{_where(path, line)}: {names[1]} is 0: a request must decode at least one token")
+    _check_sizes(tokens_in, tokens_out, names, _where(path, line))
     return tokens_in, tokens_out
+
+
+def _check_sizes(tokens_in: int, tokens_out: int, names: tuple[str, str], where: str) -> None:
+    if tokens_in > MAX_INPUT_TOKENS:
+        raise WorkloadError(f"{where}: {names[0]} {tokens_in} is more than {MAX_INPUT_TOKENS:,} tokens")
+    if tokens_out > MAX_OUTPUT_TOKENS:
+        raise WorkloadError(f"{where}: {names[1]} {tokens_out} is more than {MAX_OUTPUT_TOKENS:,} tokens (one decode "
+                            "step each)")
 
 
 def _check_sorted(times: list[float], lines: list[int], path: Path) -> None:
@@ -128,16 +140,28 @@ def _parse_line(text: str, path: Path, line: int) -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise WorkloadError(f"{_where(path, line)}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise WorkloadError(f"{_where(path, line)}: not valid JSON (nested too deeply)") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a leading BOM dropped), or WorkloadError naming the first bad byte's line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise WorkloadError(f"{_where(path, line)}: not UTF-8 text (byte 0x{data[exc.start]:02x}): "
+                            "save the trace as UTF-8") from None
 
 
 def read_mooncake(path: Path) -> list[tuple[int, float, int, int]]:
     """(line, arrival_s, input, output) of every non-blank line."""
-    with open(path, encoding="utf-8") as handle:
-        numbered = [(n, text) for n, text in enumerate(handle, start=1) if text.strip()]
+    numbered = [(n, text) for n, text in enumerate(_read_text(path).splitlines(), start=1) if text.strip()]
     numbers, lines = [n for n, _ in numbered], [t for _, t in numbered]
     try:  # fast path: all lines as one JSON array (~5x faster than a json.loads per line)
         objs = json.loads("[" + ",".join(lines) + "]")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         objs = None
     if objs is None or len(objs) != len(lines):  # slow path names the bad line
         objs = [_parse_line(text, path, line) for text, line in zip(lines, numbers)]
@@ -185,7 +209,7 @@ def _azure_columns(header: list[str] | None, path: Path) -> list[int]:
 
 def read_azure(path: Path) -> list[tuple[int, float, int, int]]:
     """(line, arrival_s, input, output) of every data row; arrival is from the first row."""
-    with open(path, encoding="utf-8", newline="") as handle:
+    with io.StringIO(_read_text(path), newline="") as handle:
         reader = csv.reader(handle)
         cols = _azure_columns(next(reader, None), path)
         width = max(cols) + 1
@@ -277,6 +301,18 @@ def load_workload(path: Path | str, fmt: str | None = None, *, start_s: float | 
     requests = requests[:first] if first is not None else requests
     if not requests:
         raise WorkloadError(f"{path}: no requests left in the window [{start_s}, {end_s}) s: widen it")
-    requests = [Request(r.index, r.arrival_s * time_scale, round(r.input_tokens * context_scale),
-                        max(1, round(r.output_tokens * output_scale))) for r in requests]
+    requests = [_scaled(r, context_scale, output_scale, time_scale, path) for r in requests]
     return Workload(tuple(requests), _describe(path, fmt, start_s, end_s, first, scales))
+
+
+def _scaled(request: Request, context_scale: float, output_scale: float, time_scale: float, path: Path) -> Request:
+    """The request with the scales applied, still within the limits of a row."""
+    arrival, tokens_in, tokens_out = (request.arrival_s * time_scale, request.input_tokens * context_scale,
+                                      request.output_tokens * output_scale)
+    where = f"{path}: request {request.index} (data row {request.index + 1})"
+    if not all(math.isfinite(x) for x in (arrival, tokens_in, tokens_out)):
+        raise WorkloadError(f"{where}: the scales overflow its arrival time or lengths: use smaller scales")
+    tokens_in, tokens_out = round(tokens_in), max(1, round(tokens_out))
+    _check_sizes(tokens_in, tokens_out, ("input tokens after --context-scale", "output tokens after --output-scale"),
+                 where)
+    return Request(request.index, arrival, tokens_in, tokens_out)

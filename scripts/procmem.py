@@ -15,6 +15,29 @@ def private_mb(pid: int) -> float:
                if line.startswith(("Private_Clean", "Private_Dirty"))) / 1024
 
 
-def rank_pids() -> list[int]:
+def rank_pids(parent: int | None = None) -> list[int]:
+    """PIDs of helix-mpi ranks: all of this machine's, or only those descending from `parent`
+    (the `helix-mpi run -n N` this script started: other users' runs are left out)."""
     out = subprocess.run(["pgrep", "-f", RANK_PATTERN], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    pids = sorted(int(p) for p in out.split() if _is_python(int(p)))  # not mpiexec, whose command line matches too
+    return pids if parent is None else [pid for pid in pids if _descends_from(pid, parent)]
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return b"python" in Path(program.decode(errors="replace")).name.encode()
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after the command name in parentheses
+        if pid == ancestor:
+            return True
+    return False

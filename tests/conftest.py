@@ -1,6 +1,8 @@
 """Shared test helpers: real `mpiexec` launches with a timeout (never a hang)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -32,6 +34,24 @@ def run_cli(args: list[str], timeout: float = MPI_TIMEOUT_S) -> subprocess.Compl
     """The installed console script, as a user types it."""
     command = [str(Path(sys.executable).parent / "helix-mpi"), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=rank_environment())
+
+
+def call_cli(args: list[str]) -> subprocess.CompletedProcess:
+    """`helix-mpi ARGS` in this process (helix_mpi.cli.main, which turns click's usage errors and
+    UserErrors into one line and an exit code): fast enough for hundreds of generated cases. Any
+    other exception propagates, and fails the test, as the traceback a user would see."""
+    from helix_mpi.cli import main
+
+    stdout, stderr, argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv, code = ["helix-mpi", *args], 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture

@@ -51,6 +51,13 @@ def test_hf_config_json_is_read(tmp_path):
     m = load_model(str(path))
     assert (m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim, m.ffn_size) == (256, 8, 2, 32, 512)
     assert m.norm_eps == 1e-6
+    assert load_model(str(tmp_path)) == m  # a model folder holding its config.json
+
+
+def test_a_mistyped_model_path_says_no_such_file_not_unknown_model():
+    for spec in ("nosuch/config.json", "nosuch/model.toml", "missing.json", "./nosuch"):
+        with pytest.raises(ConfigError, match=f"model file {spec}: no such file"):
+            load_model(spec)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,0 +1,148 @@
+"""Host memory of an emulation on this machine, estimated before any rank allocates (the memory
+guard of `helix-mpi run`).
+
+Per rank: the weight shards of the emulated layers and the KV cache shards at their final length
+(context + steps), in the storage of --storage (fp32 4 B, bf16 2 B per element), plus the scratch
+of one layer's initial cache while it is generated (float32, and its bf16 rounding), plus the
+runtime (Python, NumPy, Numba, h5py, MPI). Rank 0 also holds the float64 reference when it
+checks or saves tensors. Compared with what the machine can still give (MemAvailable, or the
+cgroup's limit when lower). Checked against the peak resident memory of 8-rank runs of `tiny` at
+4M tokens: estimated 7.7 GB (fp32) and 6.7 GB (bf16), measured 8.0 and 6.5 GB.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .axes import Axis
+from .config import Layout, ModelConfig, RunConfig, Strategy
+from .kvcache import tokens_held
+from .mesh import coordinates
+from .plan import dp_requests, ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
+from .sharding import TRIVIAL_LAYOUT, RankShard, rank_shard
+
+RUNTIME_BYTES = 200e6  # one rank's interpreter and libraries: 175-195 MB resident measured (tiny model)
+AUTO_CHECK_MAX_BYTES = 2 << 30  # check against the reference by default when it fits in this
+STORAGE_BYTES = {"fp32": 4, "bf16": 2}
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """Peak host bytes of each rank [N] by part."""
+
+    weights: np.ndarray  # [N] weight shards of the emulated layers
+    kv: np.ndarray  # [N] KV cache shards at their final length
+    scratch: np.ndarray  # [N] one layer's initial cache while it is generated (float32 + bf16 rounding)
+    reference: np.ndarray  # [N] float64 reference (rank 0, with --check or --save-tensors)
+
+    @property
+    def per_rank(self) -> np.ndarray:
+        return self.weights + self.kv + self.scratch + self.reference + RUNTIME_BYTES
+
+    @property
+    def total(self) -> float:
+        return float(self.per_rank.sum())
+
+    def ranks(self, which: list[int]) -> "HostMemory":
+        """The part of the job on some ranks (those on one machine)."""
+        return HostMemory(self.weights[which], self.kv[which], self.scratch[which], self.reference[which])
+
+
+def weight_elements(model: ModelConfig, shard: RankShard, layers: int) -> int:
+    """Weights a rank holds for the first `layers` layers (norms and biases aside)."""
+    attention = qkv_weight_elements(model, shard) + out_weight_elements(model, shard)
+    return sum(attention + ffn_weight_elements(model, shard, layer) for layer in range(layers))
+
+
+def cache_elements(model: ModelConfig, layout: Layout, run: RunConfig, rank: int) -> int:
+    """KV elements of one layer on a rank when every request holds context + steps tokens."""
+    shard = rank_shard(model, layout, rank)
+    tokens = run.context + run.steps
+    if layout.strategy is Strategy.DP_EP:
+        requests, held = len(dp_requests(run.batch, layout.world_size, rank)), tokens
+    else:
+        requests = run.batch
+        held = int(tokens_held(tokens, layout.kvp, run.tokens_per_block)[coordinates(layout, rank)[Axis.KVP]])
+    return requests * held * kv_elements_per_token(model, shard)
+
+
+def reference_bytes(model: ModelConfig, run: RunConfig) -> float:
+    """Peak bytes of the unsharded float64 reference (reference.py): the float32 tensors it is
+    given, the float64 caches and the copy each appended token makes, one layer's float64 weights,
+    and the GQA repeat of one layer's K and V for every query head."""
+    full = rank_shard(model, TRIVIAL_LAYOUT, 0)
+    weights = weight_elements(model, full, run.layers)
+    cache = run.batch * (run.context + run.steps) * kv_elements_per_token(model, full)  # one layer
+    repeat = model.group_size if model.mla is None else 1
+    return 4.0 * (weights + run.layers * cache) + 8.0 * (2 * run.layers * cache + weights / run.layers
+                                                          + repeat * cache)
+
+
+def will_check(model: ModelConfig, run: RunConfig, check: bool | None) -> bool:
+    """--check/--no-check, or by default whether the float64 reference fits comfortably."""
+    return check if check is not None else reference_bytes(model, run) <= AUTO_CHECK_MAX_BYTES
+
+
+def estimate_run(model: ModelConfig, layout: Layout, run: RunConfig, with_reference: bool) -> HostMemory:
+    """Peak host memory of each rank of a fixed-batch emulation."""
+    n, size = layout.world_size, STORAGE_BYTES[run.storage]
+    shards = [rank_shard(model, layout, r) for r in range(n)]
+    weights = np.array([weight_elements(model, s, run.layers) * size for s in shards], dtype=float)
+    cache = np.array([cache_elements(model, layout, run, r) for r in range(n)], dtype=float)
+    reference = np.zeros(n)
+    reference[0] = reference_bytes(model, run) if with_reference else 0.0
+    scratch = cache * (4.0 + (2.0 if run.storage == "bf16" else 0.0))
+    return HostMemory(weights, cache * run.layers * size, scratch, reference)
+
+
+def available_bytes() -> float | None:
+    """What this machine can still give: MemAvailable, or the cgroup's limit left when lower;
+    None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(float(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = float(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(float(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def refusal(memory: HostMemory, available: float, run: RunConfig) -> str | None:
+    """One line when the run needs more than is available (None when it fits): needed vs
+    available, and the flags that would shrink it."""
+    if memory.total <= available:
+        return None
+    busiest = int(np.argmax(memory.per_rank))
+    parts = {"KV cache": memory.kv, "its float32 generation": memory.scratch, "weights": memory.weights,
+             "float64 reference": memory.reference}
+    shown = " + ".join(f"{name} {part[busiest] / GB:.2f}" for name, part in parts.items()
+                       if part[busiest] >= 0.01 * memory.per_rank[busiest])
+    return (f"this run needs about {memory.total / GB:.1f} GB of host memory ({len(memory.per_rank)} ranks, "
+            f"the largest {memory.per_rank[busiest] / GB:.2f} GB: {shown} GB) but this machine has "
+            f"{available / GB:.1f} GB available: use {_shrinking_flags(memory, run)}, or --force to run anyway")
+
+
+def _shrinking_flags(memory: HostMemory, run: RunConfig) -> str:
+    flags = []
+    if run.storage == "fp32":
+        flags.append("--storage bf16")
+    if run.layers > 1:
+        flags.append(f"fewer --layers (now {run.layers})")
+    if memory.kv.sum() >= memory.weights.sum():
+        flags.append(f"a smaller --context (now {run.context})")
+        if run.batch > 1:
+            flags.append(f"a smaller --batch (now {run.batch})")
+    if memory.reference.sum() > 0.25 * memory.total:
+        flags.append("--no-check")
+    return ", ".join(flags) if flags else "fewer or smaller layers"
