@@ -2,11 +2,13 @@
 here: the work is in sweep.py (enumerate and time) and pareto.py (frontiers, ratios, plot)."""
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import click
+
+from .config import ANALYTIC_DEFAULT_CONTEXT, ANALYTIC_DEFAULT_MODEL
+from .units import TOKENS
 
 _STRATEGY_HELP = "comma-separated subset of helix,helix-no-hopb,tp,pp-tp,kvp,dp-ep"
 
@@ -57,15 +59,17 @@ def _sweep_text(summary: dict[str, Any], output: str) -> str:
     for series, row in summary["series"].items():
         ttl = f"{row['min_ttl_s'] * 1e3:11.3f}" if row["min_ttl_s"] else f"{'-':>11s}"
         gpu = f"{row['max_tokens_per_s_per_gpu']:14.2f}" if row["max_tokens_per_s_per_gpu"] else f"{'-':>14s}"
-        lines.append(f"{series:14s} {row['configs']:8d} {ttl} {gpu}")
+        why = f"  none: {row['why_none']}" if row.get("why_none") else ""
+        lines.append(f"{series:14s} {row['configs']:8d} {ttl} {gpu}{why}")
     lines.append(f"sweep: {output}")
     return "\n".join(lines)
 
 
 @click.command()
-@click.option("--model", "model_spec", default="deepseek-r1", show_default=True,
-              help="preset name, or a .toml / Hugging Face config.json path")
-@click.option("--context", type=int, default=1_000_000, show_default=True, help="tokens already cached per request")
+@click.option("--model", "model_spec", default=ANALYTIC_DEFAULT_MODEL, show_default=True,
+              help="preset name (helix-mpi models), or a .toml / Hugging Face config.json path")
+@click.option("--context", type=TOKENS, default=ANALYTIC_DEFAULT_CONTEXT, show_default=True,
+              help="tokens already cached per request (1M = 1,000,000)")
 @click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path")
 @click.option("--max-gpus", type=int, default=72, show_default=True, help="sweep every GPU count 1..this")
 @click.option("--max-batch", type=int, default=4096, show_default=True,
@@ -89,6 +93,7 @@ def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strateg
     emulator), keep what fits in HBM, and save the configurations and each strategy's Pareto frontier."""
     from .cli import _emit
     from .pareto import frontiers
+    from .progress import Progress
     from .sweep import candidates, run_sweep, write_sweep
 
     with _one_line_errors():
@@ -96,8 +101,8 @@ def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strateg
                      a2a_latency_scale, reduce_latency_scale, a2a_chunk)
         _check_writable(output)
         total = len(candidates(spec))
-        with click.progressbar(length=total, label="timing layouts", file=sys.stderr) as bar:
-            result = run_sweep(spec, bar.update)
+        with Progress(total, "timing layouts") as progress:
+            result = run_sweep(spec, progress.by_count)
         write_sweep(output, result, frontiers(result.configs))
     summary = result.summary()
     summary["output"] = output
