@@ -24,7 +24,7 @@ from helix_mpi.sweep import Candidate, SweepSpec, WhatIf, candidate_ttl, run_swe
 from helix_mpi.topology import load_topology  # noqa: E402
 
 MODELS = ("deepseek-r1", "llama-3.1-405b")
-PAPER = {  # published claims (arXiv 2507.07120 abstract and section 4; DESIGN.md section 1)
+PAPER = {  # published claims (arXiv 2507.07120 abstract and section 4; docs/design.md section 1)
     "deepseek-r1": {"throughput_gain": "up to 32x (users at fixed TTL)", "batch_gain": "up to 32x",
                     "min_ttl_gain": "up to 1.5x"},
     "llama-3.1-405b": {"throughput_gain": "4x", "batch_gain": "4x", "min_ttl_gain": "1.13x"},
