@@ -305,16 +305,39 @@ class Resolved:
     setup: Any = None  # serving.ServingSetup with --workload
 
 
-def default_layers(model) -> int:
-    """Layers `run` emulates by default: 2, or enough to include the first MoE layer (DeepSeek's
-    first 3 are dense: 4), so every kind of layer the model has is emulated."""
+HOST_SHARE = 0.5  # the default layers may take at most this share of the machine's memory for weights
+
+
+def host_memory_bytes() -> float:
+    """Physical memory of this machine (inf when unknown)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def default_layers(model, storage: str = "fp32", host_bytes: float | None = None) -> tuple[int, str | None]:
+    """(layers `run` emulates by default, why a kind is missing or None): 2, or enough to include the
+    first MoE layer (DeepSeek-R1's first 3 are dense: 4) so that every kind of layer is emulated,
+    unless the weights of those layers (all ranks together, at the host `storage`) would take more
+    than half of this machine's memory: then the dense layers only, and the reason."""
+    from .config import layer_parameters
+
     layers = min(2, model.num_layers)
-    if model.moe is not None and model.moe.first_dense_layers < model.num_layers:
-        layers = max(layers, model.moe.first_dense_layers + 1)
-    return layers
+    if model.moe is None or model.moe.first_dense_layers >= model.num_layers:
+        return layers, None
+    wanted = max(layers, model.moe.first_dense_layers + 1)
+    per_element = 2 if storage == "bf16" else 4
+    need = sum(layer_parameters(model, layer) for layer in range(wanted)) * per_element
+    host = host_memory_bytes() if host_bytes is None else host_bytes
+    if need <= HOST_SHARE * host:
+        return wanted, None
+    kept = min(layers, model.moe.first_dense_layers)
+    return kept, (f"{wanted} layers (one MoE) would need {need / 1e9:.0f} GB of host memory for their weights at "
+                  f"{storage}, this machine has {host / 1e9:.0f} GB")
 
 
-def layer_kinds_note(model, layers: int) -> str | None:
+def layer_kinds_note(model, layers: int, why: str | None = None) -> str | None:
     """What the TTL extrapolates when the emulated layers (0..layers-1) miss a kind of layer."""
     if model.moe is None or layers >= model.num_layers:
         return None
@@ -322,8 +345,9 @@ def layer_kinds_note(model, layers: int) -> str | None:
     if any(kinds[:layers]) or not any(kinds):
         return None
     moe_layers = sum(kinds)
-    return (f"the {layers} emulated layers are all dense: the TTL counts {model.name}'s {moe_layers} MoE layers as "
-            f"the mean emulated (dense) layer; --layers {model.moe.first_dense_layers + 1} emulates one MoE layer")
+    return (f"the {layers} emulated layers are all dense{f' ({why})' if why else ''}: the TTL counts {model.name}'s "
+            f"{moe_layers} MoE layers as the mean emulated (dense) layer; --layers {model.moe.first_dense_layers + 1} "
+            "emulates one MoE layer")
 
 
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
@@ -338,8 +362,9 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
 
     served = serving is not None and serving.get("workload") is not None
     model = load_model(model_spec)
-    explicit_layers = layers is not None
-    layers = layers if explicit_layers else (model.num_layers if served else default_layers(model))
+    why_dense = None
+    if layers is None:
+        layers, why_dense = (model.num_layers, None) if served else default_layers(model, storage)
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
                            tokens_per_block=tokens_per_block, seed=seed, precision=precision,
                            kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb,
@@ -355,7 +380,7 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
                                     run_config.implementation(), hopb, a2a_chunk, tokens_per_block, basis)
     validate_layout(model, layout, world_size)
     resolved = Resolved(model, layout, run_config, topo, choice, workload=workload)
-    note = layer_kinds_note(model, layers)
+    note = layer_kinds_note(model, layers, why_dense)
     if note:
         resolved.notes.append(note)
     if served:

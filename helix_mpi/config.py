@@ -480,6 +480,16 @@ def check_run_fits_model(model: ModelConfig, run: RunConfig) -> None:
         raise ConfigError(f"--layers {run.layers} exceeds the {model.num_layers} layers of {model.name}")
 
 
+def layer_parameters(model: ModelConfig, layer: int) -> int:
+    """Weights of one whole layer (every rank's shards together): projections and FFN or experts."""
+    from .plan import ffn_weight_elements, out_weight_elements, qkv_weight_elements
+    from .sharding import rank_shard
+
+    whole = rank_shard(model, Layout(1, 1, 1, 1), 0)
+    return int(qkv_weight_elements(model, whole) + out_weight_elements(model, whole)
+               + ffn_weight_elements(model, whole, layer))
+
+
 def parameter_count(model: ModelConfig) -> int:
     """Weights of the full model (every layer's projections and FFN or experts, embeddings and an
     untied LM head; norms left out): what `helix-mpi models` lists."""

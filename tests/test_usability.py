@@ -113,11 +113,20 @@ def test_model_sweep_and_advise_share_defaults():
 
 def test_default_layers_include_every_kind_of_layer():
     r1 = MODEL_PRESETS["deepseek-r1"]  # first 3 dense
-    assert default_layers(r1) == 4 and r1.is_moe_layer(3)
-    assert default_layers(MODEL_PRESETS["tiny"]) == 2 and default_layers(MODEL_PRESETS["tiny-mla-moe"]) == 2
+    assert default_layers(r1, host_bytes=1e12) == (4, None) and r1.is_moe_layer(3)
+    assert default_layers(MODEL_PRESETS["tiny"])[0] == 2 and default_layers(MODEL_PRESETS["tiny-mla-moe"]) == (2, None)
     assert layer_kinds_note(r1, 4) is None
     note = layer_kinds_note(r1, 2)
     assert "all dense" in note and "58 MoE layers" in note and "--layers 4" in note
+
+
+def test_default_layers_stay_dense_when_a_moe_layer_would_not_fit_in_host_memory():
+    r1 = MODEL_PRESETS["deepseek-r1"]  # one MoE layer: 256 experts x 3 x 7168 x 2048 weights, 45 GB in fp32
+    layers, why = default_layers(r1, "fp32", host_bytes=24 * 2**30)
+    assert layers == 2 and "4 layers (one MoE) would need" in why and "this machine has 26 GB" in why
+    assert default_layers(r1, "bf16", host_bytes=64e9)[0] == 4  # 23 GB in bf16: fits in half of 64 GB
+    note = layer_kinds_note(r1, layers, why)
+    assert note.startswith("the 2 emulated layers are all dense (4 layers (one MoE) would need")
 
 
 def test_run_says_when_the_emulated_layers_miss_a_kind(tmp_path):
