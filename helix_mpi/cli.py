@@ -199,7 +199,8 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
         if serving["workload"] is not None:
             _refuse_fixed_batch_flags(save_tensors)
-        resolved = _resolve_run(world_size=comm.Get_size(), serving=serving, **settings)
+        resolved = _resolve_run(world_size=comm.Get_size(), serving=serving, layout_by=_resolve_on_rank_0(comm),
+                                **settings)
         if show:
             _announce_start(comm.Get_size(), resolved)
         if serving["workload"] is not None:
@@ -239,6 +240,27 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
         (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, resolved, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
+
+
+def _resolve_on_rank_0(comm):
+    """layouts.resolve_layout computed once, on rank 0, and broadcast (72 ranks on a few cores would
+    otherwise each time every candidate layout); an error raised there is raised on every rank."""
+    from .layouts import resolve_layout
+
+    def resolve(*args):
+        if comm.Get_size() == 1:
+            return resolve_layout(*args)
+        result = None
+        if comm.Get_rank() == 0:
+            try:
+                result = resolve_layout(*args)
+            except Exception as exc:  # noqa: BLE001 - every rank re-raises it below
+                result = exc
+        result = comm.bcast(result, root=0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+    return resolve
 
 
 def _announce_start(ranks: int, resolved) -> None:
@@ -352,10 +374,12 @@ def layer_kinds_note(model, layers: int, why: str | None = None) -> str | None:
 
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
                  seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32", kv_precision="fp8",
-                 comm="trtllm", cuda_graphs=True, allow_overflow=False, serving: dict | None = None) -> Resolved:
+                 comm="trtllm", cuda_graphs=True, allow_overflow=False, serving: dict | None = None,
+                 layout_by=None) -> Resolved:
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks.
     Layers None: `default_layers`, or every layer of the model for a served trace. With no layout
-    flag, the fastest valid layout (layouts.choose_layout)."""
+    flag, the fastest valid layout (layouts.choose_layout; `layout_by` replaces layouts.resolve_layout,
+    e.g. by `_resolve_on_rank_0`)."""
     from .config import RunConfig, check_run_fits_model, load_model, validate_layout
     from .layouts import resolve_layout
     from .topology import load_topology
@@ -376,8 +400,9 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
     if workload is not None:  # a served trace: one request at its median length
         choice_batch, choice_context = 1, _median_context(workload)
         basis = f"one request at the trace's median length, {choice_context:,} tokens"
-    layout, choice = resolve_layout(model, world_size, kvp, tpa, ep, strategy, choice_batch, choice_context, topo,
-                                    run_config.implementation(), hopb, a2a_chunk, tokens_per_block, basis)
+    layout, choice = (layout_by or resolve_layout)(model, world_size, kvp, tpa, ep, strategy, choice_batch,
+                                                   choice_context, topo, run_config.implementation(), hopb, a2a_chunk,
+                                                   tokens_per_block, basis)
     validate_layout(model, layout, world_size)
     resolved = Resolved(model, layout, run_config, topo, choice, workload=workload)
     note = layer_kinds_note(model, layers, why_dense)
