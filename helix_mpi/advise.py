@@ -36,11 +36,11 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import ConfigError, Implementation, Layout, ModelConfig, Strategy
-from .pareto import CONFIG_FIELDS, GPU, USER, frontier
+from .pareto import CONFIG_FIELDS, GPU, frontier
 from .sweep import (BASELINES, DP_EP, HELIX, KVP, PP_TP, SERIES, TP, Candidate, SweepSpec, WhatIf, candidate_ttl,
                     run_sweep, shard_classes)
 from .topology import Topology
-from .units import format_count, parse_count
+from .units import parse_count
 
 ADVISE_SERIES = (HELIX, TP, PP_TP, KVP, DP_EP)  # helix-no-hopb is an ablation, not a deployment
 OBJECTIVES = ("throughput", "ttl", "gpus")
@@ -592,6 +592,3 @@ def check_strategies(text: str) -> tuple[str, ...]:
                           f"{', '.join(ADVISE_SERIES)}")
     return names
 
-
-__all__ = ["advise", "advise_workload", "advice_text", "workload_advice_text", "parse_context", "Target",
-           "ContextSpec", "frontier_csv", "format_count", "USER"]
