@@ -353,12 +353,21 @@ def advice_text(advice: Advice, frontier_rows: int = 20) -> str:
             lines.append(f"  {series}: none: {advice.why_none[series]}")
     fr = advice.frontier
     if len(fr):
-        keep = np.unique(np.linspace(0, len(fr) - 1, min(frontier_rows, len(fr))).round().astype(int))
+        keep = np.linspace(0, len(fr) - 1, min(frontier_rows, len(fr))).round().astype(int)
+        if advice.best is not None:  # the answer is on the frontier: always show it
+            keep = np.append(keep, [i for i, row in enumerate(fr) if _same(row, advice.best)])
+        keep = np.unique(keep)
         meets = target.mask(fr)
         lines += ["", f"Pareto frontier, all strategies (tokens/s/GPU vs tokens/s/user; {len(keep)} of {len(fr)} "
-                      "points, * meets the target; --csv FILE writes all):"]
-        lines += _table([("*" if meets[i] else "", row_dict(fr[i]), float(fr[i]["memory_bytes"])) for i in keep], "")
+                      "points, * meets the target, > the best; --csv FILE writes all):"]
+        marks = [(">" if advice.best is not None and _same(fr[i], advice.best) else "") + ("*" if meets[i] else "")
+                 for i in keep]
+        lines += _table([(mark, row_dict(fr[i]), float(fr[i]["memory_bytes"])) for mark, i in zip(marks, keep)], "")
     return "\n".join(lines)
+
+
+def _same(a: np.void, b: np.void) -> bool:
+    return _layout_key(a) == _layout_key(b) and int(a["batch"]) == int(b["batch"])
 
 
 def _rank_of(advice: Advice, series: str) -> int:

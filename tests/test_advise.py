@@ -67,6 +67,8 @@ def test_first_line_names_the_best_and_the_comparison(configs):
     assert f"batch {best['batch']}" in first and "tokens/s/user" in first and "GB/GPU" in first
     assert ("non-Helix" in first) if best["strategy"] == "helix" else ("best Helix" in first)
     assert "Pareto frontier" in result.stdout and "best layouts per strategy" in result.stdout
+    marked = [line for line in result.stdout.splitlines() if line.lstrip().startswith(">*")]
+    assert len(marked) == 1 and f" {best['batch']} " in marked[0]  # the answer, shown on the frontier
 
 
 def test_other_objectives_and_the_throughput_floor(configs):
