@@ -355,7 +355,7 @@ def advice_text(advice: Advice, frontier_rows: int = 20) -> str:
     if len(fr):
         keep = np.linspace(0, len(fr) - 1, min(frontier_rows, len(fr))).round().astype(int)
         if advice.best is not None:  # the answer is on the frontier: always show it
-            keep = np.append(keep, [i for i, row in enumerate(fr) if _same(row, advice.best)])
+            keep = np.append(keep, np.array([i for i, row in enumerate(fr) if _same(row, advice.best)], dtype=int))
         keep = np.unique(keep)
         meets = target.mask(fr)
         lines += ["", f"Pareto frontier, all strategies (tokens/s/GPU vs tokens/s/user; {len(keep)} of {len(fr)} "
