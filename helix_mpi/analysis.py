@@ -194,6 +194,7 @@ class EventStats:
         self.op_sums = np.zeros((0, 4))  # per op key: count, seconds, bytes, flops
         self.op_group_size = np.zeros(0, dtype=np.int64)
         self.key_sums = np.zeros((0, 4))  # per --by value: events, compute s, comm s, comm bytes
+        self.rank_busy = np.zeros((0, 2))  # per rank: compute s, comm s (summed over steps)
         self.layer_span = np.full((0, 0, 2), np.nan)  # [>= T, L, (min start, max end)] for --by layer
         self.source_seconds: dict[tuple[int, str], float] = {}  # (op key, what timed it) -> busy seconds
 
@@ -209,6 +210,10 @@ class EventStats:
         self.host_end_s = max(self.host_end_s, float(chunk["host_end_s"].max()))
         self._reserve(int(chunk["step"].max()) + 1, int(chunk["layer"].max()) + 1)
         self._add_step_ends(chunk)
+        ranks = chunk["rank"].astype(np.int64)
+        self.rank_busy = _grow(self.rank_busy, int(ranks.max()) + 1)
+        for column, weights in enumerate((np.where(is_comm, 0.0, duration), np.where(is_comm, duration, 0.0))):
+            self.rank_busy[:, column] += _sum_by(ranks, len(self.rank_busy), weights)
         self._add_ops(chunk, duration)
         self._add_layer_spans(chunk)
         if self.by != "op":
@@ -296,7 +301,8 @@ class EventStats:
         step_time = float(per_step.mean())
         ttl = self._ttl(shape, step_time)
         compute_busy, comm_busy = self.compute_s / rank_steps, self.comm_s / rank_steps
-        exposed_comm = max(step_time - compute_busy, 0.0)
+        exposed_comm, waiting = self._exposure(shape.world_size, float(per_step.sum()), n_steps, step_time,
+                                               compute_busy)
         ops = self._op_rows(rank_steps)
         summary = {
             "world_size": shape.world_size,
@@ -313,6 +319,7 @@ class EventStats:
             "comm_busy_s": comm_busy,
             "exposed_comm_s": exposed_comm,
             "hidden_comm_s": max(comm_busy - exposed_comm, 0.0),
+            "waiting_s": waiting,  # neither computing nor communicating: waiting for busier ranks
             "ops": ops,
             "time_sources": self.time_sources(),  # share of modeled op time: measured table, fitted, spec
             "collectives": _collective_rows(ops),
@@ -323,11 +330,28 @@ class EventStats:
             summary["by"] = {"key": self.by, "rows": self._key_rows(shape, n_steps, per_step)}
         return summary
 
+    def _exposure(self, world_size: int, total_s: float, n_steps: int, step_time: float,
+                  compute_busy: float) -> tuple[float, float]:
+        """(exposed comm, waiting) per rank per step. A rank's step time not spent computing is
+        exposed communication up to its own communication time; the rest is waiting for busier
+        ranks (load imbalance: dp-ep ranks with fewer requests). So exposed <= comm always."""
+        busy = np.zeros((world_size, 2))
+        busy[:min(world_size, len(self.rank_busy))] = self.rank_busy[:world_size]
+        idle = np.maximum(total_s - busy[:, 0], 0.0)  # per rank, over all steps
+        exposed = float(np.minimum(idle, busy[:, 1]).mean()) / n_steps
+        return exposed, max(step_time - compute_busy - exposed, 0.0)
+
     def _op_rows(self, rank_steps: int) -> list[dict[str, Any]]:
         rows = []
+        names = [key[0] for key, code in zip(self.op_keys.keys, range(len(self.op_keys.keys)))
+                 if not (key[2] and self.op_group_size[code] <= 1)]
         for code, (op, stream, collective, group) in enumerate(self.op_keys.keys):
+            if collective and self.op_group_size[code] <= 1:
+                continue  # a collective over one rank moves nothing and costs nothing: not a row
             count, seconds, nbytes, flops = self.op_sums[code]
-            row = {"op": op, "stream": stream, "count": int(count), "seconds_per_step": seconds / rank_steps,
+            name = f"{op}[{group}]" if names.count(op) > 1 else op  # one op over several groups
+            row = {"op": op, "name": name, "stream": stream, "count": int(count),
+                   "seconds_per_step": seconds / rank_steps,
                    "mean_s": seconds / count, "bytes": nbytes / count, "flops": flops / count,
                    "time_sources": self.time_sources(code)}
             if collective:
@@ -526,7 +550,8 @@ def read_meta(file, path: str | Path) -> TraceMeta:
 
 # Largest plausible values: times of a run (31 years), bytes and FLOPs of one op, ranks in a group.
 _NUMBER_FIELDS = {"start_s": 1e9, "end_s": 1e9, "host_start_s": 1e9, "host_end_s": 1e9, "bytes": 1e24, "flops": 1e27,
-                  "group_size": 2**24}
+                  "group_size": 2**24, "requests": 2**31, "tokens": 1e15, "experts_hit": 2**24, "pairs": 1e15}
+_SHAPE_FIELDS = ("bytes", "flops", "group_size", "requests", "tokens", "experts_hit", "pairs")  # what ops are timed from
 
 
 def check_event_rows(rows: np.ndarray, meta: TraceMeta) -> None:
@@ -598,9 +623,15 @@ def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK
             if progress is not None:
                 progress(len(rows))
         kv_tokens = read_kv_tokens(file, path)
+        served = served_figures(file, path, meta) if "serving" in file else None
     if stats.events == 0:
         raise TraceError(f"{path}: trace has no events")
     summary = stats.summary(meta.shape)
+    if served is not None:  # what `run --workload` printed, from the same records and the same code
+        for key in ("ttl_s", "tokens_per_s_per_user", "batch"):  # a fixed batch's figures: not a served trace's
+            summary.pop(key, None)
+        summary.update(served)
+        summary["serving"] = served
     summary["complete"] = complete
     summary.update(describe_run(meta))
     summary.update(kv_figures(meta, kv_tokens))
@@ -614,13 +645,40 @@ def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK
     return summary
 
 
+def served_figures(file, path: str | Path, meta: TraceMeta) -> dict[str, Any]:
+    """The serving figures of a served trace (`/serving/requests`, `/serving/steps`), computed by
+    serving.serving_figures as `run --workload` computed them; scalars only (JSON)."""
+    from .serving import LONG_CONTEXT_TOKENS, serving_figures
+
+    try:
+        requests = {name: file["serving/requests"][name][...] for name in file["serving/requests"]}
+        steps = {name: file["serving/steps"][name][...] for name in file["serving/steps"]}
+    except (OSError, KeyError) as exc:
+        raise TraceError(f"{path}: /serving is unreadable ({str(exc).splitlines()[0]})") from None
+    stored = _attr_json(file, str(path), "serving", False) or {}
+    old = "mean_context" not in steps  # traces written before it was recorded
+    if old:
+        steps["mean_context"] = np.zeros(len(steps["start_s"]))
+    capacity = {k: stored[k] for k in ("hbm_weight_bytes_per_gpu", "kv_capacity_tokens_per_gpu", "kv_tokens_at_end")
+                if k in stored}
+    figures = serving_figures(requests, steps, meta.world_size, LONG_CONTEXT_TOKENS, capacity,
+                              stored.get("ttl_slo_s"), stored.get("slo_held_steps", 0))
+    if old:
+        for key in ("kv_imbalance", "kv_imbalance_max", "long_context_steps"):
+            figures[key] = stored.get(key, figures[key])
+    scalars = {k: v for k, v in figures.items() if not isinstance(v, np.ndarray)}
+    workload = _attr_json(file, str(path), "workload", False) or {}
+    scalars["workload"] = workload.get("source", "?")
+    return scalars
+
+
 def describe_run(meta: TraceMeta) -> dict[str, Any]:
     """The configuration facts a reader wants next to the figures."""
     return {"trace": meta.path, "strategy": meta.strategy, "model": meta.model.get("name", "?"),
             "layout": {k: v for k, v in meta.layout.items() if k != "strategy"},
             "topology": meta.topology.get("name", "?"), "precision": meta.run["precision"],
             "kv_precision": meta.run.get("kv_precision", meta.run["precision"]), "comm": meta.run.get("comm"),
-            "hopb": meta.run.get("hopb"), "context": meta.run.get("context")}
+            "hopb": meta.run.get("hopb"), "a2a_chunk": meta.run.get("a2a_chunk"), "context": meta.run.get("context")}
 
 
 # --- KV cache and memory ---------------------------------------------------------------------
@@ -694,8 +752,8 @@ def compare_summaries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         s["kv_max_bytes"] = s.get("kv", {}).get("max_bytes", math.nan)
     metrics = {key: {"a": a.get(key), "b": b.get(key), "ratio": _ratio(a.get(key), b.get(key))}
                for key, *_ in COMPARED}
-    ops_a = {r["op"]: r["seconds_per_step"] for r in a["ops"]}
-    ops_b = {r["op"]: r["seconds_per_step"] for r in b["ops"]}
+    ops_a = {r.get("name", r["op"]): r["seconds_per_step"] for r in a["ops"]}
+    ops_b = {r.get("name", r["op"]): r["seconds_per_step"] for r in b["ops"]}
     ops = {op: {"a": ops_a.get(op), "b": ops_b.get(op), "ratio": _ratio(ops_a.get(op), ops_b.get(op))}
            for op in list(ops_a) + [o for o in ops_b if o not in ops_a]}
     config = {key: {"a": a.get(key), "b": b.get(key), "same": a.get(key) == b.get(key)} for key in COMPARED_CONFIG}
@@ -720,23 +778,33 @@ def human_bytes(value: float) -> str:
     return f"{value:.0f} B"
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """A readable table for the terminal."""
-    lines = [
+def format_summary(summary: dict[str, Any], served: bool = False) -> str:
+    """A readable table for the terminal (`served`: the per-op part only; the serving figures,
+    serving.format_serving, replace the fixed-batch TTL of a served trace)."""
+    if served:
+        return "\n".join([_busy_text(summary, "per rank per decode step (mean)"), "", *_format_ops(summary)])
+    head = [
         f"ranks {summary['world_size']}  batch {summary['batch']}  steps {summary['steps']}  "
         f"layers {summary['layers_emulated']} of {summary['model_layers']}",
-        f"modeled step time (emulated layers) {summary['step_time_s'] * US:10.2f} us",
+        f"{step_time_label(summary['layers_emulated'], summary['model_layers']):35s} "
+        f"{summary['step_time_s'] * US:10.2f} us",
         f"token-to-token latency (full model) {summary['ttl_s'] * 1e3:10.3f} ms",
         f"tokens/s/user {summary['tokens_per_s_per_user']:10.2f}    tokens/s/GPU {summary['tokens_per_s_per_gpu']:10.2f}",
-        f"per rank per step: compute {summary['compute_busy_s'] * US:.2f} us, comm {summary['comm_busy_s'] * US:.2f} us"
-        f" (exposed {summary['exposed_comm_s'] * US:.2f} us, hidden {summary['hidden_comm_s'] * US:.2f} us)",
+        _busy_text(summary),
         "",
-        f"{'op':18s} {'stream':7s} {'us/step':>10s} {'mean us':>9s} {'bytes':>12s} {'algbw GB/s':>11s} "
+    ]
+    return "\n".join(head + _format_ops(summary))
+
+
+def _format_ops(summary: dict[str, Any]) -> list[str]:
+    """The per-op table, the share of each timing source, the collectives and the host time."""
+    lines = [
+        f"{'op':22s} {'stream':7s} {'us/step':>10s} {'mean us':>9s} {'bytes':>12s} {'algbw GB/s':>11s} "
         f"{'busbw GB/s':>11s}  timed by",
     ]
     for row in summary["ops"]:
         bw = (f"{row['algbw_gbps']:11.3f} {row['busbw_gbps']:11.3f}" if "algbw_gbps" in row else f"{'':11s} {'':11s}")
-        lines.append(f"{row['op']:18s} {row['stream']:7s} {row['seconds_per_step'] * US:10.2f} "
+        lines.append(f"{row.get('name', row['op']):22s} {row['stream']:7s} {row['seconds_per_step'] * US:10.2f} "
                      f"{row['mean_s'] * US:9.2f} {row['bytes']:12.0f} {bw}  {_sources_text(row.get('time_sources'))}")
     if summary.get("time_sources"):
         lines += ["", f"modeled op time timed by: {_sources_text(summary['time_sources'], full=True)} "
@@ -748,7 +816,32 @@ def format_summary(summary: dict[str, Any]) -> str:
         slowdown = f" (x{summary['host_seconds'] / modeled:,.0f})" if modeled > 0 else ""
         lines += ["", f"host wall time {summary['host_seconds']:.3f} s for {modeled * 1e3:.3f} ms "
                       f"of modeled time{slowdown}"]
-    return "\n".join(lines)
+    return lines
+
+
+def step_time_label(layers: int, model_layers: int) -> str:
+    """'modeled step time (all 61 layers)', or '(2 of 4 layers)' when a run emulates fewer."""
+    which = f"all {model_layers} layers" if layers == model_layers else f"{layers} of {model_layers} layers"
+    return f"modeled step time ({which})"
+
+
+def _busy_text(summary: dict[str, Any], label: str = "per rank per step") -> str:
+    text = (f"{label}: compute {summary['compute_busy_s'] * US:.2f} us, comm {summary['comm_busy_s'] * US:.2f}"
+            f" us (exposed {summary['exposed_comm_s'] * US:.2f} us, hidden {summary['hidden_comm_s'] * US:.2f} us)")
+    if summary.get("waiting_s", 0.0) > 1e-3 * summary["step_time_s"]:
+        text += f", waiting for busier ranks {summary['waiting_s'] * US:.2f} us"
+    return text
+
+
+def exchange_label(strategy: str, kvp: int, hopb: bool | None, a2a_chunk: int | None) -> str:
+    """How the KVP all-to-all is issued, only where there is one (Helix with KVP > 1): HOP-B means
+    nothing for TP or DP+EP (no all-to-all of partials), nor for KVP-only (nothing overlapped)."""
+    if strategy != "helix" or kvp <= 1:
+        return ""
+    if not a2a_chunk:
+        return "one all-to-all per layer for the batch"
+    per = "one all-to-all per request" if a2a_chunk == 1 else f"one all-to-all per {a2a_chunk} requests"
+    return f"{per}, HOP-B {'on' if hopb else 'off'}" if hopb is not None else per
 
 
 def _sources_text(shares: dict[str, float] | None, full: bool = False) -> str:
@@ -774,11 +867,19 @@ def _format_collectives(rows: list[dict[str, Any]]) -> str:
 def format_trace_summary(summary: dict[str, Any]) -> str:
     """format_summary plus the run description, KV cache, memory and the --by table."""
     layout = " ".join(f"{k.upper()}={v}" for k, v in summary["layout"].items())
-    hopb = {True: "on", False: "off"}.get(summary.get("hopb"), "?")
+    exchange = exchange_label(summary["strategy"], int(summary["layout"].get("kvp", 1)), summary.get("hopb"),
+                              summary.get("a2a_chunk"))
+    where = (f"context {summary.get('context')}" if not summary.get("serving")
+             else f"served trace {summary['serving'].get('workload', '?')}")
     lines = [f"{summary['trace']}: {summary['strategy']} on {summary['world_size']} ranks ({layout}), "
-             f"model {summary['model']}, {summary['topology']}, {summary['precision']}, HOP-B {hopb}, "
-             f"context {summary.get('context')}, {summary['events']:,} events",
-             format_summary(summary)]
+             f"model {summary['model']}, {summary['topology']}, {summary['precision']}"
+             + (f", {exchange}" if exchange else "") + f", {where}, {summary['events']:,} events"]
+    if summary.get("serving"):
+        from .serving import format_serving
+
+        lines += [format_serving(summary["serving"]), format_summary(summary, served=True)]
+    else:
+        lines.append(format_summary(summary))
     if summary.get("kv"):
         lines += ["", _format_kv(summary["kv"], summary.get("kv_precision", summary["precision"]), summary["model_layers"])]
     if summary.get("memory"):
@@ -946,6 +1047,10 @@ class _EventChecks:
         self._flag("host end before host start", _ids(rows, ~(rows["host_end_s"] >= rows["host_start_s"])))
         self._flag("negative or non-finite modeled start",
                    _ids(rows, ~(np.isfinite(rows["start_s"]) & (rows["start_s"] >= 0))))
+        for field in _SHAPE_FIELDS:
+            limit = _NUMBER_FIELDS[field]
+            self._flag(f"{field} negative, non-finite or above {limit:g}",
+                       _ids(rows, ~(np.isfinite(rows[field]) & (rows[field] >= 0) & (rows[field] <= limit))))
         bad_rank = (rows["rank"] < 0) | (rows["rank"] >= self.world_size) | (rows["step"] < 0)
         self._flag("rank outside 0..world_size-1 or negative step", _ids(rows, bad_rank))
         beyond = ~bad_rank & (rows["step"] >= self.steps)

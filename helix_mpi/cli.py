@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ from .launcher import RELAUNCHED_ENV, JobEnd, default_numba_cache, relaunch, str
 from .outputs import OutputError
 
 EXIT_BAD_INPUT = 2
+EXIT_DOES_NOT_FIT = 3  # the modeled configuration does not fit in the GPUs' memory (--allow-overflow: 0)
 ABORT_GRACE_S = 0.5  # a failing rank waits this long before MPI_Abort kills every rank
 
 
@@ -23,6 +25,15 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"helix-mpi: error: {self.message}", err=True)
+
+
+class DoesNotFitError(click.ClickException):
+    """The modeled configuration does not fit in HBM: one line, exit code 3."""
+
+    exit_code = EXIT_DOES_NOT_FIT
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"helix-mpi: {self.message}", err=True)
 
 
 def _user_errors():
@@ -45,17 +56,36 @@ def cli() -> None:
     """Emulate Helix parallelism for long-context LLM decoding on MPI ranks, and analyse the traces."""
 
 
-def model_options(fn):
+def _analytic_defaults() -> tuple[str, int]:
+    """(model, context) shared by `model`, `sweep` and `advise`."""
+    from .config import ANALYTIC_DEFAULT_CONTEXT, ANALYTIC_DEFAULT_MODEL
+
+    return ANALYTIC_DEFAULT_MODEL, ANALYTIC_DEFAULT_CONTEXT
+
+
+def model_options(model_default: str = "tiny", context_default: int = 256):
+    """Options shared by `run` and `model` (their defaults differ: `run` emulates a tiny model on
+    this machine, `model` answers for the full-size model at the sweep's defaults)."""
+    from .units import TOKENS
+
+    def decorate(fn):
+        return _model_options(fn, model_default, context_default, TOKENS)
+    return decorate
+
+
+def _model_options(fn, model_default: str, context_default: int, tokens_type):
     for option in reversed([
-        click.option("--model", "model_spec", default="tiny", show_default=True,
-                     help="preset name, or a .toml / Hugging Face config.json path"),
-        click.option("--kvp", type=int, help="KV parallelism (default: N / TPA)"),
-        click.option("--tpa", type=int, help="attention TP (default: largest divisor of K dividing N)"),
-        click.option("--ep", type=int, help="MoE expert parallelism (default: largest divisor of N and E)"),
+        click.option("--model", "model_spec", default=model_default, show_default=True,
+                     help="preset name (helix-mpi models), or a .toml / Hugging Face config.json path"),
+        click.option("--kvp", type=int, help="KV parallelism (default: the fastest layout, see --tpa)"),
+        click.option("--tpa", type=int, help="attention TP; with no --kvp/--tpa/--ep the fastest valid layout of the "
+                                             "strategy by the analytic model is used (Helix: KVP >= 2)"),
+        click.option("--ep", type=int, help="MoE expert parallelism (default: the fastest layout, see --tpa)"),
         click.option("--strategy", type=click.Choice(["helix", "tp", "kvp", "dp-ep"]), default="helix",
                      show_default=True, help="Helix or a baseline (tp, Medha-style kvp, DP attention + EP)"),
         click.option("--batch", type=int, default=1, show_default=True, help="requests decoded together"),
-        click.option("--context", type=int, default=256, show_default=True, help="tokens already cached"),
+        click.option("--context", type=tokens_type, default=context_default, show_default=True,
+                     help="tokens already cached (suffixes: 1M = 1,000,000, 128K = 128,000, 128Ki = 131,072)"),
         click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path"),
         click.option("--precision", type=click.Choice(["fp4", "fp8", "fp8_block", "bf16"]), default="fp4",
                      show_default=True, help="modeled precision of the weights (fp4 = NVFP4; fp8_block = FP8 with "
@@ -73,10 +103,19 @@ def model_options(fn):
                           "1 one per request (HOP-B as in the paper)"),
         click.option("--tokens-per-block", type=int, default=16, show_default=True,
                      help="KV round robin block (decode steps per KVP rank)"),
+        click.option("--allow-overflow", is_flag=True,
+                     help="a configuration that does not fit in HBM is reported but exits 0 (run: runs anyway); "
+                          "default: exit code 3"),
         click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table"),
     ]):
         fn = option(fn)
     return fn
+
+
+def _tokens_type():
+    from .units import TOKENS
+
+    return TOKENS
 
 
 def workload_options(fn):
@@ -95,7 +134,10 @@ def workload_options(fn):
         click.option("--time-scale", type=float, default=1.0, show_default=True,
                      help="multiply arrival times (e.g. 0.001 so requests arrive while a tiny model decodes)"),
         click.option("--max-batch", type=int, help="cap on requests held at once (default: KV capacity only)"),
-        click.option("--kv-capacity", type=int, metavar="TOKENS",
+        click.option("--ttl-slo", type=float, metavar="SECONDS",
+                     help="SLO-aware admission: admit a waiting request only while the predicted step time "
+                          "stays within this TTL (e.g. 0.02)"),
+        click.option("--kv-capacity", type=_tokens_type(), metavar="TOKENS",
                      help="KV tokens each rank may hold (default: the HBM its weight shards leave, full model)"),
         click.option("--kv-transfer", type=click.Choice(["scale_out", "nvlink", "none"]), default="scale_out",
                      show_default=True, help="link of the prefill pool -> decode KV copy (charged to queue time)"),
@@ -105,11 +147,12 @@ def workload_options(fn):
 
 
 @cli.command()
-@model_options
+@model_options()
 @workload_options
 @click.option("-n", "--np", "ranks", type=int, help="ranks; when not started by mpiexec, relaunch under it")
 @click.option("--steps", type=int, default=4, show_default=True, help="decode steps")
-@click.option("--layers", type=int, help="layers to emulate (default 2; with --workload all of the model's)")
+@click.option("--layers", type=int, help="layers to emulate (default: 2, or enough to include one MoE layer; "
+                                         "with --workload all of the model's)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of all synthetic tensors")
 @click.option("--key-scale", type=float, default=1.0, hidden=True, help="scale of initial keys (tests)")
 @click.option("-o", "--output", default="helix-run.h5", show_default=True, help="HDF5 trace to write")
@@ -119,9 +162,10 @@ def workload_options(fn):
 @click.option("--storage", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
 @click.option("--force", is_flag=True, help="run even when the estimated host memory exceeds what is available")
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr (start-up phases, steps or requests done)")
 def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, kv_precision, comm, cuda_graphs,
-        hopb, a2a_chunk, tokens_per_block, as_json, ranks, steps, layers, seed, key_scale, output, save_tensors, check,
-        fail_at, storage, force, **serving) -> None:
+        hopb, a2a_chunk, tokens_per_block, allow_overflow, as_json, ranks, steps, layers, seed, key_scale, output,
+        save_tensors, check, fail_at, storage, force, quiet, **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
 
     With --workload, serve a request trace instead: requests join the batch at their (scaled)
@@ -129,51 +173,59 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
     if ranks is not None and ranks < 1:
         raise UserError(f"-n/--np must be >= 1, got {ranks}")
     failure = _parse_fail_at(fail_at)
-    if serving["workload"] is None and layers is None:
-        layers = 2
     settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context,
                     steps=steps, layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision,
                     kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, a2a_chunk=a2a_chunk,
-                    storage=storage, key_scale=key_scale, topology=topology)
+                    storage=storage, key_scale=key_scale, topology=topology, allow_overflow=allow_overflow)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
             from .outputs import check_writable
 
-            resolved = _resolve_run(world_size=ranks, **settings)
             if serving["workload"] is not None:
                 _refuse_fixed_batch_flags(save_tensors)
-                _resolve_serving(*resolved, serving)
-            elif not force:
-                _guard_host_memory(*resolved[:3], check, save_tensors)
+            resolved = _resolve_run(world_size=ranks, serving=serving, **settings)
+            if serving["workload"] is None and not force:
+                _guard_host_memory(resolved.model, resolved.layout, resolved.run_config, check, save_tensors)
             check_writable(output, create_folders=True)
+        except DoesNotFitError:
+            raise
         except _user_errors() as exc:
             raise UserError(str(exc)) from None
-        sys.exit(_report_job_end(relaunch(ranks, strip_np_option(sys.argv[1:])), output))
+        sys.exit(_report_job_end(relaunch(ranks, strip_np_option(sys.argv[1:]), announce=not quiet), output))
     from mpi4py import MPI
 
     _interrupt_on_sigterm()
     comm = MPI.COMM_WORLD
     is_root = comm.Get_rank() == 0
+    show = is_root and not quiet
     try:
         if ranks is not None and ranks != comm.Get_size():
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
-        model, layout, run_config, topo = _resolve_run(world_size=comm.Get_size(), **settings)
-        if serving["workload"] is None and not force and not os.environ.get(RELAUNCHED_ENV):  # else checked
-            _guard_host_memory(model, layout, run_config, check, save_tensors, comm)
         if serving["workload"] is not None:
             _refuse_fixed_batch_flags(save_tensors)
-            outcome = _run_serving(comm, model, layout, run_config, topo, serving, output, check, failure,
-                                   is_root and not as_json)
+        resolved = _resolve_run(world_size=comm.Get_size(), serving=serving, layout_by=_resolve_on_rank_0(comm),
+                                **settings)
+        if serving["workload"] is None and not force and not os.environ.get(RELAUNCHED_ENV):  # else checked
+            _guard_host_memory(resolved.model, resolved.layout, resolved.run_config, check, save_tensors, comm)
+        if show:
+            _announce_start(comm.Get_size(), resolved)
+        if serving["workload"] is not None:
+            outcome = _run_serving(comm, resolved, output, check, failure, show)
         else:
+            from .progress import Progress
             from .runner import run_emulation
 
-            with _progress(is_root and not as_json, steps) as advance:
-                outcome = run_emulation(comm, model, layout, run_config, topo, output, save_tensors, check, advance,
-                                        failure)
+            with Progress(steps, "decode steps", enabled=show) as progress:
+                outcome = run_emulation(comm, resolved.model, resolved.layout, resolved.run_config, resolved.topo,
+                                        output, save_tensors, check, progress.per_call, failure, progress.phase)
     except OutputError as exc:  # only rank 0 writes: it stops every rank
         click.echo(f"helix-mpi: error: {exc}", err=True)
         sys.stderr.flush()
         comm.Abort(EXIT_BAD_INPUT)
+    except DoesNotFitError as exc:  # every rank computes the same memory; rank 0 says it
+        if is_root:
+            exc.show()
+        _exit_all_ranks(comm, EXIT_DOES_NOT_FIT)
     except (*_user_errors(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
             click.echo(f"helix-mpi: error: {exc.message if isinstance(exc, UserError) else exc}", err=True)
@@ -198,7 +250,7 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
             time.sleep(ABORT_GRACE_S)
         comm.Abort(1)
     if is_root:
-        (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, layout, model, as_json)
+        (_print_serving_run if serving["workload"] is not None else _print_run)(outcome, resolved, as_json)
         if outcome.reference_error is not None and outcome.reference_error > outcome.summary["reference_tolerance"]:
             sys.exit(1)
 
@@ -261,6 +313,39 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _resolve_on_rank_0(comm):
+    """layouts.resolve_layout computed once, on rank 0, and broadcast (72 ranks on a few cores would
+    otherwise each time every candidate layout); an error raised there is raised on every rank."""
+    from .layouts import resolve_layout
+
+    def resolve(*args):
+        if comm.Get_size() == 1:
+            return resolve_layout(*args)
+        result = None
+        if comm.Get_rank() == 0:
+            try:
+                result = resolve_layout(*args)
+            except Exception as exc:  # noqa: BLE001 - every rank re-raises it below
+                result = exc
+        result = comm.bcast(result, root=0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+    return resolve
+
+
+def _announce_start(ranks: int, resolved) -> None:
+    """Rank 0's first lines on stderr: ranks up (since the launcher started them), notes."""
+    from .launcher import START_ENV
+
+    started = os.environ.get(START_ENV)
+    since = f" after {time.time() - float(started):.1f} s" if started else ""
+    click.echo(f"helix-mpi: {ranks} rank{'s' if ranks > 1 else ''} up{since}", err=True)
+    for note in resolved.notes:
+        click.echo(f"helix-mpi: note: {note}", err=True)
+    sys.stderr.flush()
+
+
 def _parse_fail_at(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -299,24 +384,139 @@ def _exit_all_ranks(comm, code: int, wait_s: float = 5.0) -> None:
     os._exit(code)
 
 
+@dataclass
+class Resolved:
+    """Everything a run needs from its flags, checked (one line each when something is wrong)."""
+
+    model: Any
+    layout: Any
+    run_config: Any
+    topo: Any
+    choice: Any = None  # layouts.LayoutChoice when no layout flag was given
+    notes: list = field(default_factory=list)  # one-line remarks for the user (layers emulated, ...)
+    workload: Any = None  # with --workload
+    setup: Any = None  # serving.ServingSetup with --workload
+
+
+HOST_SHARE = 0.5  # the default layers may take at most this share of the machine's memory for weights
+
+
+def host_memory_bytes() -> float:
+    """Physical memory of this machine (inf when unknown)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def default_layers(model, storage: str = "fp32", host_bytes: float | None = None) -> tuple[int, str | None]:
+    """(layers `run` emulates by default, why a kind is missing or None): 2, or enough to include the
+    first MoE layer (DeepSeek-R1's first 3 are dense: 4) so that every kind of layer is emulated,
+    unless the weights of those layers (all ranks together, at the host `storage`) would take more
+    than half of this machine's memory: then the dense layers only, and the reason."""
+    from .config import layer_parameters
+
+    layers = min(2, model.num_layers)
+    if model.moe is None or model.moe.first_dense_layers >= model.num_layers:
+        return layers, None
+    wanted = max(layers, model.moe.first_dense_layers + 1)
+    per_element = 2 if storage == "bf16" else 4
+    need = sum(layer_parameters(model, layer) for layer in range(wanted)) * per_element
+    host = host_memory_bytes() if host_bytes is None else host_bytes
+    if need <= HOST_SHARE * host:
+        return wanted, None
+    kept = min(layers, model.moe.first_dense_layers)
+    return kept, (f"{wanted} layers (one MoE) would need {need / 1e9:.0f} GB of host memory for their weights at "
+                  f"{storage}, this machine has {host / 1e9:.0f} GB")
+
+
+def layer_kinds_note(model, layers: int, why: str | None = None) -> str | None:
+    """What the TTL extrapolates when the emulated layers (0..layers-1) miss a kind of layer."""
+    if model.moe is None or layers >= model.num_layers:
+        return None
+    kinds = [model.is_moe_layer(layer) for layer in range(model.num_layers)]
+    if any(kinds[:layers]) or not any(kinds):
+        return None
+    moe_layers = sum(kinds)
+    return (f"the {layers} emulated layers are all dense{f' ({why})' if why else ''}: the TTL counts {model.name}'s "
+            f"{moe_layers} MoE layers as the mean emulated (dense) layer; --layers {model.moe.first_dense_layers + 1} "
+            "emulates one MoE layer")
+
+
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
                  seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32", kv_precision="fp8",
-                 comm="trtllm", cuda_graphs=True):
-    """Model, layout, run config and topology from the flags, validated for `world_size` ranks
-    (layers None: every layer of the model, as --workload runs default to)."""
-    from .config import RunConfig, check_run_fits_model, load_model, make_layout, validate_layout
+                 comm="trtllm", cuda_graphs=True, allow_overflow=False, serving: dict | None = None,
+                 layout_by=None) -> Resolved:
+    """Model, layout, run config and topology from the flags, validated for `world_size` ranks.
+    Layers None: `default_layers`, or every layer of the model for a served trace. With no layout
+    flag, the fastest valid layout (layouts.choose_layout; `layout_by` replaces layouts.resolve_layout,
+    e.g. by `_resolve_on_rank_0`)."""
+    from .config import RunConfig, check_run_fits_model, load_model, validate_layout
+    from .layouts import resolve_layout
     from .topology import load_topology
 
+    served = serving is not None and serving.get("workload") is not None
     model = load_model(model_spec)
-    layout = make_layout(model, world_size, kvp, tpa, strategy, ep)
-    validate_layout(model, layout, world_size)
-    layers = model.num_layers if layers is None else layers
+    why_dense = None
+    if layers is None:
+        layers, why_dense = (model.num_layers, None) if served else default_layers(model, storage)
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
                            tokens_per_block=tokens_per_block, seed=seed, precision=precision,
                            kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb,
                            a2a_chunk=a2a_chunk, storage=storage, key_scale=key_scale)
     check_run_fits_model(model, run_config)
-    return model, layout, run_config, load_topology(topology)
+    topo = load_topology(topology)
+    workload = _load_workload(serving) if served else None
+    choice_batch, choice_context, basis = batch, context, None
+    if workload is not None:  # a served trace: one request at its median length
+        choice_batch, choice_context = 1, _median_context(workload)
+        basis = f"one request at the trace's median length, {choice_context:,} tokens"
+    layout, choice = (layout_by or resolve_layout)(model, world_size, kvp, tpa, ep, strategy, choice_batch,
+                                                   choice_context, topo, run_config.implementation(), hopb, a2a_chunk,
+                                                   tokens_per_block, basis)
+    validate_layout(model, layout, world_size)
+    resolved = Resolved(model, layout, run_config, topo, choice, workload=workload)
+    note = layer_kinds_note(model, layers, why_dense)
+    if note:
+        resolved.notes.append(note)
+    if served:
+        resolved.setup = _serving_setup(resolved, serving)
+    else:
+        from .memory import memory_report
+
+        memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block, kv_precision)
+        if not memory["fits"]:
+            text = overflow_text(memory, layout, batch, context + steps)
+            if not allow_overflow:
+                raise DoesNotFitError(text + " (--allow-overflow runs it anyway)")
+            resolved.notes.append(text)
+    return resolved
+
+
+def _median_context(workload) -> int:
+    import numpy as np
+
+    return int(np.median([r.input_tokens + r.output_tokens for r in workload.requests]))
+
+
+def overflow_text(memory: dict, layout, batch: int, tokens: int) -> str:
+    """One line: the configuration does not fit in HBM, by how much, and what would make it fit."""
+    gb, hbm = 1e9, memory["hbm_bytes"]
+    per_rank = memory["per_rank"]
+    text = (f"DOES NOT FIT: {layout.strategy.value} on {layout.world_size} GPUs ({_layout_text(layout)}) needs "
+            f"{memory['max_total_bytes'] / gb:.2f} GB on its busiest GPU (weights {memory['max_weights_bytes'] / gb:.2f}"
+            f" GB + KV {memory['max_kv_bytes'] / gb:.2f} GB) of {hbm / gb:.0f} GB HBM at batch {batch}, "
+            f"{tokens:,} tokens")
+    if memory["max_weights_bytes"] > hbm:
+        return text + ": the weights alone do not fit: more GPUs or a lower --precision"
+    if layout.strategy.value != "dp-ep":  # every rank holds every request's shard: KV grows with the batch
+        fit = min(int((hbm - r["weights_bytes"]) // (r["kv_bytes"] / batch)) if r["kv_bytes"] else batch
+                  for r in per_rank)
+        if fit >= 1:
+            return text + f": at most {fit} request{'s' if fit > 1 else ''} fit: a smaller --batch or more GPUs"
+        hint = "" if layout.strategy.value == "helix" else ", --strategy helix (KVP shards the KV)"
+        return text + f": one request's KV does not fit: more GPUs{hint} or a shorter --context"
+    return text + ": a smaller --batch or more GPUs"
 
 
 def _refuse_fixed_batch_flags(save_tensors: bool) -> None:
@@ -339,45 +539,31 @@ def _load_workload(serving: dict):
                          output_scale=serving["output_scale"], time_scale=serving["time_scale"])
 
 
-def _resolve_serving(model, layout, run_config, topo, serving: dict):
-    """(workload, ServingSetup) from the flags; the scheduler's checks run here (one line if bad)."""
-    from .serving import Scheduler, ServingSetup
+def _serving_setup(resolved: Resolved, serving: dict):
+    """ServingSetup from the flags; the scheduler's checks run here (one line if bad; a trace that
+    cannot fit in HBM: DoesNotFitError, exit 3)."""
+    from .serving import DoesNotFit, Scheduler, ServingSetup
 
-    workload = _load_workload(serving)
-    setup = ServingSetup(model, layout, topo, run_config.implementation(), run_config.hopb, run_config.tokens_per_block,
-                         serving["max_batch"], serving["kv_transfer"], kv_capacity_tokens=serving["kv_capacity"])
-    Scheduler(workload, setup)  # refuses requests that can never fit
-    return workload, setup
+    run_config = resolved.run_config
+    setup = ServingSetup(resolved.model, resolved.layout, resolved.topo, run_config.implementation(), run_config.hopb,
+                         run_config.tokens_per_block, serving["max_batch"], serving["kv_transfer"],
+                         kv_capacity_tokens=serving["kv_capacity"], ttl_slo=serving["ttl_slo"],
+                         a2a_chunk=run_config.a2a_chunk)
+    try:
+        Scheduler(resolved.workload, setup)  # refuses requests that can never fit
+    except DoesNotFit as exc:
+        raise DoesNotFitError(f"DOES NOT FIT: {exc}") from None
+    return setup
 
 
-def _run_serving(comm, model, layout, run_config, topo, serving: dict, output, check, failure, show: bool):
+def _run_serving(comm, resolved: Resolved, output, check, failure, show: bool):
+    from .progress import Progress
     from .runner import run_serving
 
-    workload, setup = _resolve_serving(model, layout, run_config, topo, serving)
-    with _progress(show, len(workload), "requests served", absolute=True) as advance:
-        return run_serving(comm, model, layout, run_config, topo, workload, setup, output, check, advance, failure)
-
-
-class _progress:
-    """Click's progress bar on rank 0 (stderr), nothing elsewhere: one unit per call, or with
-    `absolute` the callback gets the units done so far."""
-
-    def __init__(self, enabled: bool, length: int, label: str = "decode steps", absolute: bool = False):
-        enabled = enabled and sys.stderr.isatty()  # a rank under mpiexec writes to a pipe: no bar, no label
-        self.bar = click.progressbar(length=length, label=label, file=sys.stderr) if enabled else None
-        self.absolute = absolute
-
-    def __enter__(self):
-        if self.bar is None:
-            return None
-        self.bar.__enter__()
-        if self.absolute:
-            return lambda done: self.bar.update(done - self.bar.pos)
-        return lambda step: self.bar.update(1)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+    with Progress(len(resolved.workload), "requests served", enabled=show) as progress:
+        return run_serving(comm, resolved.model, resolved.layout, resolved.run_config, resolved.topo,
+                           resolved.workload, resolved.setup, output, check, progress.absolute, failure,
+                           progress.phase)
 
 
 def _memory_text(memory) -> str:
@@ -392,32 +578,61 @@ def _layout_text(layout) -> str:
     return f"KVP={layout.kvp} TPA={layout.tpa} TPF={layout.tpf} EP={layout.ep}"
 
 
-def _print_run(outcome, layout, model, as_json: bool) -> None:
-    from .analysis import format_summary
+def _layout_lines(choice) -> list[str]:
+    """'layout: which and why' when the layout was chosen among several (or fell back)."""
+    if choice is None or not (choice.ranked or "fallback" in choice.reason):
+        return []
+    return [f"layout: {choice.reason}"]
 
-    summary = outcome.summary
-    summary["layout"] = layout.to_dict()
-    summary["model"] = model.name
-    text = [f"{layout.strategy.value} on {layout.world_size} ranks: {_layout_text(layout)}  model {model.name}",
-            format_summary(summary)]
+
+def _reference_line(outcome, summary: dict, served: bool = False) -> list[str]:
     if outcome.reference_error is not None:
         ok = outcome.reference_error <= summary["reference_tolerance"]
-        text.append(f"reference check: max relative error {outcome.reference_error:.2e} "
-                    f"(tolerance {summary['reference_tolerance']:.0e}) {'OK' if ok else 'FAILED'}")
+        what = "reference check (every request alone, float64)" if served else "reference check"
+        return [f"{what}: max relative error {outcome.reference_error:.2e} "
+                f"(tolerance {summary['reference_tolerance']:.0e}) {'OK' if ok else 'FAILED'}"]
+    if summary.get("reference_skipped"):
+        return [f"reference check: skipped: {summary['reference_skipped']}"]
+    return []
+
+
+def _print_run(outcome, resolved: Resolved, as_json: bool) -> None:
+    from .analysis import exchange_label, format_summary
+
+    summary = outcome.summary
+    layout, model = resolved.layout, resolved.model
+    summary.update(layout=layout.to_dict(), model=model.name, strategy=layout.strategy.value)
+    if resolved.choice is not None:
+        summary["layout_choice"] = resolved.choice.to_dict()
+    if resolved.notes:
+        summary["notes"] = list(resolved.notes)
+    text = []
+    memory = summary.get("memory") or {}
+    if memory and not memory.get("fits", True):
+        text.append(overflow_text(memory, layout, resolved.run_config.batch,
+                                  resolved.run_config.context + resolved.run_config.steps) + " (--allow-overflow)")
+    exchange = exchange_label(layout.strategy.value, layout.kvp, resolved.run_config.hopb,
+                              resolved.run_config.a2a_chunk)
+    text += [f"{layout.strategy.value} on {layout.world_size} ranks: {_layout_text(layout)}  model {model.name}"
+             + (f", {exchange}" if exchange else ""), *_layout_lines(resolved.choice), format_summary(summary)]
+    text += _reference_line(outcome, summary)
     if outcome.trace_path:
         text.append(f"trace: {outcome.trace_path}")
     _emit(summary, as_json, "\n".join(text))
 
 
 @cli.command("model")
-@model_options
+@model_options(*_analytic_defaults())
 @workload_options
 @click.option("--gpus", "-g", type=int, default=8, show_default=True, help="GPUs N")
 @click.option("--layers", type=int, help="layers to time (default: all of the model)")
 @click.option("--steps", type=int, default=1, show_default=True, help="decode steps (context grows by one each)")
 def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, kv_precision, comm,
-                  cuda_graphs, hopb, a2a_chunk, tokens_per_block, as_json, gpus, layers, steps, **serving) -> None:
+                  cuda_graphs, hopb, a2a_chunk, tokens_per_block, allow_overflow, as_json, gpus, layers, steps,
+                  **serving) -> None:
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data.
+    Defaults are the sweep's and advise's (DeepSeek-R1 at 1M tokens on GB200 NVL72, fp4). A
+    configuration that does not fit in HBM says so on the first line and exits 3.
 
     With --workload, serve a request trace at full model size (continuous batching, analytic)."""
     if serving["workload"] is not None:
@@ -425,22 +640,24 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
                        gpus, serving, a2a_chunk, kv_precision, comm, cuda_graphs)
         return
-    from .analysis import EventStats, format_summary, shape_of
+    from .analysis import EventStats, exchange_label, format_summary, shape_of
     from .analytic import simulate_layers
+    from .config import RunConfig, load_model, validate_layout
+    from .layouts import resolve_layout
     from .memory import memory_report
-    from .config import RunConfig, load_model, make_layout, validate_layout
     from .topology import load_topology
 
     try:
         model = load_model(model_spec)
         if gpus < 1:
             raise UserError(f"--gpus must be >= 1, got {gpus}")
-        layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
-        validate_layout(model, layout, gpus)
         run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers or model.num_layers,
                                tokens_per_block=tokens_per_block, precision=precision, kv_precision=kv_precision,
                                comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, a2a_chunk=a2a_chunk)
         topo = load_topology(topology)
+        layout, choice = resolve_layout(model, gpus, kvp, tpa, ep, strategy, batch, context, topo,
+                                        run_config.implementation(), hopb, a2a_chunk, tokens_per_block)
+        validate_layout(model, layout, gpus)
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
     stats = EventStats()  # one layer's events at a time: bounded memory at batch 4096 on 72 GPUs
@@ -449,12 +666,47 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
     summary = stats.summary(shape_of(gpus, batch, run_config.layers, model))
     memory = memory_report(model, layout, batch, context + steps, precision, topo, tokens_per_block, kv_precision)
     summary.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
-                   precision=precision, context=context, hopb=hopb, memory=memory, fits=memory["fits"],
-                   kv_bytes_per_gpu=memory["max_kv_bytes"], kv_read_s=memory["kv_read_s"])
+                   precision=precision, context=context, hopb=hopb, a2a_chunk=a2a_chunk, memory=memory,
+                   fits=memory["fits"], kv_bytes_per_gpu=memory["max_kv_bytes"], kv_read_s=memory["kv_read_s"])
+    if choice is not None:
+        summary["layout_choice"] = choice.to_dict()
     summary.pop("host_seconds", None)
-    header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  "
-              f"{model.name} at {context} tokens, {precision}, HOP-B {'on' if hopb else 'off'}")
-    _emit(summary, as_json, header + "\n" + format_summary(summary) + "\n" + _memory_text(memory))
+    exchange = exchange_label(strategy, layout.kvp, hopb, a2a_chunk)
+    overflow = None if memory["fits"] else overflow_text(memory, layout, batch, context + steps)
+    lines = [overflow] if overflow else []
+    lines += [f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  {model.name} at {context:,} tokens, "
+              f"{precision}" + (f", {exchange}" if exchange else ""), *_layout_lines(choice),
+              format_summary(summary), _memory_text(memory)]
+    _emit(summary, as_json, "\n".join(lines))
+    if overflow:
+        if as_json:
+            click.echo(f"helix-mpi: {overflow}", err=True)
+        if not allow_overflow:
+            sys.exit(EXIT_DOES_NOT_FIT)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def models(as_json: bool) -> None:
+    """List the model presets (--model NAME): parameters, layers, attention, MoE, vocabulary."""
+    from .config import MODEL_PRESETS, model_facts
+
+    rows = [model_facts(model) for model in MODEL_PRESETS.values()]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'name':21s} {'params':>7s} {'layers':>6s}  {'attention':31s} {'MoE':45s} {'vocab':>7s}")
+    for r in rows:
+        click.echo(f"{r['name']:21s} {_params_text(r['params']):>7s} {r['layers']:6d}  {r['attention_text']:31s} "
+                   f"{r['moe_text']:45s} {r['vocab']:7d}")
+    click.echo("(or --model path/to/config.json or .toml with Hugging Face field names; README 'Using it')")
+
+
+def _params_text(count: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.{1 if count < 100 * scale else 0}f}{suffix}"
+    return str(count)
 
 
 @cli.command()
@@ -532,78 +784,66 @@ def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb
                    serving: dict, a2a_chunk: int = 0, kv_precision: str = "fp8", comm: str = "trtllm",
                    cuda_graphs: bool = True) -> None:
     """`model --workload`: helix_mpi.serving.serve at full model size."""
-    from .config import RunConfig, load_model, make_layout, validate_layout
-    from .serving import scalar_metrics, serve
-    from .topology import load_topology
+    from .analysis import exchange_label
+    from .serving import format_serving, scalar_metrics, serve
 
     try:
         if gpus < 1:
             raise UserError(f"--gpus must be >= 1, got {gpus}")
-        model = load_model(model_spec)
-        layout = make_layout(model, gpus, kvp, tpa, strategy, ep)
-        validate_layout(model, layout, gpus)
-        topo = load_topology(topology)
-        run_config = RunConfig(tokens_per_block=tokens_per_block, precision=precision, kv_precision=kv_precision,
-                               comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, layers=1, a2a_chunk=a2a_chunk)
-        workload, setup = _resolve_serving(model, layout, run_config, topo, serving)
-        metrics = serve(workload, model, layout, topo, setup.impl, hopb, tokens_per_block, setup.max_batch,
-                        setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens, a2a_chunk=a2a_chunk)
+        resolved = _resolve_run(gpus, model_spec, kvp, tpa, ep, strategy, 1, 0, 1, 1, tokens_per_block, 0, precision,
+                                hopb, a2a_chunk, 1.0, topology, kv_precision=kv_precision, comm=comm,
+                                cuda_graphs=cuda_graphs, serving=serving)
+        setup, layout, model, topo = resolved.setup, resolved.layout, resolved.model, resolved.topo
+        metrics = serve(resolved.workload, model, layout, topo, setup.impl, hopb, tokens_per_block, setup.max_batch,
+                        setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens, a2a_chunk=a2a_chunk,
+                        ttl_slo=setup.ttl_slo)
+    except DoesNotFitError:
+        raise
     except _user_errors() as exc:
         raise UserError(str(exc)) from None
     data = scalar_metrics(metrics)
     data.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
-                precision=precision, hopb=hopb, workload=workload.source)
-    header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  {model.name}, {precision}, "
-              f"HOP-B {'on' if hopb else 'off'} (analytic, full model)")
-    _emit(data, as_json, "\n".join([header, _workload_text(workload), _serving_text(metrics)]))
+                precision=precision, hopb=hopb, a2a_chunk=a2a_chunk, workload=resolved.workload.source)
+    if resolved.choice is not None:
+        data["layout_choice"] = resolved.choice.to_dict()
+    exchange = exchange_label(strategy, layout.kvp, hopb, a2a_chunk)
+    header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  {model.name}, {precision}"
+              + (f", {exchange}" if exchange else "") + " (analytic, full model)")
+    _emit(data, as_json, "\n".join([header, *_layout_lines(resolved.choice), _workload_text(resolved.workload),
+                                    format_serving(metrics)]))
 
 
 def _workload_text(workload) -> str:
     return f"workload: {workload.source}: {len(workload)} requests arriving over {workload.duration_s:.4g} s"
 
 
-def _serving_text(m: dict) -> str:
-    """The serving figures (Scheduler.metrics) for the terminal."""
-    ms = 1e3
-    imbalance = "n/a (no long contexts)"
-    if m["long_context_steps"]:
-        imbalance = (f"{m['kv_imbalance']:.4f} (median over {m['long_context_steps']} steps with contexts "
-                     f"> 100K tokens; worst {m['kv_imbalance_max']:.4f})")
-    return "\n".join([
-        f"served {m['requests']} requests: {m['generated_tokens']:,} tokens in {m['steps']:,} decode steps, "
-        f"makespan {m['makespan_s']:.4g} s (modeled)",
-        f"TTL p50 / p90 / p99          {m['ttl_p50'] * ms:.4g} / {m['ttl_p90'] * ms:.4g} / {m['ttl_p99'] * ms:.4g} ms",
-        f"queue mean / p99             {m['queue_mean_s'] * ms:.4g} / {m['queue_p99_s'] * ms:.4g} ms "
-        f"(KV transfer mean {m['kv_transfer_mean_s'] * ms:.4g} ms)",
-        f"tokens/s/GPU {m['tokens_per_s_per_gpu']:.4g}   batch max {m['max_batch']} mean {m['mean_batch']:.3g}   "
-        f"KV capacity {m['kv_capacity_tokens_per_gpu']:,} tokens/GPU",
-        f"KV imbalance (max/mean over ranks) {imbalance}",
-    ])
+def _print_serving_run(outcome, resolved: Resolved, as_json: bool) -> None:
+    from .serving import format_serving
 
-
-def _print_serving_run(outcome, layout, model, as_json: bool) -> None:
-    summary = outcome.summary
+    summary, layout, model = outcome.summary, resolved.layout, resolved.model
     summary.update(layout=layout.to_dict(), model=model.name, strategy=layout.strategy.value)
+    if resolved.choice is not None:
+        summary["layout_choice"] = resolved.choice.to_dict()
+    if resolved.notes:
+        summary["notes"] = list(resolved.notes)
     text = [f"{layout.strategy.value} on {layout.world_size} ranks: {_layout_text(layout)}  model {model.name}, "
             f"{summary['layers_emulated']} of {summary['model_layers']} layers emulated",
-            _serving_text(outcome.metrics),
+            *_layout_lines(resolved.choice),
+            format_serving(outcome.metrics),
             f"host: {summary['steps']:,} emulated steps in {summary['host_seconds']:.3g} s = "
             f"{summary['steps_per_host_s']:.1f} steps/s; {summary['kv_slots']} KV slots on rank 0"]
-    if outcome.reference_error is not None:
-        ok = outcome.reference_error <= summary["reference_tolerance"]
-        text.append(f"reference check (every request alone, float64): max relative error "
-                    f"{outcome.reference_error:.2e} (tolerance {summary['reference_tolerance']:.0e}) "
-                    f"{'OK' if ok else 'FAILED'}")
+    text += _reference_line(outcome, summary, served=True)
     if outcome.trace_path:
         text.append(f"trace: {outcome.trace_path}")
     _emit(summary, as_json, "\n".join(text))
 
 
 def _register_commands() -> None:
-    from . import calibcli, sweepcli, tracecli
+    from . import advisecli, calibcli, sweepcli, tracecli
 
     tracecli.register(cli)
     sweepcli.register(cli)
+    advisecli.register(cli)
     calibcli.register(cli)
 
 

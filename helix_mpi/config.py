@@ -27,7 +27,7 @@ def _help(text: str, **kw: Any) -> Any:
 
 
 class Strategy(str, Enum):
-    """How the N ranks are used (DESIGN.md section 1: Helix and the baselines)."""
+    """How the N ranks are used (docs/design.md section 1: Helix and the baselines)."""
 
     HELIX = "helix"  # attention KVP x TPA, FFN re-provisioned as TPF x EP = N, HOP-B
     TP = "tp"  # heads over N (KV heads duplicated when N > K), FFN TP = N, two all-reduces
@@ -176,7 +176,10 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
                                        MoEConfig(8, 2, 3, 20, 0, "sigmoid", True, 2.5), 256),
 }
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = "tiny"  # `run`: emulated on this machine
+# `model`, `sweep` and `advise` answer for a full-size model: the same defaults for all three
+ANALYTIC_DEFAULT_MODEL = "deepseek-r1"
+ANALYTIC_DEFAULT_CONTEXT = 1_000_000
 
 # Hugging Face config.json field -> ModelConfig field.
 _HF_FIELDS = {
@@ -505,3 +508,48 @@ class RunConfig:
 def check_run_fits_model(model: ModelConfig, run: RunConfig) -> None:
     if run.layers > model.num_layers:
         raise ConfigError(f"--layers {run.layers} exceeds the {model.num_layers} layers of {model.name}")
+
+
+def layer_parameters(model: ModelConfig, layer: int) -> int:
+    """Weights of one whole layer (every rank's shards together): projections and FFN or experts."""
+    from .plan import ffn_weight_elements, out_weight_elements, qkv_weight_elements
+    from .sharding import rank_shard
+
+    whole = rank_shard(model, Layout(1, 1, 1, 1), 0)
+    return int(qkv_weight_elements(model, whole) + out_weight_elements(model, whole)
+               + ffn_weight_elements(model, whole, layer))
+
+
+def parameter_count(model: ModelConfig) -> int:
+    """Weights of the full model (every layer's projections and FFN or experts, embeddings and an
+    untied LM head; norms left out): what `helix-mpi models` lists."""
+    from .plan import ffn_weight_elements, out_weight_elements, qkv_weight_elements
+    from .sharding import rank_shard
+
+    whole = rank_shard(model, Layout(1, 1, 1, 1), 0)  # one rank holding everything
+    attention = qkv_weight_elements(model, whole) + out_weight_elements(model, whole)
+    layers = sum(attention + ffn_weight_elements(model, whole, layer) for layer in range(model.num_layers))
+    return int(layers + 2 * model.vocab_size * model.hidden_size)
+
+
+def model_facts(model: ModelConfig) -> dict[str, Any]:
+    """One row of `helix-mpi models`: name, parameters, layers, attention type, MoE, vocabulary."""
+    if model.mla is not None:
+        attention = {"type": "MLA", "heads": model.num_heads, "kv_lora_rank": model.mla.kv_lora_rank,
+                     "rope_dim": model.mla.qk_rope_head_dim}
+        text = f"MLA, {model.num_heads} heads, latent {model.mla.kv_lora_rank}+{model.mla.qk_rope_head_dim}"
+    else:
+        kind = "MHA" if model.num_heads == model.num_kv_heads else "GQA"
+        attention = {"type": kind, "heads": model.num_heads, "kv_heads": model.num_kv_heads,
+                     "head_dim": model.head_dim}
+        text = f"{kind}, {model.num_heads} Q / {model.num_kv_heads} KV heads of {model.head_dim}"
+    moe, moe_text = None, "-"
+    if model.moe is not None:
+        m = model.moe
+        moe = {"routed_experts": m.n_routed_experts, "experts_per_token": m.experts_per_token,
+               "shared_experts": m.n_shared_experts, "first_dense_layers": m.first_dense_layers}
+        moe_text = (f"{m.n_routed_experts} experts top-{m.experts_per_token} + {m.n_shared_experts} shared"
+                    + (f", {m.first_dense_layers} dense first" if m.first_dense_layers else ""))
+    return {"name": model.name, "params": parameter_count(model), "layers": model.num_layers,
+            "hidden_size": model.hidden_size, "attention": attention, "attention_text": text, "moe": moe,
+            "moe_text": moe_text, "vocab": model.vocab_size}

@@ -82,7 +82,7 @@ class _RowLog:
 
 
 def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
-    """Compile (or load from Numba's cache) on rank 0 first while the others wait (DESIGN.md 6),
+    """Compile (or load from Numba's cache) on rank 0 first while the others wait (docs/design.md 6),
     for the storage the run keeps its weights and KV in."""
     def compile_all() -> None:
         x = np.ones((1, 4), np.float32)

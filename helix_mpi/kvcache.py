@@ -1,6 +1,6 @@
 """KV cache sharded along the sequence over a KVP group, placed by round robin over blocks.
 
-Token at global position p lives on KVP rank (p // tokens_per_block) % KVP (DESIGN.md section 1,
+Token at global position p lives on KVP rank (p // tokens_per_block) % KVP (docs/design.md section 1,
 step 2). The initial context of S tokens is placed exactly as S decode-step appends would have
 placed it, so the cache of every rank grows evenly and differs by at most one block.
 """

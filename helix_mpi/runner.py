@@ -20,7 +20,7 @@ from .analysis import EventStats, shape_of
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult, request_input, request_kv,
                        warm_up_kernels)
-from .hostmem import will_check
+from .hostmem import AUTO_CHECK_MAX_BYTES, reference_bytes, will_check
 from .memory import memory_report
 from .mesh import RankMesh
 from .reference import reference_decode, reference_layer, reference_tensors, relative_error
@@ -80,17 +80,31 @@ def run_memory(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topolog
                          run.kv_precision)
 
 
+def _phase(phase: Any, text: str) -> None:
+    if phase is not None:
+        phase(text)
+
+
 def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
                   output: str | Path | None = None, save_tensors: bool = False,
                   check: bool | None = None, progress: Any = None,
-                  fail_at: tuple[int, int] | None = None) -> RunOutcome:
-    """Run on `comm`; rank 0 writes the trace and (optionally) checks against the reference."""
+                  fail_at: tuple[int, int] | None = None, phase: Any = None) -> RunOutcome:
+    """Run on `comm`; rank 0 writes the trace and (optionally) checks against the reference.
+    `phase(text)` (rank 0's callback) hears the start-up steps."""
     validate_layout(model, layout, comm.Get_size())
     check_run_fits_model(model, run)
-    check = will_check(model, run, check)
+    skipped = None
+    if check is None:
+        need = reference_bytes(model, run)
+        check = will_check(model, run, None)
+        if not check:
+            skipped = (f"the unsharded float64 reference would need {need / 1e9:.1f} GB (automatic up to "
+                       f"{AUTO_CHECK_MAX_BYTES / 1e9:.1f} GB): --check runs it anyway")
     is_root = comm.Get_rank() == 0
     mesh = RankMesh.build(comm, layout)
+    _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
+    _phase(phase, f"building weights and KV caches ({run.layers} layers, batch {run.batch}, context {run.context:,})")
     emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
@@ -110,6 +124,8 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
             summary = stats.summary(shape_of(layout.world_size, run.batch, run.layers, model))
             summary["host_seconds"] = result.host_seconds
             summary["memory"] = run_memory(model, layout, run, topo)
+            if skipped:
+                summary["reference_skipped"] = skipped
             if check or save_tensors:
                 tensors = reference_tensors(model, run)
                 if check:
@@ -237,16 +253,23 @@ def serving_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo:
 def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
                 workload: Workload, setup: ServingSetup, output: str | Path | None = None,
                 check: bool | None = None, progress: Any = None,
-                fail_at: tuple[int, int] | None = None) -> ServingOutcome:
+                fail_at: tuple[int, int] | None = None, phase: Any = None) -> ServingOutcome:
     """Serve `workload` on `comm` (ServingEmulator); rank 0 writes the trace and checks the outputs."""
     validate_layout(model, layout, comm.Get_size())
     check_run_fits_model(model, run)
+    skipped = None
     if check is None:
-        check = served_reference_reads(model, run, workload) <= AUTO_CHECK_MAX_SERVED_READS
+        reads = served_reference_reads(model, run, workload)
+        check = reads <= AUTO_CHECK_MAX_SERVED_READS
+        if not check:
+            skipped = (f"the per-request float64 reference would read {reads:.3g} cache values (automatic up to "
+                       f"{AUTO_CHECK_MAX_SERVED_READS:.0e}): --check runs it anyway")
     is_root = comm.Get_rank() == 0
     scheduler = Scheduler(workload, setup)
     mesh = RankMesh.build(comm, layout)
+    _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
+    _phase(phase, f"building weights ({run.layers} layers) and serving {len(workload)} requests")
     emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at)
     writer = TraceWriter(output, serving_attributes(model, layout, run, topo, workload, setup),
                          layout.world_size) if (is_root and output is not None) else None
@@ -264,6 +287,8 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
         if is_root:
             metrics = scheduler.metrics()
             summary = _serving_summary(stats, model, layout, run, result, metrics)
+            if skipped:
+                summary["reference_skipped"] = skipped
             if check:
                 expected = reference_serving(model, run, workload, result.inputs)
                 error = serving_error(model, run, workload, result, expected)

@@ -2,7 +2,7 @@
 
 One scheduler (`Scheduler`) serves both modes, so they make the same decisions:
 - analytic (`serve`, `helix-mpi model --workload`): full model size, no MPI, no data; every step is
-  timed by `timing.StepTimer`, a vectorised `analytic.step_time` (same plans and clocks, DESIGN.md
+  timed by `timing.StepTimer`, a vectorised `analytic.step_time` (same plans and clocks, docs/design.md
   section 2) for the ragged batch held at that step; any model (GQA or MLA, dense or MoE) and any
   strategy (helix, tp, kvp, dp-ep);
 - emulated (`runner.run_serving`, `helix-mpi run --workload`): every rank runs the same scheduler
@@ -19,6 +19,13 @@ Model (all times in modeled seconds):
 - Placement: request r's token p lives on KVP rank (p // tokens_per_block) % KVP, counted from its
   own position 0 (kvcache.tokens_held), on every TPA replica; under dp-ep a request lives whole on
   one rank, chosen at admission: the rank with the fewest reserved tokens where it fits.
+- SLO-aware admission (`ttl_slo`, `--ttl-slo S`): a waiting request is admitted only while the
+  predicted step time of the batch it would join stays within the SLO: the analytic step timer
+  (`timing.StepTimer`, the step time `model --workload` uses) of every held request plus this one,
+  each at its *final* length (input + output tokens), so the batch stays within the SLO for the
+  requests' whole lifetime unless a later admission is also predicted to fit. The head of the
+  queue then waits (strict FIFO); a request is always admitted into an empty batch (alone it
+  cannot do better). The emulator uses the same prediction, so both modes admit alike.
 - KV transfer: after admission its prompt KV is copied into the decode ranks. Every rank receives
   its own shard (its tokens x its KV heads or latent x all layers) concurrently over its own
   link: t = latency + max-shard bytes / bandwidth, over the scale-out NIC (`kv_transfer =
@@ -30,9 +37,11 @@ Model (all times in modeled seconds):
   new token*. A request leaves after `output_tokens` steps and frees its KV. Requests arriving
   during a step join at the next step; with nothing to decode the clock jumps to the next event.
 
-Metrics (`Scheduler.metrics`): TTL (time-to-token) of a request = (end of its last step - start of
+Metrics (`Scheduler.metrics`, computed by `serving_figures` from the per-request and per-step records,
+which is also how `helix-mpi summarize` recomputes them from a served trace): TTL (time-to-token) of a request = (end of its last step - start of
 its first step) / output_tokens, i.e. the mean time between its tokens; queue time = start of its
-first step - arrival; first token = end of its first step; tokens/s/GPU = generated tokens /
+first step - arrival; first token = end of its first step; admission wait = admission - arrival (queue time without the KV
+transfer: what the capacity and the SLO held it back); tokens/s/GPU = generated tokens /
 makespan / N; KV imbalance = max / mean over ranks of the KV tokens they hold at a step, reported
 as the median over steps whose mean context exceeds `long_context_tokens`.
 """
@@ -59,6 +68,10 @@ MAX_SAMPLES = 1000  # points kept in each time series
 
 class ServingError(ValueError):
     """A serving setup that cannot run; the message is one line: what and how to fix it."""
+
+
+class DoesNotFit(ServingError):
+    """The weights, or the longest request's KV, do not fit in a GPU's memory (exit code 3)."""
 
 
 # --- memory (memory.py) ------------------------------------------------------------------------
@@ -124,6 +137,8 @@ class ServingSetup:
     kv_transfer: str = "scale_out"  # link of the prefill -> decode KV copy: scale_out, nvlink or none
     long_context_tokens: int = LONG_CONTEXT_TOKENS
     kv_capacity_tokens: int | None = None  # KV tokens per rank; None = the HBM left by the weights
+    ttl_slo: float | None = None  # seconds: SLO-aware admission (module docstring); None = off
+    a2a_chunk: int = 0  # requests per KVP all-to-all (of the step timer that predicts under the SLO)
 
     def __post_init__(self) -> None:
         if not isinstance(self.impl, Implementation):
@@ -134,6 +149,9 @@ class ServingSetup:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ServingError(f"{name} must be an integer >= 1 or None, got {value!r}")
+        if self.ttl_slo is not None and (isinstance(self.ttl_slo, bool) or not isinstance(self.ttl_slo, (int, float))
+                                         or not math.isfinite(self.ttl_slo) or self.ttl_slo <= 0):
+            raise ServingError(f"--ttl-slo must be a number of seconds > 0, got {self.ttl_slo!r}")
         if self.kv_transfer not in KV_TRANSFER:
             raise ServingError(f"kv_transfer must be one of {', '.join(KV_TRANSFER)}, got {self.kv_transfer!r}")
         validate_layout(self.model, self.layout, self.layout.world_size)
@@ -152,6 +170,7 @@ class _Log:
     batch: list = field(default_factory=list)
     kv: list = field(default_factory=list)  # [N] KV tokens held per rank, new tokens included
     mean_context: list = field(default_factory=list)
+    slo_held: int = 0  # steps at which the SLO held the head of the queue back
 
 
 class Scheduler:
@@ -179,6 +198,10 @@ class Scheduler:
         self.head, self.finished = 0, 0
         self.log = _Log()
         self._check_fits(workload)
+        self._predict = None
+        if setup.ttl_slo is not None:
+            self._predict = StepTimer(setup.model, setup.layout, setup.hopb, TimeModel(setup.topo, setup.impl),
+                                      a2a_chunk=setup.a2a_chunk)
 
     # --- placement -------------------------------------------------------------------------
     def held(self, requests: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -198,7 +221,7 @@ class Scheduler:
     def _check_fits(self, workload: Workload) -> None:
         cap = self.capacity
         if cap.tokens.min() < 1:
-            raise ServingError(f"the weights need {cap.weight_bytes.max() / 1e9:.1f} GB per GPU, more than its "
+            raise DoesNotFit(f"the weights need {cap.weight_bytes.max() / 1e9:.1f} GB per GPU, more than its "
                                f"{cap.hbm_bytes / 1e9:.1f} GB of HBM: use more ranks or a lower precision")
         final = self.input + self.output
         if self.setup.data_parallel:
@@ -209,7 +232,7 @@ class Scheduler:
         worst = int(np.argmax(need))
         source = "--kv-capacity" if self.setup.kv_capacity_tokens else "the HBM its weight shards leave"
         if need[worst] > room:
-            raise ServingError(
+            raise DoesNotFit(
                 f"request {workload.requests[worst].index} needs {need[worst]} KV tokens per GPU but a GPU "
                 f"holds at most {room} ({source}): use more KVP ranks, a smaller context scale or a "
                 "larger KV capacity")
@@ -250,11 +273,33 @@ class Scheduler:
             owner = self._place(r)
             if owner is None:
                 break  # strict FIFO: the head waits for memory, and so does everyone behind it
+            if self._predict is not None and not self._within_slo(r, owner):
+                self.log.slo_held += 1
+                break  # the head waits until the batch has room under the SLO
             self.owner[r] = owner
             self.reserved += self.held(np.array([r]), self.input[r:r + 1] + self.output[r:r + 1])[:, 0]
             self.admitted[r], self.transfer[r] = now, self._transfer_s(r)
             self.pending.append((now + self.transfer[r], r))
             self.head += 1
+
+    def _within_slo(self, r: int, owner: int) -> bool:
+        """Whether the batch with request r added (every held request at its final length) is
+        predicted to step within the SLO; always true into an empty batch."""
+        held = self.active + [q for _, q in self.pending]
+        if not held:
+            return True
+        requests = np.array(held + [r], dtype=np.int64)
+        final = self.input[requests] + self.output[requests]
+        previous, self.owner[r] = self.owner[r], owner
+        try:
+            if self.setup.data_parallel:
+                owners = self.owner[requests]
+                kv = [final[owners == rank] for rank in range(self.layout.world_size)]
+            else:
+                kv = self.held(requests, final)
+            return self._predict(kv) <= self.setup.ttl_slo
+        finally:
+            self.owner[r] = previous
 
     def next_step(self, now: float) -> tuple[float, np.ndarray]:
         """(start, requests [B] in batch order) of the next decode step at or after `now`."""
@@ -309,58 +354,97 @@ class Scheduler:
         """Scalars (the keys scripts use) and per-request / per-step arrays (module docstring)."""
         ttl = (self.finish - self.first_start) / self.output  # mean seconds between a request's tokens
         queue = self.first_start - self.arrival
-        log, n = self.log, self.layout.world_size
-        kv = np.array(log.kv, dtype=np.int64).reshape(len(log.kv), n)  # [steps, N]
-        mean_kv = kv.mean(axis=1)
-        imbalance = np.where(mean_kv > 0, kv.max(axis=1) / np.where(mean_kv > 0, mean_kv, 1), 1.0)
-        long = np.array(log.mean_context) > self.setup.long_context_tokens
-        makespan = float(self.finish.max() - self.arrival.min())
+        requests = {"request_index": self.index, "input_tokens": self.input, "output_tokens": self.output,
+                    "arrival_s": self.arrival, "admitted_s": self.admitted, "first_token_s": self.first_token,
+                    "last_token_s": self.finish, "queue_s": queue, "ttl_s": ttl, "kv_transfer_s": self.transfer}
         cap = self.capacity
-        return {
-            "requests": len(self.arrival),
-            "generated_tokens": int(self.output.sum()),
-            "steps": len(log.start),
-            "makespan_s": makespan,
-            "ttl_p50": float(np.percentile(ttl, 50)),
-            "ttl_p90": float(np.percentile(ttl, 90)),
-            "ttl_p99": float(np.percentile(ttl, 99)),
-            "queue_mean_s": float(queue.mean()),
-            "queue_p99_s": float(np.percentile(queue, 99)),
-            "kv_transfer_mean_s": float(self.transfer.mean()),
-            "tokens_per_s_per_gpu": float(self.output.sum() / makespan / n) if makespan > 0 else math.inf,
-            "max_batch": int(max(log.batch)),
-            "mean_batch": float(np.mean(log.batch)),
-            "mean_step_s": float(np.mean(np.array(log.end) - np.array(log.start))),
-            "kv_imbalance": float(np.median(imbalance[long])) if long.any() else float("nan"),
-            "kv_imbalance_max": float(imbalance[long].max()) if long.any() else float("nan"),
-            "long_context_steps": int(long.sum()),
-            "hbm_weight_bytes_per_gpu": float(cap.weight_bytes.max()),
-            "kv_capacity_tokens_per_gpu": int(cap.tokens.min()),
-            "kv_tokens_at_end": int(self.reserved.sum()),
-            # per request [R]
-            "request_index": self.index,  # row of the trace file
-            "input_tokens": self.input,
-            "output_tokens": self.output,
-            "arrival_s": self.arrival,
-            "admitted_s": self.admitted,  # KV reserved, its transfer starts
-            "first_token_s": self.first_token,  # end of its first decode step
-            "last_token_s": self.finish,
-            "queue_s": queue,
-            "ttl_s": ttl,
-            "kv_transfer_s": self.transfer,
-            # per step, subsampled to at most MAX_SAMPLES points
-            "time_s": _subsample(np.array(log.start)),  # step start times
-            "batch_size": _subsample(np.array(log.batch)),  # requests per step
-            "kv_tokens_per_rank": _subsample(kv),  # [samples, N] KV tokens per rank
-            "kv_imbalance_per_step": _subsample(imbalance),
-        }
+        capacity = {"hbm_weight_bytes_per_gpu": float(cap.weight_bytes.max()),
+                    "kv_capacity_tokens_per_gpu": int(cap.tokens.min()), "kv_tokens_at_end": int(self.reserved.sum())}
+        return serving_figures(requests, self.step_log(), self.layout.world_size, self.setup.long_context_tokens,
+                               capacity, self.setup.ttl_slo, self.log.slo_held)
 
     def step_log(self) -> dict[str, np.ndarray]:
         """Every step, not subsampled (for traces): start, end [T], batch [T], KV tokens per rank [T, N]."""
         log = self.log
         return {"start_s": np.array(log.start), "end_s": np.array(log.end),
                 "batch": np.array(log.batch, dtype=np.int64),
-                "kv_tokens": np.array(log.kv, dtype=np.int64).reshape(len(log.kv), self.layout.world_size)}
+                "kv_tokens": np.array(log.kv, dtype=np.int64).reshape(len(log.kv), self.layout.world_size),
+                "mean_context": np.array(log.mean_context, dtype=np.float64)}
+
+
+def serving_figures(requests: dict[str, np.ndarray], steps: dict[str, np.ndarray], world_size: int,
+                    long_context_tokens: int = LONG_CONTEXT_TOKENS, capacity: dict[str, Any] | None = None,
+                    ttl_slo: float | None = None, slo_held: int = 0) -> dict[str, Any]:
+    """Every serving figure from the records: per request (`request_index, input_tokens,
+    output_tokens, arrival_s, admitted_s, first_token_s, last_token_s, queue_s, ttl_s,
+    kv_transfer_s`) and per step (`start_s, end_s, batch, kv_tokens [T, N], mean_context`). The one
+    definition: `Scheduler.metrics` (run and model) and `summarize` of a served trace call it."""
+    ttl, queue, output = requests["ttl_s"], requests["queue_s"], requests["output_tokens"]
+    transfer, arrival = requests["kv_transfer_s"], requests["arrival_s"]
+    wait = requests["admitted_s"] - arrival  # waiting for capacity or the SLO, before the KV transfer
+    kv = np.asarray(steps["kv_tokens"], dtype=np.int64).reshape(len(steps["start_s"]), world_size)  # [steps, N]
+    mean_kv = kv.mean(axis=1)
+    imbalance = np.where(mean_kv > 0, kv.max(axis=1) / np.where(mean_kv > 0, mean_kv, 1), 1.0)
+    long = np.asarray(steps["mean_context"]) > long_context_tokens
+    makespan = float(requests["last_token_s"].max() - arrival.min())
+    figures = {
+        "requests": len(arrival),
+        "generated_tokens": int(output.sum()),
+        "steps": len(steps["start_s"]),
+        "makespan_s": makespan,
+        "ttl_p50": float(np.percentile(ttl, 50)),
+        "ttl_p90": float(np.percentile(ttl, 90)),
+        "ttl_p99": float(np.percentile(ttl, 99)),
+        "queue_mean_s": float(queue.mean()),
+        "queue_p99_s": float(np.percentile(queue, 99)),
+        "admission_wait_mean_s": float(wait.mean()),
+        "admission_wait_p99_s": float(np.percentile(wait, 99)),
+        "kv_transfer_mean_s": float(transfer.mean()),
+        "tokens_per_s_per_gpu": float(output.sum() / makespan / world_size) if makespan > 0 else math.inf,
+        "max_batch": int(np.max(steps["batch"])),
+        "mean_batch": float(np.mean(steps["batch"])),
+        "mean_step_s": float(np.mean(np.asarray(steps["end_s"]) - np.asarray(steps["start_s"]))),
+        "kv_imbalance": float(np.median(imbalance[long])) if long.any() else float("nan"),
+        "kv_imbalance_max": float(imbalance[long].max()) if long.any() else float("nan"),
+        "long_context_steps": int(long.sum()),
+        "ttl_slo_s": ttl_slo,
+        "ttl_slo_met": None if ttl_slo is None else bool(np.percentile(ttl, 99) <= ttl_slo),
+        "slo_held_steps": int(slo_held),
+    }
+    figures.update(capacity or {})
+    figures.update({k: np.asarray(v) for k, v in requests.items()})  # per request [R]
+    figures.update({  # per step, subsampled to at most MAX_SAMPLES points
+        "time_s": _subsample(np.asarray(steps["start_s"])),  # step start times
+        "batch_size": _subsample(np.asarray(steps["batch"])),  # requests per step
+        "kv_tokens_per_rank": _subsample(kv),  # [samples, N] KV tokens per rank
+        "kv_imbalance_per_step": _subsample(imbalance),
+    })
+    return figures
+
+
+def format_serving(m: dict[str, Any]) -> str:
+    """The serving figures for the terminal (run, model and summarize print the same lines)."""
+    ms = 1e3
+    imbalance = "n/a (no long contexts)"
+    if m["long_context_steps"]:
+        imbalance = (f"{m['kv_imbalance']:.4f} (median over {m['long_context_steps']} steps with contexts "
+                     f"> 100K tokens; worst {m['kv_imbalance_max']:.4f})")
+    lines = [
+        f"served {m['requests']} requests: {m['generated_tokens']:,} tokens in {m['steps']:,} decode steps, "
+        f"makespan {m['makespan_s']:.4g} s (modeled)",
+        f"TTL p50 / p90 / p99          {m['ttl_p50'] * ms:.4g} / {m['ttl_p90'] * ms:.4g} / {m['ttl_p99'] * ms:.4g} ms",
+        f"queue mean / p99             {m['queue_mean_s'] * ms:.4g} / {m['queue_p99_s'] * ms:.4g} ms "
+        f"(KV transfer mean {m['kv_transfer_mean_s'] * ms:.4g} ms)",
+        f"tokens/s/GPU {m['tokens_per_s_per_gpu']:.4g}   batch max {m['max_batch']} mean {m['mean_batch']:.3g}   "
+        f"KV capacity {m['kv_capacity_tokens_per_gpu']:,} tokens/GPU",
+        f"KV imbalance (max/mean over ranks) {imbalance}",
+    ]
+    if m.get("ttl_slo_s") is not None:
+        verdict = "met" if m["ttl_slo_met"] else "MISSED"
+        lines.append(f"TTL SLO {m['ttl_slo_s'] * ms:.4g} ms (admission held the queue at {m['slo_held_steps']:,} "
+                     f"steps): p99 {m['ttl_p99'] * ms:.4g} ms, {verdict}; admission wait p99 "
+                     f"{m['admission_wait_p99_s'] * ms:.4g} ms")
+    return "\n".join(lines)
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -384,22 +468,33 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
           impl: Implementation = Implementation(), hopb: bool = True, tokens_per_block: int = 16, max_batch: int | None = None,
           kv_transfer: str = "scale_out", exact: bool = False,
           long_context_tokens: int = LONG_CONTEXT_TOKENS, kv_capacity_tokens: int | None = None,
-          a2a_chunk: int = 0) -> dict:
+          a2a_chunk: int = 0, ttl_slo: float | None = None) -> dict:
     """Simulate decode-only continuous batching of `workload` at full model size (Scheduler.metrics).
 
     exact=True times steps with analytic.step_time (slow: for checks) instead of timing.StepTimer.
+    ttl_slo: SLO-aware admission (module docstring).
     """
     setup = ServingSetup(model, layout, topo, impl, hopb, tokens_per_block, max_batch, kv_transfer,
-                         long_context_tokens, kv_capacity_tokens)
+                         long_context_tokens, kv_capacity_tokens, ttl_slo, a2a_chunk)
+    scheduler = simulate(workload, setup, exact)
+    return scheduler.metrics()
+
+
+def simulate(workload: Workload, setup: ServingSetup, exact: bool = False,
+             give_up: Callable[[Scheduler, float], bool] | None = None) -> Scheduler:
+    """The analytic serving loop; `give_up(scheduler, now)`, checked after every step, may stop it
+    early (then `scheduler.done` is False; searches use it to drop a layout whose queue grows)."""
     scheduler = Scheduler(workload, setup)
-    timer = _exact_timer(setup, a2a_chunk) if exact else StepTimer(model, layout, hopb, TimeModel(topo, impl),
-                                                                    a2a_chunk=a2a_chunk)
+    timer = _exact_timer(setup, setup.a2a_chunk) if exact else StepTimer(
+        setup.model, setup.layout, setup.hopb, TimeModel(setup.topo, setup.impl), a2a_chunk=setup.a2a_chunk)
     now = scheduler.first_arrival
     while not scheduler.done:
         start, batch = scheduler.next_step(now)
         now = start + timer(scheduler.kv_lengths(batch))
         scheduler.end_step(batch, start, now)
-    return scheduler.metrics()
+        if give_up is not None and give_up(scheduler, now):
+            break
+    return scheduler
 
 
 def _exact_timer(setup: ServingSetup, a2a_chunk: int = 0) -> Callable:

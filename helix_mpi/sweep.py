@@ -321,6 +321,7 @@ class SweepResult:
     layouts: int  # candidates (layouts x series) enumerated
     timed: int  # configurations timed (layouts x batches), before the memory filter
     seconds: float  # wall time of the sweep on this machine
+    why_none: dict[str, str] = field(default_factory=dict)  # series with no fitting configuration -> why
 
     def summary(self) -> dict[str, Any]:
         per_series = {}
@@ -331,6 +332,8 @@ class SweepResult:
                 "configs": int(len(rows)),
                 "min_ttl_s": float(rows["ttl_s"].min()) if found else None,
                 "max_tokens_per_s_per_gpu": float(rows["tokens_per_s_per_gpu"].max()) if found else None}
+            if not found:
+                per_series[series]["why_none"] = self.why_none.get(series, "no fitting configuration")
         return {"model": self.spec.model.name, "context": self.spec.context,
                 "topology": self.spec.machine_name,
                 "precision": self.spec.precision, "max_gpus": self.spec.max_gpus, "layouts": self.layouts,
@@ -358,6 +361,8 @@ def run_sweep(spec: SweepSpec, progress: Callable[[int], None] | None = None) ->
     found = candidates(spec)
     rows, timed = [np.zeros(0, CONFIG_DTYPE)], 0
     done: dict[tuple, tuple[np.ndarray, int]] = {}  # candidates with identical plans are timed once
+    smallest: dict[str, tuple[float, Candidate]] = {}  # series -> least memory of a layout with nothing fitting
+    fitted: set[str] = set()
     for cand in found:
         # Helix with and without HOP-B have one plan when the batch is exchanged at once
         key = (cand.layout, cand.pp, cand.hopb and spec.whatif.a2a_chunk != 0)
@@ -368,9 +373,45 @@ def run_sweep(spec: SweepSpec, progress: Callable[[int], None] | None = None) ->
             fitting, count = done.setdefault(key, evaluate(spec, cand, grid))
         rows.append(fitting)
         timed += count
+        if len(fitting):
+            fitted.add(cand.series)
+        elif cand.series not in fitted and count:
+            need = _least_memory(spec, cand)
+            if cand.series not in smallest or need < smallest[cand.series][0]:
+                smallest[cand.series] = (need, cand)
         if progress is not None:
             progress(1)
-    return SweepResult(spec, np.concatenate(rows), len(found), timed, time.perf_counter() - start)
+    why = {series: _why_none(spec, series, [c for c in found if c.series == series], smallest.get(series))
+           for series in spec.strategies if series not in fitted}
+    return SweepResult(spec, np.concatenate(rows), len(found), timed, time.perf_counter() - start, why)
+
+
+def _least_memory(spec: SweepSpec, cand: Candidate) -> float:
+    """Busiest GPU's bytes of a candidate at its smallest batch (one request per GPU under dp-ep,
+    one micro-batch of one request under pp-tp)."""
+    classes = shard_classes(spec.model, cand.layout, spec.tokens, spec.tokens_per_block)
+    held = np.array([1.0 if cand.per_gpu_batch else float(cand.pp)])
+    return float(peak_memory(spec.model, classes, held, spec.precision, cand.pp, spec.kv_precision)[0])
+
+
+def _why_none(spec: SweepSpec, series: str, cands: list[Candidate],
+              smallest: tuple[float, Candidate] | None) -> str:
+    """One line: why a series has no configuration that fits (shown by `sweep` and `advise`)."""
+    gpus = f"1..{spec.max_gpus} GPUs"
+    if not cands:
+        if series == DP_EP and spec.model.moe is None:
+            return f"{spec.model.name} is dense: DP attention + EP needs MoE experts"
+        if series in (HELIX, HELIX_NO_HOPB, KVP):
+            return f"no valid layout with KVP >= 2 on {gpus} (KVP = 1 is plain TP)"
+        return f"no valid layout on {gpus}"
+    if smallest is None:
+        return f"every layout's smallest batch exceeds --max-batch {spec.max_batch}"
+    need, cand = smallest
+    layout = cand.layout
+    return (f"nothing fits in {spec.topo.gpu.hbm_bytes / 1e9:.0f} GB of HBM: the least any layout needs is "
+            f"{need / 1e9:.1f} GB per GPU ({cand.gpus} GPUs, KVP={layout.kvp} TPA={layout.tpa} TPF={layout.tpf} "
+            f"EP={layout.ep} PP={cand.pp}, one request) at {spec.context:,} tokens: more GPUs (--max-gpus), "
+            f"a shorter context or a lower precision")
 
 
 # --- HDF5 ----------------------------------------------------------------------------------------

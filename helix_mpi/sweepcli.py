@@ -2,11 +2,13 @@
 here: the work is in sweep.py (enumerate and time) and pareto.py (frontiers, ratios, plot)."""
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import click
+
+from .config import ANALYTIC_DEFAULT_CONTEXT, ANALYTIC_DEFAULT_MODEL
+from .units import TOKENS
 
 _STRATEGY_HELP = "comma-separated subset of helix,helix-no-hopb,tp,pp-tp,kvp,dp-ep"
 
@@ -27,7 +29,7 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
-          a2a_latency_scale, reduce_latency_scale, a2a_chunk):
+          a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm="trtllm"):
     from .config import load_model
     from .sweep import SweepSpec, WhatIf
     from .topology import load_topology
@@ -35,17 +37,7 @@ def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strateg
     names = tuple(s.strip() for s in strategies.split(",") if s.strip())
     whatif = WhatIf(a2a_latency_scale, reduce_latency_scale, a2a_chunk)
     return SweepSpec(load_model(model_spec), load_topology(topology), context, precision, max_gpus, max_batch,
-                     names, tokens_per_block, whatif)
-
-
-@contextmanager
-def _progress_bar(total: int) -> Iterator[Any]:
-    """Click's progress bar on a terminal; nothing when stderr is a pipe or a file (no stray label)."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    with click.progressbar(length=total, label="timing layouts", file=sys.stderr) as bar:
-        yield bar.update
+                     names, tokens_per_block, whatif, comm=comm)
 
 
 def _sweep_text(summary: dict[str, Any], output: str) -> str:
@@ -57,15 +49,17 @@ def _sweep_text(summary: dict[str, Any], output: str) -> str:
     for series, row in summary["series"].items():
         ttl = f"{row['min_ttl_s'] * 1e3:11.3f}" if row["min_ttl_s"] else f"{'-':>11s}"
         gpu = f"{row['max_tokens_per_s_per_gpu']:14.2f}" if row["max_tokens_per_s_per_gpu"] else f"{'-':>14s}"
-        lines.append(f"{series:14s} {row['configs']:8d} {ttl} {gpu}")
+        why = f"  none: {row['why_none']}" if row.get("why_none") else ""
+        lines.append(f"{series:14s} {row['configs']:8d} {ttl} {gpu}{why}")
     lines.append(f"sweep: {output}")
     return "\n".join(lines)
 
 
 @click.command()
-@click.option("--model", "model_spec", default="deepseek-r1", show_default=True,
-              help="preset name, or a .toml / Hugging Face config.json path")
-@click.option("--context", type=int, default=1_000_000, show_default=True, help="tokens already cached per request")
+@click.option("--model", "model_spec", default=ANALYTIC_DEFAULT_MODEL, show_default=True,
+              help="preset name (helix-mpi models), or a .toml / Hugging Face config.json path")
+@click.option("--context", type=TOKENS, default=ANALYTIC_DEFAULT_CONTEXT, show_default=True,
+              help="tokens already cached per request (1M = 1,000,000)")
 @click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path")
 @click.option("--max-gpus", type=int, default=72, show_default=True, help="sweep every GPU count 1..this")
 @click.option("--max-batch", type=int, default=4096, show_default=True,
@@ -75,29 +69,34 @@ def _sweep_text(summary: dict[str, Any], output: str) -> str:
 @click.option("--strategies", default="helix,helix-no-hopb,tp,pp-tp,kvp,dp-ep", show_default=True, help=_STRATEGY_HELP)
 @click.option("--tokens-per-block", type=int, default=16, show_default=True, help="KV round robin block")
 @click.option("--a2a-latency-scale", type=float, default=1.0, show_default=True,
-              help="WHAT-IF: multiply the topology's all-to-all latency (a2a_base_us, a2a_step_us)")
+              help="WHAT-IF: multiply every all-to-all's fixed latency (its modeled time at 0 bytes)")
 @click.option("--reduce-latency-scale", type=float, default=1.0, show_default=True,
-              help="WHAT-IF: multiply the ring and NVLS latencies (all-reduce, all-gather)")
+              help="WHAT-IF: multiply the fixed latency of all-reduce, all-gather and reduce-scatter")
 @click.option("--a2a-chunk", type=int, default=0, show_default=True,
               help="requests per attention kernel + all-to-all under KVP: 0 the whole batch at once "
                    "(TensorRT-LLM's Helix kernel), 1 one per request (HOP-B as in the paper)")
+@click.option("--comm", type=click.Choice(["trtllm", "nccl"]), default="trtllm", show_default=True,
+              help="modeled collectives: TensorRT-LLM's custom all-reduce and all-to-all (NCCL's symmetric "
+                   "kernels beyond them), or NCCL's classic algorithms only")
 @click.option("-o", "--output", default="sweep.h5", show_default=True, help="HDF5 file to write")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
-          a2a_latency_scale, reduce_latency_scale, a2a_chunk, output, as_json) -> None:
+          a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm, output, as_json, quiet) -> None:
     """Time every layout of each strategy at every batch (analytic, same plan and cost model as the
     emulator), keep what fits in HBM, and save the configurations and each strategy's Pareto frontier."""
     from .cli import _emit
     from .outputs import check_writable
     from .pareto import frontiers
+    from .progress import Progress
     from .sweep import candidates, nothing_fits, run_sweep, write_sweep
 
     with _one_line_errors():
         spec = _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
-                     a2a_latency_scale, reduce_latency_scale, a2a_chunk)
+                     a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm)
         check_writable(output)
-        with _progress_bar(len(candidates(spec))) as advance:
-            result = run_sweep(spec, advance)
+        with Progress(len(candidates(spec)), "timing layouts", enabled=not quiet) as progress:
+            result = run_sweep(spec, progress.by_count)
         if len(result.configs) == 0:
             raise ValueError(nothing_fits(spec, result.timed))
         write_sweep(output, result, frontiers(result.configs))

@@ -1,6 +1,6 @@
 """Request traces for serving simulations: arrival time, prompt length and output length.
 
-Two public formats (DESIGN.md section 4):
+Two public formats (docs/design.md section 4):
 
 - Mooncake JSON lines (.jsonl/.json): one object per line with `timestamp` (ms from the start of
   the trace), `input_length` and `output_length` (tokens); other keys (`hash_ids`, ...) are ignored.

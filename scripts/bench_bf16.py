@@ -40,7 +40,7 @@ from helix_mpi.kernels import from_bf16, linear, partial_attention, swiglu, to_b
 @njit(cache=True, fastmath=True)
 def fast_read(a):
     """Sum of a float32 array with a vectorised (fastmath) loop: a read at memory speed
-    (DESIGN.md section 6), where NumPy's pairwise a.sum() may be slower than memory."""
+    (docs/design.md section 6), where NumPy's pairwise a.sum() may be slower than memory."""
     s = np.float32(0.0)
     for i in range(a.shape[0]):
         s += a[i]

@@ -29,9 +29,10 @@ from helix_mpi.topology import load_topology  # noqa: E402
 
 MODELS = ("deepseek-r1", "llama-3.1-405b")
 TOPOLOGIES = ("gb200-nvl72", "gb300-nvl72")
-PAPER = {  # published claims: arXiv 2507.07120 abstract and section 4 (GB200 simulation); NVIDIA TensorRT-LLM
-    # tech blog 22 "Helix parallelism" (GB300 NVL72, TensorRT-LLM, FP4, disaggregated): "up to 32x concurrency
-    # improvement and 1.8x interactivity improvement for 1M sequence length on DeepSeek-R1"
+PAPER = {  # published claims: arXiv 2507.07120 abstract and section 4 (GB200 simulation; docs/design.md
+    # section 1); NVIDIA TensorRT-LLM tech blog 22 "Helix parallelism" (GB300 NVL72, TensorRT-LLM, FP4,
+    # disaggregated): "up to 32x concurrency improvement and 1.8x interactivity improvement for 1M sequence
+    # length on DeepSeek-R1"
     ("deepseek-r1", "gb200-nvl72"): ("paper (simulation)", "up to 32x", "up to 32x", "up to 1.5x"),
     ("deepseek-r1", "gb300-nvl72"): ("TensorRT-LLM blog (measured)", "", "up to 32x", "1.8x interactivity"),
     ("llama-3.1-405b", "gb200-nvl72"): ("paper (simulation)", "4x", "4x", "1.13x"),

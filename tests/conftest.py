@@ -30,10 +30,12 @@ def run_mpi(ranks: int, args: list[str], timeout: float = MPI_TIMEOUT_S, module:
                           env=rank_environment(env), cwd=TESTS.parent)
 
 
-def run_cli(args: list[str], timeout: float = MPI_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """The installed console script, as a user types it."""
+def run_cli(args: list[str], timeout: float = MPI_TIMEOUT_S, env: dict[str, str] | None = None,
+            cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """The installed console script, as a user types it (stdout and stderr are pipes)."""
     command = [str(Path(sys.executable).parent / "helix-mpi"), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=rank_environment())
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=rank_environment({**os.environ, **(env or {})}), cwd=cwd)
 
 
 def call_cli(args: list[str]) -> subprocess.CompletedProcess:

@@ -39,6 +39,7 @@ def test_bad_run_input_is_refused_before_any_rank_starts(args, message, tmp_path
     (4, ["--kvp", "3", "--tpa", "1"], "--kvp 3 does not divide the 4 ranks"),
     (2, ["-n", "4"], "-n 4 but mpiexec started 2 ranks"),
 ])
+@pytest.mark.mpich
 def test_bad_layout_under_user_mpiexec_stops_every_rank(ranks, args, message, tmp_path):
     start = time.monotonic()
     done = run_mpi(ranks, ["helix_mpi", "run", *args, "-o", str(tmp_path / "t.h5")], timeout=60, module=True)
@@ -47,6 +48,7 @@ def test_bad_layout_under_user_mpiexec_stops_every_rank(ranks, args, message, tm
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.mpich
 def test_default_run_prints_result_and_writes_trace(tmp_path):
     done = run_cli(["run", "-n", "2", "-o", str(tmp_path / "t.h5"), "--json"])
     assert done.returncode == 0, done.stderr
@@ -61,9 +63,12 @@ def test_model_command_reports_keys_used_by_scripts():
                                       "--batch", "8", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert {"ttl_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu"} <= set(data)
-    assert data["layout"] == {"kvp": 8, "tpa": 8, "tpf": 64, "ep": 1, "strategy": "helix"}
+    assert {"ttl_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "layout_choice"} <= set(data)
+    assert data["layout"]["kvp"] >= 2 and data["layout"]["kvp"] * data["layout"]["tpa"] == 64  # chosen: Helix
     assert data["tokens_per_s_per_gpu"] == pytest.approx(8 / data["ttl_s"] / 64)
+    explicit = CliRunner().invoke(cli, ["model", "--model", "llama-3.1-405b", "--gpus", "64", "--context", "1000000",
+                                        "--batch", "8", "--kvp", "8", "--tpa", "8", "--json"])
+    assert json.loads(explicit.output)["layout"] == {"kvp": 8, "tpa": 8, "tpf": 64, "ep": 1, "strategy": "helix"}
 
 
 def test_model_command_refuses_bad_layout():
@@ -82,6 +87,7 @@ def test_collectives_table_json():
     assert rows[-1]["busbw"] > rows[0]["busbw"]  # latency dominates small messages
 
 
+@pytest.mark.mpich
 def test_collectives_measure_under_mpiexec():
     done = run_mpi(4, ["helix_mpi", "collectives", "--op", "all_reduce", "--ranks", "4", "--sizes", "8K,1M",
                        "--measure", "--json"], module=True)

@@ -76,7 +76,7 @@ def _assert_partial_or_none(output: Path) -> None:
 @pytest.mark.parametrize("victim", [0, 5])
 def test_a_rank_killed_by_sigkill_ends_the_job_with_one_line(tmp_path, victim):
     output = tmp_path / "killed.h5"
-    process = _start(["run", "-n", "8", "--steps", "100000", "-o", str(output)])
+    process = _start(["run", "-q", "-n", "8", "--steps", "100000", "-o", str(output)])
     _wait_for_steps(process, Path(f"{output}.partial"))
     ranks = _rank_pids(output)
     assert sorted(ranks) == list(range(8))
@@ -94,7 +94,7 @@ def test_a_rank_killed_by_sigkill_ends_the_job_with_one_line(tmp_path, victim):
 
 def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path):
     output = tmp_path / "interrupted.h5"
-    process = _start(["run", "-n", "8", "--steps", "100000", "-o", str(output)])
+    process = _start(["run", "-q", "-n", "8", "--steps", "100000", "-o", str(output)])
     _wait_for_steps(process, Path(f"{output}.partial"))
     os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     _, stderr = process.communicate(timeout=END_TIMEOUT_S)
@@ -108,7 +108,7 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path):
 
 def test_ctrl_c_before_the_first_step_says_no_trace_was_written(tmp_path):
     output = tmp_path / "early.h5"
-    process = _start(["run", "-n", "2", "--steps", "100000", "-o", str(output)])
+    process = _start(["run", "-q", "-n", "2", "--steps", "100000", "-o", str(output)])
     deadline = time.monotonic() + START_TIMEOUT_S
     while len(_rank_pids(output)) < 2:  # the ranks exist, the trace does not yet
         assert time.monotonic() < deadline and process.poll() is None
@@ -136,7 +136,7 @@ def test_a_full_disk_while_the_trace_is_written_gives_one_line_and_exit_2(tmp_pa
     ranks talk over TCP here."""
     output = tmp_path / "full.h5"
     env = rank_environment({**os.environ, "OMPI_MCA_btl": "self,tcp"})
-    process = _start(["run", "-n", "2", "--steps", "100000", "--layers", "4", "-o", str(output)], env=env,
+    process = _start(["run", "-q", "-n", "2", "--steps", "100000", "--layers", "4", "-o", str(output)], env=env,
                      preexec_fn=_file_size_limit(2 << 20))
     _, stderr = process.communicate(timeout=START_TIMEOUT_S)
     assert process.returncode == 2
@@ -151,7 +151,7 @@ def test_a_full_disk_while_the_trace_is_written_gives_one_line_and_exit_2(tmp_pa
 
 def test_a_full_disk_under_sweep_gives_one_line_and_exit_2(tmp_path):
     output = tmp_path / "sweep.h5"
-    done = subprocess.run([HELIX_MPI, "sweep", "--model", "llama-3.1-70b", "--max-gpus", "16", "--context", "100000",
+    done = subprocess.run([HELIX_MPI, "sweep", "-q", "--model", "llama-3.1-70b", "--max-gpus", "16", "--context", "100000",
                            "-o", str(output)], capture_output=True, text=True, timeout=START_TIMEOUT_S,
                           preexec_fn=_file_size_limit(64 << 10))
     assert done.returncode == 2
@@ -171,7 +171,7 @@ def test_an_unwritable_output_is_refused_before_any_rank_starts(tmp_path):
 
 def test_two_runs_with_the_same_output_one_refuses_the_other_is_not_interleaved(tmp_path):
     output = tmp_path / "shared.h5"
-    args = ["run", "-n", "2", "--steps", "100000", "-o", str(output)]
+    args = ["run", "-q", "-n", "2", "--steps", "100000", "-o", str(output)]
     first, second = _start(args), _start(args)
     deadline = time.monotonic() + START_TIMEOUT_S
     while first.poll() is None and second.poll() is None:  # the loser stops, the winner runs on

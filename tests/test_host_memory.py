@@ -72,7 +72,7 @@ def test_a_run_larger_than_the_machine_is_refused_before_any_rank_starts(tmp_pat
 
 
 def test_the_guard_refuses_under_a_users_own_mpiexec_too(tmp_path):
-    done = run_mpi(2, ["helix_mpi", "run", "--context", "1000000000", "-o", str(tmp_path / "t.h5")], timeout=60,
+    done = run_mpi(2, ["helix_mpi", "run", "--context", "1000000000", "--allow-overflow", "-o", str(tmp_path / "t.h5")], timeout=60,
                    module=True)
     assert done.returncode == 2
     assert [line for line in done.stderr.splitlines() if line.startswith("helix-mpi:")] == \
@@ -84,7 +84,7 @@ def test_force_runs_what_the_guard_would_refuse(monkeypatch, tmp_path):
     """With 2 GB 'available', 4M tokens on 2 ranks (6.5 GB) is refused; --force launches it."""
     launched = []
     monkeypatch.setattr("helix_mpi.hostmem.available_bytes", lambda: 2e9)
-    monkeypatch.setattr(cli, "relaunch", lambda ranks, args: launched.append(args) or JobEnd(code=0))
+    monkeypatch.setattr(cli, "relaunch", lambda ranks, args, **kw: launched.append(args) or JobEnd(code=0))
     args = ["run", "-n", "2", "--context", "4000000", "--no-check", "-o", str(tmp_path / "t.h5")]
     refused = call_cli(args)
     assert refused.returncode == 2 and not launched

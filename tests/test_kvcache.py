@@ -23,7 +23,7 @@ def test_tokens_held_matches_placement_and_stays_balanced(end, kvp, block):
 
 
 def test_decode_appends_follow_blocks_of_steps():
-    # steps 0..b-1 -> rank 0, next b -> rank 1, ... (DESIGN.md section 1, step 2)
+    # steps 0..b-1 -> rank 0, next b -> rank 1, ... (docs/design.md section 1, step 2)
     assert list(kvp_owner(np.arange(12), 2, 3)) == [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]
 
 

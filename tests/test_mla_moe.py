@@ -65,7 +65,7 @@ def test_tp_duplicates_kv_and_helix_removes_it():
 def test_model_reports_configurations_that_do_not_fit():
     done = run_cli(["model", "--model", "deepseek-r1", "--strategy", "tp", "--gpus", "8", "--context", "1000000",
                     "--batch", "64", "--json"])
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # said loudly: exit code 3 (README "Does not fit")
     data = json.loads(done.stdout)
     assert data["fits"] is False and data["memory"]["max_total_bytes"] > data["memory"]["hbm_bytes"]
     done = run_cli(["model", "--model", "deepseek-r1", "--gpus", "64", "--context", "1000000", "--json"])

@@ -47,21 +47,23 @@ def _exact_kv_bytes_per_gpu(name: str, gpus: int, tokens: int) -> int:
 def test_model_at_2_31_and_2_40_tokens_has_no_overflow(name):
     results = {}
     for context in HUGE_CONTEXTS:
-        figures = _model_json(["--model", name, "--gpus", "64", "--context", str(context)])
+        figures = _model_json(["--model", name, "--gpus", "64", "--context", str(context), "--allow-overflow"])
         assert figures["kv_bytes_per_gpu"] == _exact_kv_bytes_per_gpu(name, 64, context + 1)  # the step's token
         assert math.isfinite(figures["ttl_s"]) and figures["ttl_s"] > 0 and not figures["fits"]
         results[context] = figures
     small, large = (results[c] for c in HUGE_CONTEXTS)
     assert large["ttl_s"] > small["ttl_s"]  # 512x the KV read dominates
     assert large["kv_read_s"] == pytest.approx(512 * small["kv_read_s"], rel=1e-6)
-    text = call_cli(["model", "--model", name, "--gpus", "64", "--context", str(2**40)])
+    refused = call_cli(["model", "--model", name, "--gpus", "64", "--context", str(2**40)])
+    assert refused.returncode == 3 and "DOES NOT FIT" in refused.stdout + refused.stderr
+    text = call_cli(["model", "--model", name, "--gpus", "64", "--context", str(2**40), "--allow-overflow"])
     assert text.returncode == 0 and "DOES NOT FIT" in text.stdout
 
 
 @pytest.mark.parametrize("context", HUGE_CONTEXTS)
 def test_a_sweep_where_nothing_fits_refuses_in_one_line(tmp_path, context):
     output = tmp_path / "sweep.h5"
-    done = call_cli(["sweep", "--model", "deepseek-r1", "--context", str(context), "-o", str(output)])
+    done = call_cli(["sweep", "--model", "deepseek-r1", "--context", str(context), "-o", str(output), "-q"])
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("helix-mpi: error: none of the ")
     assert f"one request's KV cache at {context:,} tokens" in done.stderr and "a shorter --context" in done.stderr
@@ -87,7 +89,7 @@ def test_a_sweep_at_2_40_tokens_times_like_the_model_when_memory_is_unbounded(tm
 def test_batch_4096_with_per_request_exchanges():
     batch, gpus = 4096, 8
     figures = _model_json(["--model", "llama-3.1-8b", "--gpus", str(gpus), "--kvp", "2", "--tpa", "4", "--batch",
-                           str(batch), "--context", "100000", "--layers", "2", "--a2a-chunk", "1"])
+                           str(batch), "--context", "100000", "--layers", "2", "--a2a-chunk", "1", "--allow-overflow"])
     # per layer: qkv, B x (attention, all-to-all), 4 more; per step: LM head, logits gather, sampling
     assert figures["events"] == gpus * (2 * (2 * batch + 5) + 3)
     assert math.isfinite(figures["ttl_s"]) and figures["ttl_s"] > 0
@@ -110,7 +112,7 @@ def test_kvp_larger_than_the_context_leaves_every_shard_but_one_empty(tmp_path):
         kv = f["kv_tokens"][...]
     np.testing.assert_array_equal(kv[:, 1:], 0)
     np.testing.assert_array_equal(kv[:, 0], 2 * np.arange(1, 6))
-    analytic = _model_json(["--gpus", "8", "--layers", "2", *args])
+    analytic = _model_json(["--model", "tiny", "--gpus", "8", "--layers", "2", *args])
     assert analytic["ttl_s"] == summary["ttl_s"]  # empty shards are timed alike
 
 

@@ -19,6 +19,7 @@ def test_single_rank_on_comm_self():
     assert result["error"] < 1e-5
 
 
+@pytest.mark.mpich
 @pytest.mark.parametrize("ranks", [2, 4, 8])
 def test_every_layout_matches_reference(ranks):
     expected = {c.name for c in CASES if c.ranks == ranks}

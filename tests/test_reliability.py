@@ -2,6 +2,8 @@
 reproducible, and the LSE combine and round robin hold for random shapes (hypothesis)."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from helix_mpi.kvcache import kvp_owner, owned_positions, tokens_held
 from helix_mpi.launcher import rank_environment
 
 
+@pytest.mark.mpich
 def test_injected_failure_on_one_rank_stops_all_eight(tmp_path):
     start = time.monotonic()
     done = run_cli(["run", "-n", "8", "--fail-at", "2:3", "--steps", "6", "-o", str(tmp_path / "t.h5")], timeout=60)

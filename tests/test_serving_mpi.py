@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -92,6 +93,7 @@ def test_one_rank_on_comm_self():
     assert result["slots"] < result["served"] == len(REQUESTS)
 
 
+@pytest.mark.mpich
 def test_served_workload_matches_reference_on_4_ranks():
     from conftest import run_mpi
 
@@ -158,3 +160,35 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def test_summarize_of_a_served_trace_shows_what_run_printed(tmp_path):
+    """One definition of every figure: `summarize` recomputes the serving figures from the trace's
+    records with the code `run` used, and prints the same lines."""
+    import h5py
+
+    from conftest import run_cli
+
+    path = tmp_path / "served.h5"
+    sample = str(Path(__file__).resolve().parent.parent / "traces" / "mooncake_conversation_sample.jsonl")
+    done = run_cli(["run", "-n", "4", "--kvp", "2", "--tpa", "2", "--workload", sample, "--first", "10",
+                    "--context-scale", "0.01", "--output-scale", "0.03", "--time-scale", "0.0002",
+                    "--tokens-per-block", "4", "--max-batch", "5", "--ttl-slo", "1", "-o", str(path)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    shown = run_cli(["summarize", str(path)])
+    assert shown.returncode == 0, shown.stderr
+
+    def serving_lines(text: str) -> list[str]:
+        heads = ("served ", "TTL p50", "queue mean", "tokens/s/GPU ", "KV imbalance", "TTL SLO")
+        return [line for line in text.splitlines() if line.startswith(heads)]
+
+    assert len(serving_lines(done.stdout)) == 6
+    assert serving_lines(shown.stdout) == serving_lines(done.stdout)
+    data = json.loads(run_cli(["summarize", str(path), "--json"]).stdout)
+    with h5py.File(path, "r") as f:
+        printed = json.loads(f["summary"].attrs["json"])  # the JSON `run` printed
+    for key in ("ttl_p50", "ttl_p90", "ttl_p99", "queue_mean_s", "queue_p99_s", "admission_wait_p99_s",
+                "tokens_per_s_per_gpu", "max_batch", "mean_batch", "makespan_s", "steps", "generated_tokens",
+                "kv_capacity_tokens_per_gpu", "ttl_slo_s", "slo_held_steps"):
+        assert data[key] == printed[key], key
+    assert "ttl_s" not in data and "tokens_per_s_per_user" not in data  # a fixed batch's figures: not shown

@@ -493,9 +493,14 @@ def test_run_refuses_bad_workload_before_any_rank_starts(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--batch", "4"], "--batch cannot be used with --workload"),
-    (["--kv-capacity", "50"], "request 97 needs"),
     (["--time-scale", "0"], "time_scale must be a positive number"),
 ])
 def test_model_refuses_bad_workload_options(args, message):
     result = CliRunner().invoke(cli, ["model", "--workload", str(MOONCAKE_SAMPLE), *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_model_says_a_trace_that_cannot_fit_does_not_fit():
+    result = CliRunner().invoke(cli, ["model", "--workload", str(MOONCAKE_SAMPLE), "--kv-capacity", "50"])
+    assert result.exit_code == 3  # does not fit (README "Does not fit"), not bad input
+    assert "helix-mpi: DOES NOT FIT: request 97 needs" in result.output

@@ -5,7 +5,7 @@ Pure functions (no MPI). Single-threaded Numba: each MPI rank is one process.
 Numba flags: we use fastmath *without* the ``nnan``/``ninf`` flags, because the online softmax
 legitimately handles -inf (empty shards) and we must never let LLVM assume it away. Reassociation
 (``reassoc``) and contraction (``contract``) are what let LLVM vectorise the dot products and
-row updates (DESIGN.md section 6: strict serial float sums run at a third of memory speed).
+row updates (docs/design.md section 6: strict serial float sums run at a third of memory speed).
 """
 from __future__ import annotations
 
