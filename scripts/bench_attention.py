@@ -1,13 +1,30 @@
 #!/usr/bin/env python
-"""Benchmark helix_mpi.kernels.partial_attention against memory speed and plain NumPy.
+"""Benchmark helix_mpi.kernels.partial_attention against the host roofline, one core.
 
-For GQA Kh=8, Qh=64 (G=8), D=128 at contexts 16K/64K/128K and batch 1 and 8, reports the
-effective KV-read bandwidth (bytes of K and V read per second, median of repeats after a
-warm-up), a STREAM-like single-thread read of the same number of bytes in the same run
-(numpy `a.sum()` over a float32 array of KV size, repeats interleaved with the kernel's so
-both see the same machine state), their ratio, and the speed-up over a straightforward NumPy
-implementation (batched matmul + softmax). To stay under ~6 GB, cases whose K+V would exceed
-2 GiB run with fewer KV heads (G stays 8); the table says so. Last line: JSON.
+Cases: K/V stored as float32 and as bf16 (uint16 bits, upcast inside the kernel), batch 1 and 8,
+G = Qh/Kh = 1, 4, 8 query heads per KV head, D = 128, contexts 16K and 64K (every request full).
+Cases whose float32 K+V would exceed 1 GiB run with fewer KV heads (the table says so), which
+keeps the process under ~3 GB.
+
+Counting, per case (s = 4 bytes per element for float32 storage, 2 for bf16):
+    bytes = K + V + q + out + lse = 2*B*Kh*T*D*s + 2*B*Qh*D*4 + B*Qh*4
+            (K and V are read from memory once: every K/V row serves all G heads of its group)
+    FLOPs = 4*B*Qh*T*D   (q.k: 2*D per score; p.v: 2*D per score)
+The online softmax (max, subtract, exp, sum, rescale: ~20 operations per score with the
+polynomial exp, i.e. ~8% of the 4*D = 512 FLOPs per score at D = 128) is NOT counted: a faster
+roofline, so a lower (conservative) ratio.
+
+Host roofline, measured in the same run, interleaved with the kernel's repeats so all three see
+the same machine state (the machine is shared):
+    R = read bandwidth: a single-thread read of a float32 buffer of the case's K+V bytes (same
+        size, so the same cache level), the fastest of three readers: a vectorised Numba sum (one
+        sequential stream), BLAS sgemv ones[1,r] @ buf[r,1024] (reads 4-8 rows at once: on this
+        VM several concurrent streams read up to ~1.4x faster than one) and NumPy's a.sum();
+    F = one core's SGEMM FLOP/s: NumPy float32 matmul 512x512x512 (BLAS, 1 thread; compute-bound:
+        3 MiB of operands for 268 MFLOP).
+    roofline time = max(bytes / R, FLOPs / F); ratio_vs_roofline = roofline time / kernel time
+    (the median over repeats of the ratio within each repeat; 1.0 = at the roofline).
+Last line: JSON (medians).
 """
 import os
 
@@ -23,15 +40,91 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from helix_mpi.kernels import partial_attention  # noqa: E402
+from helix_mpi.kernels import from_bf16, partial_attention, to_bf16  # noqa: E402
 
-MAX_KV_BYTES = 2 * 2**30
+MAX_KV_BYTES = 2**30          # float32 K+V of one case
+READ_COLS = 1024              # row length of the sgemv reader
+SGEMM_N = 512                 # SGEMM probe: n x n @ n x n float32
+SGEMM_CALLS = 4               # matmuls per SGEMM sample (~8 ms)
 
 
+# ----------------------------------------------------------------------------- host roofline
+@njit(cache=True, fastmath=True)
+def _numba_read(a):
+    # a [N] float32: a vectorised sum (reassociation lets LLVM keep several vector accumulators)
+    s = np.float32(0.0)
+    for i in range(a.shape[0]):
+        s += a[i]
+    return s
+
+
+def _seconds(fn, calls=1):
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t) / calls
+
+
+class HostRoofline:
+    """Same-run probes of one core: read bandwidth over nbytes, and SGEMM FLOP/s."""
+
+    def __init__(self, nbytes):
+        n = -(-max(nbytes // 4, 1) // READ_COLS) * READ_COLS
+        self.buf = np.ones(n, np.float32)                      # [N] float32, ~nbytes
+        self.rows = self.buf.reshape(-1, READ_COLS)            # [N/READ_COLS, READ_COLS]
+        self.ones = np.ones(self.rows.shape[0], np.float32)    # [N/READ_COLS]
+        rng = np.random.default_rng(1)
+        self.a = rng.random((SGEMM_N, SGEMM_N), dtype=np.float32)
+        self.b = rng.random((SGEMM_N, SGEMM_N), dtype=np.float32)
+        self.c = np.empty((SGEMM_N, SGEMM_N), np.float32)
+        self.read_seconds(), self.sgemm_flops()                # warm-up (and compile)
+
+    def read_seconds(self):
+        """Seconds to read the buffer once: the fastest of three single-thread readers."""
+        return min(_seconds(lambda: _numba_read(self.buf)),
+                   _seconds(lambda: self.ones @ self.rows),
+                   _seconds(self.buf.sum))
+
+    def sgemm_flops(self):
+        """FLOP/s of one core's BLAS SGEMM on compute-bound (L2-resident) operands."""
+        t = _seconds(lambda: np.matmul(self.a, self.b, out=self.c), SGEMM_CALLS)
+        return 2 * SGEMM_N**3 / t
+
+
+def measure_vs_roofline(kernel, roof, nbytes, flops, repeats):
+    """Time kernel() against the roofline, interleaved: dict of medians and the ratio."""
+    kernel()
+    t_kern, ratios, read_gbps, sgemm = [], [], [], []
+    for _ in range(repeats):
+        tk = _seconds(kernel)
+        tr = roof.read_seconds()
+        f = roof.sgemm_flops()
+        bw = roof.buf.nbytes / tr
+        t_roof = max(nbytes / bw, flops / f)
+        t_kern.append(tk)
+        ratios.append(t_roof / tk)
+        read_gbps.append(bw / 1e9)
+        sgemm.append(f / 1e9)
+    tk = statistics.median(t_kern)
+    bw, f = statistics.median(read_gbps), statistics.median(sgemm)
+    return {
+        "bytes": int(nbytes), "flops": int(flops),
+        "kernel_ms": round(tk * 1e3, 3),
+        "kernel_gbps": round(nbytes / tk / 1e9, 3),
+        "kernel_gflops": round(flops / tk / 1e9, 2),
+        "read_gbps": round(bw, 3),
+        "sgemm_gflops": round(f, 2),
+        "bound": "memory" if nbytes / bw >= flops / f else "compute",
+        "ratio_vs_roofline": round(statistics.median(ratios), 3),
+    }
+
+
+# ----------------------------------------------------------------------------- attention
 def numpy_attention(q, k, v, lengths):
-    """Straightforward NumPy partial attention (matmul + softmax), same outputs."""
+    """Straightforward NumPy partial attention (matmul + softmax), float32 caches."""
     B, Qh, D = q.shape
     Kh = k.shape[1]
     G = Qh // Kh
@@ -51,76 +144,82 @@ def numpy_attention(q, k, v, lengths):
     return out, lse
 
 
-def timeit(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def attention_counts(B, Qh, Kh, T, D, elem_bytes):
+    """(bytes, FLOPs) of one decode step of partial attention (see the module docstring)."""
+    nbytes = 2 * B * Kh * T * D * elem_bytes + 2 * B * Qh * D * 4 + B * Qh * 4
+    return nbytes, 4 * B * Qh * T * D
 
 
-def run_case(ctx, batch, kh, G, D, repeats, np_repeats, rng):
+def make_cache(rng, shape, dtype):
+    """Uniform [-0.5, 0.5) K or V cache [B,Kh,T,D], float32 or bf16 bits."""
+    a = rng.random(shape, dtype=np.float32)
+    a -= np.float32(0.5)
+    return to_bf16(a) if dtype == "bf16" else a
+
+
+def run_case(dtype, ctx, batch, kh, G, D, repeats, rng):
     Qh = kh * G
     shape = (batch, kh, ctx, D)
-    k = rng.random(shape, dtype=np.float32) - np.float32(0.5)
-    v = rng.random(shape, dtype=np.float32) - np.float32(0.5)
+    k = make_cache(rng, shape, dtype)
+    v = make_cache(rng, shape, dtype)
     q = rng.standard_normal((batch, Qh, D), dtype=np.float32)
     lengths = np.full(batch, ctx, np.int64)
-    kv_bytes = k.nbytes + v.nbytes
-    stream = np.ones(kv_bytes // 4, np.float32)
+    nbytes, flops = attention_counts(batch, Qh, kh, ctx, D, k.itemsize)
+    roof = HostRoofline(k.nbytes + v.nbytes)
+    res = measure_vs_roofline(lambda: partial_attention(q, k, v, lengths), roof, nbytes, flops,
+                              repeats)
+    del roof
+    out, _ = partial_attention(q, k, v, lengths)
+    if dtype == "bf16":
+        k, v = from_bf16(k), from_bf16(v)
+    ref, _ = numpy_attention(q, k, v, lengths)
+    return {"dtype": dtype, "context": ctx, "batch": batch, "kv_heads": kh, "q_heads": Qh,
+            "group": G, "head_dim": D, **res,
+            "max_abs_err_vs_numpy": float(np.abs(out - ref).max())}
 
-    out, lse = partial_attention(q, k, v, lengths)  # warm-up (and compile)
-    stream.sum()
-    t_kern, t_stream = [], []
-    for _ in range(repeats):
-        t_kern.append(timeit(lambda: partial_attention(q, k, v, lengths)))
-        t_stream.append(timeit(lambda: stream.sum()))
-    del stream
-    ro, rl = numpy_attention(q, k, v, lengths)  # warm-up + cross-check
-    err = float(np.abs(out - ro).max())
-    t_np = [timeit(lambda: numpy_attention(q, k, v, lengths)) for _ in range(np_repeats)]
-    tk, ts, tn = (statistics.median(x) for x in (t_kern, t_stream, t_np))
-    return {
-        "context": ctx, "batch": batch, "kv_heads": kh, "q_heads": Qh, "head_dim": D,
-        "kv_bytes": kv_bytes,
-        "kernel_ms": round(tk * 1e3, 3),
-        "kv_gbps": round(kv_bytes / tk / 1e9, 3),
-        "stream_gbps": round(kv_bytes / ts / 1e9, 3),
-        "ratio_vs_stream": round(ts / tk, 3),
-        "numpy_ms": round(tn * 1e3, 3),
-        "speedup_vs_numpy": round(tn / tk, 3),
-        "max_abs_err_vs_numpy": err,
-    }
+
+def kv_heads_within_budget(kv_heads, batch, ctx, D):
+    kh = kv_heads
+    while kh > 1 and 2 * batch * kh * ctx * D * 4 > MAX_KV_BYTES:
+        kh //= 2
+    return kh
+
+
+def print_row(c, note):
+    print(f"{c['dtype']:>5} {c['context']:>7} {c['batch']:>3} {c['group']:>2} {c['kv_heads']:>3} "
+          f"{c['bytes'] / 1e6:>8.0f} {c['kernel_ms']:>9.2f} {c['kernel_gbps']:>8.2f} "
+          f"{c['kernel_gflops']:>7.1f} {c['read_gbps']:>7.2f} {c['sgemm_gflops']:>7.1f} "
+          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f}{note}", flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--contexts", default="16384,65536,131072")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--contexts", default="16384,65536")
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--groups", default="1,4,8", help="query heads per KV head")
     ap.add_argument("--kv-heads", type=int, default=8)
-    ap.add_argument("--group", type=int, default=8, help="query heads per KV head")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--numpy-repeats", type=int, default=5)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    cases = []
-    hdr = (f"{'context':>8} {'batch':>5} {'Kh':>3} {'Qh':>4} {'KV MB':>8} {'kern ms':>9} "
-           f"{'kv GB/s':>8} {'stream':>7} {'ratio':>6} {'numpy ms':>9} {'speedup':>8}")
+    hdr = (f"{'dtype':>5} {'context':>7} {'B':>3} {'G':>2} {'Kh':>3} {'MB':>8} {'kern ms':>9} "
+           f"{'GB/s':>8} {'GFLOP/s':>7} {'read':>7} {'sgemm':>7} {'bound':>7} {'ratio':>6}")
     print(hdr)
     print("-" * len(hdr))
-    for ctx in map(int, args.contexts.split(",")):
-        for batch in map(int, args.batches.split(",")):
-            kh = args.kv_heads
-            while kh > 1 and 2 * batch * kh * ctx * args.head_dim * 4 > MAX_KV_BYTES:
-                kh //= 2
-            c = run_case(ctx, batch, kh, args.group, args.head_dim, args.repeats,
-                         args.numpy_repeats, rng)
-            note = "" if kh == args.kv_heads else f"  (KV heads reduced {args.kv_heads}->{kh})"
-            print(f"{ctx:>8} {batch:>5} {kh:>3} {c['q_heads']:>4} {c['kv_bytes'] / 1e6:>8.0f} "
-                  f"{c['kernel_ms']:>9.2f} {c['kv_gbps']:>8.2f} {c['stream_gbps']:>7.2f} "
-                  f"{c['ratio_vs_stream']:>6.2f} {c['numpy_ms']:>9.1f} "
-                  f"{c['speedup_vs_numpy']:>8.2f}{note}", flush=True)
-            cases.append(c)
-    print(json.dumps({"cases": cases}))
+    cases = []
+    for dtype in args.dtypes.split(","):
+        for ctx in map(int, args.contexts.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                for G in map(int, args.groups.split(",")):
+                    kh = kv_heads_within_budget(args.kv_heads, batch, ctx, args.head_dim)
+                    c = run_case(dtype, ctx, batch, kh, G, args.head_dim, args.repeats, rng)
+                    note = "" if kh == args.kv_heads else f"  (Kh {args.kv_heads}->{kh})"
+                    print_row(c, note)
+                    cases.append(c)
+    ratios = [c["ratio_vs_roofline"] for c in cases]
+    print(json.dumps({"cases": cases, "min_ratio_vs_roofline": min(ratios),
+                      "median_ratio_vs_roofline": statistics.median(ratios)}))
 
 
 if __name__ == "__main__":

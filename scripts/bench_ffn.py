@@ -1,72 +1,120 @@
 #!/usr/bin/env python
-"""Benchmark the FFN and projection kernels (GEMV-shaped at decode batches) against memory speed.
+"""Benchmark the FFN and projection kernels (helix_mpi.kernels linear, swiglu) against the host
+roofline, one core, at decode batches.
 
-For each weight shape (a TPF shard of Llama FFN/projection matrices) and batch 1 and 8: the
-weight-read bandwidth of helix_mpi.kernels.linear (bytes of W per second, median of repeats),
-a STREAM-like single-thread read of the same bytes (`a.sum()` over a float32 array of W's size),
-and NumPy's BLAS `x @ W`, all in the same run, interleaved. Last line: JSON.
+Cases: weight shards one rank holds (Llama-3.1 70B / 405B widths over 8 ranks), stored as
+float32 (BLAS path) and as bf16 (uint16 bits, Numba path up to 16 rows of x, BLAS on upcast
+panels above), batch 1, 8 and 16 (16 = the largest batch of the bf16 Numba path); and SwiGLU (gate and up shards) at batch 1 and 8.
+
+Counting, per case (s = 4 bytes per weight for float32, 2 for bf16):
+    linear x [B,n] @ w [n,m]:   bytes = n*m*s + B*n*4 + B*m*4      FLOPs = 2*B*n*m
+    swiglu x [B,H], w_gate/w_up [H,f]:
+                                bytes = 2*H*f*s + B*H*4 + B*f*4    FLOPs = 4*B*H*f
+(weights are read from memory once; silu and the product, ~5*B*f operations, are not counted.)
+
+Host roofline, measured in the same run, interleaved with the kernel's repeats (see
+bench_attention.py, which holds the probes): R = single-thread read bandwidth over a float32
+buffer of the case's weight bytes, F = one core's SGEMM FLOP/s (512^3 float32 matmul, 1 thread).
+roofline time = max(bytes / R, FLOPs / F); ratio_vs_roofline = roofline time / kernel time
+(median over repeats of the ratio within each repeat). Also reported: BLAS `x @ w` on the float32
+weights, as a ratio against the same roofline. Last line: JSON (medians).
 """
 import os
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_v] = "1"
+os.environ.setdefault("NUMBA_CACHE_DIR", "/tmp/numba_cache")
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from helix_mpi.kernels import linear, swiglu  # noqa: E402
+from bench_attention import HostRoofline, measure_vs_roofline  # noqa: E402
+from helix_mpi.kernels import linear, swiglu, to_bf16  # noqa: E402
 
-REPEATS = 7
 # (name, rows, cols): shards a rank holds (llama-3.1-70b/405b widths over 8 ranks)
-SHAPES = [("w_gate 70b/8", 8192, 3584), ("w_down 70b/8", 3584, 8192), ("wq 405b tpa8", 16384, 2048),
-          ("w_up 405b/8", 16384, 6656)]
+LINEAR_SHAPES = [("w_gate 70b/8", 8192, 3584), ("w_down 70b/8", 3584, 8192),
+                 ("wq 405b tpa8", 16384, 2048), ("w_up 405b/8", 16384, 6656)]
+SWIGLU_SHAPES = [("swiglu 70b/8", 8192, 3584), ("swiglu 405b/8", 16384, 6656)]
 
 
-def _median_seconds(fn) -> float:
-    samples = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+def linear_counts(B, n, m, elem_bytes):
+    return n * m * elem_bytes + B * n * 4 + B * m * 4, 2 * B * n * m
 
 
-def measure(rows: int, cols: int, batch: int) -> dict:
-    rng = np.random.default_rng(0)
+def swiglu_counts(B, H, f, elem_bytes):
+    return 2 * H * f * elem_bytes + B * H * 4 + B * f * 4, 4 * B * H * f
+
+
+def weights(rng, rows, cols, dtype):
+    """Weight shard [rows, cols] ~ N(0, 1/rows), float32 or bf16 bits."""
     w = rng.standard_normal((rows, cols), dtype=np.float32)
+    w *= np.float32(rows ** -0.5)
+    return to_bf16(w) if dtype == "bf16" else w
+
+
+def linear_case(name, rows, cols, dtype, batch, repeats, rng):
+    w = weights(rng, rows, cols, dtype)
     x = rng.standard_normal((batch, rows), dtype=np.float32)
-    stream = np.empty(rows * cols, dtype=np.float32)
-    stream.fill(1.0)
-    linear(x, w), x @ w, stream.sum()  # warm-up
-    t_kernel = _median_seconds(lambda: linear(x, w))
-    t_blas = _median_seconds(lambda: x @ w)
-    t_stream = _median_seconds(lambda: stream.sum())
-    nbytes = w.nbytes
-    return {"batch": batch, "weight_gbps": nbytes / t_kernel / 1e9, "blas_gbps": nbytes / t_blas / 1e9,
-            "stream_gbps": nbytes / t_stream / 1e9, "ratio_vs_stream": t_stream / t_kernel,
-            "ratio_vs_blas": t_blas / t_kernel}
+    nbytes, flops = linear_counts(batch, rows, cols, w.itemsize)
+    roof = HostRoofline(w.nbytes)
+    res = measure_vs_roofline(lambda: linear(x, w), roof, nbytes, flops, repeats)
+    if dtype == "fp32":   # the float32 path is BLAS itself: nothing separate to compare
+        res["blas_ratio_vs_roofline"] = res["ratio_vs_roofline"]
+    return {"op": "linear", "weights": name, "shape": [rows, cols], "dtype": dtype,
+            "batch": batch, **res}
 
 
-def main() -> None:
+def swiglu_case(name, H, f, dtype, batch, repeats, rng):
+    wg = weights(rng, H, f, dtype)
+    wu = weights(rng, H, f, dtype)
+    x = rng.standard_normal((batch, H), dtype=np.float32)
+    nbytes, flops = swiglu_counts(batch, H, f, wg.itemsize)
+    roof = HostRoofline(wg.nbytes + wu.nbytes)
+    res = measure_vs_roofline(lambda: swiglu(x, wg, wu), roof, nbytes, flops, repeats)
+    return {"op": "swiglu", "weights": name, "shape": [H, f], "dtype": dtype, "batch": batch,
+            **res}
+
+
+def print_row(c):
+    rows, cols = c["shape"]
+    print(f"{c['op']:>6} {c['weights']:>14} {rows:>6}x{cols:<6} {c['dtype']:>5} {c['batch']:>3} "
+          f"{c['bytes'] / 1e6:>7.0f} {c['kernel_ms']:>8.2f} {c['kernel_gbps']:>7.2f} "
+          f"{c['kernel_gflops']:>7.1f} {c['read_gbps']:>6.2f} {c['sgemm_gflops']:>6.1f} "
+          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--batches", default="1,8,16")
+    ap.add_argument("--swiglu-batches", default="1,8")
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    hdr = (f"{'op':>6} {'weights':>14} {'shape':>13} {'dtype':>5} {'B':>3} {'MB':>7} "
+           f"{'kern ms':>8} {'GB/s':>7} {'GFLOP/s':>7} {'read':>6} {'sgemm':>6} {'bound':>7} "
+           f"{'ratio':>6}")
+    print(hdr)
+    print("-" * len(hdr))
     cases = []
-    print(f"{'weights':16s} {'shape':>13s} {'B':>2s} {'kernel GB/s':>11s} {'BLAS GB/s':>9s} {'read GB/s':>9s}"
-          f" {'vs read':>7s} {'vs BLAS':>7s}")
-    for name, rows, cols in SHAPES:
-        for batch in (1, 8):
-            row = measure(rows, cols, batch) | {"weights": name, "shape": [rows, cols]}
-            cases.append(row)
-            print(f"{name:16s} {rows:6d}x{cols:<6d} {batch:2d} {row['weight_gbps']:11.2f} {row['blas_gbps']:9.2f}"
-                  f" {row['stream_gbps']:9.2f} {row['ratio_vs_stream']:7.2f} {row['ratio_vs_blas']:7.2f}")
-    g = np.ones((8, 8192), np.float32)
-    wg = np.ones((8192, 3584), np.float32)
-    t_swiglu = _median_seconds(lambda: swiglu(g, wg, wg))
-    print(f"swiglu 70b/8 batch 8: {2 * wg.nbytes / t_swiglu / 1e9:.2f} GB/s of gate+up weights")
-    print(json.dumps({"cases": cases, "swiglu_gbps": 2 * wg.nbytes / t_swiglu / 1e9}))
+    for dtype in args.dtypes.split(","):
+        for name, rows, cols in LINEAR_SHAPES:
+            for batch in map(int, args.batches.split(",")):
+                cases.append(linear_case(name, rows, cols, dtype, batch, args.repeats, rng))
+                print_row(cases[-1])
+        for name, H, f in SWIGLU_SHAPES:
+            for batch in map(int, args.swiglu_batches.split(",")):
+                cases.append(swiglu_case(name, H, f, dtype, batch, args.repeats, rng))
+                print_row(cases[-1])
+    ratios = [c["ratio_vs_roofline"] for c in cases]
+    print(json.dumps({"cases": cases, "min_ratio_vs_roofline": min(ratios),
+                      "median_ratio_vs_roofline": statistics.median(ratios)}))
 
 
 if __name__ == "__main__":
