@@ -27,7 +27,9 @@ from .units import format_count
 @click.option("--ttl-max", type=float, metavar="SECONDS", help="target: token-to-token latency at most this")
 @click.option("--min-throughput", type=float, metavar="TOKENS_PER_S_PER_GPU",
               help="target: at least this many tokens/s per GPU")
-@click.option("--gpus-max", type=int, default=72, show_default=True, help="consider 1..this many GPUs")
+@click.option("--racks", type=int, help="NVLink domains (racks; nodes of a DGX) joined by the scale-out network "
+                                      "(default: the topology file's, else one)")
+@click.option("--gpus-max", type=int, help="consider 1..this many GPUs (default: every GPU of the racks, else 72)")
 @click.option("--objective", type=click.Choice(["throughput", "ttl", "gpus"]),
               help="what 'best' maximises among the configurations meeting the target (default: throughput "
                    "with --ttl-max, else ttl)")
@@ -52,7 +54,7 @@ from .units import format_count
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def advise(model_spec, context, context_scale, topology, precision, kv_precision, comm, ttl_max, min_throughput,
-           gpus_max, objective, strategies, top, max_batch, a2a_chunk, workload, ttl_slo, queue_max, first,
+           racks, gpus_max, objective, strategies, top, max_batch, a2a_chunk, workload, ttl_slo, queue_max, first,
            time_scale, output_scale, layouts_per_count, csv_path, as_json, quiet) -> None:
     """Which layout to deploy: sweep every layout of every strategy (analytic) and answer with the
     best configuration meeting a target (--ttl-max, --min-throughput, --gpus-max), how it compares
@@ -67,12 +69,14 @@ def advise(model_spec, context, context_scale, topology, precision, kv_precision
     from .cli import UserError, _emit, _user_errors
     from .config import Implementation, load_model
     from .progress import Progress
-    from .sweep import SweepSpec, WhatIf, candidates
+    from .sweep import DEFAULT_MAX_GPUS, SweepSpec, WhatIf, candidates
     from .topology import load_topology
 
     try:
         model = load_model(model_spec)
-        topo = load_topology(topology)
+        topo = load_topology(topology, racks)
+        gpus_max = gpus_max if gpus_max is not None else topo.cluster_gpus or DEFAULT_MAX_GPUS
+        topo.check_gpus(gpus_max, "GPUs (--gpus-max)")
         impl = Implementation(precision, kv_precision, comm)
         names = check_strategies(strategies)
         if gpus_max < 1 or top < 1 or max_batch < 1 or layouts_per_count < 1:

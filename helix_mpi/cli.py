@@ -87,6 +87,8 @@ def _model_options(fn, model_default: str, context_default: int, tokens_type):
         click.option("--context", type=tokens_type, default=context_default, show_default=True,
                      help="tokens already cached (suffixes: 1M = 1,000,000, 128K = 128,000, 128Ki = 131,072)"),
         click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path"),
+        click.option("--racks", type=int, help="NVLink domains (racks; nodes of a DGX) of the modeled cluster: the "
+                                               "GPUs must fit in them (default: the topology file's, else unbounded)"),
         click.option("--precision", type=click.Choice(["fp4", "fp8", "fp8_block", "bf16"]), default="fp4",
                      show_default=True, help="modeled precision of the weights (fp4 = NVFP4; fp8_block = FP8 with "
                                              "128x128 block scales, as DeepSeek-V3/R1 checkpoints)"),
@@ -163,7 +165,7 @@ def workload_options(fn):
               help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
 @click.option("--force", is_flag=True, help="run even when the estimated host memory exceeds what is available")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr (start-up phases, steps or requests done)")
-def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, kv_precision, comm, cuda_graphs,
+def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, racks, precision, kv_precision, comm, cuda_graphs,
         hopb, a2a_chunk, tokens_per_block, allow_overflow, as_json, ranks, steps, layers, seed, key_scale, output,
         save_tensors, check, fail_at, storage, force, quiet, **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
@@ -176,7 +178,8 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision,
     settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context,
                     steps=steps, layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision,
                     kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, a2a_chunk=a2a_chunk,
-                    storage=storage, key_scale=key_scale, topology=topology, allow_overflow=allow_overflow)
+                    storage=storage, key_scale=key_scale, topology=topology, racks=racks,
+                    allow_overflow=allow_overflow)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
             from .outputs import check_writable
@@ -446,7 +449,7 @@ def layer_kinds_note(model, layers: int, why: str | None = None) -> str | None:
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
                  seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32", kv_precision="fp8",
                  comm="trtllm", cuda_graphs=True, allow_overflow=False, serving: dict | None = None,
-                 layout_by=None) -> Resolved:
+                 layout_by=None, racks=None) -> Resolved:
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks.
     Layers None: `default_layers`, or every layer of the model for a served trace. With no layout
     flag, the fastest valid layout (layouts.choose_layout; `layout_by` replaces layouts.resolve_layout,
@@ -465,7 +468,8 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
                            kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb,
                            a2a_chunk=a2a_chunk, storage=storage, key_scale=key_scale)
     check_run_fits_model(model, run_config)
-    topo = load_topology(topology)
+    topo = load_topology(topology, racks)
+    topo.check_gpus(world_size, "ranks")
     workload = _load_workload(serving) if served else None
     choice_batch, choice_context, basis = batch, context, None
     if workload is not None:  # a served trace: one request at its median length
@@ -627,7 +631,7 @@ def _print_run(outcome, resolved: Resolved, as_json: bool) -> None:
 @click.option("--gpus", "-g", type=int, default=8, show_default=True, help="GPUs N")
 @click.option("--layers", type=int, help="layers to time (default: all of the model)")
 @click.option("--steps", type=int, default=1, show_default=True, help="decode steps (context grows by one each)")
-def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, precision, kv_precision, comm,
+def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, racks, precision, kv_precision, comm,
                   cuda_graphs, hopb, a2a_chunk, tokens_per_block, allow_overflow, as_json, gpus, layers, steps,
                   **serving) -> None:
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data.
@@ -638,7 +642,7 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
     if serving["workload"] is not None:
         _refuse_fixed_batch_flags(False)
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
-                       gpus, serving, a2a_chunk, kv_precision, comm, cuda_graphs)
+                       gpus, serving, a2a_chunk, kv_precision, comm, cuda_graphs, racks)
         return
     from .analysis import EventStats, exchange_label, format_summary, shape_of
     from .analytic import simulate_layers
@@ -654,7 +658,8 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers or model.num_layers,
                                tokens_per_block=tokens_per_block, precision=precision, kv_precision=kv_precision,
                                comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, a2a_chunk=a2a_chunk)
-        topo = load_topology(topology)
+        topo = load_topology(topology, racks)
+        topo.check_gpus(gpus, "GPUs (--gpus)")
         layout, choice = resolve_layout(model, gpus, kvp, tpa, ep, strategy, batch, context, topo,
                                         run_config.implementation(), hopb, a2a_chunk, tokens_per_block)
         validate_layout(model, layout, gpus)
@@ -782,7 +787,7 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
 
 def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json, gpus,
                    serving: dict, a2a_chunk: int = 0, kv_precision: str = "fp8", comm: str = "trtllm",
-                   cuda_graphs: bool = True) -> None:
+                   cuda_graphs: bool = True, racks: int | None = None) -> None:
     """`model --workload`: helix_mpi.serving.serve at full model size."""
     from .analysis import exchange_label
     from .serving import format_serving, scalar_metrics, serve
@@ -792,7 +797,7 @@ def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb
             raise UserError(f"--gpus must be >= 1, got {gpus}")
         resolved = _resolve_run(gpus, model_spec, kvp, tpa, ep, strategy, 1, 0, 1, 1, tokens_per_block, 0, precision,
                                 hopb, a2a_chunk, 1.0, topology, kv_precision=kv_precision, comm=comm,
-                                cuda_graphs=cuda_graphs, serving=serving)
+                                cuda_graphs=cuda_graphs, serving=serving, racks=racks)
         setup, layout, model, topo = resolved.setup, resolved.layout, resolved.model, resolved.topo
         metrics = serve(resolved.workload, model, layout, topo, setup.impl, hopb, tokens_per_block, setup.max_batch,
                         setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens, a2a_chunk=a2a_chunk,

@@ -71,6 +71,15 @@ def _bus_factor(op: Collective, n) -> np.ndarray:
     return 2 * (n - 1) / n if op is Collective.ALL_REDUCE else (n - 1) / n
 
 
+def ranks_per_domain(n, stride, domain_size: int) -> np.ndarray:
+    """Ranks of a group in one NVLink domain, its n ranks `stride` apart in a rank numbering that
+    fills domain after domain (ranks 0..D-1 are domain 0, as mpiexec packs them by node): a KVP
+    group (stride 1) is packed, a TPA group (stride KVP) has min(n, D // KVP) ranks per domain, and
+    one rank per domain once the stride reaches D."""
+    n, stride = np.asarray(n, float), np.asarray(stride, float)
+    return np.minimum(n, np.maximum(np.floor(domain_size / stride), 1.0))
+
+
 def _domain_count(n: np.ndarray, topo: Topology) -> np.ndarray:
     """NVLink domains spanned, ranks packed domain by domain."""
     return np.ceil(n / topo.fabric.domain_size)
@@ -390,8 +399,10 @@ def kernel_seconds(kernel, topo: Topology, cuda_graphs: bool = True) -> tuple[np
     return seconds, source
 
 
-def collective_seconds(op, nbytes, nranks, topo: Topology, comm: str = "nccl") -> tuple[np.ndarray, np.ndarray]:
-    """(seconds, source) of one collective (exactly 0 over one rank).
+def collective_seconds(op, nbytes, nranks, topo: Topology, comm: str = "nccl",
+                       stride=1) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, source) of one collective (exactly 0 over one rank) whose ranks are `stride`
+    apart (placement: `ranks_per_domain`; 1 for a packed group).
 
     comm "nccl": nccl-tests' measured table where it has the rank count and size; otherwise the
     algorithm NCCL would pick among the fitted ones (all-reduce, all-gather, reduce-scatter: the
@@ -402,12 +413,17 @@ def collective_seconds(op, nbytes, nranks, topo: Topology, comm: str = "nccl") -
     """
     op = Collective(op).value
     size, n = _validated(nbytes, nranks)
+    local = ranks_per_domain(n, stride, topo.fabric.domain_size)
+    in_size = np.where(n > local, _local_size(op, size, n, local), size)
     if topo.calibration is None:
         seconds, source = np.asarray(collective_time(op, size, n, topo), float), np.full(np.shape(size * n), SPEC)
+        spread = local < np.minimum(n, topo.fabric.domain_size)  # a strided group: hierarchical as below
+        if np.any(spread):
+            inner = np.where(local > 1, collective_time(op, in_size, local, topo), 0.0)
+            seconds = np.where(spread, _across_domains(op, size, n, local, inner, topo), seconds)
     else:
-        local = np.minimum(n, topo.fabric.domain_size)  # ranks packed domain by domain
-        seconds, source = _in_domain_seconds(op, np.where(n > local, _local_size(op, size, n, local), size), local,
-                                             topo, comm)
+        seconds, source = _in_domain_seconds(op, in_size, local, topo, comm)
+        seconds = np.where(local > 1, seconds, 0.0)  # one rank per domain: only the network part
         seconds = np.where(n > local, _across_domains(op, size, n, local, seconds, topo), seconds)
     one = n == 1
     return np.where(one, 0.0, seconds), np.where(one, SPEC, source)
@@ -431,7 +447,9 @@ def _across_domains(op: str, size, n, local, in_domain, topo: Topology):
     algorithms run it: the in-domain part (`in_domain`) plus a ring over the m domains on the
     scale-out network carrying 1 / local of the data per GPU (one NIC per GPU, each moving its
     slice), e.g. all-reduce = reduce-scatter and all-gather inside the domain, all-reduce across.
-    An all-to-all sends its remote share over the network while the local share uses NVLink; an
+    An all-to-all's remote share goes over the network after the in-domain exchange's fixed cost
+    (NCCL's cross-node all-to-all is grouped sends through the network proxy: its latency adds to
+    the kernel's, so a group spread over domains is never cheaper than the same group packed); an
     all-reduce takes the faster of the ring and NCCL's tree across domains."""
     from .collective_algorithms import Ring
 
@@ -440,7 +458,7 @@ def _across_domains(op: str, size, n, local, in_domain, topo: Topology):
     ring = Ring(0.0, net.latency_s, net.bytes_per_s)
     if op == "all_to_all":
         remote = ring.seconds(op, size * (n - local) / n * m / np.maximum(m - 1, 1), m)
-        return np.maximum(in_domain, remote)
+        return in_domain + remote
     across = ring.seconds(op, size / local, m)
     if op == "all_reduce":  # NCCL's tree: 2 log2(m) network steps, each moving the slice up and down
         tree = 2 * np.ceil(np.log2(np.maximum(m, 2))) * net.latency_s + 2 * size / local / net.bytes_per_s

@@ -193,7 +193,7 @@ def decode_step_s(model: ModelConfig, layout: Layout, pp: int, batch: int, conte
         kv = np.full((n, micro), tokens_held(context, layout.kvp, 1)[0], dtype=np.int64)
     step = StepTimer(model, layout, True, timer)(kv)
     if pp > 1:
-        step += (pp - 1) * float(timer.send_seconds(micro * model.hidden_size * ACTIVATION_BYTES))
+        step += float(timer.pipeline_sends_seconds(pp, n, micro * model.hidden_size * ACTIVATION_BYTES))
     return step
 
 
@@ -294,10 +294,10 @@ class CollectivePrediction:
 
 
 def predict_collectives(log, topo: Topology, comm: str = "nccl") -> list[CollectivePrediction]:
-    """Every row of a parsed nccl-tests log (calibration.nccltests) timed by the cost model."""
-    from .costmodel import SOURCES, collective_seconds
+    """Every row of a parsed nccl-tests log (calibration.nccltests) timed by the timing engine."""
+    from .costmodel import SOURCES
 
-    seconds, sources = collective_seconds(log.op, log.sizes, log.ranks, topo, comm)
+    seconds, sources = TimeModel(topo, Implementation(comm=comm)).collective_timing(log.op, log.sizes, log.ranks)
     return [CollectivePrediction(log.path, log.op, log.ranks, float(size), float(measured), float(predicted),
                                  SOURCES[int(source)])
             for size, measured, predicted, source in zip(log.sizes, log.seconds, np.broadcast_to(seconds, log.sizes.shape),

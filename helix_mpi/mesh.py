@@ -36,6 +36,27 @@ def group_size(layout: Layout, axes: tuple[Axis, ...]) -> int:
     return size
 
 
+def group_stride(layout: Layout, axes: tuple[Axis, ...]) -> int:
+    """Rank distance between neighbours of the group over `axes` (module docstring's rank order):
+    1 when the group holds its phase's fastest axis (KVP, TPF), else that axis's size (a TPA group
+    is KVP apart, an EP group TPF apart). Placement follows: `costmodel.ranks_per_domain`."""
+    if not axes:
+        return 1
+    stride = 1
+    for axis in _phase_axes(axes):
+        if axis in axes:
+            return stride
+        stride *= axis_size(layout, axis)
+    return stride
+
+
+def stage_crossings(stages: int, stage_ranks: int, domain_size: int) -> int:
+    """Stage-to-stage sends that leave an NVLink domain: pipeline stages of `stage_ranks`
+    consecutive ranks, domains of `domain_size`; the send after stage j crosses when rank
+    (j + 1) * stage_ranks opens a new domain."""
+    return sum(1 for j in range(1, stages) if (j * stage_ranks) % domain_size == 0)
+
+
 def _phase_axes(axes: tuple[Axis, ...]) -> tuple[Axis, ...]:
     if set(axes) <= set(ATTENTION_AXES):
         return ATTENTION_AXES

@@ -20,7 +20,7 @@ from .config import Implementation, Layout, ModelConfig, Strategy
 from .costmodel import Collective
 from .gpuops import (ACTIVATION_BYTES, LSE_BYTES, Attention, Elementwise, Gemm, MlaAttention, MoeExperts,
                      expected_hits, total_bytes, total_flops)
-from .mesh import group_size
+from .mesh import group_size, group_stride
 from .sharding import RankShard, even_splits, rank_shard
 
 
@@ -59,6 +59,7 @@ class Op:
     collective: Collective | None = None
     group: tuple[Axis, ...] = ()
     group_size: int = 1
+    group_stride: int = 1  # rank distance between the group's members (mesh.group_stride): its placement
     nbytes: float = 0.0  # nccl-tests "size" of the collective (per-rank buffer)
 
     @property
@@ -91,7 +92,7 @@ def request_chunks(batch: int, a2a_chunk: int) -> list[range]:
 def _collective(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis, ...], nbytes: float,
                 deps: tuple[int, ...]) -> Op:
     return Op(name, Stream.COMM, deps=deps, collective=kind, group=axes, group_size=group_size(layout, axes),
-              nbytes=nbytes)
+              group_stride=group_stride(layout, axes), nbytes=nbytes)
 
 
 def _gemm(m, n, k, dtype: str, impl: Implementation) -> Gemm:

@@ -55,11 +55,20 @@ def topology_from_dict(data: dict[str, Any]) -> Topology:
         calibration = _recorded_calibration(data.get("calibration"))
         topo = Topology(name=data["name"], description=data.get("description", ""), source=data.get("source", ""),
                         gpu=GpuSpec(**gpu), fabric=FabricSpec(**data["fabric"]),
-                        scale_out=ScaleOutSpec(**data["scale_out"]), calibration=calibration)
+                        scale_out=ScaleOutSpec(**data["scale_out"]), calibration=calibration,
+                        racks=_recorded_racks(data.get("racks")))
     except (KeyError, TypeError, ValueError) as exc:
         raise TraceError(f"the trace's topology attribute is incomplete ({exc}): pass --topology") from None
     _check_recorded_topology(topo)
     return topo
+
+
+def _recorded_racks(racks) -> int | None:
+    if racks is None:
+        return None
+    if isinstance(racks, bool) or not isinstance(racks, int) or racks < 1:
+        raise ValueError(f"racks = {racks!r}")
+    return racks
 
 
 _POSITIVE_CONSTANTS = ("hbm_bytes", "hbm_bytes_per_s", "flops_per_s", "domain_size", "link_bytes_per_s",

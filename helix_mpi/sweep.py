@@ -95,6 +95,9 @@ class WhatIf:
         return ", ".join(p for p in parts if p) or "plan"
 
 
+DEFAULT_MAX_GPUS = 72  # GPU counts swept without --racks: one NVL72 rack
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """What to sweep: one model at one context on one topology."""
@@ -282,8 +285,8 @@ def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, .
         layer = BatchLayerTime(spec.model, cand.layout, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
         ttl = ttl + count * layer(batches)
     if cand.pp > 1:  # PP - 1 stage-to-stage sends of the micro-batch's activations
-        sends = timer.send_seconds(batches.astype(np.float64) * spec.model.hidden_size * ACTIVATION_BYTES)
-        ttl = ttl + (cand.pp - 1) * sends * np.ones(len(batches))
+        ttl = ttl + timer.pipeline_sends_seconds(cand.pp, cand.layout.world_size,
+                                                 batches.astype(np.float64) * spec.model.hidden_size * ACTIVATION_BYTES)
     return ttl
 
 
@@ -335,7 +338,7 @@ class SweepResult:
             if not found:
                 per_series[series]["why_none"] = self.why_none.get(series, "no fitting configuration")
         return {"model": self.spec.model.name, "context": self.spec.context,
-                "topology": self.spec.machine_name,
+                "topology": self.spec.machine_name, "racks": self.spec.topo.racks,
                 "precision": self.spec.precision, "max_gpus": self.spec.max_gpus, "layouts": self.layouts,
                 "configs": self.timed, "fitting": int(len(self.configs)), "seconds": self.seconds,
                 "configs_per_s": self.timed / self.seconds if self.seconds > 0 else None,

@@ -29,20 +29,25 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
-          a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm="trtllm"):
+          a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm="trtllm", racks=None):
     from .config import load_model
     from .sweep import SweepSpec, WhatIf
+    from .sweep import DEFAULT_MAX_GPUS
     from .topology import load_topology
 
     names = tuple(s.strip() for s in strategies.split(",") if s.strip())
     whatif = WhatIf(a2a_latency_scale, reduce_latency_scale, a2a_chunk)
-    return SweepSpec(load_model(model_spec), load_topology(topology), context, precision, max_gpus, max_batch,
+    topo = load_topology(topology, racks)
+    max_gpus = max_gpus if max_gpus is not None else topo.cluster_gpus or DEFAULT_MAX_GPUS
+    topo.check_gpus(max_gpus, "GPUs (--max-gpus)")
+    return SweepSpec(load_model(model_spec), topo, context, precision, max_gpus, max_batch,
                      names, tokens_per_block, whatif, comm=comm)
 
 
 def _sweep_text(summary: dict[str, Any], output: str) -> str:
-    lines = [f"{summary['model']} at {summary['context']:,} tokens on {summary['topology']}, {summary['precision']}, "
-             f"1..{summary['max_gpus']} GPUs",
+    racks = f" x {summary['racks']} racks" if summary.get("racks") else ""
+    lines = [f"{summary['model']} at {summary['context']:,} tokens on {summary['topology']}{racks}, "
+             f"{summary['precision']}, 1..{summary['max_gpus']} GPUs",
              f"{summary['layouts']:,} layouts, {summary['configs']:,} configurations timed in "
              f"{summary['seconds']:.2f} s ({summary['configs_per_s']:,.0f}/s), {summary['fitting']:,} fit in HBM",
              f"{'strategy':14s} {'configs':>8s} {'min TTL ms':>11s} {'max tok/s/GPU':>14s}"]
@@ -61,7 +66,8 @@ def _sweep_text(summary: dict[str, Any], output: str) -> str:
 @click.option("--context", type=TOKENS, default=ANALYTIC_DEFAULT_CONTEXT, show_default=True,
               help="tokens already cached per request (1M = 1,000,000)")
 @click.option("--topology", default="gb200-nvl72", show_default=True, help="topology name or TOML path")
-@click.option("--max-gpus", type=int, default=72, show_default=True, help="sweep every GPU count 1..this")
+@click.option("--racks", type=int, help="NVLink domains (racks; nodes of a DGX) joined by the scale-out network; bounds the GPUs (default: the topology file's, else unbounded)")
+@click.option("--max-gpus", type=int, help="sweep every GPU count 1..this (default: every GPU of the racks, else 72)")
 @click.option("--max-batch", type=int, default=4096, show_default=True,
               help="largest batch (concurrent requests); every batch up to 1024, then steps of 2%")
 @click.option("--precision", type=click.Choice(["fp4", "fp8", "bf16"]), default="fp4", show_default=True,
@@ -81,7 +87,7 @@ def _sweep_text(summary: dict[str, Any], output: str) -> str:
 @click.option("-o", "--output", default="sweep.h5", show_default=True, help="HDF5 file to write")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
+def sweep(model_spec, context, topology, racks, max_gpus, max_batch, precision, strategies, tokens_per_block,
           a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm, output, as_json, quiet) -> None:
     """Time every layout of each strategy at every batch (analytic, same plan and cost model as the
     emulator), keep what fits in HBM, and save the configurations and each strategy's Pareto frontier."""
@@ -93,7 +99,7 @@ def sweep(model_spec, context, topology, max_gpus, max_batch, precision, strateg
 
     with _one_line_errors():
         spec = _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
-                     a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm)
+                     a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm, racks)
         check_writable(output)
         with Progress(len(candidates(spec)), "timing layouts", enabled=not quiet) as progress:
             result = run_sweep(spec, progress.by_count)

@@ -17,6 +17,8 @@ File layout (units are in the key names; see ``topologies/README.md``)::
 
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import math
 import os
@@ -80,6 +82,21 @@ class Topology:
     source: str  # file it was loaded from (citations are comments in that file)
     # measured tables of the GPU system and the physics fitted to them (None: spec constants only)
     calibration: Any = field(default=None, compare=False, repr=False)
+    # NVLink domains (racks, or nodes of a DGX) joined by the scale-out network; None: as many as a
+    # layout needs. Set by the file's `racks` key or --racks; it bounds the GPUs of a layout.
+    racks: int | None = None
+
+    @property
+    def cluster_gpus(self) -> int | None:
+        """GPUs in the modeled cluster (racks x domain size), None when unbounded."""
+        return None if self.racks is None else self.racks * self.fabric.domain_size
+
+    def check_gpus(self, gpus: int, flag: str = "GPUs") -> None:
+        """One line when `gpus` do not fit in the cluster's racks."""
+        if self.cluster_gpus is not None and gpus > self.cluster_gpus:
+            needed = -(-gpus // self.fabric.domain_size)
+            raise TopologyError(f"{gpus} {flag} exceed {self.racks} rack(s) of {self.fabric.domain_size} GPUs of "
+                                f"{self.name}: use --racks {needed} or fewer GPUs")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable view in SI units."""
@@ -92,6 +109,7 @@ class Topology:
             "gpu": gpu,
             "fabric": _fields_dict(self.fabric),
             "scale_out": _fields_dict(self.scale_out),
+            "racks": self.racks,
             "calibration": None if self.calibration is None else str(self.calibration.directory),
         }
 
@@ -132,6 +150,7 @@ _TABLE_SCHEMAS: dict[str, dict[str, tuple[str, str | None]]] = {
 }
 _SUBTABLES = {"": ("gpu", "fabric", "scale_out"), "gpu": ("dense_tflops",)}
 _OPTIONAL_TABLES = {"calibration": {"tables": ("str", None)}}  # [calibration] tables = "dir of measured tables"
+_OPTIONAL_TOP = {"racks": ("int", "positive")}  # racks = R: NVLink domains of the cluster (default: unbounded)
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -143,12 +162,12 @@ def _check_keys(where: str, table: dict, origin: str) -> None:
     schema = _TOP_SCHEMA if where == "" else _TABLE_SCHEMAS.get(where) or _OPTIONAL_TABLES[where]
     subtables = _SUBTABLES.get(where, ())
     optional = list(_OPTIONAL_TABLES) if where == "" else []
-    known = list(schema) + list(subtables) + optional
+    known = list(schema) + list(subtables) + optional + (list(_OPTIONAL_TOP) if where == "" else [])
     for key in table:
         if key not in known:
             label = f"{where}.{key}" if where else key
             raise TopologyError(f"{origin}: unknown field '{label}'{_suggest(key, known)}")
-    for key in [k for k in known if k not in optional]:
+    for key in [k for k in known if k not in optional and k not in _OPTIONAL_TOP]:
         if key not in table:
             label = f"{where}.{key}" if where else key
             kind = "table" if key in subtables else "key"
@@ -159,7 +178,7 @@ def _check_keys(where: str, table: dict, origin: str) -> None:
             raise TopologyError(f"{origin}: '{label}' must be a table like [{label}]")
         _check_keys(label, table[key], origin)
     for key in optional:
-        if key in table:
+        if key in table and key not in _OPTIONAL_TOP:
             if not isinstance(table[key], dict):
                 raise TopologyError(f"{origin}: '{key}' must be a table like [{key}]")
             _check_keys(key, table[key], origin)
@@ -240,6 +259,7 @@ def topology_from_dict(raw: dict, origin: str = "topology", base: Path | None = 
             latency_s=net["latency_us"] * MICRO,
         ),
         calibration=calibration,
+        racks=_check_value("racks", raw["racks"], *_OPTIONAL_TOP["racks"], origin) if "racks" in raw else None,
     )
 
 
@@ -297,9 +317,17 @@ def _resolve(name_or_path: str) -> Path:
     )
 
 
-def load_topology(name_or_path: str = DEFAULT_TOPOLOGY) -> Topology:
+def load_topology(name_or_path: str = DEFAULT_TOPOLOGY, racks: int | None = None) -> Topology:
     """Load a topology by bare name (searched in $HELIX_MPI_TOPOLOGIES, then
-    the package's ``topologies/`` folder) or by path to a TOML file."""
+    the package's ``topologies/`` folder) or by path to a TOML file; `racks` (--racks) replaces
+    the file's number of NVLink domains."""
+    if racks is not None and racks < 1:
+        raise TopologyError(f"--racks must be >= 1, got {racks}")
+    topo = _load_topology_file(name_or_path)
+    return topo if racks is None else dataclasses.replace(topo, racks=racks)
+
+
+def _load_topology_file(name_or_path: str) -> Topology:
     path = _resolve(str(name_or_path))
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))

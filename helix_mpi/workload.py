@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import gzip
 import io
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +149,12 @@ def _parse_line(text: str, path: Path, line: int) -> object:
 def _read_text(path: Path) -> str:
     """The file as UTF-8 text (a leading BOM dropped), or WorkloadError naming the first bad byte's line."""
     data = path.read_bytes()
+    if path.suffix.lower() == ".gz":  # a gzip-compressed trace (traces/mooncake_conversation.jsonl.gz)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise WorkloadError(f"{path}: not a readable gzip file ({exc}): decompress it or pass the plain file") \
+                from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -243,11 +251,12 @@ def detect_format(path: Path | str, fmt: str | None = None) -> str:
         if fmt not in FORMATS:
             raise WorkloadError(f"unknown trace format {fmt!r}: use one of {', '.join(FORMATS)}")
         return fmt
-    suffix = Path(path).suffix.lower()
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    suffix = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else (suffixes[-1] if suffixes else "")
     if suffix not in _EXTENSIONS:
         raise WorkloadError(
             f"{path}: cannot tell the trace format from the extension {suffix!r}: "
-            "use .jsonl/.json (Mooncake) or .csv (Azure), or pass the format explicitly"
+            "use .jsonl/.json (Mooncake) or .csv (Azure), optionally .gz, or pass the format explicitly"
         )
     return _EXTENSIONS[suffix]
 

@@ -35,7 +35,7 @@ from helix_mpi.topology import TopologyError, load_topology  # noqa: E402
 from helix_mpi.workload import WorkloadError, load_workload  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TRACE = REPO / ".." / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
+DEFAULT_TRACE = REPO / "traces" / "mooncake_conversation.jsonl.gz"  # scripts/derive_traces.py
 LAYOUTS = (("Helix", "helix", 64), ("TP", "tp", 64), ("Helix", "helix", 8), ("TP", "tp", 8), ("Helix", "helix", 72))
 
 

@@ -26,7 +26,7 @@ from helix_mpi.workload import Request, Workload, WorkloadError, load_workload
 ROOT = Path(__file__).resolve().parent.parent
 MOONCAKE_SAMPLE = ROOT / "traces" / "mooncake_conversation_sample.jsonl"
 AZURE_SAMPLE = ROOT / "traces" / "azure_conv_sample.csv"
-MOONCAKE_FULL = ROOT.parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
+MOONCAKE_FULL = ROOT / "traces" / "mooncake_conversation.jsonl.gz"  # scripts/derive_traces.py
 TOPO = load_topology("gb200-nvl72")
 IMPL = Implementation()  # NVFP4 weights, FP8 KV cache, TensorRT-LLM collectives, CUDA graphs
 TINY = MODEL_PRESETS["tiny"]
@@ -65,7 +65,6 @@ def test_azure_sample():
     assert w.requests[-1].arrival_s == pytest.approx(42.685223, abs=1e-9)
 
 
-@pytest.mark.skipif(not MOONCAKE_FULL.is_file(), reason="shared Mooncake trace not present")
 def test_full_mooncake_trace():
     w = load_workload(MOONCAKE_FULL)
     assert len(w) == 12031 and w.requests[-1].arrival_s == 3536.999
@@ -504,3 +503,10 @@ def test_model_says_a_trace_that_cannot_fit_does_not_fit():
     result = CliRunner().invoke(cli, ["model", "--workload", str(MOONCAKE_SAMPLE), "--kv-capacity", "50"])
     assert result.exit_code == 3  # does not fit (README "Does not fit"), not bad input
     assert "helix-mpi: DOES NOT FIT: request 97 needs" in result.output
+
+
+def test_a_corrupt_gzip_trace_is_one_line(tmp_path):
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00not gzip at all")
+    with pytest.raises(WorkloadError, match="not a readable gzip file"):
+        load_workload(path)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import Implementation
 from ..costmodel import Collective, collective_seconds, kernel_latency, kernel_seconds
+from ..mesh import stage_crossings
 from ..topology import Topology
 
 
@@ -42,7 +43,7 @@ class TimeModel:
     def op_timing(self, op) -> tuple[float, int]:
         """(seconds, source) of one plan op."""
         if op.is_collective:
-            seconds, source = self.collective_timing(op.collective, op.nbytes, op.group_size)
+            seconds, source = self.collective_timing(op.collective, op.nbytes, op.group_size, op.group_stride)
             return float(seconds), int(source)
         seconds, source = self.kernels_timing(op.kernels)
         return float(seconds), int(source)
@@ -85,19 +86,29 @@ class TimeModel:
             self.memo[key] = compute()
         return self.memo[key]
 
-    def collective_timing(self, kind: Collective | str, nbytes, group_size) -> tuple[np.ndarray, np.ndarray]:
-        seconds, source = collective_seconds(kind, nbytes, group_size, self.topo, self.impl.comm)
+    def collective_timing(self, kind: Collective | str, nbytes, group_size, stride=1) -> tuple[np.ndarray, np.ndarray]:
+        seconds, source = collective_seconds(kind, nbytes, group_size, self.topo, self.impl.comm, stride)
         scale = self.a2a_latency_scale if Collective(kind) is Collective.ALL_TO_ALL else self.reduce_latency_scale
         if scale != 1.0 or self.nvlink_scale != 1.0:
-            latency, _ = collective_seconds(kind, 0.0, group_size, self.topo, self.impl.comm)
+            latency, _ = collective_seconds(kind, 0.0, group_size, self.topo, self.impl.comm, stride)
             seconds = scale * latency + (seconds - latency) / self.nvlink_scale
         return seconds, source
 
-    def collective_seconds(self, kind: Collective | str, nbytes, group_size) -> np.ndarray:
-        """Seconds of a collective of nccl-tests size `nbytes` over `group_size` ranks (arrays broadcast)."""
-        return self.collective_timing(kind, nbytes, group_size)[0]
+    def collective_seconds(self, kind: Collective | str, nbytes, group_size, stride=1) -> np.ndarray:
+        """Seconds of a collective of nccl-tests size `nbytes` over `group_size` ranks `stride` apart
+        (arrays broadcast)."""
+        return self.collective_timing(kind, nbytes, group_size, stride)[0]
 
-    def send_seconds(self, nbytes):
-        """One point-to-point send of `nbytes` to a peer in the NVLink domain (pipeline stages),
-        modeled as a 2-rank all-to-all in which each rank sends that much to the other."""
-        return self.collective_seconds(Collective.ALL_TO_ALL, 2 * np.asarray(nbytes, float), 2)
+    def send_seconds(self, nbytes, across_domains: bool = False):
+        """One point-to-point send of `nbytes` to a peer (pipeline stages), modeled as a 2-rank
+        all-to-all in which each rank sends that much to the other: over NVLink, or over the
+        scale-out network when the peer is in another NVLink domain."""
+        stride = self.topo.fabric.domain_size if across_domains else 1
+        return self.collective_seconds(Collective.ALL_TO_ALL, 2 * np.asarray(nbytes, float), 2, stride)
+
+    def pipeline_sends_seconds(self, stages: int, stage_ranks: int, nbytes) -> np.ndarray:
+        """The stages - 1 stage-to-stage sends of one step: over NVLink, or over the scale-out
+        network for those that leave an NVLink domain (`mesh.stage_crossings`)."""
+        crossing = stage_crossings(stages, stage_ranks, self.topo.fabric.domain_size)
+        return ((stages - 1 - crossing) * self.send_seconds(nbytes)
+                + crossing * self.send_seconds(nbytes, across_domains=True)) * np.ones(np.shape(nbytes))

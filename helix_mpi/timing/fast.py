@@ -70,9 +70,9 @@ class BatchLayerTime:
             if op.is_collective:
                 other = self.plans[1][0][index].nbytes
                 duration = self.timer.remembered(
-                    ("collective", op.collective, op.nbytes, other, op.group_size, self._key(b)),
+                    ("collective", op.collective, op.nbytes, other, op.group_size, op.group_stride, self._key(b)),
                     lambda: self.timer.collective_seconds(op.collective, op.nbytes + (b - 1) * (other - op.nbytes),
-                                                          op.group_size))
+                                                          op.group_size, op.group_stride))
                 t = (t.max(axis=0, keepdims=True) if op.group_size > 1 else t) + duration
             else:
                 t = t + np.array([self._compute(c, index, b) for c in range(len(self.classes))])
@@ -107,8 +107,9 @@ class BatchLayerTime:
 
         def exchange(k: np.ndarray) -> np.ndarray:
             return self.timer.remembered(
-                ("exchange", a2a.collective, a2a.nbytes, a2a.group_size, self._key(k)),
-                lambda: self.timer.collective_seconds(a2a.collective, k * a2a.nbytes, a2a.group_size) * np.ones(len(k)))
+                ("exchange", a2a.collective, a2a.nbytes, a2a.group_size, a2a.group_stride, self._key(k)),
+                lambda: self.timer.collective_seconds(a2a.collective, k * a2a.nbytes, a2a.group_size,
+                                                      a2a.group_stride) * np.ones(len(k)))
 
         has_rem = rem > 0
         ta_r = np.where(has_rem, attention(np.maximum(rem, 1)), 0.0)
@@ -281,7 +282,7 @@ class TailTime:
         for op1, op2 in zip(*self.plans):
             if op1.is_collective:
                 size = op1.nbytes + (b - 1) * (op2.nbytes - op1.nbytes)
-                total = total + self.timer.collective_seconds(op1.collective, size, op1.group_size)
+                total = total + self.timer.collective_seconds(op1.collective, size, op1.group_size, op1.group_stride)
             else:
                 total = total + self.timer.kernels_seconds([k1.extrapolated(k2, b) for k1, k2 in
                                                             zip(op1.kernels, op2.kernels)])
