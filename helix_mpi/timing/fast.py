@@ -154,10 +154,13 @@ class RaggedLayerTime:
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layer: int = 0,
-                 a2a_chunk: int = 0):
-        self.model, self.layout, self.hopb, self.timer = model, layout, hopb, timer
-        self.layer, self.n, self.a2a_chunk = layer, layout.world_size, a2a_chunk
+                 a2a_chunk: int = 0, attention_memo: dict | None = None):
+        self.model, self.layer, self.n, self.a2a_chunk = model, layer, layout.world_size, a2a_chunk
+        self.layout, self.hopb, self.timer = layout, hopb, timer
         self.group_max = GroupMax(layout)
+        # attention seconds of the current step, shared by the layer kinds of one StepTimer (dense and
+        # MoE layers run the same attention kernel on the same KV lengths)
+        self.attention_memo = {} if attention_memo is None else attention_memo
         self.rank_class, self.class_rank = shard_classes(model, layout)
         self.members = [np.flatnonzero(self.rank_class == c) for c in range(len(self.class_rank))]
         self._cache: dict[int, _BatchPlan] = {}
@@ -193,9 +196,12 @@ class RaggedLayerTime:
             groups.setdefault(replace(kernel, tokens=0.0), []).append(ranks)
         for kernel, members in groups.items():
             ranks = np.concatenate(members)
-            shaped = replace(kernel, tokens=tokens[ranks]) if batch is None else \
-                replace(kernel, tokens=tokens[ranks], batch=batch[ranks])
-            out[ranks] = self.timer.kernels_seconds([shaped])
+            key = (kernel, ranks.tobytes(), tokens[ranks].tobytes(), None if batch is None else batch[ranks].tobytes())
+            if key not in self.attention_memo:
+                shaped = replace(kernel, tokens=tokens[ranks]) if batch is None else \
+                    replace(kernel, tokens=tokens[ranks], batch=batch[ranks])
+                self.attention_memo[key] = self.timer.kernels_seconds([shaped])
+            out[ranks] = self.attention_memo[key]
         return out
 
     def _chain_times(self, plan: _BatchPlan, kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,9 +281,17 @@ class TailTime:
     def __init__(self, model: ModelConfig, layout: Layout, timer: TimeModel):
         self.timer = timer
         self.plans = [tail_plan(model, layout, 0, batch, timer.impl) for batch in (1, 2)]
+        self._one: dict[float, np.ndarray] = {}  # tail at one batch (serving asks for the same few again and again)
 
     def __call__(self, batches) -> np.ndarray:
         b = np.atleast_1d(np.asarray(batches, dtype=np.float64))
+        if len(b) == 1:
+            if float(b[0]) not in self._one:
+                self._one[float(b[0])] = self._times(b)
+            return self._one[float(b[0])].copy()
+        return self._times(b)
+
+    def _times(self, b: np.ndarray) -> np.ndarray:
         total = np.zeros(len(b))
         for op1, op2 in zip(*self.plans):
             if op1.is_collective:
@@ -295,12 +309,14 @@ class StepTimer:
 
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layers: int | None = None,
                  a2a_chunk: int = 0):
-        self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first, a2a_chunk))
+        self.attention_memo: dict = {}
+        self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first, a2a_chunk, self.attention_memo))
                       for first, count in layer_kinds(model, layers)]
         self.tail = TailTime(model, layout, timer)
 
     def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
         """Modeled seconds of one decode step for local KV lengths [N, B], or N arrays (dp-ep)."""
         batch = max(len(k) for k in kv_lengths) if isinstance(kv_lengths, list) else np.shape(kv_lengths)[1]
+        self.attention_memo.clear()  # one step's KV lengths
         layers = sum(count * timer(kv_lengths) for count, timer in self.parts)
         return layers + float(self.tail(batch)[0])
