@@ -155,3 +155,13 @@ def test_a_hostfile_launch_runs_and_writes_its_trace(tmp_path):
                           capture_output=True, text=True, timeout=240, env=rank_environment())
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["reference_error"] <= 1e-4 and trace.exists()
+
+
+def test_advise_returns_a_layout_across_racks_when_one_rack_cannot_hold_a_request():
+    """Llama-3.1-405B at 64M tokens: one request's FP8 KV cache (16.5 TB) does not fit in 72 GPUs
+    of 186 GB; on 2 racks advise answers with a Helix layout over 128 GPUs."""
+    done = call_cli(["advise", "--model", "llama-3.1-405b", "--racks", "2", "--context", "64M", "--strategies",
+                     "helix,tp", "-q", "--json"])
+    assert done.returncode == 0, done.stderr
+    best = json.loads(done.stdout)["best"]
+    assert best["strategy"] == "helix" and best["gpus"] > 72
