@@ -6,8 +6,10 @@ Per rank: the weight shards of the emulated layers and the KV cache shards at th
 of one layer's initial cache while it is generated (float32, and its bf16 rounding), plus the
 runtime (Python, NumPy, Numba, h5py, MPI). Rank 0 also holds the float64 reference when it
 checks or saves tensors. Compared with what the machine can still give (MemAvailable, or the
-cgroup's limit when lower). Checked against the peak resident memory of 8-rank runs of `tiny` at
-4M tokens: estimated 7.7 GB (fp32) and 6.7 GB (bf16), measured 8.0 and 6.5 GB.
+cgroup's limit when lower). Checked against the peak private memory of 8-rank runs of `tiny` at
+4M tokens (+ the shared libraries once): estimated 6.8 GB (fp32) and 5.8 GB (bf16), measured 5.7
+and 4.7 GB; one Llama-3.1-405B layer on 72 ranks, KVP=9 TPA=8 (scripts/bench_scale.py): estimated
+18.9 GB, measured 16.3 GB. The estimate errs high: a guard should not let a run swap.
 """
 from __future__ import annotations
 
@@ -23,7 +25,11 @@ from .mesh import coordinates
 from .plan import dp_requests, ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
 from .sharding import TRIVIAL_LAYOUT, RankShard, rank_shard
 
-RUNTIME_BYTES = 200e6  # one rank's interpreter and libraries: 175-195 MB resident measured (tiny model)
+# One rank's interpreter, libraries and compiled kernels: 69-72 MB of private memory measured per
+# rank (tiny, 8 ranks, scripts/procmem.py); the libraries' code pages (175-195 MB resident per
+# rank, of which the rest is shared) are counted once per machine.
+RUNTIME_PRIVATE_BYTES = 75e6
+SHARED_LIBRARY_BYTES = 130e6
 AUTO_CHECK_MAX_BYTES = 2 << 30  # check against the reference by default when it fits in this
 STORAGE_BYTES = {"fp32": 4, "bf16": 2}
 GB = 1e9
@@ -40,11 +46,11 @@ class HostMemory:
 
     @property
     def per_rank(self) -> np.ndarray:
-        return self.weights + self.kv + self.scratch + self.reference + RUNTIME_BYTES
+        return self.weights + self.kv + self.scratch + self.reference + RUNTIME_PRIVATE_BYTES
 
     @property
     def total(self) -> float:
-        return float(self.per_rank.sum())
+        return float(self.per_rank.sum()) + SHARED_LIBRARY_BYTES
 
     def ranks(self, which: list[int]) -> "HostMemory":
         """The part of the job on some ranks (those on one machine)."""

@@ -44,7 +44,7 @@ def one_start(args: argparse.Namespace, cache: Path, out: Path) -> dict:
     command = [str(BIN / "helix-mpi"), "run", "-n", str(args.ranks), "--model", args.model, "--layers", "1",
                "--kvp", str(args.ranks // args.tpa), "--tpa", str(args.tpa),
                "--context", str(args.context), "--steps", str(args.steps), "--batch", "1", "--storage", "bf16",
-               "--no-check", "--json", "-o", str(out), "--force"]  # the guard counts a baseline per rank; measured here
+               "--no-check", "--json", "-o", str(out)]
     env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(cache))
     sampler = MemorySampler()
     sampler.start()

@@ -81,14 +81,14 @@ def test_the_guard_refuses_under_a_users_own_mpiexec_too(tmp_path):
 
 
 def test_force_runs_what_the_guard_would_refuse(monkeypatch, tmp_path):
-    """With 2 GB 'available', 4M tokens on 2 ranks (6.5 GB) is refused; --force launches it."""
+    """With 2 GB 'available', 4M tokens on 2 ranks (6.4 GB) is refused; --force launches it."""
     launched = []
     monkeypatch.setattr("helix_mpi.hostmem.available_bytes", lambda: 2e9)
     monkeypatch.setattr(cli, "relaunch", lambda ranks, args, **kw: launched.append(args) or JobEnd(code=0))
     args = ["run", "-n", "2", "--context", "4000000", "--no-check", "-o", str(tmp_path / "t.h5")]
     refused = call_cli(args)
     assert refused.returncode == 2 and not launched
-    assert "this run needs about 6.5 GB" in refused.stderr and "has 2.0 GB available" in refused.stderr
+    assert "this run needs about 6.4 GB" in refused.stderr and "has 2.0 GB available" in refused.stderr
     assert call_cli(args + ["--force"]).returncode == 0 and len(launched) == 1
     assert call_cli(args[:3] + ["--context", "400000"] + args[5:]).returncode == 0  # 10x smaller fits
     assert len(launched) == 2
