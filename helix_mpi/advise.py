@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import ConfigError, Implementation, Layout, ModelConfig, Strategy
-from .pareto import CONFIG_FIELDS, GPU, frontier
+from .pareto import CONFIG_FIELDS, GPU, config_dict, frontier
 from .sweep import (BASELINES, DP_EP, HELIX, KVP, PP_TP, SERIES, TP, Candidate, SweepSpec, WhatIf, candidate_ttl,
                     run_sweep, shard_classes)
 from .topology import Topology
@@ -160,11 +160,7 @@ class Target:
 
 def row_dict(row: np.void) -> dict[str, Any]:
     """A sweep row as the keys `advise --json` promises (BEST_KEYS, in that order)."""
-    out = {}
-    for name in BEST_KEYS:
-        value = row[name]
-        out[name] = value.decode() if isinstance(value, bytes) else value.item()
-    return out
+    return config_dict(row, BEST_KEYS)
 
 
 def _layout_key(row: np.void) -> tuple:

@@ -69,14 +69,13 @@ def advise(model_spec, context, context_scale, topology, precision, kv_precision
     from .cli import UserError, _emit, _user_errors
     from .config import Implementation, load_model
     from .progress import Progress
-    from .sweep import DEFAULT_MAX_GPUS, SweepSpec, WhatIf, candidates
+    from .sweep import SweepSpec, WhatIf, candidates, max_gpus_for
     from .topology import load_topology
 
     try:
         model = load_model(model_spec)
         topo = load_topology(topology, racks)
-        gpus_max = gpus_max if gpus_max is not None else topo.cluster_gpus or DEFAULT_MAX_GPUS
-        topo.check_gpus(gpus_max, "GPUs (--gpus-max)")
+        gpus_max = max_gpus_for(topo, gpus_max, "--gpus-max")
         impl = Implementation(precision, kv_precision, comm)
         names = check_strategies(strategies)
         if gpus_max < 1 or top < 1 or max_batch < 1 or layouts_per_count < 1:

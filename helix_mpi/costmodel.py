@@ -276,8 +276,7 @@ def _choose(table_s, inside, fitted):
 def _efficiency(parallel, fit) -> np.ndarray:
     """Fraction of its bandwidth a kernel of `parallel` work units reaches (at least one unit: an
     empty kernel still runs)."""
-    parallel = np.maximum(np.asarray(parallel, dtype=float), 1.0)
-    return parallel / (parallel + fit.p_half) if fit.p_half > 0 else 1.0
+    return fit.efficiency(np.maximum(np.asarray(parallel, dtype=float), 1.0))
 
 
 def _gemm_seconds(k, topo: Topology):

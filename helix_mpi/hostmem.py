@@ -7,9 +7,9 @@ of one layer's initial cache while it is generated (float32, and its bf16 roundi
 runtime (Python, NumPy, Numba, h5py, MPI). Rank 0 also holds the float64 reference when it
 checks or saves tensors. Compared with what the machine can still give (MemAvailable, or the
 cgroup's limit when lower). Checked against the peak private memory of 8-rank runs of `tiny` at
-4M tokens (+ the shared libraries once): estimated 6.8 GB (fp32) and 5.8 GB (bf16), measured 5.7
-and 4.7 GB; one Llama-3.1-405B layer on 72 ranks, KVP=9 TPA=8 (scripts/bench_scale.py): estimated
-18.9 GB, measured 16.3 GB. The estimate errs high: a guard should not let a run swap.
+4M tokens (scripts/bench_hostmem.py): estimated 6.9 GB (fp32) and 5.9 GB (bf16), measured 5.8 and
+4.2 GB; one Llama-3.1-405B layer on 72 ranks, KVP=9 TPA=8: estimated 18.9 GB, measured 16.2 GB
+(scripts/bench_scale.py). The estimate errs high: a guard should not let a run swap.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from .mesh import coordinates
 from .plan import dp_requests, ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
 from .sharding import TRIVIAL_LAYOUT, RankShard, rank_shard
 
-# One rank's interpreter, libraries and compiled kernels: 69-72 MB of private memory measured per
-# rank (tiny, 8 ranks, scripts/procmem.py); the libraries' code pages (175-195 MB resident per
+# One rank's interpreter, libraries and compiled kernels: 69-73 MB of private memory measured per
+# rank (tiny, 8 ranks, scripts/bench_hostmem.py); the libraries' code pages (175-195 MB resident per
 # rank, of which the rest is shared) are counted once per machine.
 RUNTIME_PRIVATE_BYTES = 75e6
 SHARED_LIBRARY_BYTES = 130e6

@@ -52,8 +52,8 @@ def group_stride(layout: Layout, axes: tuple[Axis, ...]) -> int:
 
 def stage_crossings(stages: int, stage_ranks: int, domain_size: int) -> int:
     """Stage-to-stage sends that leave an NVLink domain: pipeline stages of `stage_ranks`
-    consecutive ranks, domains of `domain_size`; the send after stage j crosses when rank
-    (j + 1) * stage_ranks opens a new domain."""
+    consecutive ranks, domains of `domain_size`; the send into stage j (j >= 1) crosses when its
+    first rank, j * stage_ranks, opens a new domain."""
     return sum(1 for j in range(1, stages) if (j * stage_ranks) % domain_size == 0)
 
 

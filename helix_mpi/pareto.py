@@ -54,9 +54,10 @@ def best_at(rows: np.ndarray, value: str, x: np.ndarray) -> tuple[np.ndarray, np
     return np.where(found, rows[value][np.maximum(index, 0)].astype(float), -np.inf), index
 
 
-def config_dict(row: np.void) -> dict[str, Any]:
+def config_dict(row: np.void, names: tuple[str, ...] = CONFIG_FIELDS) -> dict[str, Any]:
+    """A sweep row's fields `names` as plain Python values (strategy as text)."""
     out = {}
-    for name in CONFIG_FIELDS:
+    for name in names:
         value = row[name]
         out[name] = value.decode() if isinstance(value, bytes) else value.item()
     return out

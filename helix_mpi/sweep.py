@@ -98,6 +98,14 @@ class WhatIf:
 DEFAULT_MAX_GPUS = 72  # GPU counts swept without --racks: one NVL72 rack
 
 
+def max_gpus_for(topo: Topology, requested: int | None, flag: str) -> int:
+    """The GPU counts to sweep, 1..this: `requested` (the `flag` a user gave), else every GPU of the
+    topology's racks, else DEFAULT_MAX_GPUS; refused in one line beyond the racks."""
+    max_gpus = requested if requested is not None else topo.cluster_gpus or DEFAULT_MAX_GPUS
+    topo.check_gpus(max_gpus, f"GPUs ({flag})")
+    return max_gpus
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """What to sweep: one model at one context on one topology."""

@@ -31,17 +31,14 @@ def _one_line_errors() -> Iterator[None]:
 def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
           a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm="trtllm", racks=None):
     from .config import load_model
-    from .sweep import SweepSpec, WhatIf
-    from .sweep import DEFAULT_MAX_GPUS
+    from .sweep import SweepSpec, WhatIf, max_gpus_for
     from .topology import load_topology
 
     names = tuple(s.strip() for s in strategies.split(",") if s.strip())
     whatif = WhatIf(a2a_latency_scale, reduce_latency_scale, a2a_chunk)
     topo = load_topology(topology, racks)
-    max_gpus = max_gpus if max_gpus is not None else topo.cluster_gpus or DEFAULT_MAX_GPUS
-    topo.check_gpus(max_gpus, "GPUs (--max-gpus)")
-    return SweepSpec(load_model(model_spec), topo, context, precision, max_gpus, max_batch,
-                     names, tokens_per_block, whatif, comm=comm)
+    return SweepSpec(load_model(model_spec), topo, context, precision, max_gpus_for(topo, max_gpus, "--max-gpus"),
+                     max_batch, names, tokens_per_block, whatif, comm=comm)
 
 
 def _sweep_text(summary: dict[str, Any], output: str) -> str:

@@ -99,8 +99,7 @@ def gemm_extrapolation(tables: SystemTables) -> float:
         fit = _fit(GEMM_TERMS, lambda e: gemm_features(m[train], n[train], k[train], dtype, e), seconds[train],
                    parallel=units[train])
         test = ~train & (m <= 256)  # decode sizes
-        efficiency = units[test] / (units[test] + fit.p_half) if fit.p_half else 1.0
-        predicted = fit(gemm_features(m[test], n[test], k[test], dtype, efficiency))
+        predicted = fit(gemm_features(m[test], n[test], k[test], dtype, fit.efficiency(units[test])))
         errors.extend((predicted / seconds[test] - 1).tolist())
     return median_abs(errors)
 
@@ -118,9 +117,8 @@ def attention_extrapolation(tables: SystemTables) -> float:
                                                                  dtype, e), s[train],
                    parallel=decode_work_units(b[train], kv[train], t[train]))
         test = t >= 32768
-        p = decode_work_units(b[test], kv[test], t[test])
         predicted = fit(attention_features(b[test], q[test], kv[test], d[test], t[test], dtype,
-                                           p / (p + fit.p_half) if fit.p_half else 1.0))
+                                           fit.efficiency(decode_work_units(b[test], kv[test], t[test]))))
         errors.extend((predicted / s[test] - 1).tolist())
     return median_abs(errors)
 
@@ -136,9 +134,8 @@ def mla_extrapolation(tables: SystemTables) -> float:
         train, test = t <= 4096, t >= 8192
         fit = _fit(ATTENTION_TERMS, lambda e: mla_features(b[train], h[train], t[train], dtype, efficiency=e), s[train],
                    parallel=decode_work_units(b[train], 1.0, t[train]))
-        p = decode_work_units(b[test], 1.0, t[test])
         predicted = fit(mla_features(b[test], h[test], t[test], dtype,
-                                     efficiency=p / (p + fit.p_half) if fit.p_half else 1.0))
+                                     efficiency=fit.efficiency(decode_work_units(b[test], 1.0, t[test]))))
         errors.extend((predicted / s[test] - 1).tolist())
     return median_abs(errors)
 

@@ -59,6 +59,10 @@ class Fit:
     def __call__(self, features: list) -> np.ndarray:
         return sum(c * f for c, f in zip(self.coefficients, features))
 
+    def efficiency(self, parallel) -> np.ndarray | float:
+        """Fraction p / (p + p_half) of the bandwidth reached with `parallel` work units p (1 without p_half)."""
+        return parallel / (parallel + self.p_half) if self.p_half > 0 else 1.0
+
     def describe(self) -> dict:
         return {"terms": dict(zip(self.terms, self.coefficients)), "p_half": self.p_half, "points": self.points,
                 "median_error": self.median_error}
