@@ -16,7 +16,8 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from .analysis import Selection, TraceMeta, check_selection, iter_selected, read_meta
+from .analysis.select import Selection, check_selection, iter_selected
+from .analysis.tracemeta import TraceMeta, read_meta
 from .costmodel import busbw
 from .outputs import exclusive_output, write_failure
 from .trace import open_trace

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import US, Selection, TraceMeta, check_selection, iter_selected, read_meta
+from .analysis.events import US
+from .analysis.select import Selection, check_selection, iter_selected
+from .analysis.tracemeta import TraceMeta, read_meta
 from .trace import open_trace
 
 MAX_TIMELINE_EVENTS = 200_000  # beyond this a PNG is unreadable anyway: narrow the selection

@@ -16,7 +16,6 @@ plan, i.e. plan.all_to_all_index(b - 1) in the Helix plan); with it, it does not
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import math
 import os
@@ -28,7 +27,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import __version__
-from .analysis import iter_event_chunks, read_kv_tokens, read_meta, step_times_from_ends, ttl_seconds
+from .analysis.events import step_times_from_ends, ttl_seconds
+from .analysis.tracemeta import (TraceMeta, iter_event_chunks, layout_from_dict, read_kv_tokens, read_meta,
+                                 run_config_from_dict)
 from .axes import Axis, Stream
 from .config import ConfigError, Layout, ModelConfig, RunConfig
 from .costmodel import Collective
@@ -113,26 +114,19 @@ def scaled_name(topo: Topology, nvlink_scale: float = 1.0, hbm_scale: float = 1.
     return dataclasses.replace(topo, name=f"{topo.name} ({note})", description=f"{topo.description} ({note})")
 
 
-def layout_from_dict(data: dict[str, Any]) -> Layout:
-    """Layout from the trace's config; enum fields (e.g. strategy) are rebuilt from their text."""
-    kwargs = {}
-    for field in dataclasses.fields(Layout):
-        if field.name in data:
-            default = field.default
-            value = data[field.name]
-            kwargs[field.name] = type(default)(value) if isinstance(default, enum.Enum) else value
+def recorded_configs(meta: TraceMeta) -> tuple[ModelConfig, Layout, RunConfig]:
+    """The model, layout and run configuration a trace records, rebuilt from their dicts (TraceError,
+    one line, when this version cannot use them)."""
+    model = ModelConfig.from_dict(meta.model)
     try:
-        return Layout(**kwargs)
-    except TypeError as exc:
-        raise TraceError(f"the trace's layout {data} is incomplete ({exc})") from None
-
-
-def run_from_dict(data: dict[str, Any]) -> RunConfig:
-    """RunConfig from the trace's config (fields this version does not know are refused)."""
+        layout = layout_from_dict(meta.layout)
+    except (KeyError, TypeError) as exc:
+        raise TraceError(f"the trace's layout {meta.layout} is incomplete ({exc})") from None
     try:
-        return RunConfig(**data)
+        run = run_config_from_dict(meta.run)
     except (TypeError, ConfigError) as exc:
         raise TraceError(f"the trace's run config is not usable here ({exc})") from None
+    return model, layout, run
 
 
 def parse_group(text: str) -> tuple[Axis, ...]:
@@ -368,8 +362,7 @@ def replay_trace(source: str | Path, output: str | Path, topo: Topology | None =
         base = topo if topo is not None else topology_from_dict(meta.topology)
         target = scaled_name(base, nvlink_scale, hbm_scale)
         recorded_hopb = bool(meta.run.get("hopb", True))
-        retimer = Retimer(ModelConfig.from_dict(meta.config["model"]), layout_from_dict(meta.layout),
-                          run_from_dict(meta.run), target, None if hopb is None or hopb == recorded_hopb else hopb,
+        retimer = Retimer(*recorded_configs(meta), target, None if hopb is None or hopb == recorded_hopb else hopb,
                           nvlink_scale, hbm_scale)
         kv_tokens = read_kv_tokens(file, source)
         attrs = _replay_attrs(file, meta, source, target, recorded_hopb if hopb is None else hopb)

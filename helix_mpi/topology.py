@@ -220,9 +220,10 @@ def _typed(raw: dict, origin: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def topology_from_dict(raw: dict, origin: str = "topology", base: Path | None = None) -> Topology:
-    """Build a Topology from parsed TOML (file units), validating everything; a [calibration]
-    tables path is relative to `base` (the file's folder)."""
+def topology_from_toml(raw: dict, origin: str = "topology", base: Path | None = None) -> Topology:
+    """Build a Topology from its parsed TOML table (file units), validating everything; a
+    [calibration] tables path is relative to `base` (the file's folder). The inverse of
+    Topology.to_dict() (SI units, as traces record it) is replay.topology_from_dict."""
     _check_keys("", raw, origin)
     values = _typed(raw, origin)
     calibration = None
@@ -339,4 +340,4 @@ def _load_topology_file(name_or_path: str) -> Topology:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise TopologyError(f"{path}: cannot read it ({reason})") from None
-    return topology_from_dict(raw, origin=str(path), base=path.parent)
+    return topology_from_toml(raw, origin=str(path), base=path.parent)

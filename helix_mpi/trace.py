@@ -3,6 +3,8 @@
 Rank 0 writes one file per run through a temporary name (`NAME.partial`), appends events as
 steps complete (bounded memory), and renames it to NAME only after setting `complete = True`.
 Readers refuse files that are not complete traces of a known schema with one clear line.
+h5py is imported when a trace is first opened, read or written, not with this module: the `run`
+ranks import the writer long before rank 0 writes its first step.
 """
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import h5py
 import numpy as np
 
 from .outputs import OutputLock, check_room, partial_path, write_failure
+
+if TYPE_CHECKING:
+    import h5py
 
 SCHEMA_VERSION = 2  # 2: op shapes (requests, tokens, experts hit) and what timed each op
 # Rows per compressed chunk of /events: each append rewrites the last, partly filled chunk, so
@@ -100,6 +104,8 @@ class TraceWriter:
             kept = self.partial_path.exists() and mode == "a"
             note = f"the partial trace is kept as {self.partial_path} (complete = False)" if kept else ""
             raise write_failure(self.path, exc, note) from None
+        import h5py
+
         try:
             with interrupts_deferred(), h5py.File(self.partial_path, mode) as file:
                 action(file)
@@ -198,6 +204,8 @@ def interrupts_deferred() -> Iterator[None]:
 
 def open_trace(path: str | os.PathLike, allow_incomplete: bool = False) -> h5py.File:
     """Open a trace for reading, or raise TraceError with one line saying what is wrong."""
+    import h5py
+
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"{path}: no such file")
@@ -235,18 +243,17 @@ def marked_complete(file: h5py.File) -> bool:
     return isinstance(value, (bool, np.bool_)) and bool(value)
 
 
-# Classes of HDF5 datatype a root attribute may have: numbers, booleans (an enum) and strings.
-_ATTRIBUTE_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM, h5py.h5t.STRING)
-
-
 def attribute(file: h5py.File, key: str, default: Any = None) -> Any:
     """A root attribute's value (`default` when absent). Its stored type is checked before its
     value is read: a damaged type (say a string turned into a sequence) can crash the HDF5 library
     when the value is read, so such an attribute raises TraceError instead."""
+    from h5py import h5t
+
     if key not in file.attrs:
         return default
     stored = file.attrs.get_id(key)
-    if stored.get_type().get_class() not in _ATTRIBUTE_CLASSES or stored.shape != ():
+    # classes of HDF5 datatype a root attribute may have: numbers, booleans (an enum) and strings
+    if stored.get_type().get_class() not in (h5t.INTEGER, h5t.FLOAT, h5t.ENUM, h5t.STRING) or stored.shape != ():
         raise TraceError(f"{file.filename}: root attribute '{key}' has an unexpected type: a damaged trace")
     return file.attrs[key]
 
@@ -298,6 +305,8 @@ def _probe_in_child(path: str | os.PathLike) -> str:
 
 
 def _read_headers(path: str | os.PathLike, rows: int = EVENT_CHUNK_ROWS) -> None:
+    import h5py
+
     with h5py.File(path, "r") as file:
         root_attributes(file)
         kv, events = file.get("kv_tokens"), file.get("events")
@@ -307,8 +316,21 @@ def _read_headers(path: str | os.PathLike, rows: int = EVENT_CHUNK_ROWS) -> None
             events[:rows], events[-rows:]
 
 
-def read_attr_json(file: h5py.File, key: str) -> Any:
-    return json.loads(attribute(file, key))
+def json_attribute(file: h5py.File, path: str, key: str, required: bool = True) -> Any:
+    """A root attribute holding a JSON object, parsed (None when absent and not required); the
+    one reader of the JSON attributes (config, topology, memory, serving, workload, replayed_from)."""
+    if key not in file.attrs:
+        if required:
+            raise TraceError(f"{path}: root attribute '{key}' is missing: not a complete helix_mpi trace")
+        return None
+    value = attribute(file, key)
+    try:
+        value = json.loads(value) if isinstance(value, (str, bytes)) else value
+    except (ValueError, RecursionError):
+        raise TraceError(f"{path}: root attribute '{key}' is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise TraceError(f"{path}: root attribute '{key}' is not a JSON object")
+    return value
 
 
 def read_events(file: h5py.File, chunk: int = 1 << 20):
@@ -341,6 +363,8 @@ def settle_partial(path: str | os.PathLike) -> str:
 def partial_state(partial: str | os.PathLike) -> str:
     """'partial' (readable, complete = False, one /kv_tokens row per step with events), 'complete',
     or what is wrong with it."""
+    import h5py
+
     try:
         with h5py.File(partial, "r") as file:
             if attribute(file, "schema_version") != SCHEMA_VERSION:

@@ -14,11 +14,10 @@ from click.testing import CliRunner
 from conftest import run_cli
 import dataclasses
 
-from helix_mpi.analysis import shape_of, summarize, summarize_trace
+from helix_mpi.analysis import layout_from_dict, run_config_from_dict, shape_of, summarize, summarize_trace
 from helix_mpi.cli import cli
-from helix_mpi.config import MODEL_PRESETS, ModelConfig, RunConfig
+from helix_mpi.config import MODEL_PRESETS, ModelConfig
 from helix_mpi.plan import layer_plan, tail_plan
-from helix_mpi.replay import layout_from_dict
 from helix_mpi.timing import TimeModel
 from helix_mpi.topology import load_topology
 from helix_mpi.trace import TraceWriter
@@ -249,7 +248,7 @@ def test_replay_retimes_every_op_with_the_cost_model(traces, tmp_path, args, top
     events = _events(out)
     with h5py.File(traces["a"], "r") as f:
         config = json.loads(f.attrs["config"])
-    model, run = ModelConfig.from_dict(config["model"]), RunConfig(**config["run"])
+    model, run = ModelConfig.from_dict(config["model"]), run_config_from_dict(config["run"])
     layout, impl = layout_from_dict(config["layout"]), run.implementation()
     timer = TimeModel(topo, impl, hbm_scale=hbm, nvlink_scale=nvlink)
     for key in {(int(r["step"]), int(r["layer"]), int(r["rank"])) for r in events[:300]}:
@@ -361,8 +360,8 @@ def test_bad_options_get_one_line_and_exit_2(traces, tmp_path, args, message):
 def test_op_grouping_stays_exact_on_hash_collisions(traces, monkeypatch):
     """With a degenerate hash (first 8 bytes only), 'all_reduce_attn' and 'all_reduce_ffn'
     collide; the exact fallback must still count every op separately."""
-    import helix_mpi.analysis as analysis
+    import helix_mpi.analysis.codes as codes
 
     expected = {(r["op"], r["count"]) for r in summarize_trace(traces["a"])["ops"]}
-    monkeypatch.setattr(analysis, "_HASH_BASE", 0)
+    monkeypatch.setattr(codes, "_HASH_BASE", 0)
     assert {(r["op"], r["count"]) for r in summarize_trace(traces["a"])["ops"]} == expected
