@@ -66,7 +66,7 @@ def advise(model_spec, context, context_scale, topology, precision, kv_precision
                          workload_advice_text)
     from .advise import advise as run_advise
     from .advise import advise_workload
-    from .cli import UserError, _emit, _user_errors
+    from .cliutil import UserError, emit, user_error_types
     from .config import Implementation, load_model
     from .progress import Progress
     from .sweep import SweepSpec, WhatIf, candidates, max_gpus_for
@@ -92,7 +92,7 @@ def advise(model_spec, context, context_scale, topology, precision, kv_precision
                                          tuple(n for n in names if n != "helix-no-hopb"), queue_max,
                                          layouts_per_count, a2a_chunk=a2a_chunk,
                                          progress=progress.phase if not quiet else None)
-            _emit(result.to_dict(), as_json, workload_advice_text(result))
+            emit(result.to_dict(), as_json, workload_advice_text(result))
             return
         if ttl_slo is not None:
             raise UserError("--ttl-slo goes with --workload; for a fixed context use --ttl-max")
@@ -105,7 +105,7 @@ def advise(model_spec, context, context_scale, topology, precision, kv_precision
                                 a2a_chunk=a2a_chunk, progress=progress.by_count)
         if csv_path:
             frontier_csv(result, csv_path)
-    except (*_user_errors(), AdviseError, ValueError) as exc:
+    except (*user_error_types(), AdviseError, ValueError) as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot write {getattr(exc, 'filename', '') or csv_path}: {exc.strerror}") from None
@@ -113,7 +113,7 @@ def advise(model_spec, context, context_scale, topology, precision, kv_precision
     if csv_path:
         data["csv"] = csv_path
     text = advice_text(result) + (f"\nfrontier CSV: {csv_path}" if csv_path else "")
-    _emit(data, as_json, text)
+    emit(data, as_json, text)
 
 
 def register(group: click.Group) -> None:

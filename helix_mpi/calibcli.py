@@ -3,7 +3,6 @@ lives here: the work is in fidelity.py and calibration/ (nccltests, calibrate)."
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,12 +14,12 @@ import click
 def _one_line_errors() -> Iterator[None]:
     from .calibration.calibrate import CalibrationError
     from .calibration.nccltests import NcclTestsError
-    from .cli import UserError, _user_errors
+    from .cliutil import UserError, user_error_types
     from .fidelity import FidelityError
 
     try:
         yield
-    except (*_user_errors(), NcclTestsError, FidelityError, CalibrationError) as exc:
+    except (*user_error_types(), NcclTestsError, FidelityError, CalibrationError) as exc:
         raise UserError(str(exc)) from None
 
 

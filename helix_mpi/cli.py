@@ -10,44 +10,11 @@ from typing import Any
 
 import click
 
+from .cliutil import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, DoesNotFitError, UserError, emit, user_error_types
 from .launcher import RELAUNCHED_ENV, JobEnd, default_numba_cache, relaunch, strip_np_option, under_mpiexec
 from .outputs import OutputError
 
-EXIT_BAD_INPUT = 2
-EXIT_DOES_NOT_FIT = 3  # the modeled configuration does not fit in the GPUs' memory (--allow-overflow: 0)
 ABORT_GRACE_S = 0.5  # a failing rank waits this long before MPI_Abort kills every rank
-
-
-class UserError(click.ClickException):
-    """Bad input: one line on stderr, exit code 2."""
-
-    exit_code = EXIT_BAD_INPUT
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"helix-mpi: error: {self.message}", err=True)
-
-
-class DoesNotFitError(click.ClickException):
-    """The modeled configuration does not fit in HBM: one line, exit code 3."""
-
-    exit_code = EXIT_DOES_NOT_FIT
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"helix-mpi: {self.message}", err=True)
-
-
-def _user_errors():
-    from .config import ConfigError
-    from .serving import ServingError
-    from .topology import TopologyError
-    from .trace import TraceError
-    from .workload import WorkloadError
-
-    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError, OutputError)
-
-
-def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=None, default=float) if as_json else text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -192,7 +159,7 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, racks, pre
             check_writable(output, create_folders=True)
         except DoesNotFitError:
             raise
-        except _user_errors() as exc:
+        except user_error_types() as exc:
             raise UserError(str(exc)) from None
         sys.exit(_report_job_end(relaunch(ranks, strip_np_option(sys.argv[1:]), announce=not quiet), output))
     from mpi4py import MPI
@@ -229,7 +196,7 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, racks, pre
         if is_root:
             exc.show()
         _exit_all_ranks(comm, EXIT_DOES_NOT_FIT)
-    except (*_user_errors(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
+    except (*user_error_types(), UserError) as exc:  # every rank sees the same bad input; rank 0 says it
         if is_root:
             click.echo(f"helix-mpi: error: {exc.message if isinstance(exc, UserError) else exc}", err=True)
         _exit_all_ranks(comm, EXIT_BAD_INPUT)
@@ -622,7 +589,7 @@ def _print_run(outcome, resolved: Resolved, as_json: bool) -> None:
     text += _reference_line(outcome, summary)
     if outcome.trace_path:
         text.append(f"trace: {outcome.trace_path}")
-    _emit(summary, as_json, "\n".join(text))
+    emit(summary, as_json, "\n".join(text))
 
 
 @cli.command("model")
@@ -663,7 +630,7 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         layout, choice = resolve_layout(model, gpus, kvp, tpa, ep, strategy, batch, context, topo,
                                         run_config.implementation(), hopb, a2a_chunk, tokens_per_block)
         validate_layout(model, layout, gpus)
-    except _user_errors() as exc:
+    except user_error_types() as exc:
         raise UserError(str(exc)) from None
     stats = EventStats()  # one layer's events at a time: bounded memory at batch 4096 on 72 GPUs
     for rows in simulate_layers(model, layout, run_config, topo):
@@ -682,7 +649,7 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
     lines += [f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  {model.name} at {context:,} tokens, "
               f"{precision}" + (f", {exchange}" if exchange else ""), *_layout_lines(choice),
               format_summary(summary), _memory_text(memory)]
-    _emit(summary, as_json, "\n".join(lines))
+    emit(summary, as_json, "\n".join(lines))
     if overflow:
         if as_json:
             click.echo(f"helix-mpi: {overflow}", err=True)
@@ -761,7 +728,7 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
         if ranks < 1:
             raise UserError(f"--ranks must be >= 1, got {ranks}")
         rows = collective_table(Collective(op), size_list, ranks, topo, algorithm)
-    except (ValueError, *_user_errors()) as exc:
+    except (ValueError, *user_error_types()) as exc:
         raise UserError(str(exc)) from None
     is_root = True
     if measure:
@@ -804,7 +771,7 @@ def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb
                         ttl_slo=setup.ttl_slo)
     except DoesNotFitError:
         raise
-    except _user_errors() as exc:
+    except user_error_types() as exc:
         raise UserError(str(exc)) from None
     data = scalar_metrics(metrics)
     data.update(strategy=strategy, layout=layout.to_dict(), model=model.name, topology=topo.name,
@@ -814,7 +781,7 @@ def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb
     exchange = exchange_label(strategy, layout.kvp, hopb, a2a_chunk)
     header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  {model.name}, {precision}"
               + (f", {exchange}" if exchange else "") + " (analytic, full model)")
-    _emit(data, as_json, "\n".join([header, *_layout_lines(resolved.choice), _workload_text(resolved.workload),
+    emit(data, as_json, "\n".join([header, *_layout_lines(resolved.choice), _workload_text(resolved.workload),
                                     format_serving(metrics)]))
 
 
@@ -840,7 +807,7 @@ def _print_serving_run(outcome, resolved: Resolved, as_json: bool) -> None:
     text += _reference_line(outcome, summary, served=True)
     if outcome.trace_path:
         text.append(f"trace: {outcome.trace_path}")
-    _emit(summary, as_json, "\n".join(text))
+    emit(summary, as_json, "\n".join(text))
 
 
 def _register_commands() -> None:

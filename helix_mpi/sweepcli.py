@@ -16,12 +16,12 @@ _STRATEGY_HELP = "comma-separated subset of helix,helix-no-hopb,tp,pp-tp,kvp,dp-
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     """Bad model/topology/option/file: one line `helix-mpi: error: ...`, exit 2."""
-    from .cli import UserError, _user_errors
+    from .cliutil import UserError, user_error_types
     from .sweep import SweepFileError
 
     try:
         yield
-    except (*_user_errors(), SweepFileError, ValueError) as exc:
+    except (*user_error_types(), SweepFileError, ValueError) as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
         name = str(getattr(exc, "filename", None) or "").removesuffix(".partial")
@@ -88,7 +88,7 @@ def sweep(model_spec, context, topology, racks, max_gpus, max_batch, precision, 
           a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm, output, as_json, quiet) -> None:
     """Time every layout of each strategy at every batch (analytic, same plan and cost model as the
     emulator), keep what fits in HBM, and save the configurations and each strategy's Pareto frontier."""
-    from .cli import _emit
+    from .cliutil import emit
     from .outputs import check_writable
     from .pareto import frontiers
     from .progress import Progress
@@ -105,7 +105,7 @@ def sweep(model_spec, context, topology, racks, max_gpus, max_batch, precision, 
         write_sweep(output, result, frontiers(result.configs))
     summary = result.summary()
     summary["output"] = output
-    _emit(summary, as_json, _sweep_text(summary, output))
+    emit(summary, as_json, _sweep_text(summary, output))
 
 
 def _ratio_rows(ratios: dict[str, Any]) -> list[str]:
@@ -138,7 +138,7 @@ def _config_text(row: dict[str, Any]) -> str:
 def pareto(sweep_file, output, as_json) -> None:
     """Pareto frontiers of a sweep (tokens/s/GPU vs tokens/s/user) and Helix's gains over the best
     baseline: throughput and batch at equal TTL, minimum TTL, with and without HOP-B."""
-    from .cli import _emit
+    from .cliutil import emit
     from .pareto import frontiers, key_ratios, plot_frontiers
     from .sweep import read_sweep
 
@@ -151,7 +151,7 @@ def pareto(sweep_file, output, as_json) -> None:
                  f"Pareto frontiers, 1..{s['max_gpus']} GPUs")
         plot_frontiers(fronts, output, title, ratios)
     ratios.update(sweep=sweep_file, figure=output, frontier_points={k: len(v) for k, v in fronts.items()})
-    _emit(ratios, as_json, "\n".join(_ratio_rows(ratios) + [f"figure: {output}"]))
+    emit(ratios, as_json, "\n".join(_ratio_rows(ratios) + [f"figure: {output}"]))
 
 
 def register(group: click.Group) -> None:

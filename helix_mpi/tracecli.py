@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from .cli import UserError, _emit, _user_errors
+from .cliutil import UserError, emit, user_error_types
 
 PROGRESS_MIN_EVENTS = 2_000_000  # show a progress bar (on a terminal) from this many events
 
@@ -24,7 +24,7 @@ def _one_line_errors(*traces: str) -> Iterator[None]:
     error of the HDF5 library while reading `traces` says they are corrupt."""
     try:
         yield
-    except _user_errors() as exc:
+    except user_error_types() as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:  # option values refused by the logic (ranges, scales, paths)
         raise UserError(str(exc)) from None
@@ -51,7 +51,7 @@ def _raised_by_hdf5(exc: BaseException) -> bool:
 @contextmanager
 def _progress(path: str, label: str) -> Iterator[Callable[[int], None] | None]:
     """A progress bar over events on stderr, for big traces on a terminal only."""
-    from .analysis import count_events
+    from .analysis.tracemeta import count_events
 
     total = count_events(path)
     if total < PROGRESS_MIN_EVENTS or not sys.stderr.isatty():
@@ -62,7 +62,7 @@ def _progress(path: str, label: str) -> Iterator[Callable[[int], None] | None]:
 
 
 def _selection(steps: str | None, layers: str | None, ranks: str | None, default_steps: str | None = None):
-    from .analysis import Selection, parse_ranges
+    from .analysis.select import Selection, parse_ranges
 
     parsed = {}
     for flag, text in (("steps", steps if steps is not None else default_steps), ("layers", layers), ("ranks", ranks)):
@@ -92,14 +92,15 @@ def selection_options(fn):
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def summarize(trace_path: str, by: str, as_json: bool) -> None:
     """TTL, tokens/s, time per op, exposed comm, collective bandwidths, KV cache per rank."""
-    from .analysis import format_trace_summary, summarize_trace
+    from .analysis.summary import summarize_trace
+    from .analysis.text import format_trace_summary
 
     with _one_line_errors(trace_path), _progress(trace_path, "summarize") as progress:
         summary = summarize_trace(trace_path, by=by, progress=progress, allow_interrupted=True)
     if not summary["complete"]:
         click.echo(f"helix-mpi: warning: {trace_path} is incomplete (its run was interrupted): the figures cover "
                    f"the {summary['steps']} steps it holds", err=True)
-    _emit(summary, as_json, format_trace_summary(summary))
+    emit(summary, as_json, format_trace_summary(summary))
 
 
 @click.command()
@@ -108,11 +109,12 @@ def summarize(trace_path: str, by: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def compare(trace_a: str, trace_b: str, as_json: bool) -> None:
     """Two runs side by side (e.g. Helix vs TP, HOP-B on vs off) with ratios B/A."""
-    from .analysis import compare_summaries, format_compare, summarize_trace
+    from .analysis.summary import compare_summaries, summarize_trace
+    from .analysis.text import format_compare
 
     with _one_line_errors(trace_a, trace_b):
         result = compare_summaries(summarize_trace(trace_a), summarize_trace(trace_b))
-    _emit(result, as_json, format_compare(result))
+    emit(result, as_json, format_compare(result))
 
 
 @click.command()
@@ -167,7 +169,7 @@ def replay(trace_path: str, topology: str | None, nvlink_scale: float, hbm_scale
         topo = load_topology(topology) if topology else None
         with _progress(trace_path, "replay") as progress:
             result = replay_trace(trace_path, output, topo, hopb, nvlink_scale, hbm_scale, progress)
-    _emit(result.to_dict(), as_json, _replay_text(trace_path, result))
+    emit(result.to_dict(), as_json, _replay_text(trace_path, result))
 
 
 def _replay_text(source: str, r: Any) -> str:
@@ -186,12 +188,12 @@ def _replay_text(source: str, r: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def validate(trace_path: str, as_json: bool) -> None:
     """Check schema, completeness, times, stream overlaps and per-step consistency (exit 0 or 2)."""
-    from .analysis import validate_trace
+    from .analysis.validate import validate_trace
 
     with _one_line_errors(trace_path):
         facts, problems = validate_trace(trace_path)
     if as_json:
-        _emit({"trace": trace_path, "ok": not problems, "problems": problems, **facts}, True, "")
+        emit({"trace": trace_path, "ok": not problems, "problems": problems, **facts}, True, "")
     elif not problems:
         click.echo(f"OK: {trace_path}: {facts['events']:,} events, {facts['steps']} steps, {facts['ranks']} ranks, "
                    f"schema version {facts['schema_version']}")
