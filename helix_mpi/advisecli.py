@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .advise import ADVISE_SERIES
+from .cliutil import UserError, emit, user_error_types
 from .config import ANALYTIC_DEFAULT_CONTEXT, ANALYTIC_DEFAULT_MODEL
 from .units import format_count
 
@@ -66,7 +67,6 @@ def advise(model_spec, context, context_scale, topology, precision, kv_precision
                          workload_advice_text)
     from .advise import advise as run_advise
     from .advise import advise_workload
-    from .cliutil import UserError, emit, user_error_types
     from .config import Implementation, load_model
     from .progress import Progress
     from .sweep import SweepSpec, WhatIf, candidates, max_gpus_for

@@ -3,24 +3,21 @@ lives here: the work is in fidelity.py and calibration/ (nccltests, calibrate)."
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
+from .cliutil import one_line_errors
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
+
+def _one_line_errors():
+    """Bad logs, CSVs, topology or options: one line `helix-mpi: error: ...`, exit 2."""
     from .calibration.calibrate import CalibrationError
     from .calibration.nccltests import NcclTestsError
-    from .cliutil import UserError, user_error_types
     from .fidelity import FidelityError
 
-    try:
-        yield
-    except (*user_error_types(), NcclTestsError, FidelityError, CalibrationError) as exc:
-        raise UserError(str(exc)) from None
+    return one_line_errors(NcclTestsError, FidelityError, CalibrationError)
 
 
 def _is_e2e(path: str) -> bool:

@@ -6,7 +6,8 @@ this module; it imports none of them, so the CLI has no import cycle."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import click
 
@@ -42,6 +43,26 @@ def user_error_types() -> tuple[type[Exception], ...]:
     from .workload import WorkloadError
 
     return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError, OutputError)
+
+
+@contextmanager
+def one_line_errors(*extra: type[Exception], writes: bool = False) -> Iterator[None]:
+    """Bad input inside the block (the library's user errors and the `extra` types) becomes a
+    UserError; with `writes`, so does an OSError (an output that cannot be written)."""
+    try:
+        yield
+    except (*user_error_types(), *extra) as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        if not writes:
+            raise
+        raise UserError(cannot_write_text(exc)) from None
+
+
+def cannot_write_text(exc: OSError) -> str:
+    """'cannot write NAME: reason' for an OSError (NAME without the writer's `.partial` suffix)."""
+    name = str(getattr(exc, "filename", None) or "").removesuffix(".partial")
+    return f"cannot write {name}: {exc.strerror}" if name else str(exc)
 
 
 def emit(data: dict[str, Any], as_json: bool, text: str) -> None:

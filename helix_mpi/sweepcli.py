@@ -2,30 +2,22 @@
 here: the work is in sweep.py (enumerate and time) and pareto.py (frontiers, ratios, plot)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
+from .cliutil import emit, one_line_errors
 from .config import ANALYTIC_DEFAULT_CONTEXT, ANALYTIC_DEFAULT_MODEL
 from .units import TOKENS
 
 _STRATEGY_HELP = "comma-separated subset of helix,helix-no-hopb,tp,pp-tp,kvp,dp-ep"
 
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
+def _one_line_errors():
     """Bad model/topology/option/file: one line `helix-mpi: error: ...`, exit 2."""
-    from .cliutil import UserError, user_error_types
     from .sweep import SweepFileError
 
-    try:
-        yield
-    except (*user_error_types(), SweepFileError, ValueError) as exc:
-        raise UserError(str(exc)) from None
-    except OSError as exc:
-        name = str(getattr(exc, "filename", None) or "").removesuffix(".partial")
-        raise UserError(f"cannot write {name}: {exc.strerror}" if name else str(exc)) from None
+    return one_line_errors(SweepFileError, ValueError, writes=True)
 
 
 def _spec(model_spec, context, topology, max_gpus, max_batch, precision, strategies, tokens_per_block,
@@ -88,7 +80,6 @@ def sweep(model_spec, context, topology, racks, max_gpus, max_batch, precision, 
           a2a_latency_scale, reduce_latency_scale, a2a_chunk, comm, output, as_json, quiet) -> None:
     """Time every layout of each strategy at every batch (analytic, same plan and cost model as the
     emulator), keep what fits in HBM, and save the configurations and each strategy's Pareto frontier."""
-    from .cliutil import emit
     from .outputs import check_writable
     from .pareto import frontiers
     from .progress import Progress
@@ -138,7 +129,6 @@ def _config_text(row: dict[str, Any]) -> str:
 def pareto(sweep_file, output, as_json) -> None:
     """Pareto frontiers of a sweep (tokens/s/GPU vs tokens/s/user) and Helix's gains over the best
     baseline: throughput and batch at equal TTL, minimum TTL, with and without HOP-B."""
-    from .cliutil import emit
     from .pareto import frontiers, key_ratios, plot_frontiers
     from .sweep import read_sweep
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from .cliutil import UserError, emit, user_error_types
+from .cliutil import UserError, cannot_write_text, emit, user_error_types
 
 PROGRESS_MIN_EVENTS = 2_000_000  # show a progress bar (on a terminal) from this many events
 
@@ -37,8 +37,7 @@ def _one_line_errors(*traces: str) -> Iterator[None]:
                             f"read ({detail})") from None
         if not isinstance(exc, OSError):
             raise
-        name = str(getattr(exc, "filename", None) or "").removesuffix(".partial")
-        raise UserError(f"cannot write {name}: {exc.strerror}" if name else str(exc)) from None
+        raise UserError(cannot_write_text(exc)) from None
 
 
 def _raised_by_hdf5(exc: BaseException) -> bool:

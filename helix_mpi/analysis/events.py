@@ -103,7 +103,6 @@ def summarize(events: np.ndarray, shape: RunShape) -> dict[str, Any]:
     return stats.summary(shape)
 
 
-
 class EventStats:
     """Running sums over event chunks; `summary(shape)` turns them into the figures."""
 
@@ -341,4 +340,3 @@ def _collective_rows(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row.update(_bandwidths(row["collective"], total_bytes, total_s, row["group_size"]))
         out.append(row)
     return sorted(out, key=lambda r: -r["seconds_per_step"])
-

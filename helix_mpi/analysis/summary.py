@@ -13,6 +13,7 @@ from ..trace import TraceError, json_attribute, marked_complete, open_trace
 from .events import US, EventStats
 from .tracemeta import SUMMARY_CHUNK, TraceMeta, iter_event_chunks, layout_from_dict, read_kv_tokens, read_meta
 
+
 def summarize_trace(path: str | Path, by: str = "op", chunk: int = SUMMARY_CHUNK,
                     progress: Any = None, allow_interrupted: bool = False) -> dict[str, Any]:
     """summarize() of a whole trace file, streamed in chunks, plus its configuration, the KV
