@@ -782,7 +782,7 @@ def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb
     header = (f"{strategy} on {gpus} GPUs of {topo.name}: {_layout_text(layout)}  {model.name}, {precision}"
               + (f", {exchange}" if exchange else "") + " (analytic, full model)")
     emit(data, as_json, "\n".join([header, *_layout_lines(resolved.choice), _workload_text(resolved.workload),
-                                    format_serving(metrics)]))
+                                   format_serving(metrics)]))
 
 
 def _workload_text(workload) -> str:
