@@ -439,7 +439,7 @@ def test_dp_ep_places_each_request_whole_on_the_least_loaded_rank():
     kv = scheduler.kv_lengths(batch)
     assert [k.tolist() for k in kv] == [[31], [11], [21], [6, 8]]  # each rank its own requests, new token included
     scheduler.end_step(batch, start, 1.0)
-    assert scheduler.log.kv[-1].tolist() == [31, 11, 21, 14]
+    assert scheduler.step_log()["kv_tokens"][-1].tolist() == [31, 11, 21, 14]
 
 
 def test_deepseek_helix_serves_long_contexts_with_balanced_kv():
