@@ -220,7 +220,7 @@ class RaggedLayerTime:
             if chunks and (chunks[0][0] != 0 or sum(count for _, count in chunks) != batch):
                 raise RuntimeError("plan.layer_plan's exchanges do not cover the batch: update timing.RaggedLayerTime")
             hopb = len(chunks) < 2 or not plans[0][attention_index(1)].deps
-            durations = {i: self.timer.ops_seconds([p[i] for p in plans])[self.rank_class]
+            durations = {i: np.array([self._op_seconds(p[i]) for p in plans])[self.rank_class]
                          for i, op in ops if op.name is not OpName.ATTENTION}
             groups: dict = {}  # classes whose kernels differ only in tokens are timed in one call
             for kernels, ranks in zip(attention, self.members):
@@ -228,6 +228,13 @@ class RaggedLayerTime:
             groups = [(kernel, np.concatenate(members)) for kernel, members in groups.items()]
             self._cache[batch] = _BatchPlan(ops, durations, chunks, hopb, groups)
         return self._cache[batch]
+
+    def _op_seconds(self, op: Op) -> float:
+        """TimeModel.op_seconds, remembered by what times the op: shard classes and layer kinds
+        share most ops (projections, exchanges, all-reduces) at each batch size."""
+        key = ("op", op.collective, op.nbytes, op.group_size, op.group_stride) if op.is_collective else \
+            ("op", op.kernels)
+        return self.timer.remembered(key, lambda: self.timer.op_seconds(op))
 
     def _attention_s(self, plan: _BatchPlan, tokens: np.ndarray, batch=None) -> np.ndarray:
         """Seconds [N, ..., K] of each rank's attention kernel at `tokens` [N, ..., K] (and `batch`
