@@ -165,7 +165,6 @@ class _BatchPlan:
     chunks: list  # (first request, requests) of each attention -> all-to-all exchange (KVP > 1), else []
     hopb: bool  # chain overlapped (attention of chunk k does not wait for all-to-all k-1)
     attention: list  # (kernel with tokens 0, ranks [n]) of each group of classes whose attention kernels differ only in tokens
-    prefixes: list  # per op: what fixes the placement of ops 0..index on every rank (hashable; layer kinds share)
 
     @property
     def chain(self) -> bool:
@@ -190,16 +189,13 @@ class RaggedLayerTime:
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layer: int = 0,
-                 a2a_chunk: int = 0, attention_memo: dict | None = None, prefix_memo: dict | None = None):
+                 a2a_chunk: int = 0, attention_memo: dict | None = None):
         self.model, self.layer, self.n, self.a2a_chunk = model, layer, layout.world_size, a2a_chunk
         self.layout, self.hopb, self.timer = layout, hopb, timer
         self.group_max = GroupMax(layout)
-        # attention seconds, and stream clocks after the ops that dense and MoE layers have in common
-        # (projections, attention, exchange, all-reduce), of the current steps: shared by the layer
-        # kinds of one StepTimer (same kernels on the same KV lengths)
+        # attention seconds of the current steps, shared by the layer kinds of one StepTimer (dense and
+        # MoE layers run the same attention kernel on the same KV lengths)
         self.attention_memo = {} if attention_memo is None else attention_memo
-        self.prefix_memo = {} if prefix_memo is None else prefix_memo
-        self._own_memos = prefix_memo is None  # else the StepTimer clears them at each call
         self.rank_class, self.class_rank = shard_classes(model, layout)
         self.members = [np.flatnonzero(self.rank_class == c) for c in range(len(self.class_rank))]
         self._cache: dict[int, _BatchPlan] = {}
@@ -230,7 +226,7 @@ class RaggedLayerTime:
             for kernels, ranks in zip(attention, self.members):
                 groups.setdefault(replace(kernels[0].kernels[0], tokens=0.0), []).append(ranks)
             groups = [(kernel, np.concatenate(members)) for kernel, members in groups.items()]
-            self._cache[batch] = _BatchPlan(ops, durations, chunks, hopb, groups, _prefixes(ops, durations, groups))
+            self._cache[batch] = _BatchPlan(ops, durations, chunks, hopb, groups)
         return self._cache[batch]
 
     def _op_seconds(self, op: Op) -> float:
@@ -290,9 +286,6 @@ class RaggedLayerTime:
 
     def steps(self, kv: StepKV) -> np.ndarray:
         """Modeled seconds [K] of one layer at each of the K steps of `kv`."""
-        if self._own_memos:
-            self.attention_memo.clear()
-            self.prefix_memo.clear()
         if kv.rank_sizes is not None:
             return self._per_rank_batches(kv)
         plan = self._batch_plan(kv.batch)
@@ -300,26 +293,21 @@ class RaggedLayerTime:
         schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
         chain_end = all_to_all_index(len(plan.chunks) - 1) if plan.chain else 0
         for index, op in plan.ops:
-            if 0 < index <= chain_end and index != 1:
-                continue  # placed with the chain
-            key = plan.prefixes[chain_end if index == 1 and plan.chain else index]
-            if key in self.prefix_memo:  # the other layer kind placed the same ops already
-                free, ends = self.prefix_memo[key]
-                clocks.free, schedule.ends = dict(free), dict(ends)
+            if 0 < index <= chain_end:
+                if index == 1:
+                    shape = (self.n, kv.steps)
+                    c0 = np.broadcast_to(np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start), shape)
+                    m0 = np.broadcast_to(np.maximum(clocks.free[Stream.COMM], schedule.layer_start), shape)
+                    att, x = self._chain_times(plan, kv)
+                    last_att, last_a2a = ragged_chain_ends(att, x, c0, m0, plan.hopb, self._kvp_max)
+                    schedule.finish(attention_index(len(plan.chunks) - 1), Stream.COMPUTE, last_att)
+                    schedule.finish(chain_end, Stream.COMM, last_a2a)
                 continue
-            if index == 1 and plan.chain:
-                shape = (self.n, kv.steps)
-                c0 = np.broadcast_to(np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start), shape)
-                m0 = np.broadcast_to(np.maximum(clocks.free[Stream.COMM], schedule.layer_start), shape)
-                att, x = self._chain_times(plan, kv)
-                last_att, last_a2a = ragged_chain_ends(att, x, c0, m0, plan.hopb, self._kvp_max)
-                schedule.finish(attention_index(len(plan.chunks) - 1), Stream.COMPUTE, last_att)
-                schedule.finish(chain_end, Stream.COMM, last_a2a)
-            elif op.name is OpName.ATTENTION:
-                schedule.place(index, op, self._attention_s(plan, kv.chunk_sums([(0, kv.batch)])[:, 0] / kv.batch))
+            if op.name is OpName.ATTENTION:
+                duration = self._attention_s(plan, kv.chunk_sums([(0, kv.batch)])[:, 0] / kv.batch)
             else:
-                schedule.place(index, op, plan.durations[index][:, None])
-            self.prefix_memo[key] = (dict(clocks.free), dict(schedule.ends))
+                duration = plan.durations[index][:, None]
+            schedule.place(index, op, duration)
         return _layer_ends(schedule, self.n, kv.steps)
 
     def _per_rank_batches(self, kv: StepKV) -> np.ndarray:
@@ -345,18 +333,6 @@ class RaggedLayerTime:
         for index, op in reference.ops:
             schedule.place(index, op, attention if op.name is OpName.ATTENTION else durations[index])
         return _layer_ends(schedule, self.n, kv.steps)
-
-
-def _prefixes(ops: list, durations: dict, attention: list) -> list[tuple]:
-    """Per op index: what fixes the clocks after ops 0..index (their kinds, streams, dependencies,
-    groups, exchange chunks, and durations or attention kernels), as a hashable key."""
-    kernels = tuple((kernel, ranks.tobytes()) for kernel, ranks in attention)
-    parts, prefixes = [], []
-    for index, op in ops:
-        timed = kernels if op.name is OpName.ATTENTION else durations[index].tobytes()
-        parts.append((op.name, op.stream, op.deps, op.group, op.group_size, op.request, op.requests, timed))
-        prefixes.append(tuple(parts))
-    return prefixes
 
 
 def _column_clocks(n: int) -> StreamClocks:
@@ -419,9 +395,8 @@ class StepTimer:
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layers: int | None = None,
                  a2a_chunk: int = 0):
         self.attention_memo: dict = {}
-        self.prefix_memo: dict = {}
-        self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first, a2a_chunk, self.attention_memo,
-                                              self.prefix_memo)) for first, count in layer_kinds(model, layers)]
+        self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first, a2a_chunk, self.attention_memo))
+                      for first, count in layer_kinds(model, layers)]
         self.tail = TailTime(model, layout, timer)
 
     def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
@@ -431,6 +406,5 @@ class StepTimer:
     def steps(self, kv: StepKV) -> np.ndarray:
         """Modeled seconds [K] of each of the K decode steps of `kv`."""
         self.attention_memo.clear()  # these steps' KV lengths
-        self.prefix_memo.clear()
         layers = sum(count * timer.steps(kv) for count, timer in self.parts)
         return layers + float(self.tail(kv.batch)[0])
