@@ -4,7 +4,9 @@ One scheduler (`Scheduler`) serves both modes, so they make the same decisions:
 - analytic (`serve`, `helix-mpi model --workload`): full model size, no MPI, no data; every step is
   timed by `timing.StepTimer`, a vectorised `analytic.step_time` (same plans and clocks, docs/design.md
   section 2) for the ragged batch held at that step; any model (GQA or MLA, dense or MoE) and any
-  strategy (helix, tp, kvp, dp-ep);
+  strategy (helix, tp, kvp, dp-ep). The steps between two changes of the batch (a request joins or
+  leaves) are timed together (`Scheduler.run_steps`: the same records, bit for bit, as one step at
+  a time, which is how the emulator and `exact=True` run);
 - emulated (`runner.run_serving`, `helix-mpi run --workload`): every rank runs the same scheduler
   and the emulator times each step on real data.
 
