@@ -598,8 +598,10 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
 
 def simulate(workload: Workload, setup: ServingSetup, exact: bool = False,
              give_up: Callable[[Scheduler, float], bool] | None = None) -> Scheduler:
-    """The analytic serving loop; `give_up(scheduler, now)`, checked after every step, may stop it
-    early (then `scheduler.done` is False; searches use it to drop a layout whose queue grows)."""
+    """The analytic serving loop; `give_up(scheduler, now)`, checked after every run of steps (at
+    every change of the batch; after every step with exact=True), may stop it early (then
+    `scheduler.done` is False; searches use it to drop a layout whose queue grows: a condition that
+    stays true once true, as advise's count of late requests, stops the same simulations)."""
     scheduler = Scheduler(workload, setup)
     now = scheduler.first_arrival
     if exact:  # one step at a time, each timed by analytic.step_time
