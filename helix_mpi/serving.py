@@ -107,7 +107,7 @@ def tokens_held_batch(lengths: np.ndarray, kvp: int, tokens_per_block: int) -> n
     lengths = np.asarray(lengths, dtype=np.int64)
     rounds, rest = np.divmod(lengths, tokens_per_block * kvp)
     first = np.arange(kvp, dtype=np.int64)[:, None] * tokens_per_block  # first offset of each rank's block
-    return rounds * tokens_per_block + np.clip(rest - first, 0, tokens_per_block)
+    return rounds * tokens_per_block + np.minimum(np.maximum(rest - first, 0), tokens_per_block)
 
 
 def emulated_layer_weights(model: ModelConfig, layers: int) -> np.ndarray:

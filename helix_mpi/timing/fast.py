@@ -161,10 +161,11 @@ class _BatchPlan:
     """A layer plan for one batch size, as the ragged timer needs it."""
 
     ops: list  # (index, op) of the plan of rank class 0, in plan order
-    durations: dict  # index -> seconds [N] of every op that does not depend on KV lengths
+    durations: dict  # index -> seconds [N, 1] of every op that does not depend on KV lengths
     chunks: list  # (first request, requests) of each attention -> all-to-all exchange (KVP > 1), else []
     hopb: bool  # chain overlapped (attention of chunk k does not wait for all-to-all k-1)
     attention: list  # (kernel with tokens 0, ranks [n]) of each group of classes whose attention kernels differ only in tokens
+    exchanges: np.ndarray | None  # seconds [N, C, 1] of each all-to-all of the chain
 
     @property
     def chain(self) -> bool:
@@ -226,7 +227,10 @@ class RaggedLayerTime:
             for kernels, ranks in zip(attention, self.members):
                 groups.setdefault(replace(kernels[0].kernels[0], tokens=0.0), []).append(ranks)
             groups = [(kernel, np.concatenate(members)) for kernel, members in groups.items()]
-            self._cache[batch] = _BatchPlan(ops, durations, chunks, hopb, groups)
+            exchanges = np.stack([durations[all_to_all_index(k)] for k in range(len(chunks))], axis=1)[:, :, None] \
+                if chunks else None
+            self._cache[batch] = _BatchPlan(ops, {i: d[:, None] for i, d in durations.items()}, chunks, hopb, groups,
+                                            exchanges)
         return self._cache[batch]
 
     def _op_seconds(self, op: Op) -> float:
@@ -274,8 +278,7 @@ class RaggedLayerTime:
         sizes = plan.chunk_sizes[:, None]  # [C, 1]
         means = kv.chunk_sums(plan.chunks) / sizes  # [N, C, K]
         att = self._attention_s(plan, means, np.broadcast_to(sizes, means.shape))
-        x = np.stack([plan.durations[all_to_all_index(k)] for k in range(len(plan.chunks))], axis=1)
-        return att, x[:, :, None]
+        return att, plan.exchanges
 
     def _kvp_max(self, values: np.ndarray) -> np.ndarray:
         return self.group_max((Axis.KVP,), values)
@@ -295,9 +298,8 @@ class RaggedLayerTime:
         for index, op in plan.ops:
             if 0 < index <= chain_end:
                 if index == 1:
-                    shape = (self.n, kv.steps)
-                    c0 = np.broadcast_to(np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start), shape)
-                    m0 = np.broadcast_to(np.maximum(clocks.free[Stream.COMM], schedule.layer_start), shape)
+                    c0 = np.repeat(np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start), kv.steps, axis=1)  # [N, K]
+                    m0 = np.repeat(np.maximum(clocks.free[Stream.COMM], schedule.layer_start), kv.steps, axis=1)
                     att, x = self._chain_times(plan, kv)
                     last_att, last_a2a = ragged_chain_ends(att, x, c0, m0, plan.hopb, self._kvp_max)
                     schedule.finish(attention_index(len(plan.chunks) - 1), Stream.COMPUTE, last_att)
@@ -306,7 +308,7 @@ class RaggedLayerTime:
             if op.name is OpName.ATTENTION:
                 duration = self._attention_s(plan, kv.chunk_sums([(0, kv.batch)])[:, 0] / kv.batch)
             else:
-                duration = plan.durations[index][:, None]
+                duration = plan.durations[index]
             schedule.place(index, op, duration)
         return _layer_ends(schedule, self.n, kv.steps)
 
@@ -325,7 +327,7 @@ class RaggedLayerTime:
             if any(p.chain or [op.name for _, op in p.ops] != [op.name for _, op in reference.ops]
                    for p in plans.values()):
                 raise RuntimeError("plan.layer_plan depends on the batch size: update timing.RaggedLayerTime")
-            durations = {index: np.array([plans[b].durations[index][r] for r, b in enumerate(sizes)])[:, None]
+            durations = {index: np.array([plans[b].durations[index][r, 0] for r, b in enumerate(sizes)])[:, None]
                          for index, op in reference.ops if op.name is not OpName.ATTENTION}
             self._rank_durations[sizes.tobytes()] = durations
         clocks = _column_clocks(self.n)
