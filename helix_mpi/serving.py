@@ -422,34 +422,59 @@ class Scheduler:
         takes the same decisions as calling next_step / end_step at every step); returns their end.
 
         From the first step the batch stays as it is until a request finishes (the last step of the
-        run), a pending KV transfer completes or the head of the queue arrives (the run ends at the
-        first step boundary at or after it): so the steps are timed together, `StepTimer.steps` over
-        the run's KV lengths, and their ends accumulated one by one as the step loop would. A head
-        already held back (memory, max_batch or the SLO) stays held until a request finishes."""
+        run) or a pending KV transfer completes (the run ends at the first step boundary at or after
+        it): so the steps are timed together, `StepTimer.steps` over the run's KV lengths, and their
+        ends accumulated one by one as the step loop would. A head of the queue arriving during the
+        run is admitted at the end of that step, as next_step would, and only adds a pending join; a
+        head already held back (memory, max_batch or the SLO) stays held until a request finishes,
+        and the SLO counts each step boundary at which it held it."""
         start, requests = self.next_step(now)
         limit = int((self.output[requests] - self.generated[requests]).min())  # steps until the first finishes
-        event = min([t for t, _ in self.pending] + ([float(self.arrival[self.head])] if self.head < len(self.arrival)
-                                                     and self.arrival[self.head] > start else []), default=math.inf)
+        join, arrival = self._events(start)
+        held_from = -1 if self.held_by_slo else None  # the SLO holds the head from the end of this step on
         lengths = self.lengths(requests)
         done, clock, first_end, width = 0, start, math.nan, max(len(requests), self.layout.world_size)
+        event = min(join, arrival)
         block = limit if math.isinf(event) else int(min((event - start) / self._step_guess, limit)) + 2
-        while done < limit:
+        stop = False
+        while done < limit and not stop:
             steps = max(1, min(block, limit - done, STEP_ELEMENTS // width))
             run = _StepRun(self, requests, lengths + done, steps)
             ends = np.cumsum(np.concatenate(([clock], timer.steps(run))))  # [K + 1] one addition per step, in order
-            take = min(int(np.searchsorted(ends[1:], event, side="left")) + 1, steps)
+            take, scan = steps, 0
+            while True:
+                i = scan + int(np.searchsorted(ends[1 + scan:], min(join, arrival), side="left"))  # step ending first at or after
+                if i >= steps:
+                    break
+                boundary = float(ends[1 + i])
+                if join <= boundary or done + i + 1 == limit:  # a join, or requests leave first (end_step)
+                    take, stop = i + 1, True
+                    break
+                self._admit(boundary)  # the head arrived during step i
+                join, arrival = self._events(boundary)
+                if join <= boundary:  # admitted with a transfer of no time: it joins at once
+                    take, stop = i + 1, True
+                    self.log.slo_held -= self.held_by_slo  # the next run's next_step checks the head here again
+                    break
+                held_from = done + i if self.held_by_slo else held_from
+                scan = i + 1
             self.log.add(ends[:take], ends[1:take + 1], len(requests), run.rank_tokens()[:take],
                          run.mean_context()[:take])
             self._step_guess = float(ends[1] - ends[0])
             first_end = float(ends[1]) if done == 0 else first_end
             done, clock = done + take, float(ends[take])
-            if take < steps or ends[take] >= event:
-                break
             block *= 2
-        if self.held_by_slo:
-            self.log.slo_held += done - 1  # the boundaries inside the run, where the head was checked again
+        if held_from is not None:
+            self.log.slo_held += done - 2 - held_from  # the boundaries inside the run after it, checked again
         self._advance(requests, start, first_end, done)
         return clock
+
+    def _events(self, now: float) -> tuple[float, float]:
+        """(first pending join, arrival of the head of the queue if after `now`, else inf: a head
+        already arrived is held back until a request finishes)."""
+        join = min((t for t, _ in self.pending), default=math.inf)
+        waiting = self.head < len(self.arrival) and self.arrival[self.head] > now
+        return join, float(self.arrival[self.head]) if waiting else math.inf
 
     def _advance(self, requests: np.ndarray, start: float, first_end: float, steps: int) -> np.ndarray:
         """After `steps` steps of `requests` starting at `start` (the first ending at `first_end`):
