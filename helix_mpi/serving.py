@@ -443,7 +443,8 @@ class Scheduler:
             ends = np.cumsum(np.concatenate(([clock], timer.steps(run))))  # [K + 1] one addition per step, in order
             take, scan = steps, 0
             while True:
-                i = scan + int(np.searchsorted(ends[1 + scan:], min(join, arrival), side="left"))  # step ending first at or after
+                # the first step from `scan` on that ends at or after the next event
+                i = scan + int(np.searchsorted(ends[1 + scan:], min(join, arrival), side="left"))
                 if i >= steps:
                     break
                 boundary = float(ends[1 + i])

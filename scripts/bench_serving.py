@@ -107,10 +107,12 @@ def full_trace(args: argparse.Namespace) -> dict:
               max_batch=args.max_batch, kv_transfer=args.kv_transfer)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     result = {"requests": r["requests"], "steps": r["steps"], "generated_tokens": r["generated_tokens"],
-              "layout": "Helix 8 GPUs (KVP=8 TPA=1 EP=8)", "sim_wall_s": wall, "sim_cpu_s": cpu, "steps_per_s": r["steps"] / wall,
+              "layout": "Helix 8 GPUs (KVP=8 TPA=1 EP=8)", "sim_wall_s": wall, "sim_cpu_s": cpu,
+              "steps_per_s": r["steps"] / wall,
               "ttl_p50": r["ttl_p50"], "ttl_p99": r["ttl_p99"], "makespan_s": r["makespan_s"]}
     print(f"whole trace: {r['requests']:,} requests, {r['steps']:,} decode steps on {result['layout']}: "
-          f"{wall:.1f} s, {cpu:.1f} s of CPU ({result['steps_per_s']:,.0f} steps/s); TTL p50 {r['ttl_p50'] * 1e3:.2f} ms, "
+          f"{wall:.1f} s, {cpu:.1f} s of CPU ({result['steps_per_s']:,.0f} steps/s); "
+          f"TTL p50 {r['ttl_p50'] * 1e3:.2f} ms, "
           f"p99 {r['ttl_p99'] * 1e3:.2f} ms", flush=True)
     return result
 

@@ -430,7 +430,8 @@ def test_fast_timer_gives_the_exact_simulation_for_every_strategy(name, n, strat
 def step_by_step(w: Workload, setup: ServingSetup) -> Scheduler:
     """The serving loop one step at a time (next_step, the step timer, end_step), as the emulator runs it."""
     scheduler = Scheduler(w, setup)
-    timer = StepTimer(setup.model, setup.layout, setup.hopb, TimeModel(setup.topo, setup.impl), a2a_chunk=setup.a2a_chunk)
+    timer = StepTimer(setup.model, setup.layout, setup.hopb, TimeModel(setup.topo, setup.impl),
+                      a2a_chunk=setup.a2a_chunk)
     now = scheduler.first_arrival
     while not scheduler.done:
         start, batch = scheduler.next_step(now)

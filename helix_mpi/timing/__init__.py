@@ -11,5 +11,5 @@ from .durations import TimeModel
 from .fast import BatchLayerTime, RaggedLayerTime, StepKV, StepTimer, TailTime, layer_kinds
 from .schedule import GroupMax, LayerSchedule, StreamClocks, place_layer
 
-__all__ = ["TimeModel", "BatchLayerTime", "RaggedLayerTime", "StepKV", "StepTimer", "TailTime", "layer_kinds", "GroupMax",
-           "LayerSchedule", "StreamClocks", "place_layer"]
+__all__ = ["TimeModel", "BatchLayerTime", "RaggedLayerTime", "StepKV", "StepTimer", "TailTime", "layer_kinds",
+           "GroupMax", "LayerSchedule", "StreamClocks", "place_layer"]

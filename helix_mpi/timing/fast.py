@@ -164,7 +164,7 @@ class _BatchPlan:
     durations: dict  # index -> seconds [N, 1] of every op that does not depend on KV lengths
     chunks: list  # (first request, requests) of each attention -> all-to-all exchange (KVP > 1), else []
     hopb: bool  # chain overlapped (attention of chunk k does not wait for all-to-all k-1)
-    attention: list  # (kernel with tokens 0, ranks [n]) of each group of classes whose attention kernels differ only in tokens
+    attention: list  # (kernel with tokens 0, ranks [n]): classes whose attention kernels differ only in tokens
     exchanges: np.ndarray | None  # seconds [N, C, 1] of each all-to-all of the chain
 
     @property
@@ -298,7 +298,7 @@ class RaggedLayerTime:
         for index, op in plan.ops:
             if 0 < index <= chain_end:
                 if index == 1:
-                    c0 = np.repeat(np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start), kv.steps, axis=1)  # [N, K]
+                    c0 = np.repeat(np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start), kv.steps, axis=1)
                     m0 = np.repeat(np.maximum(clocks.free[Stream.COMM], schedule.layer_start), kv.steps, axis=1)
                     att, x = self._chain_times(plan, kv)
                     last_att, last_a2a = ragged_chain_ends(att, x, c0, m0, plan.hopb, self._kvp_max)
