@@ -4,7 +4,9 @@ One scheduler (`Scheduler`) serves both modes, so they make the same decisions:
 - analytic (`serve`, `helix-mpi model --workload`): full model size, no MPI, no data; every step is
   timed by `timing.StepTimer`, a vectorised `analytic.step_time` (same plans and clocks, docs/design.md
   section 2) for the ragged batch held at that step; any model (GQA or MLA, dense or MoE) and any
-  strategy (helix, tp, kvp, dp-ep);
+  strategy (helix, tp, kvp, dp-ep). The steps between two changes of the batch (a request joins or
+  leaves) are timed together (`Scheduler.run_steps`: the same records, bit for bit, as one step at
+  a time, which is how the emulator and `exact=True` run);
 - emulated (`runner.run_serving`, `helix-mpi run --workload`): every rank runs the same scheduler
   and the emulator times each step on real data.
 
@@ -64,6 +66,7 @@ from .workload import Workload
 KV_TRANSFER = ("scale_out", "nvlink", "none")
 LONG_CONTEXT_TOKENS = 100_000  # "long" contexts for the KV-imbalance figure
 MAX_SAMPLES = 1000  # points kept in each time series
+STEP_ELEMENTS = 1 << 16  # steps timed together x max(requests, ranks): bounds a run's arrays
 
 
 class ServingError(ValueError):
@@ -104,7 +107,7 @@ def tokens_held_batch(lengths: np.ndarray, kvp: int, tokens_per_block: int) -> n
     lengths = np.asarray(lengths, dtype=np.int64)
     rounds, rest = np.divmod(lengths, tokens_per_block * kvp)
     first = np.arange(kvp, dtype=np.int64)[:, None] * tokens_per_block  # first offset of each rank's block
-    return rounds * tokens_per_block + np.clip(rest - first, 0, tokens_per_block)
+    return rounds * tokens_per_block + np.minimum(np.maximum(rest - first, 0), tokens_per_block)
 
 
 def emulated_layer_weights(model: ModelConfig, layers: int) -> np.ndarray:
@@ -163,14 +166,88 @@ class ServingSetup:
 
 @dataclass
 class _Log:
-    """Per-step records (lists, turned into arrays by `metrics`)."""
+    """Per-step records, in blocks of consecutive steps (joined into arrays by `step_log`)."""
 
-    start: list = field(default_factory=list)
+    start: list = field(default_factory=list)  # [K] blocks
     end: list = field(default_factory=list)
     batch: list = field(default_factory=list)
-    kv: list = field(default_factory=list)  # [N] KV tokens held per rank, new tokens included
+    kv: list = field(default_factory=list)  # [K, N] KV tokens held per rank, new tokens included
     mean_context: list = field(default_factory=list)
     slo_held: int = 0  # steps at which the SLO held the head of the queue back
+
+    def add(self, start: np.ndarray, end: np.ndarray, batch: int, kv: np.ndarray, mean_context: np.ndarray) -> None:
+        """Record K steps: start, end [K], requests per step, kv [K, N], mean context [K]."""
+        self.start.append(start)
+        self.end.append(end)
+        self.batch.append(np.full(len(start), batch, dtype=np.int64))
+        self.kv.append(kv)
+        self.mean_context.append(mean_context)
+
+
+def _joined(blocks: list, dtype, width: int | None = None) -> np.ndarray:
+    if not blocks:
+        return np.zeros((0,) if width is None else (0, width), dtype=dtype)
+    return np.concatenate(blocks).astype(dtype, copy=False)
+
+
+class _StepRun:
+    """The KV lengths of K consecutive decode steps of one batch, in which every request gains one
+    token per step (`timing.StepKV`: sums per rank and per exchange chunk, or per dp-ep rank).
+    Built from the lengths at the first step (new token included): under the KV round robin the
+    token at position p joins KVP rank (p // tokens_per_block) % KVP, so step j's holdings are the
+    first step's plus the ranks of positions L .. L + j - 1 of each request, counted by bincount."""
+
+    def __init__(self, scheduler: "Scheduler", requests: np.ndarray, lengths: np.ndarray, steps: int):
+        self.scheduler, self.requests, self.lengths, self.steps = scheduler, requests, lengths, steps
+        self.rank_sizes, self.batch = None, len(requests)
+        if scheduler.setup.data_parallel:
+            owners = scheduler.owner[requests]
+            n = scheduler.layout.world_size
+            self.rank_sizes = np.bincount(owners, minlength=n)
+            self.batch = int(self.rank_sizes.max())
+            self._rank_first = np.bincount(owners, weights=lengths, minlength=n).astype(np.int64)  # [N]
+        self._sums: dict = {}
+
+    def chunk_sums(self, chunks: list[tuple[int, int]]) -> np.ndarray:
+        """Tokens [N, C, K] each rank holds of each chunk's requests at each step."""
+        key = tuple(chunks)
+        if key not in self._sums:
+            self._sums[key] = self._per_kvp(chunks)[self.scheduler.kvp_of_rank].astype(float)
+        return self._sums[key]
+
+    def _per_kvp(self, chunks: list[tuple[int, int]]) -> np.ndarray:
+        """Tokens [KVP, C, K] each KVP rank holds of each chunk's requests at each step."""
+        layout, tpb = self.scheduler.layout, self.scheduler.setup.tokens_per_block
+        kvp, k, c = layout.kvp, self.steps, len(chunks)
+        firsts = np.array([first for first, _ in chunks])
+        first = np.add.reduceat(tokens_held_batch(self.lengths, kvp, tpb), firsts, axis=1)  # [KVP, C]
+        if k == 1:
+            return first[:, :, None]
+        chunk = np.repeat(np.arange(c), [count for _, count in chunks])  # [B]
+        positions = self.lengths[None, :] + np.arange(k - 1)[:, None]  # [K-1, B] tokens added after step 0
+        rank = (positions // tpb) % kvp
+        index = (np.arange(k - 1)[:, None] * kvp + rank) * c + chunk[None, :]
+        added = np.bincount(index.ravel(), minlength=(k - 1) * kvp * c).reshape(k - 1, kvp, c)
+        held = np.concatenate([np.zeros((1, kvp, c), dtype=np.int64), np.cumsum(added, axis=0)]) + first[None]
+        return held.transpose(1, 2, 0)  # [KVP, C, K]
+
+    def rank_sums(self) -> np.ndarray:
+        """dp-ep: tokens [N, K] of each rank's own requests at each step."""
+        return (self._rank_first[:, None] + self.rank_sizes[:, None] * np.arange(self.steps)[None, :]).astype(float)
+
+    def rank_tokens(self) -> np.ndarray:
+        """KV tokens [K, N] each rank holds at each step (the step log)."""
+        if self.rank_sizes is not None:
+            return self.rank_sums().T.astype(np.int64)
+        return self.chunk_sums([(0, self.batch)])[:, 0].T.astype(np.int64)
+
+    def mean_context(self) -> np.ndarray:
+        """Mean tokens [K] of the batch's requests at each step."""
+        return (int(self.lengths.sum()) + self.batch_requests * np.arange(self.steps)) / self.batch_requests
+
+    @property
+    def batch_requests(self) -> int:
+        return len(self.requests)
 
 
 class Scheduler:
@@ -196,6 +273,8 @@ class Scheduler:
         self.pending: list[tuple[float, int]] = []  # (join time, request) admitted, KV in transfer
         self.active: list[int] = []  # in the batch, in admission order
         self.head, self.finished = 0, 0
+        self.held_by_slo = False  # the last admission attempt stopped at the SLO
+        self._step_guess = math.inf  # seconds of the last step timed (sizes the next run's first block)
         self.log = _Log()
         self._check_fits(workload)
         self._predict = None
@@ -267,6 +346,7 @@ class Scheduler:
 
     def _admit(self, now: float) -> None:
         cap = self.setup.max_batch
+        self.held_by_slo = False
         while self.head < len(self.arrival) and self.arrival[self.head] <= now and (
                 cap is None or len(self.active) + len(self.pending) < cap):
             r = self.head
@@ -275,6 +355,7 @@ class Scheduler:
                 break  # strict FIFO: the head waits for memory, and so does everyone behind it
             if self._predict is not None and not self._within_slo(r, owner):
                 self.log.slo_held += 1
+                self.held_by_slo = True
                 break  # the head waits until the batch has room under the SLO
             self.owner[r] = owner
             self.reserved += self.held(np.array([r]), self.input[r:r + 1] + self.output[r:r + 1])[:, 0]
@@ -332,15 +413,77 @@ class Scheduler:
     def end_step(self, requests: np.ndarray, start: float, end: float) -> np.ndarray:
         """Record the step [start, end) of `requests`; returns those that finished (their KV is freed)."""
         lengths = self.lengths(requests)
+        self.log.add(np.array([start]), np.array([end]), len(requests), self.held(requests, lengths).sum(axis=1)[None],
+                     np.array([float(lengths.mean())]))
+        return self._advance(requests, start, end, 1)
+
+    def run_steps(self, now: float, timer: StepTimer) -> float:
+        """Decode the steps from `now` up to the next change of the batch (the analytic loop, which
+        takes the same decisions as calling next_step / end_step at every step); returns their end.
+
+        From the first step the batch stays as it is until a request finishes (the last step of the
+        run) or a pending KV transfer completes (the run ends at the first step boundary at or after
+        it): so the steps are timed together, `StepTimer.steps` over the run's KV lengths, and their
+        ends accumulated one by one as the step loop would. A head of the queue arriving during the
+        run is admitted at the end of that step, as next_step would, and only adds a pending join; a
+        head already held back (memory, max_batch or the SLO) stays held until a request finishes,
+        and the SLO counts each step boundary at which it held it."""
+        start, requests = self.next_step(now)
+        limit = int((self.output[requests] - self.generated[requests]).min())  # steps until the first finishes
+        join, arrival = self._events(start)
+        held_from = -1 if self.held_by_slo else None  # the SLO holds the head from the end of this step on
+        lengths = self.lengths(requests)
+        done, clock, first_end, width = 0, start, math.nan, max(len(requests), self.layout.world_size)
+        event = min(join, arrival)
+        block = limit if math.isinf(event) else int(min((event - start) / self._step_guess, limit)) + 2
+        stop = False
+        while done < limit and not stop:
+            steps = max(1, min(block, limit - done, STEP_ELEMENTS // width))
+            run = _StepRun(self, requests, lengths + done, steps)
+            ends = np.cumsum(np.concatenate(([clock], timer.steps(run))))  # [K + 1] one addition per step, in order
+            take, scan = steps, 0
+            while True:
+                # the first step from `scan` on that ends at or after the next event
+                i = scan + int(np.searchsorted(ends[1 + scan:], min(join, arrival), side="left"))
+                if i >= steps:
+                    break
+                boundary = float(ends[1 + i])
+                if join <= boundary or done + i + 1 == limit:  # a join, or requests leave first (end_step)
+                    take, stop = i + 1, True
+                    break
+                self._admit(boundary)  # the head arrived during step i
+                join, arrival = self._events(boundary)
+                if join <= boundary:  # admitted with a transfer of no time: it joins at once
+                    take, stop = i + 1, True
+                    self.log.slo_held -= self.held_by_slo  # the next run's next_step checks the head here again
+                    break
+                held_from = done + i if self.held_by_slo else held_from
+                scan = i + 1
+            self.log.add(ends[:take], ends[1:take + 1], len(requests), run.rank_tokens()[:take],
+                         run.mean_context()[:take])
+            self._step_guess = float(ends[1] - ends[0])
+            first_end = float(ends[1]) if done == 0 else first_end
+            done, clock = done + take, float(ends[take])
+            block *= 2
+        if held_from is not None:
+            self.log.slo_held += done - 2 - held_from  # the boundaries inside the run after it, checked again
+        self._advance(requests, start, first_end, done)
+        return clock
+
+    def _events(self, now: float) -> tuple[float, float]:
+        """(first pending join, arrival of the head of the queue if after `now`, else inf: a head
+        already arrived is held back until a request finishes)."""
+        join = min((t for t, _ in self.pending), default=math.inf)
+        waiting = self.head < len(self.arrival) and self.arrival[self.head] > now
+        return join, float(self.arrival[self.head]) if waiting else math.inf
+
+    def _advance(self, requests: np.ndarray, start: float, first_end: float, steps: int) -> np.ndarray:
+        """After `steps` steps of `requests` starting at `start` (the first ending at `first_end`):
+        the requests that finished at the last one (their KV is freed)."""
+        end = float(self.log.end[-1][-1])
         new = requests[self.generated[requests] == 0]
-        self.first_start[new], self.first_token[new] = start, end
-        log = self.log
-        log.start.append(start)
-        log.end.append(end)
-        log.batch.append(len(requests))
-        log.kv.append(self.held(requests, lengths).sum(axis=1))
-        log.mean_context.append(float(lengths.mean()))
-        self.generated[requests] += 1
+        self.first_start[new], self.first_token[new] = start, first_end
+        self.generated[requests] += steps
         finished = requests[self.generated[requests] == self.output[requests]]
         self.finish[finished] = end
         final = self.input[finished] + self.output[finished]
@@ -366,10 +509,9 @@ class Scheduler:
     def step_log(self) -> dict[str, np.ndarray]:
         """Every step, not subsampled (for traces): start, end [T], batch [T], KV tokens per rank [T, N]."""
         log = self.log
-        return {"start_s": np.array(log.start), "end_s": np.array(log.end),
-                "batch": np.array(log.batch, dtype=np.int64),
-                "kv_tokens": np.array(log.kv, dtype=np.int64).reshape(len(log.kv), self.layout.world_size),
-                "mean_context": np.array(log.mean_context, dtype=np.float64)}
+        return {"start_s": _joined(log.start, np.float64), "end_s": _joined(log.end, np.float64),
+                "batch": _joined(log.batch, np.int64), "kv_tokens": _joined(log.kv, np.int64, self.layout.world_size),
+                "mean_context": _joined(log.mean_context, np.float64)}
 
 
 def serving_figures(requests: dict[str, np.ndarray], steps: dict[str, np.ndarray], world_size: int,
@@ -482,16 +624,25 @@ def serve(workload: Workload, model: ModelConfig, layout: Layout, topo: Topology
 
 def simulate(workload: Workload, setup: ServingSetup, exact: bool = False,
              give_up: Callable[[Scheduler, float], bool] | None = None) -> Scheduler:
-    """The analytic serving loop; `give_up(scheduler, now)`, checked after every step, may stop it
-    early (then `scheduler.done` is False; searches use it to drop a layout whose queue grows)."""
+    """The analytic serving loop; `give_up(scheduler, now)`, checked after every run of steps (at
+    every change of the batch; after every step with exact=True), may stop it early (then
+    `scheduler.done` is False; searches use it to drop a layout whose queue grows: a condition that
+    stays true once true, as advise's count of late requests, stops the same simulations)."""
     scheduler = Scheduler(workload, setup)
-    timer = _exact_timer(setup, setup.a2a_chunk) if exact else StepTimer(
-        setup.model, setup.layout, setup.hopb, TimeModel(setup.topo, setup.impl), a2a_chunk=setup.a2a_chunk)
     now = scheduler.first_arrival
+    if exact:  # one step at a time, each timed by analytic.step_time
+        timer = _exact_timer(setup, setup.a2a_chunk)
+        while not scheduler.done:
+            start, batch = scheduler.next_step(now)
+            now = start + timer(scheduler.kv_lengths(batch))
+            scheduler.end_step(batch, start, now)
+            if give_up is not None and give_up(scheduler, now):
+                break
+        return scheduler
+    timer = StepTimer(setup.model, setup.layout, setup.hopb, TimeModel(setup.topo, setup.impl),
+                      a2a_chunk=setup.a2a_chunk)
     while not scheduler.done:
-        start, batch = scheduler.next_step(now)
-        now = start + timer(scheduler.kv_lengths(batch))
-        scheduler.end_step(batch, start, now)
+        now = scheduler.run_steps(now, timer)
         if give_up is not None and give_up(scheduler, now):
             break
     return scheduler

@@ -19,7 +19,7 @@ from helix_mpi.config import MODEL_PRESETS, Implementation, Layout, Strategy, ma
 from helix_mpi.kvcache import tokens_held
 from helix_mpi.memory import memory_report
 from helix_mpi.serving import (Scheduler, ServingError, ServingSetup, emulated_layer_weights,
-                               kv_capacity, serve, tokens_held_batch)
+                               kv_capacity, serve, simulate, tokens_held_batch)
 from helix_mpi.topology import load_topology
 from helix_mpi.workload import Request, Workload, WorkloadError, load_workload
 
@@ -427,6 +427,48 @@ def test_fast_timer_gives_the_exact_simulation_for_every_strategy(name, n, strat
     assert fast["kv_tokens_at_end"] == 0
 
 
+def step_by_step(w: Workload, setup: ServingSetup) -> Scheduler:
+    """The serving loop one step at a time (next_step, the step timer, end_step), as the emulator runs it."""
+    scheduler = Scheduler(w, setup)
+    timer = StepTimer(setup.model, setup.layout, setup.hopb, TimeModel(setup.topo, setup.impl),
+                      a2a_chunk=setup.a2a_chunk)
+    now = scheduler.first_arrival
+    while not scheduler.done:
+        start, batch = scheduler.next_step(now)
+        now = start + timer(scheduler.kv_lengths(batch))
+        scheduler.end_step(batch, start, now)
+    return scheduler
+
+
+RUN_CASES = [  # (model, N, kvp, tpa, strategy, setup options): chunked and per-request exchanges, HOP-B off,
+    # held back by the SLO (at the modeled times of 2026-12: 112 and 60 steps), by max_batch and by memory,
+    # transfers of no time, dp-ep
+    ("tiny-gqa3", 8, 2, 4, "helix", dict(a2a_chunk=2, ttl_slo=2.5e-4, tokens_per_block=3)),
+    ("tiny-gqa3", 8, 4, 2, "helix", dict(a2a_chunk=1, hopb=False, max_batch=4, kv_transfer="none")),
+    ("tiny-mla-moe", 4, 4, 1, "helix", dict(kv_capacity_tokens=400, tokens_per_block=4)),
+    ("tiny", 8, 2, 4, "kvp", dict(a2a_chunk=3, kv_transfer="nvlink")),
+    ("tiny-mla-moe", 4, None, None, "dp-ep", dict(ttl_slo=2.105e-4, kv_capacity_tokens=600)),
+    ("tiny", 4, None, None, "tp", dict(max_batch=3)),
+]
+
+
+@pytest.mark.parametrize("name, n, kvp, tpa, strategy, options", RUN_CASES,
+                         ids=[f"{c[0]}-{c[4]}-{i}" for i, c in enumerate(RUN_CASES)])
+def test_runs_of_steps_are_the_step_by_step_loop_bit_for_bit(name, n, kvp, tpa, strategy, options):
+    """simulate times the steps between changes of the batch together: every record is that of the
+    loop that times one step at a time, exactly."""
+    model = MODEL_PRESETS[name]
+    setup = ServingSetup(model, make_layout(model, n, kvp, tpa, strategy), TOPO, **options)
+    w = random_workload(13, 24, 0.004, 300, 40)
+    runs, steps = simulate(w, setup), step_by_step(w, setup)
+    for key, value in steps.step_log().items():
+        assert np.array_equal(runs.step_log()[key], value), key
+    for key in ("admitted", "transfer", "first_start", "first_token", "finish", "owner"):
+        assert np.array_equal(getattr(runs, key), getattr(steps, key), equal_nan=True), key
+    assert runs.log.slo_held == steps.log.slo_held
+    assert len(np.unique(steps.step_log()["batch"])) > 2  # the batch changed along the way
+
+
 def test_dp_ep_places_each_request_whole_on_the_least_loaded_rank():
     model = MODEL_PRESETS["tiny-mla-moe"]
     layout = make_layout(model, 4, None, None, "dp-ep")
@@ -439,7 +481,7 @@ def test_dp_ep_places_each_request_whole_on_the_least_loaded_rank():
     kv = scheduler.kv_lengths(batch)
     assert [k.tolist() for k in kv] == [[31], [11], [21], [6, 8]]  # each rank its own requests, new token included
     scheduler.end_step(batch, start, 1.0)
-    assert scheduler.log.kv[-1].tolist() == [31, 11, 21, 14]
+    assert scheduler.step_log()["kv_tokens"][-1].tolist() == [31, 11, 21, 14]
 
 
 def test_deepseek_helix_serves_long_contexts_with_balanced_kv():

@@ -126,31 +126,67 @@ def with_expected_load(kernel):
     return replace(kernel, hit=hit, pairs=pairs)
 
 
-# --- one ragged batch, every rank (serving) -----------------------------------------------------------
+# --- ragged batches, every rank, over runs of steps (serving) ----------------------------------------
+class StepKV:
+    """Each rank's KV tokens in K consecutive decode steps of one batch, summed the way the ragged
+    step timer reads them. Given explicitly here (one step: local lengths [N, B], or under dp-ep N
+    arrays [b_r], each rank its own requests); `serving` supplies runs of steps in which every
+    request gains one token per step.
+
+    - `chunk_sums(chunks)`: tokens [N, C, K] each rank holds of the requests of each chunk
+      (first request, requests) at each step;
+    - dp-ep only: `rank_sizes` [N] requests per rank and `rank_sums()` [N, K] their tokens.
+    Sums are exact (integers below 2**53), so sum / count is bit for bit the mean the exact path takes.
+    """
+
+    def __init__(self, kv_lengths: np.ndarray | list[np.ndarray]):
+        self.steps = 1
+        if isinstance(kv_lengths, list):
+            self._ranks = [np.asarray(k, dtype=float) for k in kv_lengths]
+            self.rank_sizes = np.array([len(k) for k in self._ranks])
+            self.batch = int(self.rank_sizes.max())
+        else:
+            self._kv = np.asarray(kv_lengths, dtype=float)  # [N, B]
+            self.rank_sizes, self.batch = None, self._kv.shape[1]
+
+    def chunk_sums(self, chunks: list[tuple[int, int]]) -> np.ndarray:
+        return np.stack([self._kv[:, first:first + count].sum(axis=1) for first, count in chunks], axis=1)[:, :, None]
+
+    def rank_sums(self) -> np.ndarray:
+        return np.array([np.add.reduce(k) if len(k) else 0.0 for k in self._ranks])[:, None]
+
+
 @dataclass(frozen=True)
 class _BatchPlan:
     """A layer plan for one batch size, as the ragged timer needs it."""
 
     ops: list  # (index, op) of the plan of rank class 0, in plan order
-    durations: dict  # index -> seconds [N] of every op that does not depend on KV lengths
+    durations: dict  # index -> seconds [N, 1] of every op that does not depend on KV lengths
     chunks: list  # (first request, requests) of each attention -> all-to-all exchange (KVP > 1), else []
     hopb: bool  # chain overlapped (attention of chunk k does not wait for all-to-all k-1)
-    attention: list  # per class: its (first) attention kernel at this batch
+    attention: list  # (kernel with tokens 0, ranks [n]): classes whose attention kernels differ only in tokens
+    exchanges: np.ndarray | None  # seconds [N, C, 1] of each all-to-all of the chain
 
     @property
     def chain(self) -> bool:
         return bool(self.chunks)
 
+    @property
+    def chunk_sizes(self) -> np.ndarray:
+        return np.array([count for _, count in self.chunks], dtype=float)
+
 
 class RaggedLayerTime:
-    """analytic.step_time of one layer for many ragged batches, vectorised over ranks and requests.
+    """analytic.step_time of one layer for ragged batches, vectorised over ranks, requests and runs
+    of steps (`steps`: the K steps of a `StepKV` at once, each rank's clocks [N, K]).
 
     Every op is placed by the same LayerSchedule as the exact path, from plans cached per batch
     size and per class of ranks with equal shard shapes, except the per-request chain of KVP > 1,
-    solved in closed form by `schedule.ragged_chain_ends`. Attention kernels are timed on the real
-    KV lengths (per request in the chain, their mean over the batch otherwise, as the plan does).
-    Under dp-ep every rank has its own requests (a list of N arrays of different lengths): each
-    op's duration on a rank is that of the plan for the rank's own batch size.
+    solved in closed form by `schedule.ragged_chain_ends` (for any exchange granularity: one chunk
+    of the whole batch, single requests or chunks of k). Attention kernels are timed on the real KV
+    lengths (the mean over each exchange's requests in the chain, over the batch otherwise, as the
+    plan does). Under dp-ep every rank has its own requests: each op's duration on a rank is that of
+    the plan for the rank's own batch size.
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layer: int = 0,
@@ -158,12 +194,13 @@ class RaggedLayerTime:
         self.model, self.layer, self.n, self.a2a_chunk = model, layer, layout.world_size, a2a_chunk
         self.layout, self.hopb, self.timer = layout, hopb, timer
         self.group_max = GroupMax(layout)
-        # attention seconds of the current step, shared by the layer kinds of one StepTimer (dense and
+        # attention seconds of the current steps, shared by the layer kinds of one StepTimer (dense and
         # MoE layers run the same attention kernel on the same KV lengths)
         self.attention_memo = {} if attention_memo is None else attention_memo
         self.rank_class, self.class_rank = shard_classes(model, layout)
         self.members = [np.flatnonzero(self.rank_class == c) for c in range(len(self.class_rank))]
         self._cache: dict[int, _BatchPlan] = {}
+        self._rank_durations: dict[bytes, dict] = {}  # dp-ep: per-rank batch sizes -> op durations [N, 1]
 
     def _plans(self, batch: int) -> list[list[Op]]:
         kv = np.ones(batch, dtype=np.int64)
@@ -181,89 +218,138 @@ class RaggedLayerTime:
             if chunks and not all(plans[0][attention_index(k)].name is OpName.ATTENTION and plans[0][
                     all_to_all_index(k)].name is OpName.ALL_TO_ALL for k in range(len(chunks))):
                 raise RuntimeError("plan.layer_plan changed shape: update timing.RaggedLayerTime")
+            if chunks and (chunks[0][0] != 0 or sum(count for _, count in chunks) != batch):
+                raise RuntimeError("plan.layer_plan's exchanges do not cover the batch: update timing.RaggedLayerTime")
             hopb = len(chunks) < 2 or not plans[0][attention_index(1)].deps
-            durations = {i: self.timer.ops_seconds([p[i] for p in plans])[self.rank_class]
+            durations = {i: np.array([self._op_seconds(p[i]) for p in plans])[self.rank_class]
                          for i, op in ops if op.name is not OpName.ATTENTION}
-            self._cache[batch] = _BatchPlan(ops, durations, chunks, hopb, [a[0].kernels[0] for a in attention])
+            groups: dict = {}  # classes whose kernels differ only in tokens are timed in one call
+            for kernels, ranks in zip(attention, self.members):
+                groups.setdefault(replace(kernels[0].kernels[0], tokens=0.0), []).append(ranks)
+            groups = [(kernel, np.concatenate(members)) for kernel, members in groups.items()]
+            exchanges = np.stack([durations[all_to_all_index(k)] for k in range(len(chunks))], axis=1)[:, :, None] \
+                if chunks else None
+            self._cache[batch] = _BatchPlan(ops, {i: d[:, None] for i, d in durations.items()}, chunks, hopb, groups,
+                                            exchanges)
         return self._cache[batch]
 
+    def _op_seconds(self, op: Op) -> float:
+        """TimeModel.op_seconds, remembered by what times the op: shard classes and layer kinds
+        share most ops (projections, exchanges, all-reduces) at each batch size."""
+        key = ("op", op.collective, op.nbytes, op.group_size, op.group_stride) if op.is_collective else \
+            ("op", op.kernels)
+        return self.timer.remembered(key, lambda: self.timer.op_seconds(op))
+
     def _attention_s(self, plan: _BatchPlan, tokens: np.ndarray, batch=None) -> np.ndarray:
-        """Seconds [N, ...] of each rank's attention kernel at `tokens` [N, ...] (and `batch`
-        requests, default its plan's), one class at a time: each has its own measured shape."""
+        """Seconds [N, ..., K] of each rank's attention kernel at `tokens` [N, ..., K] (and `batch`
+        requests, default its plan's), one group of classes at a time: each has its own measured shape."""
         out = np.zeros(tokens.shape)
-        groups: dict = {}  # classes whose kernels differ only in tokens are timed in one call
-        for kernel, ranks in zip(plan.attention, self.members):
-            groups.setdefault(replace(kernel, tokens=0.0), []).append(ranks)
-        for kernel, members in groups.items():
-            ranks = np.concatenate(members)
-            key = (kernel, ranks.tobytes(), tokens[ranks].tobytes(), None if batch is None else batch[ranks].tobytes())
+        for kernel, ranks in plan.attention:
+            here = None if batch is None else batch[ranks]
+            key = (kernel, ranks.tobytes(), tokens[ranks].tobytes(), None if here is None else here.tobytes())
             if key not in self.attention_memo:
-                shaped = replace(kernel, tokens=tokens[ranks]) if batch is None else \
-                    replace(kernel, tokens=tokens[ranks], batch=batch[ranks])
-                self.attention_memo[key] = self.timer.kernels_seconds([shaped])
+                self.attention_memo[key] = self._kernel_steps(kernel, tokens[ranks], here)
             out[ranks] = self.attention_memo[key]
         return out
 
-    def _chain_times(self, plan: _BatchPlan, kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(attention [N, C], all-to-all [N, C]) seconds of each exchange of the chain."""
-        sizes = np.array([count for _, count in plan.chunks], dtype=float)
-        means = np.stack([kv[:, first:first + count].mean(axis=1) for first, count in plan.chunks], axis=1)
+    def _kernel_steps(self, kernel, tokens: np.ndarray, batch: np.ndarray | None) -> np.ndarray:
+        """Seconds [..., K] of `kernel` at tokens [..., K] (batch [..., K]), step k equal to one call
+        at step k alone: a measured table is interpolated along one axis when only one coordinate
+        varies within the call, so a step whose tokens are all equal while its batch sizes vary is
+        timed alone (rare: exchanges of unequal size whose requests hold equal shares)."""
+        def seconds(t, b):
+            shaped = replace(kernel, tokens=t) if b is None else replace(kernel, tokens=t, batch=b)
+            return self.timer.kernels_seconds([shaped]) * np.ones(np.shape(t))
+        if batch is None or np.all(batch == batch.flat[0]):
+            return seconds(tokens, batch)
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        alone = np.all(flat == flat[:1], axis=0)  # [K] steps whose tokens are all equal
+        if not alone.any():
+            return seconds(tokens, batch)
+        out = np.zeros(tokens.shape)
+        if not alone.all():
+            out[..., ~alone] = seconds(tokens[..., ~alone], batch[..., ~alone])
+        for k in np.flatnonzero(alone):
+            out[..., k] = seconds(tokens[..., k], batch[..., k])
+        return out
+
+    def _chain_times(self, plan: _BatchPlan, kv: StepKV) -> tuple[np.ndarray, np.ndarray]:
+        """(attention [N, C, K], all-to-all [N, C, 1]) seconds of each exchange of the chain at each step."""
+        sizes = plan.chunk_sizes[:, None]  # [C, 1]
+        means = kv.chunk_sums(plan.chunks) / sizes  # [N, C, K]
         att = self._attention_s(plan, means, np.broadcast_to(sizes, means.shape))
-        x = np.stack([plan.durations[all_to_all_index(k)] for k in range(len(plan.chunks))], axis=1)
-        return att, x
+        return att, plan.exchanges
 
     def _kvp_max(self, values: np.ndarray) -> np.ndarray:
         return self.group_max((Axis.KVP,), values)
 
     def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
         """Modeled seconds of one layer for local KV lengths [N, B], or N arrays [b_r] (dp-ep)."""
-        if isinstance(kv_lengths, list):
-            return self._per_rank_batches(kv_lengths)
-        kv = np.asarray(kv_lengths, dtype=float)
-        batch = kv.shape[1]
-        plan = self._batch_plan(batch)
-        clocks = StreamClocks(self.n)
+        return float(self.steps(StepKV(kv_lengths))[0])
+
+    def steps(self, kv: StepKV) -> np.ndarray:
+        """Modeled seconds [K] of one layer at each of the K steps of `kv`."""
+        if kv.rank_sizes is not None:
+            return self._per_rank_batches(kv)
+        plan = self._batch_plan(kv.batch)
+        clocks = _column_clocks(self.n)
         schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
         chain_end = all_to_all_index(len(plan.chunks) - 1) if plan.chain else 0
         for index, op in plan.ops:
             if 0 < index <= chain_end:
                 if index == 1:
-                    c0 = np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start)
-                    m0 = np.maximum(clocks.free[Stream.COMM], schedule.layer_start)
+                    c0 = np.repeat(np.maximum(clocks.free[Stream.COMPUTE], schedule.layer_start), kv.steps, axis=1)
+                    m0 = np.repeat(np.maximum(clocks.free[Stream.COMM], schedule.layer_start), kv.steps, axis=1)
                     att, x = self._chain_times(plan, kv)
                     last_att, last_a2a = ragged_chain_ends(att, x, c0, m0, plan.hopb, self._kvp_max)
                     schedule.finish(attention_index(len(plan.chunks) - 1), Stream.COMPUTE, last_att)
                     schedule.finish(chain_end, Stream.COMM, last_a2a)
                 continue
             if op.name is OpName.ATTENTION:
-                duration = self._attention_s(plan, kv.mean(axis=1))
+                duration = self._attention_s(plan, kv.chunk_sums([(0, kv.batch)])[:, 0] / kv.batch)
             else:
                 duration = plan.durations[index]
             schedule.place(index, op, duration)
-        return float(schedule.layer_end().max())
+        return _layer_ends(schedule, self.n, kv.steps)
 
-    def _per_rank_batches(self, kv_lengths: list[np.ndarray]) -> float:
-        """One layer when rank r holds its own b_r requests (no per-request chain: KVP = 1)."""
-        sizes = np.array([len(k) for k in kv_lengths])
-        mean = np.array([float(np.mean(k)) if len(k) else 0.0 for k in kv_lengths])
+    def _per_rank_batches(self, kv: StepKV) -> np.ndarray:
+        """One layer at K steps when rank r holds its own b_r requests (no per-request chain: KVP = 1)."""
+        sizes = kv.rank_sizes
+        mean = kv.rank_sums() / np.maximum(sizes, 1)[:, None]  # [N, K]; 0 on a rank without requests
         plans = {int(b): self._batch_plan(int(b)) for b in np.unique(sizes)}
         reference = plans[int(sizes[0])]
-        if any(p.chain or [op.name for _, op in p.ops] != [op.name for _, op in reference.ops]
-               for p in plans.values()):
-            raise RuntimeError("plan.layer_plan depends on the batch size: update timing.RaggedLayerTime")
-        attention = np.zeros(self.n)
+        attention = np.zeros(mean.shape)
         for b, plan in plans.items():
             ranks = sizes == b
             attention[ranks] = self._attention_s(plan, mean)[ranks]
-        clocks = StreamClocks(self.n)
+        durations = self._rank_durations.get(sizes.tobytes())
+        if durations is None:
+            if any(p.chain or [op.name for _, op in p.ops] != [op.name for _, op in reference.ops]
+                   for p in plans.values()):
+                raise RuntimeError("plan.layer_plan depends on the batch size: update timing.RaggedLayerTime")
+            durations = {index: np.array([plans[b].durations[index][r, 0] for r, b in enumerate(sizes)])[:, None]
+                         for index, op in reference.ops if op.name is not OpName.ATTENTION}
+            self._rank_durations[sizes.tobytes()] = durations
+        clocks = _column_clocks(self.n)
         schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
         for index, op in reference.ops:
-            if op.name is OpName.ATTENTION:
-                duration = attention
-            else:
-                duration = np.array([plans[b].durations[index][r] for r, b in enumerate(sizes)])
-            schedule.place(index, op, duration)
-        return float(schedule.layer_end().max())
+            schedule.place(index, op, attention if op.name is OpName.ATTENTION else durations[index])
+        return _layer_ends(schedule, self.n, kv.steps)
+
+
+def _column_clocks(n: int) -> StreamClocks:
+    """Stream clocks [n, 1] of n ranks, which broadcast over the steps of a run."""
+    clocks = StreamClocks(n)
+    clocks.free = {stream: free[:, None] for stream, free in clocks.free.items()}
+    return clocks
+
+
+def _layer_ends(schedule: LayerSchedule, n: int, steps: int) -> np.ndarray:
+    """End [K] of a layer placed for K steps at once: its last op on its slowest rank."""
+    end = np.zeros((n, steps))
+    for ends in schedule.ends.values():
+        end = np.maximum(end, ends)
+    return end.max(axis=0)
 
 
 def layer_kinds(model: ModelConfig, layers: int | None = None) -> list[tuple[int, int]]:
@@ -305,7 +391,8 @@ class TailTime:
 
 class StepTimer:
     """analytic.step_time for ragged batches: one RaggedLayerTime per kind of layer (dense, MoE),
-    each timed once and multiplied by its count, as step_time does, plus the step's tail."""
+    each timed once and multiplied by its count, as step_time does, plus the step's tail. Times one
+    step (`__call__`) or the K steps of a `StepKV` at once (`steps`)."""
 
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layers: int | None = None,
                  a2a_chunk: int = 0):
@@ -316,7 +403,10 @@ class StepTimer:
 
     def __call__(self, kv_lengths: np.ndarray | list[np.ndarray]) -> float:
         """Modeled seconds of one decode step for local KV lengths [N, B], or N arrays (dp-ep)."""
-        batch = max(len(k) for k in kv_lengths) if isinstance(kv_lengths, list) else np.shape(kv_lengths)[1]
-        self.attention_memo.clear()  # one step's KV lengths
-        layers = sum(count * timer(kv_lengths) for count, timer in self.parts)
-        return layers + float(self.tail(batch)[0])
+        return float(self.steps(StepKV(kv_lengths))[0])
+
+    def steps(self, kv: StepKV) -> np.ndarray:
+        """Modeled seconds [K] of each of the K decode steps of `kv`."""
+        self.attention_memo.clear()  # these steps' KV lengths
+        layers = sum(count * timer.steps(kv) for count, timer in self.parts)
+        return layers + float(self.tail(kv.batch)[0])
