@@ -6,13 +6,11 @@ from typing import Iterator
 
 import numpy as np
 
-from .axes import Axis
-from .config import Implementation, Layout, ModelConfig, RunConfig, Strategy
-from .kvcache import tokens_held
-from .mesh import coordinates
+from .config import Implementation, Layout, ModelConfig, RunConfig
 from .costmodel import SOURCES
-from .plan import Op, dp_requests, layer_plan, op_collective_fields, op_dep_fields, op_shape_fields, tail_plan
+from .plan import Op, layer_plan, op_collective_fields, op_dep_fields, op_shape_fields, tail_plan
 from .sharding import rank_shard, shard_key
+from .strategies import rules_for
 from .timing import GroupMax, StreamClocks, TailTime, TimeModel, layer_kinds, place_layer
 from .topology import Topology
 from .trace import EVENT_DTYPE
@@ -21,10 +19,9 @@ from .trace import EVENT_DTYPE
 def local_kv_lengths(layout: Layout, run: RunConfig, rank: int, step: int) -> np.ndarray:
     """Tokens [b] a rank holds per request at `step`, including that step's new token (dp-ep: for
     the requests it owns, whole)."""
-    if layout.strategy is Strategy.DP_EP:
-        return np.full(len(dp_requests(run.batch, layout.world_size, rank)), run.context + step + 1, dtype=np.int64)
-    held = tokens_held(run.context + step + 1, layout.kvp, run.tokens_per_block)
-    return np.full(run.batch, held[coordinates(layout, rank)[Axis.KVP]], dtype=np.int64)
+    rules = rules_for(layout)
+    held = rules.kv_tokens(run.context + step + 1, layout, rank, run.tokens_per_block)
+    return np.full(len(rules.requests(run.batch, layout, rank)), held, dtype=np.int64)
 
 
 class _Plans:

@@ -310,7 +310,9 @@ class Layout:
 
     @property
     def world_size(self) -> int:
-        return self.tpf * self.ep if self.strategy is Strategy.DP_EP else self.kvp * self.tpa
+        from .strategies import rules_for
+
+        return rules_for(self).world_size(self)
 
     def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
@@ -318,13 +320,11 @@ class Layout:
         return fields
 
 
-def _largest_common_divisor_at_most(value: int, world_size: int) -> int:
-    return max(d for d in range(1, value + 1) if value % d == 0 and world_size % d == 0)
-
-
 def default_ep(model: ModelConfig, world_size: int) -> int:
     """Helix MoE default: as many EP groups as divide both N and E (TPF = N / EP)."""
-    return _largest_common_divisor_at_most(model.moe.n_routed_experts, world_size) if model.moe else 1
+    from .strategies.helix import default_ep as helix_default_ep
+
+    return helix_default_ep(model, world_size)
 
 
 def default_layout(model: ModelConfig, world_size: int, strategy: Strategy = Strategy.HELIX) -> Layout:
@@ -334,79 +334,27 @@ def default_layout(model: ModelConfig, world_size: int, strategy: Strategy = Str
 
 def make_layout(model: ModelConfig, world_size: int, kvp: int | None, tpa: int | None,
                 strategy: Strategy | str = Strategy.HELIX, ep: int | None = None) -> Layout:
-    """The layout of a strategy from optional --kvp/--tpa/--ep flags, completing the rest from N."""
-    strategy = Strategy(strategy)
-    for flag, value in (("--kvp", kvp), ("--tpa", tpa), ("--ep", ep)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if strategy is Strategy.TP:
-        return Layout(kvp=1, tpa=world_size, tpf=world_size, ep=1, strategy=strategy)
-    if strategy is Strategy.DP_EP:
-        return Layout(kvp=1, tpa=1, tpf=1, ep=world_size, strategy=strategy)
-    if kvp is None and tpa is None:
-        tpa = _largest_common_divisor_at_most(model.num_kv_heads, world_size)
-    for flag, value in (("--kvp", kvp), ("--tpa", tpa)):
-        if value is not None and world_size % value:
-            raise ConfigError(f"{flag} {value} does not divide the {world_size} ranks: choose KVP*TPA = {world_size}")
-    kvp = kvp if kvp is not None else world_size // tpa
-    tpa = tpa if tpa is not None else world_size // kvp
-    if strategy is Strategy.KVP:
-        return Layout(kvp=kvp, tpa=tpa, tpf=tpa, ep=1, strategy=strategy)
-    ep = ep if ep is not None else default_ep(model, kvp * tpa)
-    if (kvp * tpa) % ep:
-        raise ConfigError(f"--ep {ep} does not divide the {kvp * tpa} ranks: choose TPF*EP = N")
-    return Layout(kvp=kvp, tpa=tpa, tpf=(kvp * tpa) // ep, ep=ep, strategy=strategy)
+    """The layout of a strategy from optional --kvp/--tpa/--ep flags, completing the rest from N
+    (each strategy's rule: `strategies/`)."""
+    from .strategies import rules_of
+
+    return rules_of(strategy).make_layout(model, world_size, kvp, tpa, ep)
 
 
 def validate_layout(model: ModelConfig, layout: Layout, world_size: int) -> None:
     """Refuse, with one line, a layout that does not fit the model or the world size."""
+    from .strategies import rules_for
+
     n = layout.world_size
     if n != world_size:
         raise ConfigError(
             f"layout KVP={layout.kvp} x TPA={layout.tpa} = {n} ranks but the job has {world_size}: "
             f"run with -n {n} or choose --kvp/--tpa with KVP*TPA = {world_size}"
         )
-    {Strategy.HELIX: _validate_helix, Strategy.KVP: _validate_helix, Strategy.TP: _validate_tp,
-     Strategy.DP_EP: _validate_dp_ep}[layout.strategy](model, layout, n)
+    rules_for(layout).validate(model, layout, n)
     if model.moe is not None and model.moe.n_routed_experts % layout.ep:
         raise ConfigError(f"EP={layout.ep} must divide the {model.moe.n_routed_experts} routed experts: "
                           "choose --ep among the divisors of both N and E")
-
-
-def _validate_helix(model: ModelConfig, layout: Layout, n: int) -> None:
-    if layout.tpa > model.num_kv_heads or model.num_kv_heads % layout.tpa:
-        raise ConfigError(
-            f"TPA={layout.tpa} must divide the {model.num_kv_heads} KV heads of {model.name} "
-            f"({layout.strategy.value} never duplicates KV heads): lower --tpa and raise --kvp"
-        )
-    ffn_ranks = layout.tpf * layout.ep
-    if layout.strategy is Strategy.HELIX and ffn_ranks != n:
-        raise ConfigError(f"FFN layout TPF={layout.tpf} x EP={layout.ep} must use all {n} ranks")
-    if layout.ep != 1 and model.moe is None:
-        raise ConfigError(f"EP={layout.ep}: expert parallelism needs an MoE model; {model.name} is dense")
-    if model.ffn_size < n or (model.moe and model.moe.expert_ffn_size < layout.tpf):
-        raise ConfigError(f"FFN widths of {model.name} are too small for {n} ranks: use fewer ranks")
-    heads_per_tpa = model.num_heads // layout.tpa
-    if heads_per_tpa < layout.kvp:
-        raise ConfigError(
-            f"after the all-to-all each of the KVP={layout.kvp} ranks needs at least one of the "
-            f"{heads_per_tpa} query heads of its TPA group: use at most {model.num_heads} ranks"
-        )
-
-
-def _validate_tp(model: ModelConfig, layout: Layout, n: int) -> None:
-    K = model.num_kv_heads
-    if model.num_heads % n:
-        raise ConfigError(f"TP={n} must divide the {model.num_heads} query heads of {model.name}")
-    if K % n and n % K:
-        raise ConfigError(f"TP={n} must divide or be a multiple of the {K} KV heads (to duplicate them whole)")
-    if model.ffn_size < n:
-        raise ConfigError(f"FFN width {model.ffn_size} of {model.name} is smaller than TP={n}")
-
-
-def _validate_dp_ep(model: ModelConfig, layout: Layout, n: int) -> None:
-    if model.moe is None:
-        raise ConfigError(f"dp-ep needs an MoE model (expert-parallel FFN); {model.name} is dense: use helix or tp")
 
 
 PRECISIONS = ("fp4", "fp8", "bf16")  # of the KV cache, and of the weights with FP8_BLOCK

@@ -14,7 +14,7 @@ from mpi4py import MPI
 from . import kernels
 from .axes import Axis
 from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
-from .config import Layout, ModelConfig, RunConfig, Strategy
+from .config import Layout, ModelConfig, RunConfig
 from . import synth
 from .kvcache import (ShardedKVCache, initial_kv, kvp_owner, owned_positions, storage_dtype, to_storage,
                       tokens_held)
@@ -23,10 +23,11 @@ from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, 
                     next_step_input, project_output, project_qkv, route, swiglu_mlp)
 from .costmodel import SOURCES
 from .gpuops import KernelKind, total_bytes, total_flops
-from .plan import (Op, dp_requests, layer_plan, op_collective_fields, op_shape_fields, tail_plan,
+from .plan import (Op, layer_plan, op_collective_fields, op_shape_fields, rank_requests, tail_plan,
                    op_dep_fields)
 from .serving import Scheduler, emulated_layer_weights
 from .sharding import UNIT, initial_input, layer_weights, rank_shard
+from .strategies import rules_for
 from .timing import LayerSchedule, StreamClocks, TimeModel
 from .topology import Topology
 from .trace import EVENT_DTYPE
@@ -114,8 +115,7 @@ class Emulator:
                  fail_at: tuple[int, int] | None = None, keep_rows: bool = True):
         self._setup(model, layout, run, topo, mesh, fail_at)
         self.keep_rows = keep_rows  # rank 0 keeps every step's inputs and outputs (reference check, tensors)
-        self.requests = dp_requests(run.batch, layout.world_size, mesh.rank) if self.data_parallel \
-            else range(run.batch)
+        self.requests = rank_requests(layout, run.batch, mesh.rank)
         self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
 
     def _setup(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
@@ -125,7 +125,7 @@ class Emulator:
         self.fail_at = fail_at  # (step, rank): raise there, to test that a failing rank stops the job
         self.shard = rank_shard(model, layout, mesh.rank)
         self.kvp_rank = mesh.coord(Axis.KVP)
-        self.data_parallel = layout.strategy is Strategy.DP_EP
+        self.data_parallel = rules_for(layout).data_parallel  # each rank decodes its own requests
         self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) for layer in range(run.layers)]
         self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.implementation())
         self.step_events: list[tuple] = []
@@ -288,16 +288,21 @@ class Emulator:
             combined, _ = kernels.combine(np.ascontiguousarray(received[..., :-1]),
                                           np.ascontiguousarray(received[..., -1]))  # [B, n, W]
         state.partial_sum = (project_output if self.model.mla is None else mla_output)(combined, w)
-        if self.data_parallel:  # whole heads on the rank: nothing to sum over ranks
+        self._add_if_residual(op, state)
+
+    @staticmethod
+    def _add_if_residual(op: Op, state: _LayerState) -> None:
+        """A compute op whose result is not summed over ranks adds it to the residual at once."""
+        if op.residual:
             state.x = state.x + state.partial_sum
 
     def _op_all_reduce_attn(self, op, state, layer, batch):
-        state.x = state.x + all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+        state.partial_sum = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+        self._add_if_residual(op, state)
 
     def _op_ffn(self, op, state, layer, batch):
         state.partial_sum = feed_forward(state.x, self.weights[layer].ffn, self.model)
-        if self.data_parallel:
-            state.x = state.x + state.partial_sum
+        self._add_if_residual(op, state)
 
     def _op_moe(self, op, state, layer, batch):
         w, moe = self.weights[layer].ffn, self.model.moe
@@ -305,7 +310,7 @@ class Emulator:
         experts, weights = state.routing = route(state.g, w.router, moe)
         if self.keep_rows:
             self.routing_log.setdefault(layer, []).append(state.routing)
-        if self.data_parallel:  # the shared expert now; routed experts after the dispatch
+        if not any(k.kind is KernelKind.MOE for k in op.kernels):  # routed experts after a dispatch
             state.partial_sum = swiglu_mlp(state.g, w.shared) if w.shared is not None else np.zeros_like(state.g)
             return None
         state.partial_sum = moe_forward(state.g, w, experts, weights)
@@ -320,14 +325,12 @@ class Emulator:
                                    hbm_bytes=total_bytes(kernels))
 
     def _op_all_reduce_ffn(self, op, state, layer, batch):
-        summed = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
-        if self.model.is_moe_layer(layer) and self.layout.ep > 1:
-            state.partial_sum = summed  # the EP group's sum, gathered next
-        else:
-            state.x = state.x + summed
+        state.partial_sum = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+        self._add_if_residual(op, state)  # else the EP group's sum, gathered next
 
     def _op_all_gather_ep(self, op, state, layer, batch):
-        state.x = state.x + all_gather(self.mesh.group(op.group), state.partial_sum).sum(axis=0)
+        state.partial_sum = all_gather(self.mesh.group(op.group), state.partial_sum).sum(axis=0)
+        self._add_if_residual(op, state)
 
     def _op_all_to_all_dispatch(self, op, state, layer, batch):
         experts, weights = state.routing
@@ -362,7 +365,7 @@ class Emulator:
         out, tokens, sent_counts, received_counts = state.dispatch
         returned, _ = all_to_all_rows(self.mesh.group(op.group), out, received_counts, sent_counts)
         np.add.at(state.partial_sum, tokens, returned)
-        state.x = state.x + state.partial_sum
+        self._add_if_residual(op, state)
 
     # --- events --------------------------------------------------------------------------
     def _record(self, step: int, layer: int, index: int, op: Op, request: int, start: float, end: float,

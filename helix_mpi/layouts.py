@@ -37,9 +37,15 @@ def layout_text(layout: Layout) -> str:
 
 
 def _series(strategy: Strategy, hopb: bool) -> str | None:
-    from .sweep import HELIX, HELIX_NO_HOPB, KVP
+    """The sweep series whose layouts are chosen among: the strategies with more than one layout
+    per GPU count (`StrategyRules.overlaps` tells Helix's two series apart)."""
+    from .strategies import rules_of
+    from .sweep import HELIX_NO_HOPB
 
-    return {Strategy.HELIX: HELIX if hopb else HELIX_NO_HOPB, Strategy.KVP: KVP}.get(strategy)
+    rules = rules_of(strategy)
+    if not rules.layout_choices:
+        return None
+    return HELIX_NO_HOPB if rules.overlaps and not hopb else strategy.value
 
 
 def choose_layout(model: ModelConfig, gpus: int, strategy: Strategy | str, batch: int, context: int,

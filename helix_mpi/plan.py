@@ -16,12 +16,13 @@ from enum import Enum
 import numpy as np
 
 from .axes import ATTENTION_AXES, FFN_AXES, Axis, Stream, group_name
-from .config import Implementation, Layout, ModelConfig, Strategy
+from .config import Implementation, Layout, ModelConfig
 from .costmodel import Collective
 from .gpuops import (ACTIVATION_BYTES, LSE_BYTES, Attention, Elementwise, Gemm, MlaAttention, MoeExperts,
                      expected_hits, total_bytes, total_flops)
 from .mesh import group_size, group_stride
 from .sharding import RankShard, even_splits, rank_shard
+from .strategies import rules_for
 
 
 class OpName(str, Enum):
@@ -61,6 +62,9 @@ class Op:
     group_size: int = 1
     group_stride: int = 1  # rank distance between the group's members (mesh.group_stride): its placement
     nbytes: float = 0.0  # nccl-tests "size" of the collective (per-rank buffer)
+    # data semantics: the op's result is added to the residual stream; otherwise it is this rank's
+    # term of a sum that a later op of the plan completes (an all-reduce, or the EP all-gather)
+    residual: bool = False
 
     @property
     def is_collective(self) -> bool:
@@ -89,10 +93,10 @@ def request_chunks(batch: int, a2a_chunk: int) -> list[range]:
     return [range(start, min(start + size, batch)) for start in range(0, batch, max(size, 1))]
 
 
-def _collective(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis, ...], nbytes: float,
-                deps: tuple[int, ...]) -> Op:
+def collective_op(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis, ...], nbytes: float,
+                deps: tuple[int, ...], residual: bool = False) -> Op:
     return Op(name, Stream.COMM, deps=deps, collective=kind, group=axes, group_size=group_size(layout, axes),
-              group_stride=group_stride(layout, axes), nbytes=nbytes)
+              group_stride=group_stride(layout, axes), nbytes=nbytes, residual=residual)
 
 
 def _gemm(m, n, k, dtype: str, impl: Implementation) -> Gemm:
@@ -105,7 +109,7 @@ def gemm_dtype(model: ModelConfig, impl: Implementation) -> str:
     return impl.precision
 
 
-def _norm(batch: int, width: int) -> Elementwise:
+def norm_kernel(batch: int, width: int) -> Elementwise:
     """RMSNorm of [batch, width] activations (read, write) with its weight vector."""
     return Elementwise((2 * batch + 1) * width * ACTIVATION_BYTES)
 
@@ -113,7 +117,7 @@ def _norm(batch: int, width: int) -> Elementwise:
 def _input_norm(batch: int, H: int, impl: Implementation, reduced_before: bool) -> list:
     """The residual add + RMSNorm before an attention or FFN block; none when it runs inside the
     preceding all-reduce (TensorRT-LLM's fusion, when that all-reduce has more than one member)."""
-    return [] if impl.fused_norm and reduced_before else [_norm(batch, H)]
+    return [] if impl.fused_norm and reduced_before else [norm_kernel(batch, H)]
 
 
 # --- weights held (memory and GEMM shapes) -------------------------------------------------------
@@ -214,7 +218,7 @@ def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengt
         deps = () if hopb or k == 0 else (all_to_all_index(k - 1),)  # qkv precedes on the stream
         ops.append(compute_op(OpName.ATTENTION, [attention_kernel(model, shard, len(chunk), mean, impl)], deps,
                               request=chunk.start, requests=len(chunk)))
-        a2a = _collective(OpName.ALL_TO_ALL, Collective.ALL_TO_ALL, layout, (Axis.KVP,), len(chunk) * partial_bytes,
+        a2a = collective_op(OpName.ALL_TO_ALL, Collective.ALL_TO_ALL, layout, (Axis.KVP,), len(chunk) * partial_bytes,
                           (attention_index(k),))
         ops.append(dataclasses.replace(a2a, request=chunk.start, requests=len(chunk)))
     # earlier all-to-alls precede the last one on the comm stream
@@ -256,8 +260,13 @@ def moe_kernels(model: ModelConfig, shard: RankShard, layout: Layout, tokens: in
 
 
 def ffn_group(layout: Layout) -> tuple[Axis, ...]:
-    """Ranks that sum their FFN shards: all N (Helix, TP), the TPA ranks (KVP-only)."""
-    return (Axis.TPA,) if layout.strategy is Strategy.KVP else FFN_AXES
+    """Ranks that sum their dense FFN shards (the layout's strategy says: all N, or the TPA ranks)."""
+    return rules_for(layout).ffn_axes(layout)
+
+
+def expert_tp_group(layout: Layout) -> tuple[Axis, ...]:
+    """Ranks that sum their shards of the same experts (TPF, or the TPA ranks under KVP-only)."""
+    return rules_for(layout).expert_tp_axes(layout)
 
 
 def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, batch: int, impl: Implementation,
@@ -267,16 +276,16 @@ def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, ba
     if not model.is_moe_layer(layer):
         kernels = _input_norm(batch, H, impl, reduced) + swiglu_kernels(batch, H, len(shard.ffn_cols), gemm_dtype(model, impl), impl)
         ops = [compute_op(OpName.FFN, kernels, (first - 1,))]
-        return ops + [_collective(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, ffn_group(layout),
-                                  batch * H * ACTIVATION_BYTES, (first,))]
+        return ops + [collective_op(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, ffn_group(layout),
+                                  batch * H * ACTIVATION_BYTES, (first,), residual=True)]
     hit, pairs = expected_moe_load(model, len(shard.experts), batch)
     ops = [compute_op(OpName.MOE, moe_kernels(model, shard, layout, batch, hit, pairs, impl, reduced), (first - 1,))]
-    tp_axes = (Axis.TPA,) if layout.strategy is Strategy.KVP else (Axis.TPF,)
-    ops.append(_collective(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, tp_axes,
-                           batch * H * ACTIVATION_BYTES, (first,)))
+    # with EP groups, the TP sum is the group's term of the sum the EP all-gather completes
+    ops.append(collective_op(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, expert_tp_group(layout),
+                           batch * H * ACTIVATION_BYTES, (first,), residual=layout.ep == 1))
     if layout.ep > 1:
-        ops.append(_collective(OpName.ALL_GATHER_EP, Collective.ALL_GATHER, layout, (Axis.EP,),
-                               layout.ep * batch * H * ACTIVATION_BYTES, (first + 1,)))
+        ops.append(collective_op(OpName.ALL_GATHER_EP, Collective.ALL_GATHER, layout, (Axis.EP,),
+                               layout.ep * batch * H * ACTIVATION_BYTES, (first + 1,), residual=True))
     return ops
 
 
@@ -286,13 +295,13 @@ def layer_plan(model: ModelConfig, layout: Layout, rank: int, layer: int, kv_len
     """Ops of one layer on `rank`; kv_lengths [B] are its local tokens per request incl. the new one
     (under dp-ep: of the requests it owns)."""
     shard = rank_shard(model, layout, rank)
-    if layout.strategy is Strategy.DP_EP:
-        return _dp_ep_plan(model, layout, shard, layer, kv_lengths, impl)
-    hopb = hopb and layout.strategy is Strategy.HELIX  # the baselines expose their communication
-    ops = attention_ops(model, layout, shard, kv_lengths, impl, hopb, a2a_chunk, ends_reduced(model, layout, layer))
-    ops.append(_collective(OpName.ALL_REDUCE_ATTN, Collective.ALL_REDUCE, layout, ATTENTION_AXES,
-                           len(kv_lengths) * model.hidden_size * ACTIVATION_BYTES, (len(ops) - 1,)))
-    return ops + ffn_ops(model, layout, shard, layer, len(kv_lengths), impl, len(ops))
+    return rules_for(layout).layer_plan(model, layout, shard, layer, kv_lengths, impl, hopb, a2a_chunk)
+
+
+def attention_all_reduce(model: ModelConfig, layout: Layout, batch: int, after: int) -> Op:
+    """The sum of the output projection over the attention ranks, after op `after`."""
+    return collective_op(OpName.ALL_REDUCE_ATTN, Collective.ALL_REDUCE, layout, ATTENTION_AXES,
+                       batch * model.hidden_size * ACTIVATION_BYTES, (after,), residual=True)
 
 
 def ends_reduced(model: ModelConfig, layout: Layout, layer: int) -> bool:
@@ -301,43 +310,25 @@ def ends_reduced(model: ModelConfig, layout: Layout, layer: int) -> bool:
     Decided per kind of layer, so every layer of a kind has the same plan (the first layer's and
     the first MoE layer's one unfused norm per step are not charged)."""
     if model.is_moe_layer(layer):
-        return layout.ep == 1 and group_size(layout, (Axis.TPA,) if layout.strategy is Strategy.KVP else (Axis.TPF,)) > 1
+        return layout.ep == 1 and group_size(layout, expert_tp_group(layout)) > 1
     return group_size(layout, ffn_group(layout)) > 1
 
 
-def _dp_ep_plan(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, kv_lengths: np.ndarray,
-                impl: Implementation) -> list[Op]:
-    """Data-parallel attention over the rank's own requests, then expert parallelism over N. Nothing
-    is all-reduced: every norm is a kernel of its own."""
-    batch, H = len(kv_lengths), model.hidden_size
-    ops = attention_ops(model, layout, shard, kv_lengths, impl, hopb=False)
-    if not model.is_moe_layer(layer):  # dense layers replicated: each rank its own tokens
-        kernels = [_norm(batch, H)] + swiglu_kernels(batch, H, len(shard.ffn_cols), gemm_dtype(model, impl), impl)
-        return ops + [compute_op(OpName.FFN, kernels)]
-    moe = model.moe
-    kernels = [_norm(batch, H), Gemm(batch, moe.n_routed_experts, H, "bf16")]
-    ops.append(compute_op(OpName.MOE, kernels + swiglu_kernels(batch, H, len(shard.shared_cols), gemm_dtype(model, impl), impl)))
-    send = batch * moe.experts_per_token * H * ACTIVATION_BYTES  # each token to the ranks of its k experts
-    ops.append(_collective(OpName.DISPATCH, Collective.ALL_TO_ALL, layout, FFN_AXES, send, (len(ops) - 1,)))
-    # the expected load of the held experts, from every rank's tokens (batch is per rank)
-    tokens = batch * layout.world_size
-    hit, pairs = expected_moe_load(model, len(shard.experts), tokens)
-    ops.append(compute_op(OpName.EXPERTS, [moe_experts_kernel(model, shard, layout, tokens, hit, pairs, impl)],
-                          (len(ops) - 1,)))
-    ops.append(_collective(OpName.COMBINE, Collective.ALL_TO_ALL, layout, FFN_AXES, send, (len(ops) - 1,)))
-    return ops
-
-
 def dp_requests(batch: int, world: int, rank: int) -> range:
-    """Requests a dp-ep rank owns (even split, first ranks take the remainder)."""
+    """Requests a data-parallel rank owns (even split, first ranks take the remainder)."""
     bounds = even_splits(batch, world)
     return range(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def rank_requests(layout: Layout, batch: int, rank: int) -> range:
+    """Requests of the batch that `rank` decodes under the layout's strategy."""
+    return rules_for(layout).requests(batch, layout, rank)
 
 
 # --- the tail of a step: LM head and sampling ----------------------------------------------------
 def vocab_group(layout: Layout) -> tuple[Axis, ...]:
     """Ranks sharing the LM head's vocabulary rows: all N (dp-ep: none, each rank its own requests)."""
-    return () if layout.strategy is Strategy.DP_EP else ATTENTION_AXES
+    return rules_for(layout).vocab_axes(layout)
 
 
 def tail_plan(model: ModelConfig, layout: Layout, rank: int, batch: int, impl: Implementation) -> list[Op]:
@@ -350,9 +341,9 @@ def tail_plan(model: ModelConfig, layout: Layout, rank: int, batch: int, impl: I
     group = vocab_group(layout)
     n = group_size(layout, group)
     rows = -(-V // n)  # the largest shard (shards differ by at most one row)
-    ops = [compute_op(OpName.LM_HEAD, [_norm(batch, H), Gemm(batch, rows, H, "bf16")])]
+    ops = [compute_op(OpName.LM_HEAD, [norm_kernel(batch, H), Gemm(batch, rows, H, "bf16")])]
     if n > 1:
-        ops.append(_collective(OpName.LOGITS_GATHER, Collective.ALL_GATHER, layout, group, batch * V * LSE_BYTES, (0,)))
+        ops.append(collective_op(OpName.LOGITS_GATHER, Collective.ALL_GATHER, layout, group, batch * V * LSE_BYTES, (0,)))
     sampling = Elementwise(2 * batch * V * LSE_BYTES + batch * H * ACTIVATION_BYTES, count=2)  # softmax + top-k, embed
     return ops + [compute_op(OpName.SAMPLING, [sampling], (len(ops) - 1,))]
 

@@ -35,13 +35,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .axes import Axis
-from .config import (PRECISION_BYTES, ConfigError, Implementation, Layout, ModelConfig, Strategy, validate_layout)
+from .config import (PRECISION_BYTES, ConfigError, Implementation, Layout, ModelConfig, validate_layout)
 from .gpuops import ACTIVATION_BYTES
-from .kvcache import tokens_held
-from .mesh import coordinates
 from .plan import ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
 from .sharding import RankShard, even_splits, rank_shard, shard_classes as rank_classes
+from .strategies import rules_for, rules_of
 from .timing import BatchLayerTime, TailTime, TimeModel, layer_kinds
 from .topology import Topology
 
@@ -49,8 +47,7 @@ SCHEMA = "helix_mpi.sweep/1"
 HELIX, HELIX_NO_HOPB, TP, PP_TP, KVP, DP_EP = "helix", "helix-no-hopb", "tp", "pp-tp", "kvp", "dp-ep"
 SERIES = (HELIX, HELIX_NO_HOPB, TP, PP_TP, KVP, DP_EP)
 BASELINES = (TP, PP_TP, KVP, DP_EP)
-_STRATEGY_OF = {HELIX: Strategy.HELIX, HELIX_NO_HOPB: Strategy.HELIX, TP: Strategy.TP, PP_TP: Strategy.TP,
-                KVP: Strategy.KVP, DP_EP: Strategy.DP_EP}
+_STRATEGY_OF = {HELIX: "helix", HELIX_NO_HOPB: "helix", TP: "tp", PP_TP: "tp", KVP: "kvp", DP_EP: "dp-ep"}
 DENSE_BATCH_LIMIT = 1024  # every batch 1..1024 is on the grid; beyond, steps of BATCH_GROWTH
 BATCH_GROWTH = 1.02
 
@@ -191,7 +188,7 @@ class Candidate:
     @property
     def per_gpu_batch(self) -> bool:
         """dp-ep: the grid is over each GPU's own requests."""
-        return self.layout.strategy is Strategy.DP_EP
+        return rules_for(self.layout).data_parallel
 
 
 def _divisors(n: int) -> list[int]:
@@ -207,20 +204,13 @@ def _valid(model: ModelConfig, layout: Layout) -> bool:
 
 
 def _layouts(series: str, model: ModelConfig, n: int) -> list[tuple[Layout, int]]:
-    """(layout, pp) of one series on n GPUs; Helix and KVP-only need KVP >= 2 (KVP = 1 is TP)."""
-    K, moe = model.num_kv_heads, model.moe
-    if series in (HELIX, HELIX_NO_HOPB):
-        eps = [e for e in _divisors(n) if moe and moe.n_routed_experts % e == 0] if moe else [1]
-        return [(Layout(n // tpa, tpa, n // ep, ep, Strategy.HELIX), 1)
-                for tpa in _divisors(n) if K % tpa == 0 and n // tpa >= 2 for ep in eps]
-    if series == KVP:
-        return [(Layout(n // tpa, tpa, tpa, 1, Strategy.KVP), 1)
-                for tpa in _divisors(n) if K % tpa == 0 and n // tpa >= 2]
-    if series == TP:
-        return [(Layout(1, n, n, 1, Strategy.TP), 1)]
+    """(layout, pp) of one series on n GPUs, as its strategy enumerates them (`strategies/`; Helix
+    and KVP-only need KVP >= 2, KVP = 1 being TP); pp-tp: stages of a TP layout."""
+    rules = rules_of(_STRATEGY_OF[series])
     if series == PP_TP:
-        return [(Layout(1, t, t, 1, Strategy.TP), n // t) for t in _divisors(n) if 2 <= n // t <= model.num_layers]
-    return [(Layout(1, 1, 1, n, Strategy.DP_EP), 1)]
+        return [(layout, n // t) for t in _divisors(n) if 2 <= n // t <= model.num_layers
+                for layout in rules.sweep_layouts(model, t)]
+    return [(layout, 1) for layout in rules.sweep_layouts(model, n)]
 
 
 def candidates(spec: SweepSpec) -> list[Candidate]:
@@ -245,11 +235,7 @@ class ShardClass:
 def shard_classes(model: ModelConfig, layout: Layout, tokens: int, tokens_per_block: int) -> tuple[ShardClass, ...]:
     """The distinct (shard shape, KV length) classes of a layout's ranks, first rank of each
     (cached: Helix with and without HOP-B, and what-if sweeps, share layouts)."""
-    if layout.strategy is Strategy.DP_EP:
-        held = np.full(layout.world_size, tokens, dtype=np.int64)
-    else:
-        per_kvp = tokens_held(tokens, layout.kvp, tokens_per_block)
-        held = np.array([per_kvp[coordinates(layout, r)[Axis.KVP]] for r in range(layout.world_size)])
+    held = rules_for(layout).kv_tokens_of_ranks(tokens, layout, tokens_per_block)
     rank_class, first = rank_classes(model, layout, held)
     return tuple(ShardClass(rank, int(np.sum(rank_class == c)), int(held[rank]), rank_shard(model, layout, rank))
                  for c, rank in enumerate(first))
