@@ -482,15 +482,9 @@ def parameter_count(model: ModelConfig) -> int:
 
 def model_facts(model: ModelConfig) -> dict[str, Any]:
     """One row of `helix-mpi models`: name, parameters, layers, attention type, MoE, vocabulary."""
-    if model.mla is not None:
-        attention = {"type": "MLA", "heads": model.num_heads, "kv_lora_rank": model.mla.kv_lora_rank,
-                     "rope_dim": model.mla.qk_rope_head_dim}
-        text = f"MLA, {model.num_heads} heads, latent {model.mla.kv_lora_rank}+{model.mla.qk_rope_head_dim}"
-    else:
-        kind = "MHA" if model.num_heads == model.num_kv_heads else "GQA"
-        attention = {"type": kind, "heads": model.num_heads, "kv_heads": model.num_kv_heads,
-                     "head_dim": model.head_dim}
-        text = f"{kind}, {model.num_heads} Q / {model.num_kv_heads} KV heads of {model.head_dim}"
+    from .families import family
+
+    attention, text = family(model).describe(model)
     moe, moe_text = None, "-"
     if model.moe is not None:
         m = model.moe

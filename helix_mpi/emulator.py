@@ -19,8 +19,8 @@ from . import synth
 from .kvcache import (ShardedKVCache, initial_kv, kvp_owner, owned_positions, storage_dtype, to_storage,
                       tokens_held)
 from .mesh import RankMesh
-from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, mla_project, moe_forward,
-                    next_step_input, project_output, project_qkv, route, swiglu_mlp)
+from .families import empty_partials, family
+from .model import feed_forward, ffn_input, moe_forward, next_step_input, route, swiglu_mlp
 from .costmodel import SOURCES
 from .gpuops import KernelKind, total_bytes, total_flops
 from .plan import (Op, layer_plan, op_collective_fields, op_shape_fields, rank_requests, tail_plan,
@@ -124,6 +124,7 @@ class Emulator:
         self.model, self.layout, self.run, self.topo, self.mesh = model, layout, run, topo, mesh
         self.fail_at = fail_at  # (step, rank): raise there, to test that a failing rank stops the job
         self.shard = rank_shard(model, layout, mesh.rank)
+        self.family = family(model)  # the attention family's math (GQA, MLA)
         self.kvp_rank = mesh.coord(Axis.KVP)
         self.data_parallel = rules_for(layout).data_parallel  # each rank decodes its own requests
         self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) for layer in range(run.layers)]
@@ -135,9 +136,9 @@ class Emulator:
     def _initial_cache(self, layer: int) -> ShardedKVCache:
         run, model, layout = self.run, self.model, self.layout
         positions = owned_positions(run.context, self.kvp_rank, layout.kvp, run.tokens_per_block)
-        heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
-        k, v = initial_kv(run.seed, layer, self.requests, heads, run.context, width, self.shard.kv_heads,
-                          positions, run.key_scale, with_values=model.mla is None)
+        fam = family(model)
+        k, v = initial_kv(run.seed, layer, self.requests, fam.cache_heads(model), run.context, fam.cache_width(model),
+                          self.shard.kv_heads, positions, run.key_scale, with_values=fam.with_values)
         capacity = int(tokens_held(run.context + run.steps, layout.kvp, run.tokens_per_block)[self.kvp_rank])
         return ShardedKVCache(k, v, capacity, storage_dtype(run.storage))
 
@@ -244,9 +245,7 @@ class Emulator:
     def _attention_kernel(self, q: np.ndarray, k: np.ndarray, v: np.ndarray | None,
                           lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """q [b, Qh, W], k, v [b, Kh, C, W], lengths [b] -> (out [b, Qh, D or L], lse [b, Qh])."""
-        if self.model.mla is None:
-            return kernels.partial_attention(q, k, v, lengths)
-        return mla_partial_attention(q, k, lengths, self.model.mla.kv_lora_rank)
+        return self.family.partial_attention(q, k, v, lengths, self.model)
 
     def _group_max(self, axes, ready: np.ndarray) -> np.ndarray:
         return np.array([group_max(self.mesh.group(axes), float(ready[0]))])
@@ -256,12 +255,7 @@ class Emulator:
         return getattr(self, "_op_" + op.name.value)(op, state, layer, batch)
 
     def _op_qkv(self, op, state, layer, batch):
-        w, model = self.weights[layer].attn, self.model
-        if model.mla is None:
-            state.q, k, v = project_qkv(state.x, w, batch.positions, model)
-        else:
-            state.q, latent = mla_project(state.x, w, batch.positions, model)
-            k, v = latent[:, None, :], None
+        state.q, k, v = self.family.project(state.x, self.weights[layer].attn, batch.positions, self.model)
         self._store(layer, k, v, batch.appends)
 
     def _op_attention(self, op, state, layer, batch):
@@ -287,7 +281,7 @@ class Emulator:
             received = np.concatenate(state.received, axis=1)  # [KVP, B, n, W+1]
             combined, _ = kernels.combine(np.ascontiguousarray(received[..., :-1]),
                                           np.ascontiguousarray(received[..., -1]))  # [B, n, W]
-        state.partial_sum = (project_output if self.model.mla is None else mla_output)(combined, w)
+        state.partial_sum = self.family.output(combined, w)
         self._add_if_residual(op, state)
 
     @staticmethod
@@ -397,14 +391,15 @@ def request_kv(model: ModelConfig, seed: int, request: int, layer: int, kv_heads
 
     Element [h, p, d] of the request's virtual cache [K, S, W] is a pure function of (seed, request,
     layer, p, h, d), position-major: it does not depend on the prompt length S."""
-    heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
+    fam = family(model)
+    heads, width = fam.cache_heads(model), fam.cache_width(model)
     h = np.asarray(kv_heads, dtype=np.int64)[:, None]
     p = np.asarray(positions, dtype=np.int64)[None, :]
     starts = ((p * heads + h) * width).reshape(-1)
     shape = (len(kv_heads), p.shape[1], width)
     name = f"request{request}.layer{layer}"
     k = synth.rows(seed, name + ".k_init", starts, width, UNIT * key_scale).reshape(shape)
-    v = synth.rows(seed, name + ".v_init", starts, width, UNIT).reshape(shape) if model.mla is None else None
+    v = synth.rows(seed, name + ".v_init", starts, width, UNIT).reshape(shape) if fam.with_values else None
     return k, v
 
 
@@ -496,9 +491,9 @@ class ServingEmulator(Emulator):
                  scheduler: Scheduler, fail_at: tuple[int, int] | None = None):
         self._setup(model, layout, run, topo, mesh, fail_at)
         self.scheduler = scheduler
-        heads, width = (len(self.shard.kv_heads), model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
-        self.pool = SlotKVPool(run.layers, heads, width, scheduler.max_held(mesh.rank), model.mla is None,
-                               storage_dtype(run.storage))
+        fam = self.family
+        self.pool = SlotKVPool(run.layers, len(self.shard.kv_heads), fam.cache_width(model), scheduler.max_held(mesh.rank),
+                               fam.with_values, storage_dtype(run.storage))
         self.slot_of: dict[int, int] = {}  # request -> slot
         self.x: dict[int, np.ndarray] = {}  # request -> [H] input of layer 0 at its next step
         self.slots = np.zeros(0, dtype=np.int64)  # [b] slots of the step's local requests
@@ -598,6 +593,5 @@ class ServingEmulator(Emulator):
         rows = range(len(q))[rows]
         parts = [self._attention_kernel(q[b:b + 1], *self.pool.view(layer, self.slots[b])) for b in rows]
         if not parts:  # a dp-ep rank with no request this step
-            width = self.model.head_dim if self.model.mla is None else self.model.mla.kv_lora_rank
-            return np.zeros((0, q.shape[1], width), np.float32), np.zeros((0, q.shape[1]), np.float32)
+            return empty_partials(self.model, q.shape[1])
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

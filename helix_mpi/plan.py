@@ -18,8 +18,8 @@ import numpy as np
 from .axes import ATTENTION_AXES, FFN_AXES, Axis, Stream, group_name
 from .config import Implementation, Layout, ModelConfig
 from .costmodel import Collective
-from .gpuops import (ACTIVATION_BYTES, LSE_BYTES, Attention, Elementwise, Gemm, MlaAttention, MoeExperts,
-                     expected_hits, total_bytes, total_flops)
+from .families import family, weight_gemm
+from .gpuops import ACTIVATION_BYTES, LSE_BYTES, Elementwise, Gemm, MoeExperts, expected_hits, total_bytes, total_flops
 from .mesh import group_size, group_stride
 from .sharding import RankShard, even_splits, rank_shard
 from .strategies import rules_for
@@ -99,11 +99,6 @@ def collective_op(name: OpName, kind: Collective, layout: Layout, axes: tuple[Ax
               group_stride=group_stride(layout, axes), nbytes=nbytes, residual=residual)
 
 
-def _gemm(m, n, k, dtype: str, impl: Implementation) -> Gemm:
-    """A weight GEMM at `dtype`; its FP8/FP4 input is quantised by its producer under TensorRT-LLM."""
-    return Gemm(m, n, k, dtype, fused_quant=impl.fused_norm and dtype != "bf16")
-
-
 def gemm_dtype(model: ModelConfig, impl: Implementation) -> str:
     """The weight format of the GEMM kernels (the routed experts have their own: impl.experts)."""
     return impl.precision
@@ -122,28 +117,18 @@ def _input_norm(batch: int, H: int, impl: Implementation, reduced_before: bool) 
 
 # --- weights held (memory and GEMM shapes) -------------------------------------------------------
 def qkv_weight_elements(model: ModelConfig, shard: RankShard) -> int:
-    """Weights read by the QKV op: W_Q/W_K/W_V columns, or MLA's down/up projections and W_UK."""
-    H, q_heads = model.hidden_size, len(shard.q_heads)
-    if model.mla is None:
-        return H * (q_heads + 2 * len(shard.kv_heads)) * model.head_dim
-    m = model.mla
-    q_in = m.q_lora_rank or H
-    return (H * m.q_lora_rank + q_in * q_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
-            + H * m.cache_dim + q_heads * m.qk_nope_head_dim * m.kv_lora_rank)
+    """Weights read by the QKV op (the attention family's projections of the rank's heads)."""
+    return family(model).qkv_weight_elements(model, shard)
 
 
 def out_weight_elements(model: ModelConfig, shard: RankShard) -> int:
-    """Weights read after the combine: W_O rows (MLA: also W_UV) of the heads the rank combines."""
-    H, n = model.hidden_size, len(shard.combine_heads)
-    if model.mla is None:
-        return n * model.head_dim * H
-    m = model.mla
-    return n * m.kv_lora_rank * m.v_head_dim + n * m.v_head_dim * H
+    """Weights read after the combine: the output projection rows of the heads the rank combines."""
+    return family(model).out_weight_elements(model, shard)
 
 
 def kv_elements_per_token(model: ModelConfig, shard: RankShard) -> int:
     """Cached elements per token per layer on a rank: K and V of its KV heads, or MLA's latent."""
-    return 2 * len(shard.kv_heads) * model.head_dim if model.mla is None else model.mla.cache_dim
+    return family(model).elements_per_token(model, shard)
 
 
 def ffn_weight_elements(model: ModelConfig, shard: RankShard, layer: int) -> int:
@@ -157,33 +142,20 @@ def ffn_weight_elements(model: ModelConfig, shard: RankShard, layer: int) -> int
 
 # --- attention ---------------------------------------------------------------------------------
 def qkv_kernels(model: ModelConfig, shard: RankShard, batch: int, impl: Implementation, reduced_before: bool) -> list:
-    """Input norm and projections. GQA: one fused W_Q|W_K|W_V GEMM. MLA (absorbed decode): the fused
-    down-projections [q_a | kv_a], their norms, W_q_b, and W_UK applied per head (a batched GEMM,
-    timed as one GEMM with the same FLOPs and bytes)."""
-    H, qh, wdt = model.hidden_size, len(shard.q_heads), gemm_dtype(model, impl)
-    kernels = _input_norm(batch, H, impl, reduced_before)
-    if model.mla is None:
-        return kernels + [_gemm(batch, (qh + 2 * len(shard.kv_heads)) * model.head_dim, H, wdt, impl)]
-    m = model.mla
-    q_in = m.q_lora_rank or H
-    kernels.append(_gemm(batch, m.q_lora_rank + m.cache_dim, H, wdt, impl))
-    kernels.append(Elementwise(2 * batch * (m.q_lora_rank + m.kv_lora_rank) * ACTIVATION_BYTES))
-    kernels.append(_gemm(batch, qh * (m.qk_nope_head_dim + m.qk_rope_head_dim), q_in, wdt, impl))
-    kernels.append(_gemm(batch, qh * m.kv_lora_rank, m.qk_nope_head_dim, wdt, impl))
-    return kernels
+    """Input norm and the attention family's projections (GQA: one fused W_Q|W_K|W_V GEMM; MLA:
+    down-projections, their norms, W_q_b and the absorbed W_UK)."""
+    kernels = _input_norm(batch, model.hidden_size, impl, reduced_before)
+    return kernels + family(model).projection_kernels(model, shard, batch, gemm_dtype(model, impl), impl)
 
 
 def attention_kernel(model: ModelConfig, shard: RankShard, batch: int, tokens: float, impl: Implementation):
     """Decode attention of `batch` requests of `tokens` local KV tokens each (their mean)."""
-    if model.mla is None:
-        return Attention(batch, len(shard.q_heads), len(shard.kv_heads), model.head_dim, tokens, impl.kv_precision)
-    m = model.mla
-    return MlaAttention(batch, len(shard.q_heads), tokens, m.kv_lora_rank, m.qk_rope_head_dim, impl.kv_precision)
+    return family(model).attention_kernel(model, shard, batch, tokens, impl)
 
 
 def partial_width(model: ModelConfig) -> int:
     """Per-head width of an exchanged partial output: D (GQA) or the latent L (MLA)."""
-    return model.head_dim if model.mla is None else model.mla.kv_lora_rank
+    return family(model).partial_width(model)
 
 
 def out_kernels(model: ModelConfig, shard: RankShard, batch: int, kvp: int, impl: Implementation) -> list:
@@ -193,10 +165,7 @@ def out_kernels(model: ModelConfig, shard: RankShard, batch: int, kvp: int, impl
     if kvp > 1:
         exchanged = kvp * batch * n * (width * ACTIVATION_BYTES + LSE_BYTES)
         kernels.append(Elementwise(exchanged + batch * n * width * ACTIVATION_BYTES, flops=4.0 * kvp * batch * n * width))
-    if model.mla is None:
-        return kernels + [_gemm(batch, H, n * model.head_dim, wdt, impl)]
-    v = model.mla.v_head_dim
-    return kernels + [_gemm(batch, n * v, model.mla.kv_lora_rank, wdt, impl), _gemm(batch, H, n * v, wdt, impl)]
+    return kernels + family(model).output_kernels(model, shard, batch, wdt, impl)
 
 
 def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengths: np.ndarray,
@@ -237,8 +206,8 @@ def expected_moe_load(model: ModelConfig, experts_held: int, tokens) -> tuple:
 
 def swiglu_kernels(batch: int, H: int, width: int, wdt: str, impl: Implementation) -> list:
     """gate|up GEMM, SiLU(gate) * up, down GEMM over a `width` shard."""
-    return [_gemm(batch, 2 * width, H, wdt, impl), Elementwise(3 * batch * width * ACTIVATION_BYTES),
-            _gemm(batch, H, width, wdt, impl)] if width else []
+    return [weight_gemm(batch, 2 * width, H, wdt, impl), Elementwise(3 * batch * width * ACTIVATION_BYTES),
+            weight_gemm(batch, H, width, wdt, impl)] if width else []
 
 
 def moe_experts_kernel(model: ModelConfig, shard: RankShard, layout: Layout, tokens, hit, pairs,

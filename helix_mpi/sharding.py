@@ -193,7 +193,9 @@ def layer_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard,
                   storage: str = "fp32") -> LayerWeights:
     """Generate exactly the rank's slices, in its storage (fp32, or bf16 generated chunk by chunk);
     values do not depend on the layout."""
-    attn = (mla_weights if model.mla else gqa_weights)(model, seed, layer, shard, storage)
+    from .families import family
+
+    attn = family(model).weights(model, seed, layer, shard, storage)
     return LayerWeights(attn, ffn_weights(model, seed, layer, shard, storage))
 
 
