@@ -33,6 +33,7 @@ class Strategy(str, Enum):
     TP = "tp"  # heads over N (KV heads duplicated when N > K), FFN TP = N, two all-reduces
     KVP = "kvp"  # Medha-style: KV over KVP x TPA, FFN stays TP over the TPA ranks, nothing overlapped
     DP_EP = "dp-ep"  # each rank owns whole requests; MoE experts over N with all-to-all dispatch
+    PP = "pp"  # stages of consecutive layers, each laid out as TP (or Helix with --kvp), activations sent on
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,8 @@ class Layout:
     tpa: int = _help("attention tensor parallelism over heads (TPA <= K under Helix)")
     tpf: int = _help("FFN tensor parallelism (Helix dense: TPF = N)")
     ep: int = _help("expert parallelism (1 for dense models)", default=1)
-    strategy: Strategy = _help("helix, tp, kvp or dp-ep", default=Strategy.HELIX)
+    strategy: Strategy = _help("helix, tp, kvp, dp-ep or pp", default=Strategy.HELIX)
+    pp: int = _help("pipeline stages (pp: kvp, tpa, tpf and ep lay out one stage)", default=1)
 
     @property
     def world_size(self) -> int:
@@ -317,6 +319,8 @@ class Layout:
     def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         fields["strategy"] = self.strategy.value
+        if self.pp == 1:  # as traces and JSON outputs had it before pipeline stages
+            del fields["pp"]
         return fields
 
 
@@ -333,12 +337,17 @@ def default_layout(model: ModelConfig, world_size: int, strategy: Strategy = Str
 
 
 def make_layout(model: ModelConfig, world_size: int, kvp: int | None, tpa: int | None,
-                strategy: Strategy | str = Strategy.HELIX, ep: int | None = None) -> Layout:
-    """The layout of a strategy from optional --kvp/--tpa/--ep flags, completing the rest from N
-    (each strategy's rule: `strategies/`)."""
+                strategy: Strategy | str = Strategy.HELIX, ep: int | None = None, pp: int | None = None) -> Layout:
+    """The layout of a strategy from optional --kvp/--tpa/--ep (and --pp) flags, completing the rest
+    from N (each strategy's rule: `strategies/`)."""
     from .strategies import rules_of
 
-    return rules_of(strategy).make_layout(model, world_size, kvp, tpa, ep)
+    rules = rules_of(strategy)
+    if pp is not None and not rules.pipelined and pp != 1:
+        raise ConfigError(f"--pp {pp}: pipeline stages need --strategy pp")
+    if rules.pipelined:
+        return rules.make_layout(model, world_size, kvp, tpa, ep, pp=pp)
+    return rules.make_layout(model, world_size, kvp, tpa, ep)
 
 
 def validate_layout(model: ModelConfig, layout: Layout, world_size: int) -> None:

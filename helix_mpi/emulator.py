@@ -32,6 +32,7 @@ from .timing import LayerSchedule, StreamClocks, TimeModel
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
+_STAGE_TAG, _OUTPUT_TAG = 11, 12  # MPI tags of stage-to-stage activations and of the step's output
 StepSink = Callable[[int, np.ndarray, np.ndarray], None]  # (step, events of all ranks, kv tokens [N])
 
 
@@ -116,7 +117,7 @@ class Emulator:
         self._setup(model, layout, run, topo, mesh, fail_at)
         self.keep_rows = keep_rows  # rank 0 keeps every step's inputs and outputs (reference check, tensors)
         self.requests = rank_requests(layout, run.batch, mesh.rank)
-        self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
+        self.caches = [self._initial_cache(layer) if layer in self.layers_run else None for layer in range(run.layers)]
 
     def _setup(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
                fail_at: tuple[int, int] | None) -> None:
@@ -126,8 +127,13 @@ class Emulator:
         self.shard = rank_shard(model, layout, mesh.rank)
         self.family = family(model)  # the attention family's math (GQA, MLA)
         self.kvp_rank = mesh.coord(Axis.KVP)
-        self.data_parallel = rules_for(layout).data_parallel  # each rank decodes its own requests
-        self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) for layer in range(run.layers)]
+        rules = rules_for(layout)
+        self.data_parallel = rules.data_parallel  # each rank decodes its own requests
+        self.pipelined = rules.pipelined  # each stage of ranks runs its own layers
+        self.layers_run = rules.rank_layers(layout, mesh.rank, run.layers)
+        self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) if layer in self.layers_run
+                        else None for layer in range(run.layers)]
+        self.not_before: float | None = None  # a stage receive starts no earlier than its send
         self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.implementation())
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
@@ -159,16 +165,20 @@ class Emulator:
                 raise RuntimeError(f"injected failure at step {step} (--fail-at)")
             owner = (position // run.tokens_per_block) % self.layout.kvp == self.kvp_rank
             batch = StepBatch(ids, np.full(len(ids), position, dtype=np.int64), np.full(len(ids), owner))
+            if self.pipelined:
+                self._align_clocks()
             step_start = float(self.clocks.now()[0])
             x_in = self._whole_batch(x) if self.keep_rows else None  # a collective under dp-ep: every rank
             self.step_events = []
-            for layer in range(run.layers):
+            for layer in self.layers_run:
                 x = self._layer(step, layer, x, batch)
             self._tail(step, batch)
+            if self.pipelined:
+                x = self._last_stage_output(x)
             x_out = self._whole_batch(x) if self.keep_rows else None
             if kept is not None:
                 kept.add(step, x_in, x_out)
-            step_times[step] = float(self.clocks.now()[0]) - step_start
+            step_times[step] = self._step_end() - step_start
             self._flush_step(step, sink)
             x = next_step_input(x, model)
         host_seconds = time.perf_counter() - self.host_t0
@@ -176,6 +186,29 @@ class Emulator:
         inputs, outputs = (kept.inputs, kept.outputs) if kept is not None else (None, None)
         return EmulationResult(inputs, outputs, positions, step_times, host_seconds,
                                self._whole_routing() if self.keep_rows else {})
+
+    # --- pipeline stages ---------------------------------------------------------------------
+    def _align_clocks(self) -> None:
+        """Every stage starts a step when the previous one has ended everywhere (the last stage's
+        sampled token feeds the first stage; without micro-batches the stages take turns)."""
+        start = self.mesh.comm.allreduce(float(self.clocks.now()[0]), op=MPI.MAX)
+        for stream in self.clocks.free:
+            self.clocks.free[stream][:] = start
+
+    def _step_end(self) -> float:
+        """When the step ended: on this rank, or on the last rank to finish under pipeline stages."""
+        end = float(self.clocks.now()[0])
+        return self.mesh.comm.allreduce(end, op=MPI.MAX) if self.pipelined else end
+
+    def _last_stage_output(self, x: np.ndarray) -> np.ndarray:
+        """The last stage's output [B, H] on the first stage's ranks (the next step's input and
+        rank 0's record; a host transfer, not timed: the modeled step ends with the last stage)."""
+        n, stages, rank = self.layout.world_size // self.layout.pp, self.layout.pp, self.mesh.rank
+        if rank >= (stages - 1) * n:
+            self.mesh.comm.send(x, dest=rank % n, tag=_OUTPUT_TAG)
+        if rank < n:
+            x = self.mesh.comm.recv(source=(stages - 1) * n + rank, tag=_OUTPUT_TAG)
+        return x
 
     def _whole_routing(self) -> dict:
         """The routing of every MoE layer for the whole batch, [T, B, k] (dp-ep: gathered)."""
@@ -196,19 +229,20 @@ class Emulator:
     def _layer(self, step: int, layer: int, x: np.ndarray, batch: StepBatch) -> np.ndarray:
         kv_lengths = self._held(layer) + batch.appends  # local tokens per request incl. the new one
         plan = layer_plan(self.model, self.layout, self.mesh.rank, layer, kv_lengths, self.timer.impl,
-                          self.run.hopb, self.run.a2a_chunk)
+                          self.run.hopb, self.run.a2a_chunk, self.run.layers)
         state = _LayerState(x=x.copy())
         return self._run_plan(step, layer, plan, state, batch).x
 
     def _run_plan(self, step: int, layer: int, plan: list, state, batch: StepBatch):
         """Execute a plan's ops (their data effect on `state`), charge each its modeled time."""
-        schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
+        schedule = self.schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
         for index, op in enumerate(plan):
             host_start = time.perf_counter() - self.host_t0
             op = self._execute(op, state, layer, batch) or op
             host_end = time.perf_counter() - self.host_t0
             seconds, source = self.timer.op_timing(op)
-            start, end = schedule.place(index, op, np.array([seconds]))
+            not_before, self.not_before = self.not_before, None
+            start, end = schedule.place(index, op, np.array([seconds]), not_before)
             request = int(batch.ids[op.request]) if op.request >= 0 else -1
             self._record(step, layer, index, op, request, float(start[0]), float(end[0]), host_start, host_end,
                          source, len(batch.ids))
@@ -228,8 +262,8 @@ class Emulator:
         return self.caches[layer].lengths
 
     def _held_tokens(self) -> int:
-        """Local KV tokens of the whole batch in layer 0 (the trace's /kv_tokens)."""
-        return int(self.caches[0].lengths.sum())
+        """Local KV tokens of the whole batch in the rank's first layer (the trace's /kv_tokens)."""
+        return int(self.caches[self.layers_run.start].lengths.sum())
 
     def _store(self, layer: int, k: np.ndarray, v: np.ndarray | None, appends: np.ndarray) -> None:
         """Append the new tokens k, v [b, Kh, W] this rank owns (one position per step: all or none)."""
@@ -349,6 +383,15 @@ class Emulator:
                                                                   w.experts[int(expert)])
         state.dispatch = (out, *state.dispatch[1:])
         return self._with_routing(op, len(np.unique(ids)), len(ids))
+
+    def _op_stage_send(self, op, state, layer, batch):
+        """The activations, and when the send starts, to the same rank of the next stage."""
+        ready = float(self.schedule.ready(op)[0])
+        self.mesh.comm.send((state.x, ready), dest=op.peer, tag=_STAGE_TAG)
+
+    def _op_stage_recv(self, op, state, layer, batch):
+        """The previous stage's activations; the receive starts no earlier than their send."""
+        state.x, self.not_before = self.mesh.comm.recv(source=op.peer, tag=_STAGE_TAG)
 
     def _op_lm_head(self, op, state, layer, batch):
         """Time only (see `_tail`)."""

@@ -41,6 +41,8 @@ class OpName(str, Enum):
     LM_HEAD = "lm_head"  # tail: final RMSNorm + the rank's vocabulary rows of the LM head
     LOGITS_GATHER = "logits_gather"  # tail: the vocabulary shards' logits gathered
     SAMPLING = "sampling"  # tail: softmax / top-k sampling of the next token + its embedding row
+    STAGE_RECV = "stage_recv"  # pp: the activations [B, H] from the previous stage (before its first layer)
+    STAGE_SEND = "stage_send"  # pp: the activations [B, H] to the next stage (after its last layer)
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,19 @@ class Op:
     # data semantics: the op's result is added to the residual stream; otherwise it is this rank's
     # term of a sum that a later op of the plan completes (an all-reduce, or the EP all-gather)
     residual: bool = False
+    # a point-to-point send between pipeline stages: the world rank at the other end, the stage
+    # the activations enter (>= 1) and the ranks per stage (what places the send on the fabric)
+    peer: int = -1
+    into_stage: int = 0
+    stage_ranks: int = 0
 
     @property
     def is_collective(self) -> bool:
         return self.collective is not None
+
+    @property
+    def is_stage_transfer(self) -> bool:
+        return self.peer >= 0
 
 
 def compute_op(name: OpName, kernels, deps: tuple[int, ...] = (), **fields) -> Op:
@@ -260,11 +271,20 @@ def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, ba
 
 # --- whole layer -------------------------------------------------------------------------------
 def layer_plan(model: ModelConfig, layout: Layout, rank: int, layer: int, kv_lengths: np.ndarray,
-               impl: Implementation, hopb: bool, a2a_chunk: int = 0) -> list[Op]:
+               impl: Implementation, hopb: bool, a2a_chunk: int = 0, layers: int | None = None) -> list[Op]:
     """Ops of one layer on `rank`; kv_lengths [B] are its local tokens per request incl. the new one
-    (under dp-ep: of the requests it owns)."""
+    (under dp-ep: of the requests it owns). `layers`: the layers a step runs (default: the model's),
+    which pipeline stages split; a rank runs no op of a layer outside its stage."""
     shard = rank_shard(model, layout, rank)
-    return rules_for(layout).layer_plan(model, layout, shard, layer, kv_lengths, impl, hopb, a2a_chunk)
+    return rules_for(layout).layer_plan(model, layout, rank, shard, layer, kv_lengths, impl, hopb, a2a_chunk,
+                                        model.num_layers if layers is None else layers)
+
+
+def stage_transfer(name: OpName, layout: Layout, peer: int, into_stage: int, batch: int, hidden: int,
+                   deps: tuple[int, ...] = ()) -> Op:
+    """The activations [batch, hidden] at the activation dtype sent to (or received from) `peer`."""
+    return Op(name, Stream.COMM, deps=deps, nbytes=float(batch * hidden * ACTIVATION_BYTES), peer=peer,
+              into_stage=into_stage, stage_ranks=layout.world_size // layout.pp)
 
 
 def attention_all_reduce(model: ModelConfig, layout: Layout, batch: int, after: int) -> Op:
@@ -301,10 +321,11 @@ def vocab_group(layout: Layout) -> tuple[Axis, ...]:
 
 
 def tail_plan(model: ModelConfig, layout: Layout, rank: int, batch: int, impl: Implementation) -> list[Op]:
-    """Once per step after the last layer: final RMSNorm, the rank's V / n vocabulary rows of the LM
+    """Once per step after the last layer, on the ranks that run it (`StrategyRules.runs_tail`):
+    final RMSNorm, the rank's V / n vocabulary rows of the LM
     head (bf16: checkpoints keep it unquantised), the logits gathered over those n ranks (fp32),
     then sampling of the next token and its embedding row. Empty when the model has no vocabulary."""
-    if not model.vocab_size:
+    if not model.vocab_size or not rules_for(layout).runs_tail(layout, rank):
         return []
     H, V = model.hidden_size, model.vocab_size
     group = vocab_group(layout)
@@ -340,4 +361,4 @@ def op_collective_fields(op: Op) -> tuple[str, str, int, float]:
     """(collective, group, group_size, bytes) as stored in traces; bytes are HBM bytes for compute."""
     if op.is_collective:
         return op.collective.value, group_name(op.group), op.group_size, op.nbytes
-    return "", "", 1, op.hbm_bytes
+    return "", "", 1, op.nbytes if op.is_stage_transfer else op.hbm_bytes

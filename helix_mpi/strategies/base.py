@@ -47,6 +47,7 @@ class StrategyRules:
 
     strategy: Strategy
     data_parallel = False  # each rank decodes whole requests of its own (the batch is split over ranks)
+    pipelined = False  # stages of consecutive layers (pp)
     layout_choices = True  # several layouts per GPU count (`run` and `model` choose the fastest)
     overlaps = False  # HOP-B: the all-to-all of one chunk overlaps the next chunk's attention
 
@@ -123,8 +124,16 @@ class StrategyRules:
         return ATTENTION_AXES
 
     # --- the plan -----------------------------------------------------------------------------------
-    def layer_plan(self, model: ModelConfig, layout: Layout, shard, layer: int, kv_lengths: np.ndarray,
-                   impl, hopb: bool, a2a_chunk: int) -> list:
+    def rank_layers(self, layout: Layout, rank: int, layers: int) -> range:
+        """The layers of a step of `layers` layers that `rank` runs (all of them unless pipelined)."""
+        return range(layers)
+
+    def runs_tail(self, layout: Layout, rank: int) -> bool:
+        """Whether `rank` runs the step's tail (LM head, sampling)."""
+        return True
+
+    def layer_plan(self, model: ModelConfig, layout: Layout, rank: int, shard, layer: int, kv_lengths: np.ndarray,
+                   impl, hopb: bool, a2a_chunk: int, layers: int) -> list:
         """Ops of one layer: attention (KVP exchange, combine), all-reduce, FFN or MoE (plan.py)."""
         from .. import plan
 

@@ -59,7 +59,7 @@ class DataParallelExperts(StrategyRules):
     def vocab_axes(self, layout):
         return ()  # each rank its own requests' logits
 
-    def layer_plan(self, model, layout, shard, layer, kv_lengths, impl, hopb, a2a_chunk):
+    def layer_plan(self, model, layout, rank, shard, layer, kv_lengths, impl, hopb, a2a_chunk, layers):
         """Data-parallel attention over the rank's own requests (its output added to the residual
         at once), then expert parallelism over N: norm, router and shared expert, the dispatch
         all-to-all, the held experts on the tokens received, the combine all-to-all. Nothing is
