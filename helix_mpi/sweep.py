@@ -20,7 +20,9 @@ How it stays fast and still "the same plan":
   at each collective. `tests/test_sweep.py` checks all of it against `analytic.step_time` and
   `helix-mpi model` (relative 1e-9).
 
-PP x TP is not in the plan: it is modeled here on top of TP plans (`TimeModel.send_seconds`, docs/sweep.md).
+PP x TP (series pp-tp) is the pipeline strategy (`strategies/pp.py`) with TP stages: its stage's plan
+is timed as above and the PP - 1 stage sends by `TimeModel.pipeline_sends_seconds`, as `helix-mpi
+model --strategy pp` places them; with PP micro-batches in flight (docs/sweep.md).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ SCHEMA = "helix_mpi.sweep/1"
 HELIX, HELIX_NO_HOPB, TP, PP_TP, KVP, DP_EP = "helix", "helix-no-hopb", "tp", "pp-tp", "kvp", "dp-ep"
 SERIES = (HELIX, HELIX_NO_HOPB, TP, PP_TP, KVP, DP_EP)
 BASELINES = (TP, PP_TP, KVP, DP_EP)
-_STRATEGY_OF = {HELIX: "helix", HELIX_NO_HOPB: "helix", TP: "tp", PP_TP: "tp", KVP: "kvp", DP_EP: "dp-ep"}
+_STRATEGY_OF = {HELIX: "helix", HELIX_NO_HOPB: "helix", TP: "tp", PP_TP: "pp", KVP: "kvp", DP_EP: "dp-ep"}
 DENSE_BATCH_LIMIT = 1024  # every batch 1..1024 is on the grid; beyond, steps of BATCH_GROWTH
 BATCH_GROWTH = 1.02
 
@@ -171,7 +173,8 @@ def batch_grid(max_batch: int) -> np.ndarray:
 # --- layouts -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Candidate:
-    """One layout of one strategy (series); pp > 1 only for pp-tp (stages of a TP layout)."""
+    """One layout of one strategy (series); pp > 1 only for pp-tp: `layout` is the pipeline layout
+    (strategy pp), or, as advise rebuilds rows, the layout of one stage."""
 
     series: str
     layout: Layout
@@ -182,8 +185,13 @@ class Candidate:
         return self.series == HELIX
 
     @property
+    def stage(self) -> Layout:
+        """The layout of one pipeline stage's ranks (the layout itself without stages)."""
+        return rules_for(self.layout).stage_layout(self.layout)
+
+    @property
     def gpus(self) -> int:
-        return self.layout.world_size * self.pp
+        return self.stage.world_size * self.pp
 
     @property
     def per_gpu_batch(self) -> bool:
@@ -206,11 +214,7 @@ def _valid(model: ModelConfig, layout: Layout) -> bool:
 def _layouts(series: str, model: ModelConfig, n: int) -> list[tuple[Layout, int]]:
     """(layout, pp) of one series on n GPUs, as its strategy enumerates them (`strategies/`; Helix
     and KVP-only need KVP >= 2, KVP = 1 being TP); pp-tp: stages of a TP layout."""
-    rules = rules_of(_STRATEGY_OF[series])
-    if series == PP_TP:
-        return [(layout, n // t) for t in _divisors(n) if 2 <= n // t <= model.num_layers
-                for layout in rules.sweep_layouts(model, t)]
-    return [(layout, 1) for layout in rules.sweep_layouts(model, n)]
+    return [(layout, layout.pp) for layout in rules_of(_STRATEGY_OF[series]).sweep_layouts(model, n)]
 
 
 def candidates(spec: SweepSpec) -> list[Candidate]:
@@ -274,12 +278,12 @@ def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, .
     """Token-to-token latency [n] of a candidate at each grid batch (per-GPU batch under dp-ep,
     micro-batch under pp-tp), seconds: every layer in sequence (+ PP - 1 stage sends)."""
     timer = spec.time_model
-    ttl = TailTime(spec.model, cand.layout, timer)(batches)  # LM head and sampling, once per step
+    ttl = TailTime(spec.model, cand.stage, timer)(batches)  # LM head and sampling, once per step
     for first, count in layer_kinds(spec.model):
-        layer = BatchLayerTime(spec.model, cand.layout, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
+        layer = BatchLayerTime(spec.model, cand.stage, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
         ttl = ttl + count * layer(batches)
     if cand.pp > 1:  # PP - 1 stage-to-stage sends of the micro-batch's activations
-        ttl = ttl + timer.pipeline_sends_seconds(cand.pp, cand.layout.world_size,
+        ttl = ttl + timer.pipeline_sends_seconds(cand.pp, cand.stage.world_size,
                                                  batches.astype(np.float64) * spec.model.hidden_size * ACTIVATION_BYTES)
     return ttl
 
@@ -287,11 +291,11 @@ def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, .
 # --- the sweep ---------------------------------------------------------------------------------
 def evaluate(spec: SweepSpec, cand: Candidate, grid: np.ndarray) -> tuple[np.ndarray, int]:
     """(rows of the configurations that fit in HBM, configurations timed) of one candidate."""
-    per_unit = cand.layout.world_size if cand.per_gpu_batch else cand.pp  # requests per grid step
+    per_unit = cand.stage.world_size if cand.per_gpu_batch else cand.pp  # requests per grid step
     batches = grid[grid * per_unit <= spec.max_batch]
     if len(batches) == 0:
         return np.zeros(0, CONFIG_DTYPE), 0
-    classes = shard_classes(spec.model, cand.layout, spec.tokens, spec.tokens_per_block)
+    classes = shard_classes(spec.model, cand.stage, spec.tokens, spec.tokens_per_block)
     held_requests = batches if cand.per_gpu_batch else batches * cand.pp  # requests whose KV each GPU holds
     memory = peak_memory(spec.model, classes, held_requests.astype(np.float64), spec.precision, cand.pp,
                          spec.kv_precision)
@@ -386,7 +390,7 @@ def run_sweep(spec: SweepSpec, progress: Callable[[int], None] | None = None) ->
 def _least_memory(spec: SweepSpec, cand: Candidate) -> float:
     """Busiest GPU's bytes of a candidate at its smallest batch (one request per GPU under dp-ep,
     one micro-batch of one request under pp-tp)."""
-    classes = shard_classes(spec.model, cand.layout, spec.tokens, spec.tokens_per_block)
+    classes = shard_classes(spec.model, cand.stage, spec.tokens, spec.tokens_per_block)
     held = np.array([1.0 if cand.per_gpu_batch else float(cand.pp)])
     return float(peak_memory(spec.model, classes, held, spec.precision, cand.pp, spec.kv_precision)[0])
 

@@ -66,6 +66,10 @@ class StrategyRules:
         """The layouts the sweep tries on n GPUs (before validation)."""
         raise NotImplementedError
 
+    def stage_layout(self, layout: Layout) -> Layout:
+        """The layout of one pipeline stage's ranks: the layout itself without stages."""
+        return layout
+
     # --- slices ------------------------------------------------------------------------------------
     def head_pieces(self, model: ModelConfig, layout: Layout, c: dict) -> tuple[range, range, np.ndarray, int]:
         """(query heads, KV heads, all-to-all splits of the query heads over KVP, KVP index) of the
