@@ -457,12 +457,15 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
     Layers None: `default_layers`, or every layer of the model for a served trace. With no layout
     flag, the fastest valid layout (layouts.choose_layout; `layout_by` replaces layouts.resolve_layout,
     e.g. by `_resolve_on_rank_0`)."""
-    from .config import RunConfig, check_run_fits_model, load_model, validate_layout
+    from .config import ConfigError, RunConfig, check_run_fits_model, load_model, validate_layout
     from .layouts import resolve_layout
     from .strategies import check_stage_layers
     from .topology import load_topology
 
     served = serving is not None and serving.get("workload") is not None
+    if served and strategy == "pp":
+        raise ConfigError("serving a request trace under pipeline stages (--strategy pp) is not modeled yet: "
+                          "use helix, tp, kvp or dp-ep")
     model = load_model(model_spec)
     why_dense = None
     if layers is None:  # pipeline stages: every layer, so the stage sends count once each in the TTL
