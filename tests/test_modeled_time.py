@@ -172,6 +172,10 @@ def test_pipeline_emulated_equals_analytic(tmp_path, stage_flags):
         own = set(range(stage * per_stage, (stage + 1) * per_stage))
         assert layers == (own | {4} if stage == layout.pp - 1 else own)
     assert (emulated["op"] == b"stage_send").sum() == 2 * (layout.pp - 1) * stage_ranks
+    replayed = tmp_path / "replayed.h5"  # replay re-times each layer on the stage that ran it
+    done = run_cli(["replay", str(path), "-o", str(replayed)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(_by_rank_layer(_events(replayed))["end_s"], emulated["end_s"])
     analytic_cli = run_cli(["model", "--gpus", "8", "--json", *args])
     assert analytic_cli.returncode == 0, analytic_cli.stderr
     assert json.loads(analytic_cli.stdout)["ttl_s"] == summary["ttl_s"]
