@@ -301,7 +301,8 @@ def load_model(spec: str) -> ModelConfig:
 
 @dataclass(frozen=True)
 class Layout:
-    """How N ranks are arranged: attention N = KVP x TPA, FFN N = TPF x EP (per strategy)."""
+    """How N ranks are arranged: attention N = KVP x TPA, FFN N = TPF x EP (per strategy); under
+    pipeline stages (pp) these lay out each of the PP stages, N = PP x KVP x TPA."""
 
     kvp: int = _help("KV parallelism: ranks sharing the KV cache along the sequence")
     tpa: int = _help("attention tensor parallelism over heads (TPA <= K under Helix)")

@@ -15,7 +15,7 @@ from enum import Enum
 
 import numpy as np
 
-from .axes import ATTENTION_AXES, FFN_AXES, Axis, Stream, group_name
+from .axes import ATTENTION_AXES, Axis, Stream, group_name
 from .config import Implementation, Layout, ModelConfig
 from .costmodel import Collective
 from .families import family, weight_gemm
@@ -171,7 +171,7 @@ def partial_width(model: ModelConfig) -> int:
 
 def out_kernels(model: ModelConfig, shard: RankShard, batch: int, kvp: int, impl: Implementation) -> list:
     """LSE combine of the KVP partials (when exchanged), then (W_UV and) the W_O rows of the heads."""
-    H, n, wdt, width = model.hidden_size, len(shard.combine_heads), gemm_dtype(model, impl), partial_width(model)
+    n, wdt, width = len(shard.combine_heads), gemm_dtype(model, impl), partial_width(model)
     kernels = []
     if kvp > 1:
         exchanged = kvp * batch * n * (width * ACTIVATION_BYTES + LSE_BYTES)

@@ -18,8 +18,8 @@ import numpy as np
 from . import __version__
 from .analysis import EventStats, shape_of
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
-from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult, request_input, request_kv,
-                       warm_up_kernels)
+from .emulator import EmulationResult, Emulator, warm_up_kernels
+from .serving_emulator import ServingEmulator, ServingResult, request_input, request_kv
 from .hostmem import AUTO_CHECK_MAX_BYTES, reference_bytes, will_check
 from .memory import memory_report
 from .mesh import RankMesh

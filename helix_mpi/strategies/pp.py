@@ -89,12 +89,8 @@ class Pipeline(StrategyRules):
         owned = self.stage_layers(layout, stage, layers)
         if layer not in owned:
             return []
-        inner = self.stage_rules(layout)
-        hopb = hopb and inner.overlaps
-        ops = P.attention_ops(model, layout, shard, kv_lengths, impl, hopb, a2a_chunk,
-                              P.ends_reduced(model, layout, layer))
-        ops.append(P.attention_all_reduce(model, layout, len(kv_lengths), len(ops) - 1))
-        ops += P.ffn_ops(model, layout, shard, layer, len(kv_lengths), impl, len(ops))
+        ops = self.stage_rules(layout).layer_plan(model, layout, rank, shard, layer, kv_lengths, impl, hopb,
+                                                  a2a_chunk, layers)
         batch, hidden = len(kv_lengths), model.hidden_size
         if layer == owned.start and stage > 0:
             receive = P.stage_transfer(P.OpName.STAGE_RECV, layout, rank - n, stage, batch, hidden)
