@@ -367,8 +367,24 @@ def validate_layout(model: ModelConfig, layout: Layout, world_size: int) -> None
                           "choose --ep among the divisors of both N and E")
 
 
+class Precision(str, Enum):
+    """A modeled numeric format (of weights, the KV cache or the routed experts). A str Enum: it
+    equals, hashes and prints as its text, so tables keyed by "fp4" and files keep working."""
+
+    FP4 = "fp4"  # NVFP4: 4 bits + one FP8 scale per 16 values
+    FP8 = "fp8"
+    FP8_BLOCK = "fp8_block"  # FP8 weights with 128x128 block scales (DeepSeek-V3/R1 checkpoints): other GEMM kernels
+    BF16 = "bf16"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
 PRECISIONS = ("fp4", "fp8", "bf16")  # of the KV cache, and of the weights with FP8_BLOCK
-FP8_BLOCK = "fp8_block"  # FP8 weights with 128x128 block scales (DeepSeek-V3/R1 checkpoints): other GEMM kernels
+FP8_BLOCK = Precision.FP8_BLOCK.value
 WEIGHT_PRECISIONS = ("fp4", "fp8", FP8_BLOCK, "bf16")
 STORAGES = ("fp32", "bf16")  # host arrays; bf16 is kept as uint16 (kernels.bf16)
 COMMS = ("trtllm", "nccl")
@@ -380,27 +396,30 @@ PRECISION_BYTES = {**ELEMENT_BYTES, FP8_BLOCK: ELEMENT_BYTES["fp8"]}
 class Implementation:
     """How the modeled GPUs run the plan: numeric formats, communication library, CUDA graphs."""
 
-    precision: str = _help("precision of the weights: fp4 (NVFP4), fp8, fp8_block (128x128 block scales) or bf16",
-                           default="fp4")
-    kv_precision: str = _help("precision of the KV cache: fp8 or bf16 (fp4: no measured kernel, roofline only)",
-                              default="fp8")
+    precision: Precision = _help("precision of the weights: fp4 (NVFP4), fp8, fp8_block (128x128 block scales) or "
+                                 "bf16", default=Precision.FP4)
+    kv_precision: Precision = _help("precision of the KV cache: fp8 or bf16 (fp4: no measured kernel, roofline "
+                                    "only)", default=Precision.FP8)
     comm: str = _help("collectives: trtllm (TensorRT-LLM's custom all-reduce fused with residual + RMSNorm, its "
                       "one-kernel all-to-all over NVLink) or nccl (NCCL as nccl-tests measures it)", default="trtllm")
     cuda_graphs: bool = _help("kernels launched from CUDA graphs (a small gap each) rather than one by one from "
                               "the host", default=True)
-    moe_precision: str | None = _help("precision of the routed experts' weights (None: as the other weights); "
-                                      "deployments mix them, e.g. FP8 GEMMs with block-scaled FP8 experts",
-                                      default=None)
+    moe_precision: Precision | None = _help("precision of the routed experts' weights (None: as the other "
+                                            "weights); deployments mix them, e.g. FP8 GEMMs with block-scaled FP8 "
+                                            "experts", default=None)
 
     def __post_init__(self) -> None:
         for name, allowed in (("precision", WEIGHT_PRECISIONS), ("kv_precision", PRECISIONS), ("comm", COMMS),
                               ("moe_precision", WEIGHT_PRECISIONS + (None,))):
-            if getattr(self, name) not in allowed:
+            value = getattr(self, name)
+            if value not in allowed:
                 flag = name.replace("_", "-")
-                raise ConfigError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
+            if name != "comm" and value is not None:  # the formats as Precision members
+                object.__setattr__(self, name, Precision(value))
 
     @property
-    def experts(self) -> str:
+    def experts(self) -> Precision:
         """Precision of the routed experts' weights."""
         return self.moe_precision or self.precision
 
@@ -410,7 +429,8 @@ class Implementation:
         return self.comm == "trtllm"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: value.value if isinstance(value, Precision) else value
+                for name, value in dataclasses.asdict(self).items()}
 
 
 MAX_KEY_SCALE = 1e30  # initial keys up to ~1.7e30: their float32 squares and logits stay below 3.4e38
