@@ -35,6 +35,14 @@ def largest_common_divisor_at_most(value: int, world_size: int) -> int:
     return max(d for d in range(1, value + 1) if value % d == 0 and world_size % d == 0)
 
 
+def moe_sizes(model: ModelConfig) -> tuple[int, int, int]:
+    """(routed experts, one expert's width, the shared experts' total width); zeros when dense."""
+    moe = model.moe
+    if moe is None:
+        return 0, 0, 0
+    return moe.n_routed_experts, moe.expert_ffn_size, moe.n_shared_experts * moe.expert_ffn_size
+
+
 def check_flags(kvp: int | None, tpa: int | None, ep: int | None) -> None:
     for flag, value in (("--kvp", kvp), ("--tpa", tpa), ("--ep", ep)):
         if value is not None and value < 1:
@@ -86,10 +94,7 @@ class StrategyRules:
     def ffn_pieces(self, model: ModelConfig, layout: Layout, c: dict) -> tuple[range, range, range, range]:
         """(dense FFN columns, experts, expert columns, shared-expert columns): dense FFN and shared
         experts over all N = TPF x EP ranks; experts over EP, each expert's width over TPF."""
-        moe = model.moe
-        expert_width = moe.expert_ffn_size if moe else 0
-        shared_width = moe.n_shared_experts * expert_width if moe else 0
-        n_experts = moe.n_routed_experts if moe else 0
+        n_experts, expert_width, shared_width = moe_sizes(model)
         n = layout.tpf * layout.ep
         flat = c[Axis.EP] * layout.tpf + c[Axis.TPF]
         return (piece(model.ffn_size, n, flat), piece(n_experts, layout.ep, c[Axis.EP]),

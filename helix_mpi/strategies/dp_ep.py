@@ -9,7 +9,7 @@ import numpy as np
 
 from ..axes import FFN_AXES, Axis
 from ..config import ConfigError, Layout, Strategy
-from .base import StrategyRules, check_flags, even_splits, piece
+from .base import StrategyRules, check_flags, even_splits, moe_sizes, piece
 
 
 class DataParallelExperts(StrategyRules):
@@ -38,10 +38,7 @@ class DataParallelExperts(StrategyRules):
 
     def ffn_pieces(self, model, layout, c):
         """Dense layers and shared experts replicated, experts over N."""
-        moe = model.moe
-        expert_width = moe.expert_ffn_size if moe else 0
-        n_experts = moe.n_routed_experts if moe else 0
-        shared_width = moe.n_shared_experts * expert_width if moe else 0
+        n_experts, expert_width, shared_width = moe_sizes(model)
         return (range(model.ffn_size), piece(n_experts, layout.ep, c[Axis.EP]), range(expert_width),
                 range(shared_width))
 

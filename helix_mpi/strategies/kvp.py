@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..axes import Axis
 from ..config import Layout, Strategy
-from .base import StrategyRules, check_flags, divisors, piece
+from .base import StrategyRules, check_flags, divisors, moe_sizes, piece
 from .helix import attention_grid, validate_kv_heads_whole
 
 
@@ -25,10 +25,7 @@ class KVPOnly(StrategyRules):
 
     def ffn_pieces(self, model, layout, c):
         """The FFN stays TP over the TPA ranks, replicated over KVP."""
-        moe = model.moe
-        expert_width = moe.expert_ffn_size if moe else 0
-        shared_width = moe.n_shared_experts * expert_width if moe else 0
-        n_experts = moe.n_routed_experts if moe else 0
+        n_experts, expert_width, shared_width = moe_sizes(model)
         t, parts = c[Axis.TPA], layout.tpa
         return (piece(model.ffn_size, parts, t), range(n_experts), piece(expert_width, parts, t),
                 piece(shared_width, parts, t))
