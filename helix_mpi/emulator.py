@@ -209,9 +209,13 @@ class Emulator:
         return x
 
     def _whole_routing(self) -> dict:
-        """The routing of every MoE layer for the whole batch, [T, B, k] (dp-ep: gathered)."""
-        routing = {}
-        for layer, per_step in self.routing_log.items():
+        """The routing of every MoE layer for the whole batch, [T, B, k] (dp-ep: gathered; pipeline
+        stages: each stage's layers, gathered on rank 0)."""
+        routing, log = {}, self.routing_log
+        if self.pipelined:  # a host-only gather: every rank of a stage routed its layers alike
+            parts = self.mesh.comm.gather(log, root=0) or [log]
+            log = {layer: steps for part in parts for layer, steps in part.items()}
+        for layer, per_step in log.items():
             experts = np.stack([self._whole_batch(e) for e, _ in per_step])
             weights = np.stack([self._whole_batch(w) for _, w in per_step])
             routing[layer] = (experts, weights)
