@@ -15,6 +15,7 @@ from . import synth
 from .config import Layout, ModelConfig
 from .kernels import from_bf16, to_bf16
 from .mesh import coordinates
+from .strategies import rules_for
 from .strategies.base import even_splits  # noqa: F401 (also imported from here)
 
 TRIVIAL_LAYOUT = Layout(kvp=1, tpa=1, tpf=1)
@@ -39,8 +40,6 @@ class RankShard:
 def rank_shard(model: ModelConfig, layout: Layout, rank: int) -> RankShard:
     """The index ranges `rank` owns, as its strategy slices the tensors (`strategies/`); cached:
     pure in its arguments, callers must not modify it."""
-    from .strategies import rules_for
-
     rules, c = rules_for(layout), coordinates(layout, rank)
     q_heads, kv_heads, splits, k = rules.head_pieces(model, layout, c)
     combine = range(q_heads.start + int(splits[k]), q_heads.start + int(splits[k + 1]))
