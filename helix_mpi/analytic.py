@@ -6,14 +6,12 @@ from typing import Iterator
 
 import numpy as np
 
-from .axes import Axis
-from .config import Implementation, Layout, ModelConfig, RunConfig, Strategy
-from .kvcache import tokens_held
-from .mesh import coordinates
+from .config import Implementation, Layout, ModelConfig, RunConfig
 from .costmodel import SOURCES
-from .plan import Op, dp_requests, layer_plan, op_collective_fields, op_dep_fields, op_shape_fields, tail_plan
+from .plan import Op, OpName, layer_plan, op_collective_fields, op_dep_fields, op_shape_fields, tail_plan
 from .sharding import rank_shard, shard_key
-from .timing import GroupMax, StreamClocks, TailTime, TimeModel, layer_kinds, place_layer
+from .strategies import rules_for
+from .timing import GroupMax, LayerSchedule, StreamClocks, TailTime, TimeModel, layer_kinds, place_layer
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -21,10 +19,9 @@ from .trace import EVENT_DTYPE
 def local_kv_lengths(layout: Layout, run: RunConfig, rank: int, step: int) -> np.ndarray:
     """Tokens [b] a rank holds per request at `step`, including that step's new token (dp-ep: for
     the requests it owns, whole)."""
-    if layout.strategy is Strategy.DP_EP:
-        return np.full(len(dp_requests(run.batch, layout.world_size, rank)), run.context + step + 1, dtype=np.int64)
-    held = tokens_held(run.context + step + 1, layout.kvp, run.tokens_per_block)
-    return np.full(run.batch, held[coordinates(layout, rank)[Axis.KVP]], dtype=np.int64)
+    rules = rules_for(layout)
+    held = rules.kv_tokens(run.context + step + 1, layout, rank, run.tokens_per_block)
+    return np.full(len(rules.requests(run.batch, layout, rank)), held, dtype=np.int64)
 
 
 class _Plans:
@@ -113,6 +110,9 @@ def simulate_layers(model: ModelConfig, layout: Layout, run: RunConfig, topo: To
     """Events (trace dtype, host times 0) of every op of every rank, one layer of one step at a
     time (memory bounded by one layer's rows however large the batch); the step's tail (LM head,
     sampling) is recorded as layer `run.layers`, after the last emulated layer."""
+    if rules_for(layout).pipelined:
+        yield from _simulate_stages(model, layout, run, topo)
+        return
     n, timer = layout.world_size, TimeModel(topo, run.implementation())
     clocks, group_max = StreamClocks(n), GroupMax(layout)
     for step in range(run.steps):
@@ -128,6 +128,53 @@ def simulate_layers(model: ModelConfig, layout: Layout, run: RunConfig, topo: To
             rows["start_s"] = np.stack([start for start, _ in placed])
             rows["end_s"] = np.stack([end for _, end in placed])
             yield rows.reshape(-1)
+
+
+def _simulate_stages(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> Iterator[np.ndarray]:
+    """`simulate_layers` under pipeline stages: each stage's ranks place their layers' plans on
+    their clocks (groups never span stages); a stage receive starts no earlier than the previous
+    stage's send, and every stage starts a step when the previous step has ended everywhere."""
+    rules, timer = rules_for(layout), TimeModel(topo, run.implementation())
+    n = layout.world_size // layout.pp
+    group_max = GroupMax(rules.stage_layout(layout))  # stage-local ranks
+    clocks = [StreamClocks(n) for _ in range(layout.pp)]
+    for step in range(run.steps):
+        start = max(float(c.now().max()) for c in clocks)
+        for stage_clocks in clocks:
+            for stream in stage_clocks.free:
+                stage_clocks.free[stream][:] = start
+        lengths = [local_kv_lengths(layout, run, r, step) for r in range(layout.world_size)]
+        sent = None  # [n] when the previous stage's send starts on each of its ranks
+        for stage in range(layout.pp):
+            ranks = range(stage * n, (stage + 1) * n)
+            layers = [(layer, [layer_plan(model, layout, r, layer, lengths[r], timer.impl, run.hopb, run.a2a_chunk,
+                                          run.layers) for r in ranks]) for layer in rules.stage_layers(layout, stage,
+                                                                                                       run.layers)]
+            if stage == layout.pp - 1:
+                tail = [tail_plan(model, layout, r, len(lengths[r]), timer.impl) for r in ranks]
+                layers += [(run.layers, tail)] if tail[0] else []
+            for layer, plans in layers:
+                rows, sent = _place_stage_layer(clocks[stage], group_max, timer, plans, sent,
+                                                [len(lengths[r]) for r in ranks])
+                rows["rank"] += stage * n
+                rows["step"], rows["layer"] = step, layer
+                yield rows.reshape(-1)
+
+
+def _place_stage_layer(clocks: StreamClocks, group_max: GroupMax, timer: TimeModel, plans: list[list[Op]],
+                       sent: np.ndarray | None, batches: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Event rows [ops, n] of one layer of one stage placed on its clocks, and when its send (if
+    any) starts [n] (else `sent` as it was)."""
+    durations, sources = _timings(timer, plans)
+    schedule = LayerSchedule(clocks, clocks.now(), group_max)
+    rows = _template_rows(plans, sources, batches)
+    for index, op in enumerate(plans[0]):
+        receiving = op.name is OpName.STAGE_RECV
+        start, end = schedule.place(index, op, durations[index], sent if receiving else None)
+        rows["start_s"][index], rows["end_s"][index] = start, end
+        if op.name is OpName.STAGE_SEND:
+            sent = start
+    return rows, sent
 
 
 def simulate(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> np.ndarray:

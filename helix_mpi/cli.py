@@ -48,8 +48,11 @@ def _model_options(fn, model_default: str, context_default: int, tokens_type):
         click.option("--tpa", type=int, help="attention TP; with no --kvp/--tpa/--ep the fastest valid layout of the "
                                              "strategy by the analytic model is used (Helix: KVP >= 2)"),
         click.option("--ep", type=int, help="MoE expert parallelism (default: the fastest layout, see --tpa)"),
-        click.option("--strategy", type=click.Choice(["helix", "tp", "kvp", "dp-ep"]), default="helix",
-                     show_default=True, help="Helix or a baseline (tp, Medha-style kvp, DP attention + EP)"),
+        click.option("--strategy", type=click.Choice(["helix", "tp", "kvp", "dp-ep", "pp"]), default="helix",
+                     show_default=True, help="Helix or a baseline (tp, Medha-style kvp, DP attention + EP, pipeline "
+                                             "stages: pp)"),
+        click.option("--pp", type=int, help="pipeline stages of consecutive layers (--strategy pp); each stage's "
+                                            "ranks are TP, or Helix with --kvp >= 2"),
         click.option("--batch", type=int, default=1, show_default=True, help="requests decoded together"),
         click.option("--context", type=tokens_type, default=context_default, show_default=True,
                      help="tokens already cached (suffixes: 1M = 1,000,000, 128K = 128,000, 128Ki = 131,072)"),
@@ -132,7 +135,7 @@ def workload_options(fn):
               help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
 @click.option("--force", is_flag=True, help="run even when the estimated host memory exceeds what is available")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr (start-up phases, steps or requests done)")
-def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, racks, precision, kv_precision, comm, cuda_graphs,
+def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks, precision, kv_precision, comm, cuda_graphs,
         hopb, a2a_chunk, tokens_per_block, allow_overflow, as_json, ranks, steps, layers, seed, key_scale, output,
         save_tensors, check, fail_at, storage, force, quiet, **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
@@ -142,7 +145,7 @@ def run(model_spec, kvp, tpa, ep, strategy, batch, context, topology, racks, pre
     if ranks is not None and ranks < 1:
         raise UserError(f"-n/--np must be >= 1, got {ranks}")
     failure = _parse_fail_at(fail_at)
-    settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, batch=batch, context=context,
+    settings = dict(model_spec=model_spec, kvp=kvp, tpa=tpa, ep=ep, strategy=strategy, pp=pp, batch=batch, context=context,
                     steps=steps, layers=layers, tokens_per_block=tokens_per_block, seed=seed, precision=precision,
                     kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb, a2a_chunk=a2a_chunk,
                     storage=storage, key_scale=key_scale, topology=topology, racks=racks,
@@ -416,20 +419,24 @@ def layer_kinds_note(model, layers: int, why: str | None = None) -> str | None:
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
                  seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32", kv_precision="fp8",
                  comm="trtllm", cuda_graphs=True, allow_overflow=False, serving: dict | None = None,
-                 layout_by=None, racks=None) -> Resolved:
+                 layout_by=None, racks=None, pp=None) -> Resolved:
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks.
     Layers None: `default_layers`, or every layer of the model for a served trace. With no layout
     flag, the fastest valid layout (layouts.choose_layout; `layout_by` replaces layouts.resolve_layout,
     e.g. by `_resolve_on_rank_0`)."""
-    from .config import RunConfig, check_run_fits_model, load_model, validate_layout
+    from .config import ConfigError, RunConfig, check_run_fits_model, load_model, validate_layout
     from .layouts import resolve_layout
+    from .strategies import check_stage_layers
     from .topology import load_topology
 
     served = serving is not None and serving.get("workload") is not None
+    if served and strategy == "pp":
+        raise ConfigError("serving a request trace under pipeline stages (--strategy pp) is not modeled yet: "
+                          "use helix, tp, kvp or dp-ep")
     model = load_model(model_spec)
     why_dense = None
-    if layers is None:
-        layers, why_dense = (model.num_layers, None) if served else default_layers(model, storage)
+    if layers is None:  # pipeline stages: every layer, so the stage sends count once each in the TTL
+        layers, why_dense = (model.num_layers, None) if served or strategy == "pp" else default_layers(model, storage)
     run_config = RunConfig(batch=batch, context=context, steps=steps, layers=layers,
                            tokens_per_block=tokens_per_block, seed=seed, precision=precision,
                            kv_precision=kv_precision, comm=comm, cuda_graphs=cuda_graphs, hopb=hopb,
@@ -444,8 +451,9 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
         basis = f"one request at the trace's median length, {choice_context:,} tokens"
     layout, choice = (layout_by or resolve_layout)(model, world_size, kvp, tpa, ep, strategy, choice_batch,
                                                    choice_context, topo, run_config.implementation(), hopb, a2a_chunk,
-                                                   tokens_per_block, basis)
+                                                   tokens_per_block, basis, pp)
     validate_layout(model, layout, world_size)
+    check_stage_layers(layout, layers)
     resolved = Resolved(model, layout, run_config, topo, choice, workload=workload)
     note = layer_kinds_note(model, layers, why_dense)
     if note:
@@ -598,7 +606,7 @@ def _print_run(outcome, resolved: Resolved, as_json: bool) -> None:
 @click.option("--gpus", "-g", type=int, default=8, show_default=True, help="GPUs N")
 @click.option("--layers", type=int, help="layers to time (default: all of the model)")
 @click.option("--steps", type=int, default=1, show_default=True, help="decode steps (context grows by one each)")
-def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, racks, precision, kv_precision, comm,
+def model_command(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks, precision, kv_precision, comm,
                   cuda_graphs, hopb, a2a_chunk, tokens_per_block, allow_overflow, as_json, gpus, layers, steps,
                   **serving) -> None:
     """Analytic time of one configuration: same plan and cost model as the emulator, no MPI, no data.
@@ -616,6 +624,7 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
     from .config import RunConfig, load_model, validate_layout
     from .layouts import resolve_layout
     from .memory import memory_report
+    from .strategies import check_stage_layers
     from .topology import load_topology
 
     try:
@@ -628,8 +637,9 @@ def model_command(model_spec, kvp, tpa, ep, strategy, batch, context, topology, 
         topo = load_topology(topology, racks)
         topo.check_gpus(gpus, "GPUs (--gpus)")
         layout, choice = resolve_layout(model, gpus, kvp, tpa, ep, strategy, batch, context, topo,
-                                        run_config.implementation(), hopb, a2a_chunk, tokens_per_block)
+                                        run_config.implementation(), hopb, a2a_chunk, tokens_per_block, None, pp)
         validate_layout(model, layout, gpus)
+        check_stage_layers(layout, run_config.layers)
     except user_error_types() as exc:
         raise UserError(str(exc)) from None
     stats = EventStats()  # one layer's events at a time: bounded memory at batch 4096 on 72 GPUs

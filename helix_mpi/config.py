@@ -33,6 +33,7 @@ class Strategy(str, Enum):
     TP = "tp"  # heads over N (KV heads duplicated when N > K), FFN TP = N, two all-reduces
     KVP = "kvp"  # Medha-style: KV over KVP x TPA, FFN stays TP over the TPA ranks, nothing overlapped
     DP_EP = "dp-ep"  # each rank owns whole requests; MoE experts over N with all-to-all dispatch
+    PP = "pp"  # stages of consecutive layers, each laid out as TP (or Helix with --kvp), activations sent on
 
 
 @dataclass(frozen=True)
@@ -300,31 +301,35 @@ def load_model(spec: str) -> ModelConfig:
 
 @dataclass(frozen=True)
 class Layout:
-    """How N ranks are arranged: attention N = KVP x TPA, FFN N = TPF x EP (per strategy)."""
+    """How N ranks are arranged: attention N = KVP x TPA, FFN N = TPF x EP (per strategy); under
+    pipeline stages (pp) these lay out each of the PP stages, N = PP x KVP x TPA."""
 
     kvp: int = _help("KV parallelism: ranks sharing the KV cache along the sequence")
     tpa: int = _help("attention tensor parallelism over heads (TPA <= K under Helix)")
     tpf: int = _help("FFN tensor parallelism (Helix dense: TPF = N)")
     ep: int = _help("expert parallelism (1 for dense models)", default=1)
-    strategy: Strategy = _help("helix, tp, kvp or dp-ep", default=Strategy.HELIX)
+    strategy: Strategy = _help("helix, tp, kvp, dp-ep or pp", default=Strategy.HELIX)
+    pp: int = _help("pipeline stages (pp: kvp, tpa, tpf and ep lay out one stage)", default=1)
 
     @property
     def world_size(self) -> int:
-        return self.tpf * self.ep if self.strategy is Strategy.DP_EP else self.kvp * self.tpa
+        from .strategies import rules_for
+
+        return rules_for(self).world_size(self)
 
     def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         fields["strategy"] = self.strategy.value
+        if self.pp == 1:  # as traces and JSON outputs had it before pipeline stages
+            del fields["pp"]
         return fields
-
-
-def _largest_common_divisor_at_most(value: int, world_size: int) -> int:
-    return max(d for d in range(1, value + 1) if value % d == 0 and world_size % d == 0)
 
 
 def default_ep(model: ModelConfig, world_size: int) -> int:
     """Helix MoE default: as many EP groups as divide both N and E (TPF = N / EP)."""
-    return _largest_common_divisor_at_most(model.moe.n_routed_experts, world_size) if model.moe else 1
+    from .strategies.helix import default_ep as helix_default_ep
+
+    return helix_default_ep(model, world_size)
 
 
 def default_layout(model: ModelConfig, world_size: int, strategy: Strategy = Strategy.HELIX) -> Layout:
@@ -333,84 +338,53 @@ def default_layout(model: ModelConfig, world_size: int, strategy: Strategy = Str
 
 
 def make_layout(model: ModelConfig, world_size: int, kvp: int | None, tpa: int | None,
-                strategy: Strategy | str = Strategy.HELIX, ep: int | None = None) -> Layout:
-    """The layout of a strategy from optional --kvp/--tpa/--ep flags, completing the rest from N."""
-    strategy = Strategy(strategy)
-    for flag, value in (("--kvp", kvp), ("--tpa", tpa), ("--ep", ep)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    if strategy is Strategy.TP:
-        return Layout(kvp=1, tpa=world_size, tpf=world_size, ep=1, strategy=strategy)
-    if strategy is Strategy.DP_EP:
-        return Layout(kvp=1, tpa=1, tpf=1, ep=world_size, strategy=strategy)
-    if kvp is None and tpa is None:
-        tpa = _largest_common_divisor_at_most(model.num_kv_heads, world_size)
-    for flag, value in (("--kvp", kvp), ("--tpa", tpa)):
-        if value is not None and world_size % value:
-            raise ConfigError(f"{flag} {value} does not divide the {world_size} ranks: choose KVP*TPA = {world_size}")
-    kvp = kvp if kvp is not None else world_size // tpa
-    tpa = tpa if tpa is not None else world_size // kvp
-    if strategy is Strategy.KVP:
-        return Layout(kvp=kvp, tpa=tpa, tpf=tpa, ep=1, strategy=strategy)
-    ep = ep if ep is not None else default_ep(model, kvp * tpa)
-    if (kvp * tpa) % ep:
-        raise ConfigError(f"--ep {ep} does not divide the {kvp * tpa} ranks: choose TPF*EP = N")
-    return Layout(kvp=kvp, tpa=tpa, tpf=(kvp * tpa) // ep, ep=ep, strategy=strategy)
+                strategy: Strategy | str = Strategy.HELIX, ep: int | None = None, pp: int | None = None) -> Layout:
+    """The layout of a strategy from optional --kvp/--tpa/--ep (and --pp) flags, completing the rest
+    from N (each strategy's rule: `strategies/`)."""
+    from .strategies import rules_of
+
+    rules = rules_of(strategy)
+    if pp is not None and not rules.pipelined and pp != 1:
+        raise ConfigError(f"--pp {pp}: pipeline stages need --strategy pp")
+    if rules.pipelined:
+        return rules.make_layout(model, world_size, kvp, tpa, ep, pp=pp)
+    return rules.make_layout(model, world_size, kvp, tpa, ep)
 
 
 def validate_layout(model: ModelConfig, layout: Layout, world_size: int) -> None:
     """Refuse, with one line, a layout that does not fit the model or the world size."""
+    from .strategies import rules_for
+
     n = layout.world_size
     if n != world_size:
         raise ConfigError(
             f"layout KVP={layout.kvp} x TPA={layout.tpa} = {n} ranks but the job has {world_size}: "
             f"run with -n {n} or choose --kvp/--tpa with KVP*TPA = {world_size}"
         )
-    {Strategy.HELIX: _validate_helix, Strategy.KVP: _validate_helix, Strategy.TP: _validate_tp,
-     Strategy.DP_EP: _validate_dp_ep}[layout.strategy](model, layout, n)
+    rules_for(layout).validate(model, layout, n)
     if model.moe is not None and model.moe.n_routed_experts % layout.ep:
         raise ConfigError(f"EP={layout.ep} must divide the {model.moe.n_routed_experts} routed experts: "
                           "choose --ep among the divisors of both N and E")
 
 
-def _validate_helix(model: ModelConfig, layout: Layout, n: int) -> None:
-    if layout.tpa > model.num_kv_heads or model.num_kv_heads % layout.tpa:
-        raise ConfigError(
-            f"TPA={layout.tpa} must divide the {model.num_kv_heads} KV heads of {model.name} "
-            f"({layout.strategy.value} never duplicates KV heads): lower --tpa and raise --kvp"
-        )
-    ffn_ranks = layout.tpf * layout.ep
-    if layout.strategy is Strategy.HELIX and ffn_ranks != n:
-        raise ConfigError(f"FFN layout TPF={layout.tpf} x EP={layout.ep} must use all {n} ranks")
-    if layout.ep != 1 and model.moe is None:
-        raise ConfigError(f"EP={layout.ep}: expert parallelism needs an MoE model; {model.name} is dense")
-    if model.ffn_size < n or (model.moe and model.moe.expert_ffn_size < layout.tpf):
-        raise ConfigError(f"FFN widths of {model.name} are too small for {n} ranks: use fewer ranks")
-    heads_per_tpa = model.num_heads // layout.tpa
-    if heads_per_tpa < layout.kvp:
-        raise ConfigError(
-            f"after the all-to-all each of the KVP={layout.kvp} ranks needs at least one of the "
-            f"{heads_per_tpa} query heads of its TPA group: use at most {model.num_heads} ranks"
-        )
+class Precision(str, Enum):
+    """A modeled numeric format (of weights, the KV cache or the routed experts). A str Enum: it
+    equals, hashes and prints as its text, so tables keyed by "fp4" and files keep working."""
 
+    FP4 = "fp4"  # NVFP4: 4 bits + one FP8 scale per 16 values
+    FP8 = "fp8"
+    FP8_BLOCK = "fp8_block"  # FP8 weights with 128x128 block scales (DeepSeek-V3/R1 checkpoints): other GEMM kernels
+    BF16 = "bf16"
 
-def _validate_tp(model: ModelConfig, layout: Layout, n: int) -> None:
-    K = model.num_kv_heads
-    if model.num_heads % n:
-        raise ConfigError(f"TP={n} must divide the {model.num_heads} query heads of {model.name}")
-    if K % n and n % K:
-        raise ConfigError(f"TP={n} must divide or be a multiple of the {K} KV heads (to duplicate them whole)")
-    if model.ffn_size < n:
-        raise ConfigError(f"FFN width {model.ffn_size} of {model.name} is smaller than TP={n}")
+    def __str__(self) -> str:
+        return self.value
 
-
-def _validate_dp_ep(model: ModelConfig, layout: Layout, n: int) -> None:
-    if model.moe is None:
-        raise ConfigError(f"dp-ep needs an MoE model (expert-parallel FFN); {model.name} is dense: use helix or tp")
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 PRECISIONS = ("fp4", "fp8", "bf16")  # of the KV cache, and of the weights with FP8_BLOCK
-FP8_BLOCK = "fp8_block"  # FP8 weights with 128x128 block scales (DeepSeek-V3/R1 checkpoints): other GEMM kernels
+FP8_BLOCK = Precision.FP8_BLOCK.value
 WEIGHT_PRECISIONS = ("fp4", "fp8", FP8_BLOCK, "bf16")
 STORAGES = ("fp32", "bf16")  # host arrays; bf16 is kept as uint16 (kernels.bf16)
 COMMS = ("trtllm", "nccl")
@@ -422,27 +396,30 @@ PRECISION_BYTES = {**ELEMENT_BYTES, FP8_BLOCK: ELEMENT_BYTES["fp8"]}
 class Implementation:
     """How the modeled GPUs run the plan: numeric formats, communication library, CUDA graphs."""
 
-    precision: str = _help("precision of the weights: fp4 (NVFP4), fp8, fp8_block (128x128 block scales) or bf16",
-                           default="fp4")
-    kv_precision: str = _help("precision of the KV cache: fp8 or bf16 (fp4: no measured kernel, roofline only)",
-                              default="fp8")
+    precision: Precision = _help("precision of the weights: fp4 (NVFP4), fp8, fp8_block (128x128 block scales) or "
+                                 "bf16", default=Precision.FP4)
+    kv_precision: Precision = _help("precision of the KV cache: fp8 or bf16 (fp4: no measured kernel, roofline "
+                                    "only)", default=Precision.FP8)
     comm: str = _help("collectives: trtllm (TensorRT-LLM's custom all-reduce fused with residual + RMSNorm, its "
                       "one-kernel all-to-all over NVLink) or nccl (NCCL as nccl-tests measures it)", default="trtllm")
     cuda_graphs: bool = _help("kernels launched from CUDA graphs (a small gap each) rather than one by one from "
                               "the host", default=True)
-    moe_precision: str | None = _help("precision of the routed experts' weights (None: as the other weights); "
-                                      "deployments mix them, e.g. FP8 GEMMs with block-scaled FP8 experts",
-                                      default=None)
+    moe_precision: Precision | None = _help("precision of the routed experts' weights (None: as the other "
+                                            "weights); deployments mix them, e.g. FP8 GEMMs with block-scaled FP8 "
+                                            "experts", default=None)
 
     def __post_init__(self) -> None:
         for name, allowed in (("precision", WEIGHT_PRECISIONS), ("kv_precision", PRECISIONS), ("comm", COMMS),
                               ("moe_precision", WEIGHT_PRECISIONS + (None,))):
-            if getattr(self, name) not in allowed:
+            value = getattr(self, name)
+            if value not in allowed:
                 flag = name.replace("_", "-")
-                raise ConfigError(f"--{flag} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")
+            if name != "comm" and value is not None:  # the formats as Precision members
+                object.__setattr__(self, name, Precision(value))
 
     @property
-    def experts(self) -> str:
+    def experts(self) -> Precision:
         """Precision of the routed experts' weights."""
         return self.moe_precision or self.precision
 
@@ -452,7 +429,8 @@ class Implementation:
         return self.comm == "trtllm"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: value.value if isinstance(value, Precision) else value
+                for name, value in dataclasses.asdict(self).items()}
 
 
 MAX_KEY_SCALE = 1e30  # initial keys up to ~1.7e30: their float32 squares and logits stay below 3.4e38
@@ -534,15 +512,9 @@ def parameter_count(model: ModelConfig) -> int:
 
 def model_facts(model: ModelConfig) -> dict[str, Any]:
     """One row of `helix-mpi models`: name, parameters, layers, attention type, MoE, vocabulary."""
-    if model.mla is not None:
-        attention = {"type": "MLA", "heads": model.num_heads, "kv_lora_rank": model.mla.kv_lora_rank,
-                     "rope_dim": model.mla.qk_rope_head_dim}
-        text = f"MLA, {model.num_heads} heads, latent {model.mla.kv_lora_rank}+{model.mla.qk_rope_head_dim}"
-    else:
-        kind = "MHA" if model.num_heads == model.num_kv_heads else "GQA"
-        attention = {"type": kind, "heads": model.num_heads, "kv_heads": model.num_kv_heads,
-                     "head_dim": model.head_dim}
-        text = f"{kind}, {model.num_heads} Q / {model.num_kv_heads} KV heads of {model.head_dim}"
+    from .families import family
+
+    attention, text = family(model).describe(model)
     moe, moe_text = None, "-"
     if model.moe is not None:
         m = model.moe

@@ -14,23 +14,23 @@ from mpi4py import MPI
 from . import kernels
 from .axes import Axis
 from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
-from .config import Layout, ModelConfig, RunConfig, Strategy
+from .config import Layout, ModelConfig, RunConfig
 from . import synth
-from .kvcache import (ShardedKVCache, initial_kv, kvp_owner, owned_positions, storage_dtype, to_storage,
-                      tokens_held)
+from .kvcache import ShardedKVCache, initial_kv, owned_positions, storage_dtype, tokens_held
 from .mesh import RankMesh
-from .model import (feed_forward, ffn_input, mla_output, mla_partial_attention, mla_project, moe_forward,
-                    next_step_input, project_output, project_qkv, route, swiglu_mlp)
+from .families import family
+from .model import feed_forward, ffn_input, moe_forward, next_step_input, route, swiglu_mlp
 from .costmodel import SOURCES
 from .gpuops import KernelKind, total_bytes, total_flops
-from .plan import (Op, dp_requests, layer_plan, op_collective_fields, op_shape_fields, tail_plan,
+from .plan import (Op, layer_plan, op_collective_fields, op_shape_fields, rank_requests, tail_plan,
                    op_dep_fields)
-from .serving import Scheduler, emulated_layer_weights
-from .sharding import UNIT, initial_input, layer_weights, rank_shard
+from .sharding import initial_input, layer_weights, rank_shard
+from .strategies import rules_for
 from .timing import LayerSchedule, StreamClocks, TimeModel
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
+_STAGE_TAG, _OUTPUT_TAG = 11, 12  # MPI tags of stage-to-stage activations and of the step's output
 StepSink = Callable[[int, np.ndarray, np.ndarray], None]  # (step, events of all ranks, kv tokens [N])
 
 
@@ -114,9 +114,8 @@ class Emulator:
                  fail_at: tuple[int, int] | None = None, keep_rows: bool = True):
         self._setup(model, layout, run, topo, mesh, fail_at)
         self.keep_rows = keep_rows  # rank 0 keeps every step's inputs and outputs (reference check, tensors)
-        self.requests = dp_requests(run.batch, layout.world_size, mesh.rank) if self.data_parallel \
-            else range(run.batch)
-        self.caches = [self._initial_cache(layer) for layer in range(run.layers)]
+        self.requests = rank_requests(layout, run.batch, mesh.rank)
+        self.caches = [self._initial_cache(layer) if layer in self.layers_run else None for layer in range(run.layers)]
 
     def _setup(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
                fail_at: tuple[int, int] | None) -> None:
@@ -124,9 +123,15 @@ class Emulator:
         self.model, self.layout, self.run, self.topo, self.mesh = model, layout, run, topo, mesh
         self.fail_at = fail_at  # (step, rank): raise there, to test that a failing rank stops the job
         self.shard = rank_shard(model, layout, mesh.rank)
+        self.family = family(model)  # the attention family's math (GQA, MLA)
         self.kvp_rank = mesh.coord(Axis.KVP)
-        self.data_parallel = layout.strategy is Strategy.DP_EP
-        self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) for layer in range(run.layers)]
+        rules = rules_for(layout)
+        self.data_parallel = rules.data_parallel  # each rank decodes its own requests
+        self.pipelined = rules.pipelined  # each stage of ranks runs its own layers
+        self.layers_run = rules.rank_layers(layout, mesh.rank, run.layers)
+        self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) if layer in self.layers_run
+                        else None for layer in range(run.layers)]
+        self.not_before: float | None = None  # a stage receive starts no earlier than its send
         self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.implementation())
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
@@ -135,9 +140,9 @@ class Emulator:
     def _initial_cache(self, layer: int) -> ShardedKVCache:
         run, model, layout = self.run, self.model, self.layout
         positions = owned_positions(run.context, self.kvp_rank, layout.kvp, run.tokens_per_block)
-        heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
-        k, v = initial_kv(run.seed, layer, self.requests, heads, run.context, width, self.shard.kv_heads,
-                          positions, run.key_scale, with_values=model.mla is None)
+        fam = family(model)
+        k, v = initial_kv(run.seed, layer, self.requests, fam.cache_heads(model), run.context, fam.cache_width(model),
+                          self.shard.kv_heads, positions, run.key_scale, with_values=fam.with_values)
         capacity = int(tokens_held(run.context + run.steps, layout.kvp, run.tokens_per_block)[self.kvp_rank])
         return ShardedKVCache(k, v, capacity, storage_dtype(run.storage))
 
@@ -158,16 +163,20 @@ class Emulator:
                 raise RuntimeError(f"injected failure at step {step} (--fail-at)")
             owner = (position // run.tokens_per_block) % self.layout.kvp == self.kvp_rank
             batch = StepBatch(ids, np.full(len(ids), position, dtype=np.int64), np.full(len(ids), owner))
+            if self.pipelined:
+                self._align_clocks()
             step_start = float(self.clocks.now()[0])
             x_in = self._whole_batch(x) if self.keep_rows else None  # a collective under dp-ep: every rank
             self.step_events = []
-            for layer in range(run.layers):
+            for layer in self.layers_run:
                 x = self._layer(step, layer, x, batch)
             self._tail(step, batch)
+            if self.pipelined:
+                x = self._last_stage_output(x)
             x_out = self._whole_batch(x) if self.keep_rows else None
             if kept is not None:
                 kept.add(step, x_in, x_out)
-            step_times[step] = float(self.clocks.now()[0]) - step_start
+            step_times[step] = self._step_end() - step_start
             self._flush_step(step, sink)
             x = next_step_input(x, model)
         host_seconds = time.perf_counter() - self.host_t0
@@ -176,10 +185,37 @@ class Emulator:
         return EmulationResult(inputs, outputs, positions, step_times, host_seconds,
                                self._whole_routing() if self.keep_rows else {})
 
+    # --- pipeline stages ---------------------------------------------------------------------
+    def _align_clocks(self) -> None:
+        """Every stage starts a step when the previous one has ended everywhere (the last stage's
+        sampled token feeds the first stage; without micro-batches the stages take turns)."""
+        start = self.mesh.comm.allreduce(float(self.clocks.now()[0]), op=MPI.MAX)
+        for stream in self.clocks.free:
+            self.clocks.free[stream][:] = start
+
+    def _step_end(self) -> float:
+        """When the step ended: on this rank, or on the last rank to finish under pipeline stages."""
+        end = float(self.clocks.now()[0])
+        return self.mesh.comm.allreduce(end, op=MPI.MAX) if self.pipelined else end
+
+    def _last_stage_output(self, x: np.ndarray) -> np.ndarray:
+        """The last stage's output [B, H] on the first stage's ranks (the next step's input and
+        rank 0's record; a host transfer, not timed: the modeled step ends with the last stage)."""
+        n, stages, rank = self.layout.world_size // self.layout.pp, self.layout.pp, self.mesh.rank
+        if rank >= (stages - 1) * n:
+            self.mesh.comm.send(x, dest=rank % n, tag=_OUTPUT_TAG)
+        if rank < n:
+            x = self.mesh.comm.recv(source=(stages - 1) * n + rank, tag=_OUTPUT_TAG)
+        return x
+
     def _whole_routing(self) -> dict:
-        """The routing of every MoE layer for the whole batch, [T, B, k] (dp-ep: gathered)."""
-        routing = {}
-        for layer, per_step in self.routing_log.items():
+        """The routing of every MoE layer for the whole batch, [T, B, k] (dp-ep: gathered; pipeline
+        stages: each stage's layers, gathered on rank 0)."""
+        routing, log = {}, self.routing_log
+        if self.pipelined:  # a host-only gather: every rank of a stage routed its layers alike
+            parts = self.mesh.comm.gather(log, root=0) or [log]
+            log = {layer: steps for part in parts for layer, steps in part.items()}
+        for layer, per_step in log.items():
             experts = np.stack([self._whole_batch(e) for e, _ in per_step])
             weights = np.stack([self._whole_batch(w) for _, w in per_step])
             routing[layer] = (experts, weights)
@@ -195,19 +231,20 @@ class Emulator:
     def _layer(self, step: int, layer: int, x: np.ndarray, batch: StepBatch) -> np.ndarray:
         kv_lengths = self._held(layer) + batch.appends  # local tokens per request incl. the new one
         plan = layer_plan(self.model, self.layout, self.mesh.rank, layer, kv_lengths, self.timer.impl,
-                          self.run.hopb, self.run.a2a_chunk)
+                          self.run.hopb, self.run.a2a_chunk, self.run.layers)
         state = _LayerState(x=x.copy())
         return self._run_plan(step, layer, plan, state, batch).x
 
     def _run_plan(self, step: int, layer: int, plan: list, state, batch: StepBatch):
         """Execute a plan's ops (their data effect on `state`), charge each its modeled time."""
-        schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
+        schedule = self.schedule = LayerSchedule(self.clocks, self.clocks.now(), self._group_max)
         for index, op in enumerate(plan):
             host_start = time.perf_counter() - self.host_t0
             op = self._execute(op, state, layer, batch) or op
             host_end = time.perf_counter() - self.host_t0
             seconds, source = self.timer.op_timing(op)
-            start, end = schedule.place(index, op, np.array([seconds]))
+            not_before, self.not_before = self.not_before, None
+            start, end = schedule.place(index, op, np.array([seconds]), not_before)
             request = int(batch.ids[op.request]) if op.request >= 0 else -1
             self._record(step, layer, index, op, request, float(start[0]), float(end[0]), host_start, host_end,
                          source, len(batch.ids))
@@ -227,8 +264,8 @@ class Emulator:
         return self.caches[layer].lengths
 
     def _held_tokens(self) -> int:
-        """Local KV tokens of the whole batch in layer 0 (the trace's /kv_tokens)."""
-        return int(self.caches[0].lengths.sum())
+        """Local KV tokens of the whole batch in the rank's first layer (the trace's /kv_tokens)."""
+        return int(self.caches[self.layers_run.start].lengths.sum())
 
     def _store(self, layer: int, k: np.ndarray, v: np.ndarray | None, appends: np.ndarray) -> None:
         """Append the new tokens k, v [b, Kh, W] this rank owns (one position per step: all or none)."""
@@ -244,9 +281,7 @@ class Emulator:
     def _attention_kernel(self, q: np.ndarray, k: np.ndarray, v: np.ndarray | None,
                           lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """q [b, Qh, W], k, v [b, Kh, C, W], lengths [b] -> (out [b, Qh, D or L], lse [b, Qh])."""
-        if self.model.mla is None:
-            return kernels.partial_attention(q, k, v, lengths)
-        return mla_partial_attention(q, k, lengths, self.model.mla.kv_lora_rank)
+        return self.family.partial_attention(q, k, v, lengths, self.model)
 
     def _group_max(self, axes, ready: np.ndarray) -> np.ndarray:
         return np.array([group_max(self.mesh.group(axes), float(ready[0]))])
@@ -256,12 +291,7 @@ class Emulator:
         return getattr(self, "_op_" + op.name.value)(op, state, layer, batch)
 
     def _op_qkv(self, op, state, layer, batch):
-        w, model = self.weights[layer].attn, self.model
-        if model.mla is None:
-            state.q, k, v = project_qkv(state.x, w, batch.positions, model)
-        else:
-            state.q, latent = mla_project(state.x, w, batch.positions, model)
-            k, v = latent[:, None, :], None
+        state.q, k, v = self.family.project(state.x, self.weights[layer].attn, batch.positions, self.model)
         self._store(layer, k, v, batch.appends)
 
     def _op_attention(self, op, state, layer, batch):
@@ -287,17 +317,22 @@ class Emulator:
             received = np.concatenate(state.received, axis=1)  # [KVP, B, n, W+1]
             combined, _ = kernels.combine(np.ascontiguousarray(received[..., :-1]),
                                           np.ascontiguousarray(received[..., -1]))  # [B, n, W]
-        state.partial_sum = (project_output if self.model.mla is None else mla_output)(combined, w)
-        if self.data_parallel:  # whole heads on the rank: nothing to sum over ranks
+        state.partial_sum = self.family.output(combined, w)
+        self._add_if_residual(op, state)
+
+    @staticmethod
+    def _add_if_residual(op: Op, state: _LayerState) -> None:
+        """A compute op whose result is not summed over ranks adds it to the residual at once."""
+        if op.residual:
             state.x = state.x + state.partial_sum
 
     def _op_all_reduce_attn(self, op, state, layer, batch):
-        state.x = state.x + all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+        state.partial_sum = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+        self._add_if_residual(op, state)
 
     def _op_ffn(self, op, state, layer, batch):
         state.partial_sum = feed_forward(state.x, self.weights[layer].ffn, self.model)
-        if self.data_parallel:
-            state.x = state.x + state.partial_sum
+        self._add_if_residual(op, state)
 
     def _op_moe(self, op, state, layer, batch):
         w, moe = self.weights[layer].ffn, self.model.moe
@@ -305,7 +340,7 @@ class Emulator:
         experts, weights = state.routing = route(state.g, w.router, moe)
         if self.keep_rows:
             self.routing_log.setdefault(layer, []).append(state.routing)
-        if self.data_parallel:  # the shared expert now; routed experts after the dispatch
+        if not any(k.kind is KernelKind.MOE for k in op.kernels):  # routed experts after a dispatch
             state.partial_sum = swiglu_mlp(state.g, w.shared) if w.shared is not None else np.zeros_like(state.g)
             return None
         state.partial_sum = moe_forward(state.g, w, experts, weights)
@@ -320,14 +355,12 @@ class Emulator:
                                    hbm_bytes=total_bytes(kernels))
 
     def _op_all_reduce_ffn(self, op, state, layer, batch):
-        summed = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
-        if self.model.is_moe_layer(layer) and self.layout.ep > 1:
-            state.partial_sum = summed  # the EP group's sum, gathered next
-        else:
-            state.x = state.x + summed
+        state.partial_sum = all_reduce_sum(self.mesh.group(op.group), state.partial_sum)
+        self._add_if_residual(op, state)  # else the EP group's sum, gathered next
 
     def _op_all_gather_ep(self, op, state, layer, batch):
-        state.x = state.x + all_gather(self.mesh.group(op.group), state.partial_sum).sum(axis=0)
+        state.partial_sum = all_gather(self.mesh.group(op.group), state.partial_sum).sum(axis=0)
+        self._add_if_residual(op, state)
 
     def _op_all_to_all_dispatch(self, op, state, layer, batch):
         experts, weights = state.routing
@@ -353,6 +386,15 @@ class Emulator:
         state.dispatch = (out, *state.dispatch[1:])
         return self._with_routing(op, len(np.unique(ids)), len(ids))
 
+    def _op_stage_send(self, op, state, layer, batch):
+        """The activations, and when the send starts, to the same rank of the next stage."""
+        ready = float(self.schedule.ready(op)[0])
+        self.mesh.comm.send((state.x, ready), dest=op.peer, tag=_STAGE_TAG)
+
+    def _op_stage_recv(self, op, state, layer, batch):
+        """The previous stage's activations; the receive starts no earlier than their send."""
+        state.x, self.not_before = self.mesh.comm.recv(source=op.peer, tag=_STAGE_TAG)
+
     def _op_lm_head(self, op, state, layer, batch):
         """Time only (see `_tail`)."""
 
@@ -362,7 +404,7 @@ class Emulator:
         out, tokens, sent_counts, received_counts = state.dispatch
         returned, _ = all_to_all_rows(self.mesh.group(op.group), out, received_counts, sent_counts)
         np.add.at(state.partial_sum, tokens, returned)
-        state.x = state.x + state.partial_sum
+        self._add_if_residual(op, state)
 
     # --- events --------------------------------------------------------------------------
     def _record(self, step: int, layer: int, index: int, op: Op, request: int, start: float, end: float,
@@ -378,223 +420,3 @@ class Emulator:
         if sink is not None and gathered is not None:
             all_events = np.concatenate([e for e, _ in gathered])
             sink(step, all_events, np.array([h for _, h in gathered], dtype=np.int64))
-
-
-# --- trace-driven serving ---------------------------------------------------------------------------
-def request_input(model: ModelConfig, seed: int, request: int) -> np.ndarray:
-    """Input of layer 0 at a served request's first decode step [H], unit variance; keyed by the
-    request's row in its trace file, so it does not depend on the batch it joins."""
-    return synth.vector(seed, f"request{request}.x0", model.hidden_size, UNIT)
-
-
-def request_kv(model: ModelConfig, seed: int, request: int, layer: int, kv_heads: range, positions: np.ndarray,
-               key_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
-    """A served request's prompt KV (post-RoPE keys, values; MLA: the latent cache and None) at the
-    given KV heads and positions, [Kh, n, W] each, as a prefill pool would have computed it.
-
-    Element [h, p, d] of the request's virtual cache [K, S, W] is a pure function of (seed, request,
-    layer, p, h, d), position-major: it does not depend on the prompt length S."""
-    heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
-    h = np.asarray(kv_heads, dtype=np.int64)[:, None]
-    p = np.asarray(positions, dtype=np.int64)[None, :]
-    starts = ((p * heads + h) * width).reshape(-1)
-    shape = (len(kv_heads), p.shape[1], width)
-    name = f"request{request}.layer{layer}"
-    k = synth.rows(seed, name + ".k_init", starts, width, UNIT * key_scale).reshape(shape)
-    v = synth.rows(seed, name + ".v_init", starts, width, UNIT).reshape(shape) if model.mla is None else None
-    return k, v
-
-
-class SlotKVPool:
-    """The KV shards of the requests a rank serves: one slot per request holding, per layer,
-    k, v [Kh, C, W] (v None for MLA) and the tokens held. A leaving request's slot goes back to the
-    free list and the next request to join reuses it (no allocation once the pool is warm)."""
-
-    def __init__(self, layers: int, heads: int, width: int, capacity: int, with_values: bool,
-                 dtype: type = np.float32):
-        self.shape = (heads, max(capacity, 1), width)
-        self.layers, self.with_values, self.dtype = layers, with_values, dtype
-        self.k: list[list[np.ndarray]] = [[] for _ in range(layers)]  # [layer][slot] -> [Kh, C, W]
-        self.v: list[list[np.ndarray | None]] = [[] for _ in range(layers)]
-        self.lengths = np.zeros((layers, 0), dtype=np.int64)  # [layers, slots]
-        self.free: list[int] = []
-        self.taken = 0  # requests that have taken a slot so far
-
-    @property
-    def slots(self) -> int:
-        return self.lengths.shape[1]
-
-    def take(self, k_init: list[np.ndarray], v_init: list[np.ndarray | None]) -> int:
-        """A slot filled with one request's shard per layer, k_init[l], v_init[l] [Kh, n, W]."""
-        if not self.free:
-            for layer in range(self.layers):
-                self.k[layer].append(np.zeros(self.shape, dtype=self.dtype))
-                self.v[layer].append(np.zeros(self.shape, dtype=self.dtype) if self.with_values else None)
-            self.lengths = np.concatenate([self.lengths, np.zeros((self.layers, 1), dtype=np.int64)], axis=1)
-            self.free.append(self.slots - 1)
-        slot = self.free.pop()
-        for layer in range(self.layers):
-            held = k_init[layer].shape[1]
-            self.k[layer][slot][:, :held] = to_storage(k_init[layer], self.dtype)
-            if self.with_values:
-                self.v[layer][slot][:, :held] = to_storage(v_init[layer], self.dtype)
-            self.lengths[layer, slot] = held
-        self.taken += 1
-        return slot
-
-    def release(self, slot: int) -> None:
-        self.lengths[:, slot] = 0
-        self.free.append(slot)
-
-    def append(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray | None, mask: np.ndarray) -> None:
-        """Store the new token k, v [b, Kh, W] of the requests in `slots` [b] where mask [b] is set."""
-        k = to_storage(np.ascontiguousarray(k), self.dtype)
-        v = None if v is None else to_storage(np.ascontiguousarray(v), self.dtype)
-        for b in np.flatnonzero(mask):
-            slot, at = slots[b], self.lengths[layer, slots[b]]
-            self.k[layer][slot][:, at] = k[b]
-            if self.with_values:
-                self.v[layer][slot][:, at] = v[b]
-            self.lengths[layer, slot] = at + 1
-
-    def view(self, layer: int, slot: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """(k [1, Kh, C, W], v or None, lengths [1]) of one slot, as the attention kernel takes them."""
-        v = self.v[layer][slot]
-        return self.k[layer][slot][None], None if v is None else v[None], self.lengths[layer, slot:slot + 1]
-
-
-@dataclass
-class ServingResult:
-    """What a serving rank returns (outputs on rank 0 only, when kept)."""
-
-    inputs: dict  # request -> [T_r, H] input of layer 0 at each of its steps
-    outputs: dict  # request -> [T_r, H] output of the last layer at each of its steps
-    steps: int
-    host_seconds: float  # wall time of the serving loop on this machine
-    slots: int  # KV slots this rank allocated
-    requests_served: int  # requests that took a slot on this rank
-    kv_tokens_left: int  # KV tokens still held when the last request left (0: all freed)
-
-
-class ServingEmulator(Emulator):
-    """One rank's share of trace-driven decode serving (serving.py, module docstring).
-
-    Every rank runs the same Scheduler on the same clock, so all agree on each step's batch. A
-    request joining the batch gets a KV slot on every rank holding part of it, filled with its
-    synthetic prompt KV (the rank's round-robin positions and KV heads; under dp-ep the whole
-    request on its owner); it decodes one token per step at its own position (RoPE per request)
-    and its slots are freed when it leaves. Modeled time: each step starts on every rank at the
-    same emulated time (the max over ranks of the previous step's end); the serving clock
-    advances by the step's emulated time, each layer weighted to the full model
-    (serving.emulated_layer_weights).
-    """
-
-    def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
-                 scheduler: Scheduler, fail_at: tuple[int, int] | None = None):
-        self._setup(model, layout, run, topo, mesh, fail_at)
-        self.scheduler = scheduler
-        heads, width = (len(self.shard.kv_heads), model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
-        self.pool = SlotKVPool(run.layers, heads, width, scheduler.max_held(mesh.rank), model.mla is None,
-                               storage_dtype(run.storage))
-        self.slot_of: dict[int, int] = {}  # request -> slot
-        self.x: dict[int, np.ndarray] = {}  # request -> [H] input of layer 0 at its next step
-        self.slots = np.zeros(0, dtype=np.int64)  # [b] slots of the step's local requests
-        # full-model weight of each emulated layer [layers], then the tail's, charged once per step
-        self.layer_weight = np.concatenate([emulated_layer_weights(model, run.layers), [1.0]])
-
-    def serve(self, sink: StepSink | None = None, keep_outputs: bool = False) -> ServingResult:
-        sched, comm = self.scheduler, self.mesh.comm
-        kept: dict[int, list] = {}  # request -> [(input [H], output [H]) per step]
-        now, emulated, step = sched.first_arrival, 0.0, 0
-        comm.Barrier()
-        self.host_t0 = time.perf_counter()
-        while not sched.done:
-            if self.fail_at == (step, self.mesh.rank):
-                raise RuntimeError(f"injected failure at step {step} (--fail-at)")
-            start, requests = sched.next_step(now)
-            local = requests if not self.data_parallel else requests[sched.owner[requests] == self.mesh.rank]
-            batch = self._join(local)
-            x_in = np.array([self.x[r] for r in local], np.float32).reshape(len(local), self.model.hidden_size)
-            ends, x = self._step(step, x_in, batch, emulated)  # ends [layers + 1], x [b, H]
-            now = start + float(np.diff(np.concatenate([[emulated], ends])) @ self.layer_weight)
-            emulated = float(ends[-1])
-            if keep_outputs:
-                self._keep(kept, local, x_in, x)
-            self.x.update(zip(map(int, local), next_step_input(x, self.model)))
-            finished = sched.end_step(requests, start, now)
-            self._flush_step(step, sink)
-            self._leave(finished)
-            step += 1
-        host_seconds = time.perf_counter() - self.host_t0
-        inputs = {r: np.stack([i for i, _ in rows]) for r, rows in kept.items()}
-        outputs = {r: np.stack([o for _, o in rows]) for r, rows in kept.items()}
-        return ServingResult(inputs, outputs, step, host_seconds,
-                             self.pool.slots, self.pool.taken, int(self.pool.lengths.sum()))
-
-    def _join(self, local: np.ndarray) -> StepBatch:
-        """Slots for the local requests that join now; the step's positions and owned appends."""
-        sched, run = self.scheduler, self.run
-        for r in map(int, local):
-            if r not in self.slot_of:
-                index = int(sched.index[r])
-                held = self._positions_held(int(sched.input[r]))
-                kv = [request_kv(self.model, run.seed, index, layer, self.shard.kv_heads, held, run.key_scale)
-                      for layer in range(run.layers)]
-                self.slot_of[r] = self.pool.take([k for k, _ in kv], [v for _, v in kv])
-                self.x[r] = request_input(self.model, run.seed, index)
-        self.slots = np.array([self.slot_of[int(r)] for r in local], dtype=np.int64)
-        positions = sched.input[local] + sched.generated[local]  # [b] the new token's position
-        appends = kvp_owner(positions, run.tokens_per_block, self.layout.kvp) == self.kvp_rank
-        return StepBatch(local, positions, appends)
-
-    def _positions_held(self, prompt: int) -> np.ndarray:
-        """Prompt positions this rank holds: its round-robin blocks (the whole prompt under dp-ep)."""
-        return owned_positions(prompt, self.kvp_rank, self.layout.kvp, self.run.tokens_per_block)
-
-    def _step(self, step: int, x: np.ndarray, batch: StepBatch, start: float) -> tuple[np.ndarray, np.ndarray]:
-        """All emulated layers and the tail from the common start; returns (global end of each
-        [layers + 1], x)."""
-        for stream in self.clocks.free:
-            self.clocks.free[stream][:] = start
-        self.step_events, self.routing_log = [], {}
-        ends = np.empty(self.run.layers + 1)
-        for layer in range(self.run.layers):
-            x = self._layer(step, layer, x, batch)
-            ends[layer] = self.clocks.now()[0]
-        self._tail(step, batch)
-        ends[-1] = self.clocks.now()[0]  # the tail (LM head, sampling) ends the step
-        self.mesh.comm.Allreduce(MPI.IN_PLACE, ends, op=MPI.MAX)
-        return ends, x
-
-    def _keep(self, kept: dict, local: np.ndarray, x_in: np.ndarray, x_out: np.ndarray) -> None:
-        """Rank 0 keeps every request's input and output rows (dp-ep: gathered from the owners)."""
-        parts = [(local, x_in, x_out)] if self.mesh.rank == 0 else []
-        if self.data_parallel:  # a collective: every rank takes part
-            parts = self.mesh.comm.gather((local, x_in, x_out), root=0) or []
-        for ids, rows_in, rows_out in parts:
-            for r, row_in, row_out in zip(ids, rows_in, rows_out):
-                kept.setdefault(int(r), []).append((row_in, row_out))
-
-    def _leave(self, finished: np.ndarray) -> None:
-        for r in map(int, finished):
-            if r in self.slot_of:
-                self.pool.release(self.slot_of.pop(r))
-                del self.x[r]
-
-    # --- the KV cache of the batch: slots --------------------------------------------------------
-    def _held(self, layer: int) -> np.ndarray:
-        return self.pool.lengths[layer, self.slots]
-
-    def _held_tokens(self) -> int:
-        return int(self.pool.lengths[0, self.slots].sum())
-
-    def _store(self, layer: int, k: np.ndarray, v: np.ndarray | None, appends: np.ndarray) -> None:
-        self.pool.append(layer, self.slots, k, v, appends)
-
-    def _attend(self, layer: int, q: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        rows = range(len(q))[rows]
-        parts = [self._attention_kernel(q[b:b + 1], *self.pool.view(layer, self.slots[b])) for b in rows]
-        if not parts:  # a dp-ep rank with no request this step
-            width = self.model.head_dim if self.model.mla is None else self.model.mla.kv_lora_rank
-            return np.zeros((0, q.shape[1], width), np.float32), np.zeros((0, q.shape[1]), np.float32)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

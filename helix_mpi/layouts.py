@@ -37,14 +37,20 @@ def layout_text(layout: Layout) -> str:
 
 
 def _series(strategy: Strategy, hopb: bool) -> str | None:
-    from .sweep import HELIX, HELIX_NO_HOPB, KVP
+    """The sweep series whose layouts are chosen among: the strategies with more than one layout
+    per GPU count (`StrategyRules.overlaps` tells Helix's two series apart)."""
+    from .strategies import rules_of
+    from .sweep import HELIX_NO_HOPB
 
-    return {Strategy.HELIX: HELIX if hopb else HELIX_NO_HOPB, Strategy.KVP: KVP}.get(strategy)
+    rules = rules_of(strategy)
+    if not rules.layout_choices:
+        return None
+    return HELIX_NO_HOPB if rules.overlaps and not hopb else strategy.value
 
 
 def choose_layout(model: ModelConfig, gpus: int, strategy: Strategy | str, batch: int, context: int,
                   topo: Topology, impl: Implementation = Implementation(), hopb: bool = True, a2a_chunk: int = 0,
-                  tokens_per_block: int = 16, basis: str | None = None) -> LayoutChoice:
+                  tokens_per_block: int = 16, basis: str | None = None, pp: int | None = None) -> LayoutChoice:
     """The fastest valid layout (module docstring). `basis` describes the batch and context in the
     reason (default: 'batch B, context S')."""
     from .sweep import Candidate, SweepSpec, WhatIf, _layouts, _valid, candidate_ttl, peak_memory, shard_classes
@@ -53,7 +59,7 @@ def choose_layout(model: ModelConfig, gpus: int, strategy: Strategy | str, batch
     series = _series(strategy, hopb)
     layouts = [] if series is None else [lay for lay, _ in _layouts(series, model, gpus) if _valid(model, lay)]
     if len(layouts) <= 1:
-        layout = layouts[0] if layouts else make_layout(model, gpus, None, None, strategy)
+        layout = layouts[0] if layouts else make_layout(model, gpus, None, None, strategy, pp=pp)
         why = "the only valid layout" if layouts or series is None else (
             f"as no layout with KVP >= 2 is valid on {gpus} GPU{'s' if gpus > 1 else ''}: the fallback layout")
         return LayoutChoice(layout, f"{layout_text(layout)}, {why} of {strategy.value}")
@@ -85,13 +91,14 @@ def choose_layout(model: ModelConfig, gpus: int, strategy: Strategy | str, batch
 def resolve_layout(model: ModelConfig, gpus: int, kvp: int | None, tpa: int | None, ep: int | None,
                    strategy: Strategy | str, batch: int, context: int, topo: Topology,
                    impl: Implementation = Implementation(), hopb: bool = True, a2a_chunk: int = 0,
-                   tokens_per_block: int = 16, basis: str | None = None) -> tuple[Layout, LayoutChoice | None]:
+                   tokens_per_block: int = 16, basis: str | None = None,
+                   pp: int | None = None) -> tuple[Layout, LayoutChoice | None]:
     """(layout, the choice when no layout flag was given): the flags as `make_layout` completes
-    them, else `choose_layout`."""
-    if kvp is not None or tpa is not None or ep is not None:
-        return make_layout(model, gpus, kvp, tpa, strategy, ep), None
+    them, else `choose_layout` (`pp`: the pipeline stages of --strategy pp)."""
+    if kvp is not None or tpa is not None or ep is not None or pp is not None:
+        return make_layout(model, gpus, kvp, tpa, strategy, ep, pp), None
     if gpus < 1:
         raise ConfigError(f"--gpus must be >= 1, got {gpus}")
     choice = choose_layout(model, gpus, strategy, batch, context, topo, impl, hopb, a2a_chunk, tokens_per_block,
-                           basis)
+                           basis, pp)
     return choice.layout, choice

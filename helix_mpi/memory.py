@@ -9,29 +9,26 @@ from typing import Any
 
 import numpy as np
 
-from .axes import Axis
-from .config import PRECISION_BYTES, Layout, ModelConfig, Strategy
-from .kvcache import tokens_held
-from .mesh import coordinates
-from .plan import dp_requests, ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
+from .config import PRECISION_BYTES, Layout, ModelConfig
+from .plan import ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
 from .sharding import rank_shard
+from .strategies import rules_for
 from .topology import Topology
 
 
 def rank_memory(model: ModelConfig, layout: Layout, rank: int, batch: int, tokens: int,
                 precision: str, tokens_per_block: int = 1, kv_precision: str | None = None) -> dict[str, float]:
     """Weights (at `precision`) and KV bytes (at `kv_precision`, default the same) on one rank when
-    every request holds `tokens` tokens."""
+    every request holds `tokens` tokens, over the model's layers the rank runs (all, or its
+    pipeline stage's)."""
     shard, wb = rank_shard(model, layout, rank), PRECISION_BYTES[precision]
     kvb = PRECISION_BYTES[kv_precision or precision]
+    rules = rules_for(layout)
+    layers = rules.rank_layers(layout, rank, model.num_layers)
     attention = qkv_weight_elements(model, shard) + out_weight_elements(model, shard)
-    weights = sum(attention + ffn_weight_elements(model, shard, layer) for layer in range(model.num_layers))
-    if layout.strategy is Strategy.DP_EP:
-        requests, held = len(dp_requests(batch, layout.world_size, rank)), tokens
-    else:
-        requests = batch
-        held = int(tokens_held(tokens, layout.kvp, tokens_per_block)[coordinates(layout, rank)[Axis.KVP]])
-    kv = requests * held * kv_elements_per_token(model, shard) * model.num_layers
+    weights = sum(attention + ffn_weight_elements(model, shard, layer) for layer in layers)
+    requests, held = len(rules.requests(batch, layout, rank)), rules.kv_tokens(tokens, layout, rank, tokens_per_block)
+    kv = requests * held * kv_elements_per_token(model, shard) * len(layers)
     return {"rank": rank, "weights_bytes": weights * wb, "kv_bytes": kv * kvb}
 
 

@@ -15,8 +15,20 @@ from .axes import ATTENTION_AXES, FFN_AXES, Axis
 from .config import Layout
 
 
+def stage_ranks(layout: Layout) -> int:
+    """Ranks of one pipeline stage (all of them without stages)."""
+    return layout.world_size // layout.pp
+
+
+def stage_of(layout: Layout, rank: int) -> int:
+    """Pipeline stage of a world rank: stages are blocks of consecutive ranks."""
+    return rank // stage_ranks(layout) if layout.pp > 1 else 0
+
+
 def coordinates(layout: Layout, rank: int) -> dict[Axis, int]:
-    """Mesh coordinates of a world rank on every axis."""
+    """Mesh coordinates of a world rank on every axis (within its pipeline stage)."""
+    if layout.pp > 1:
+        rank %= stage_ranks(layout)
     return {
         Axis.KVP: rank % layout.kvp,
         Axis.TPA: rank // layout.kvp,
@@ -50,11 +62,16 @@ def group_stride(layout: Layout, axes: tuple[Axis, ...]) -> int:
     return stride
 
 
+def stage_crosses(stage: int, stage_ranks: int, domain_size: int) -> bool:
+    """Whether the send into pipeline stage `stage` (>= 1) leaves an NVLink domain: stages of
+    `stage_ranks` consecutive ranks, domains of `domain_size`; it does when the stage's first rank,
+    stage * stage_ranks, opens a new domain."""
+    return (stage * stage_ranks) % domain_size == 0
+
+
 def stage_crossings(stages: int, stage_ranks: int, domain_size: int) -> int:
-    """Stage-to-stage sends that leave an NVLink domain: pipeline stages of `stage_ranks`
-    consecutive ranks, domains of `domain_size`; the send into stage j (j >= 1) crosses when its
-    first rank, j * stage_ranks, opens a new domain."""
-    return sum(1 for j in range(1, stages) if (j * stage_ranks) % domain_size == 0)
+    """Stage-to-stage sends of one step that leave an NVLink domain (`stage_crosses`)."""
+    return sum(1 for j in range(1, stages) if stage_crosses(j, stage_ranks, domain_size))
 
 
 def _phase_axes(axes: tuple[Axis, ...]) -> tuple[Axis, ...]:
@@ -68,7 +85,7 @@ def _phase_axes(axes: tuple[Axis, ...]) -> tuple[Axis, ...]:
 def group_color(layout: Layout, rank: int, axes: tuple[Axis, ...]) -> int:
     """Ranks with the same color share the group over `axes` (same coords on the other axes)."""
     coords = coordinates(layout, rank)
-    color = 0
+    color = stage_of(layout, rank)  # groups never span pipeline stages
     for axis in _phase_axes(axes):
         if axis not in axes:
             color = color * axis_size(layout, axis) + coords[axis]

@@ -15,13 +15,14 @@ from enum import Enum
 
 import numpy as np
 
-from .axes import ATTENTION_AXES, FFN_AXES, Axis, Stream, group_name
-from .config import Implementation, Layout, ModelConfig, Strategy
+from .axes import ATTENTION_AXES, Axis, Stream, group_name
+from .config import Implementation, Layout, ModelConfig
 from .costmodel import Collective
-from .gpuops import (ACTIVATION_BYTES, LSE_BYTES, Attention, Elementwise, Gemm, MlaAttention, MoeExperts,
-                     expected_hits, total_bytes, total_flops)
+from .families import family, weight_gemm
+from .gpuops import ACTIVATION_BYTES, LSE_BYTES, Elementwise, Gemm, MoeExperts, expected_hits, total_bytes, total_flops
 from .mesh import group_size, group_stride
 from .sharding import RankShard, even_splits, rank_shard
+from .strategies import rules_for
 
 
 class OpName(str, Enum):
@@ -40,6 +41,8 @@ class OpName(str, Enum):
     LM_HEAD = "lm_head"  # tail: final RMSNorm + the rank's vocabulary rows of the LM head
     LOGITS_GATHER = "logits_gather"  # tail: the vocabulary shards' logits gathered
     SAMPLING = "sampling"  # tail: softmax / top-k sampling of the next token + its embedding row
+    STAGE_RECV = "stage_recv"  # pp: the activations [B, H] from the previous stage (before its first layer)
+    STAGE_SEND = "stage_send"  # pp: the activations [B, H] to the next stage (after its last layer)
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,22 @@ class Op:
     group_size: int = 1
     group_stride: int = 1  # rank distance between the group's members (mesh.group_stride): its placement
     nbytes: float = 0.0  # nccl-tests "size" of the collective (per-rank buffer)
+    # data semantics: the op's result is added to the residual stream; otherwise it is this rank's
+    # term of a sum that a later op of the plan completes (an all-reduce, or the EP all-gather)
+    residual: bool = False
+    # a point-to-point send between pipeline stages: the world rank at the other end, the stage
+    # the activations enter (>= 1) and the ranks per stage (what places the send on the fabric)
+    peer: int = -1
+    into_stage: int = 0
+    stage_ranks: int = 0
 
     @property
     def is_collective(self) -> bool:
         return self.collective is not None
+
+    @property
+    def is_stage_transfer(self) -> bool:
+        return self.peer >= 0
 
 
 def compute_op(name: OpName, kernels, deps: tuple[int, ...] = (), **fields) -> Op:
@@ -89,15 +104,10 @@ def request_chunks(batch: int, a2a_chunk: int) -> list[range]:
     return [range(start, min(start + size, batch)) for start in range(0, batch, max(size, 1))]
 
 
-def _collective(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis, ...], nbytes: float,
-                deps: tuple[int, ...]) -> Op:
+def collective_op(name: OpName, kind: Collective, layout: Layout, axes: tuple[Axis, ...], nbytes: float,
+                deps: tuple[int, ...], residual: bool = False) -> Op:
     return Op(name, Stream.COMM, deps=deps, collective=kind, group=axes, group_size=group_size(layout, axes),
-              group_stride=group_stride(layout, axes), nbytes=nbytes)
-
-
-def _gemm(m, n, k, dtype: str, impl: Implementation) -> Gemm:
-    """A weight GEMM at `dtype`; its FP8/FP4 input is quantised by its producer under TensorRT-LLM."""
-    return Gemm(m, n, k, dtype, fused_quant=impl.fused_norm and dtype != "bf16")
+              group_stride=group_stride(layout, axes), nbytes=nbytes, residual=residual)
 
 
 def gemm_dtype(model: ModelConfig, impl: Implementation) -> str:
@@ -105,7 +115,7 @@ def gemm_dtype(model: ModelConfig, impl: Implementation) -> str:
     return impl.precision
 
 
-def _norm(batch: int, width: int) -> Elementwise:
+def norm_kernel(batch: int, width: int) -> Elementwise:
     """RMSNorm of [batch, width] activations (read, write) with its weight vector."""
     return Elementwise((2 * batch + 1) * width * ACTIVATION_BYTES)
 
@@ -113,33 +123,23 @@ def _norm(batch: int, width: int) -> Elementwise:
 def _input_norm(batch: int, H: int, impl: Implementation, reduced_before: bool) -> list:
     """The residual add + RMSNorm before an attention or FFN block; none when it runs inside the
     preceding all-reduce (TensorRT-LLM's fusion, when that all-reduce has more than one member)."""
-    return [] if impl.fused_norm and reduced_before else [_norm(batch, H)]
+    return [] if impl.fused_norm and reduced_before else [norm_kernel(batch, H)]
 
 
 # --- weights held (memory and GEMM shapes) -------------------------------------------------------
 def qkv_weight_elements(model: ModelConfig, shard: RankShard) -> int:
-    """Weights read by the QKV op: W_Q/W_K/W_V columns, or MLA's down/up projections and W_UK."""
-    H, q_heads = model.hidden_size, len(shard.q_heads)
-    if model.mla is None:
-        return H * (q_heads + 2 * len(shard.kv_heads)) * model.head_dim
-    m = model.mla
-    q_in = m.q_lora_rank or H
-    return (H * m.q_lora_rank + q_in * q_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)
-            + H * m.cache_dim + q_heads * m.qk_nope_head_dim * m.kv_lora_rank)
+    """Weights read by the QKV op (the attention family's projections of the rank's heads)."""
+    return family(model).qkv_weight_elements(model, shard)
 
 
 def out_weight_elements(model: ModelConfig, shard: RankShard) -> int:
-    """Weights read after the combine: W_O rows (MLA: also W_UV) of the heads the rank combines."""
-    H, n = model.hidden_size, len(shard.combine_heads)
-    if model.mla is None:
-        return n * model.head_dim * H
-    m = model.mla
-    return n * m.kv_lora_rank * m.v_head_dim + n * m.v_head_dim * H
+    """Weights read after the combine: the output projection rows of the heads the rank combines."""
+    return family(model).out_weight_elements(model, shard)
 
 
 def kv_elements_per_token(model: ModelConfig, shard: RankShard) -> int:
     """Cached elements per token per layer on a rank: K and V of its KV heads, or MLA's latent."""
-    return 2 * len(shard.kv_heads) * model.head_dim if model.mla is None else model.mla.cache_dim
+    return family(model).elements_per_token(model, shard)
 
 
 def ffn_weight_elements(model: ModelConfig, shard: RankShard, layer: int) -> int:
@@ -153,46 +153,30 @@ def ffn_weight_elements(model: ModelConfig, shard: RankShard, layer: int) -> int
 
 # --- attention ---------------------------------------------------------------------------------
 def qkv_kernels(model: ModelConfig, shard: RankShard, batch: int, impl: Implementation, reduced_before: bool) -> list:
-    """Input norm and projections. GQA: one fused W_Q|W_K|W_V GEMM. MLA (absorbed decode): the fused
-    down-projections [q_a | kv_a], their norms, W_q_b, and W_UK applied per head (a batched GEMM,
-    timed as one GEMM with the same FLOPs and bytes)."""
-    H, qh, wdt = model.hidden_size, len(shard.q_heads), gemm_dtype(model, impl)
-    kernels = _input_norm(batch, H, impl, reduced_before)
-    if model.mla is None:
-        return kernels + [_gemm(batch, (qh + 2 * len(shard.kv_heads)) * model.head_dim, H, wdt, impl)]
-    m = model.mla
-    q_in = m.q_lora_rank or H
-    kernels.append(_gemm(batch, m.q_lora_rank + m.cache_dim, H, wdt, impl))
-    kernels.append(Elementwise(2 * batch * (m.q_lora_rank + m.kv_lora_rank) * ACTIVATION_BYTES))
-    kernels.append(_gemm(batch, qh * (m.qk_nope_head_dim + m.qk_rope_head_dim), q_in, wdt, impl))
-    kernels.append(_gemm(batch, qh * m.kv_lora_rank, m.qk_nope_head_dim, wdt, impl))
-    return kernels
+    """Input norm and the attention family's projections (GQA: one fused W_Q|W_K|W_V GEMM; MLA:
+    down-projections, their norms, W_q_b and the absorbed W_UK)."""
+    kernels = _input_norm(batch, model.hidden_size, impl, reduced_before)
+    return kernels + family(model).projection_kernels(model, shard, batch, gemm_dtype(model, impl), impl)
 
 
 def attention_kernel(model: ModelConfig, shard: RankShard, batch: int, tokens: float, impl: Implementation):
     """Decode attention of `batch` requests of `tokens` local KV tokens each (their mean)."""
-    if model.mla is None:
-        return Attention(batch, len(shard.q_heads), len(shard.kv_heads), model.head_dim, tokens, impl.kv_precision)
-    m = model.mla
-    return MlaAttention(batch, len(shard.q_heads), tokens, m.kv_lora_rank, m.qk_rope_head_dim, impl.kv_precision)
+    return family(model).attention_kernel(model, shard, batch, tokens, impl)
 
 
 def partial_width(model: ModelConfig) -> int:
     """Per-head width of an exchanged partial output: D (GQA) or the latent L (MLA)."""
-    return model.head_dim if model.mla is None else model.mla.kv_lora_rank
+    return family(model).partial_width(model)
 
 
 def out_kernels(model: ModelConfig, shard: RankShard, batch: int, kvp: int, impl: Implementation) -> list:
     """LSE combine of the KVP partials (when exchanged), then (W_UV and) the W_O rows of the heads."""
-    H, n, wdt, width = model.hidden_size, len(shard.combine_heads), gemm_dtype(model, impl), partial_width(model)
+    n, wdt, width = len(shard.combine_heads), gemm_dtype(model, impl), partial_width(model)
     kernels = []
     if kvp > 1:
         exchanged = kvp * batch * n * (width * ACTIVATION_BYTES + LSE_BYTES)
         kernels.append(Elementwise(exchanged + batch * n * width * ACTIVATION_BYTES, flops=4.0 * kvp * batch * n * width))
-    if model.mla is None:
-        return kernels + [_gemm(batch, H, n * model.head_dim, wdt, impl)]
-    v = model.mla.v_head_dim
-    return kernels + [_gemm(batch, n * v, model.mla.kv_lora_rank, wdt, impl), _gemm(batch, H, n * v, wdt, impl)]
+    return kernels + family(model).output_kernels(model, shard, batch, wdt, impl)
 
 
 def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengths: np.ndarray,
@@ -214,7 +198,7 @@ def attention_ops(model: ModelConfig, layout: Layout, shard: RankShard, kv_lengt
         deps = () if hopb or k == 0 else (all_to_all_index(k - 1),)  # qkv precedes on the stream
         ops.append(compute_op(OpName.ATTENTION, [attention_kernel(model, shard, len(chunk), mean, impl)], deps,
                               request=chunk.start, requests=len(chunk)))
-        a2a = _collective(OpName.ALL_TO_ALL, Collective.ALL_TO_ALL, layout, (Axis.KVP,), len(chunk) * partial_bytes,
+        a2a = collective_op(OpName.ALL_TO_ALL, Collective.ALL_TO_ALL, layout, (Axis.KVP,), len(chunk) * partial_bytes,
                           (attention_index(k),))
         ops.append(dataclasses.replace(a2a, request=chunk.start, requests=len(chunk)))
     # earlier all-to-alls precede the last one on the comm stream
@@ -233,8 +217,8 @@ def expected_moe_load(model: ModelConfig, experts_held: int, tokens) -> tuple:
 
 def swiglu_kernels(batch: int, H: int, width: int, wdt: str, impl: Implementation) -> list:
     """gate|up GEMM, SiLU(gate) * up, down GEMM over a `width` shard."""
-    return [_gemm(batch, 2 * width, H, wdt, impl), Elementwise(3 * batch * width * ACTIVATION_BYTES),
-            _gemm(batch, H, width, wdt, impl)] if width else []
+    return [weight_gemm(batch, 2 * width, H, wdt, impl), Elementwise(3 * batch * width * ACTIVATION_BYTES),
+            weight_gemm(batch, H, width, wdt, impl)] if width else []
 
 
 def moe_experts_kernel(model: ModelConfig, shard: RankShard, layout: Layout, tokens, hit, pairs,
@@ -256,8 +240,13 @@ def moe_kernels(model: ModelConfig, shard: RankShard, layout: Layout, tokens: in
 
 
 def ffn_group(layout: Layout) -> tuple[Axis, ...]:
-    """Ranks that sum their FFN shards: all N (Helix, TP), the TPA ranks (KVP-only)."""
-    return (Axis.TPA,) if layout.strategy is Strategy.KVP else FFN_AXES
+    """Ranks that sum their dense FFN shards (the layout's strategy says: all N, or the TPA ranks)."""
+    return rules_for(layout).ffn_axes(layout)
+
+
+def expert_tp_group(layout: Layout) -> tuple[Axis, ...]:
+    """Ranks that sum their shards of the same experts (TPF, or the TPA ranks under KVP-only)."""
+    return rules_for(layout).expert_tp_axes(layout)
 
 
 def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, batch: int, impl: Implementation,
@@ -267,32 +256,41 @@ def ffn_ops(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, ba
     if not model.is_moe_layer(layer):
         kernels = _input_norm(batch, H, impl, reduced) + swiglu_kernels(batch, H, len(shard.ffn_cols), gemm_dtype(model, impl), impl)
         ops = [compute_op(OpName.FFN, kernels, (first - 1,))]
-        return ops + [_collective(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, ffn_group(layout),
-                                  batch * H * ACTIVATION_BYTES, (first,))]
+        return ops + [collective_op(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, ffn_group(layout),
+                                  batch * H * ACTIVATION_BYTES, (first,), residual=True)]
     hit, pairs = expected_moe_load(model, len(shard.experts), batch)
     ops = [compute_op(OpName.MOE, moe_kernels(model, shard, layout, batch, hit, pairs, impl, reduced), (first - 1,))]
-    tp_axes = (Axis.TPA,) if layout.strategy is Strategy.KVP else (Axis.TPF,)
-    ops.append(_collective(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, tp_axes,
-                           batch * H * ACTIVATION_BYTES, (first,)))
+    # with EP groups, the TP sum is the group's term of the sum the EP all-gather completes
+    ops.append(collective_op(OpName.ALL_REDUCE_FFN, Collective.ALL_REDUCE, layout, expert_tp_group(layout),
+                           batch * H * ACTIVATION_BYTES, (first,), residual=layout.ep == 1))
     if layout.ep > 1:
-        ops.append(_collective(OpName.ALL_GATHER_EP, Collective.ALL_GATHER, layout, (Axis.EP,),
-                               layout.ep * batch * H * ACTIVATION_BYTES, (first + 1,)))
+        ops.append(collective_op(OpName.ALL_GATHER_EP, Collective.ALL_GATHER, layout, (Axis.EP,),
+                               layout.ep * batch * H * ACTIVATION_BYTES, (first + 1,), residual=True))
     return ops
 
 
 # --- whole layer -------------------------------------------------------------------------------
 def layer_plan(model: ModelConfig, layout: Layout, rank: int, layer: int, kv_lengths: np.ndarray,
-               impl: Implementation, hopb: bool, a2a_chunk: int = 0) -> list[Op]:
+               impl: Implementation, hopb: bool, a2a_chunk: int = 0, layers: int | None = None) -> list[Op]:
     """Ops of one layer on `rank`; kv_lengths [B] are its local tokens per request incl. the new one
-    (under dp-ep: of the requests it owns)."""
+    (under dp-ep: of the requests it owns). `layers`: the layers a step runs (default: the model's),
+    which pipeline stages split; a rank runs no op of a layer outside its stage."""
     shard = rank_shard(model, layout, rank)
-    if layout.strategy is Strategy.DP_EP:
-        return _dp_ep_plan(model, layout, shard, layer, kv_lengths, impl)
-    hopb = hopb and layout.strategy is Strategy.HELIX  # the baselines expose their communication
-    ops = attention_ops(model, layout, shard, kv_lengths, impl, hopb, a2a_chunk, ends_reduced(model, layout, layer))
-    ops.append(_collective(OpName.ALL_REDUCE_ATTN, Collective.ALL_REDUCE, layout, ATTENTION_AXES,
-                           len(kv_lengths) * model.hidden_size * ACTIVATION_BYTES, (len(ops) - 1,)))
-    return ops + ffn_ops(model, layout, shard, layer, len(kv_lengths), impl, len(ops))
+    return rules_for(layout).layer_plan(model, layout, rank, shard, layer, kv_lengths, impl, hopb, a2a_chunk,
+                                        model.num_layers if layers is None else layers)
+
+
+def stage_transfer(name: OpName, layout: Layout, peer: int, into_stage: int, batch: int, hidden: int,
+                   deps: tuple[int, ...] = ()) -> Op:
+    """The activations [batch, hidden] at the activation dtype sent to (or received from) `peer`."""
+    return Op(name, Stream.COMM, deps=deps, nbytes=float(batch * hidden * ACTIVATION_BYTES), peer=peer,
+              into_stage=into_stage, stage_ranks=layout.world_size // layout.pp)
+
+
+def attention_all_reduce(model: ModelConfig, layout: Layout, batch: int, after: int) -> Op:
+    """The sum of the output projection over the attention ranks, after op `after`."""
+    return collective_op(OpName.ALL_REDUCE_ATTN, Collective.ALL_REDUCE, layout, ATTENTION_AXES,
+                       batch * model.hidden_size * ACTIVATION_BYTES, (after,), residual=True)
 
 
 def ends_reduced(model: ModelConfig, layout: Layout, layer: int) -> bool:
@@ -301,58 +299,41 @@ def ends_reduced(model: ModelConfig, layout: Layout, layer: int) -> bool:
     Decided per kind of layer, so every layer of a kind has the same plan (the first layer's and
     the first MoE layer's one unfused norm per step are not charged)."""
     if model.is_moe_layer(layer):
-        return layout.ep == 1 and group_size(layout, (Axis.TPA,) if layout.strategy is Strategy.KVP else (Axis.TPF,)) > 1
+        return layout.ep == 1 and group_size(layout, expert_tp_group(layout)) > 1
     return group_size(layout, ffn_group(layout)) > 1
 
 
-def _dp_ep_plan(model: ModelConfig, layout: Layout, shard: RankShard, layer: int, kv_lengths: np.ndarray,
-                impl: Implementation) -> list[Op]:
-    """Data-parallel attention over the rank's own requests, then expert parallelism over N. Nothing
-    is all-reduced: every norm is a kernel of its own."""
-    batch, H = len(kv_lengths), model.hidden_size
-    ops = attention_ops(model, layout, shard, kv_lengths, impl, hopb=False)
-    if not model.is_moe_layer(layer):  # dense layers replicated: each rank its own tokens
-        kernels = [_norm(batch, H)] + swiglu_kernels(batch, H, len(shard.ffn_cols), gemm_dtype(model, impl), impl)
-        return ops + [compute_op(OpName.FFN, kernels)]
-    moe = model.moe
-    kernels = [_norm(batch, H), Gemm(batch, moe.n_routed_experts, H, "bf16")]
-    ops.append(compute_op(OpName.MOE, kernels + swiglu_kernels(batch, H, len(shard.shared_cols), gemm_dtype(model, impl), impl)))
-    send = batch * moe.experts_per_token * H * ACTIVATION_BYTES  # each token to the ranks of its k experts
-    ops.append(_collective(OpName.DISPATCH, Collective.ALL_TO_ALL, layout, FFN_AXES, send, (len(ops) - 1,)))
-    # the expected load of the held experts, from every rank's tokens (batch is per rank)
-    tokens = batch * layout.world_size
-    hit, pairs = expected_moe_load(model, len(shard.experts), tokens)
-    ops.append(compute_op(OpName.EXPERTS, [moe_experts_kernel(model, shard, layout, tokens, hit, pairs, impl)],
-                          (len(ops) - 1,)))
-    ops.append(_collective(OpName.COMBINE, Collective.ALL_TO_ALL, layout, FFN_AXES, send, (len(ops) - 1,)))
-    return ops
-
-
 def dp_requests(batch: int, world: int, rank: int) -> range:
-    """Requests a dp-ep rank owns (even split, first ranks take the remainder)."""
+    """Requests a data-parallel rank owns (even split, first ranks take the remainder)."""
     bounds = even_splits(batch, world)
     return range(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def rank_requests(layout: Layout, batch: int, rank: int) -> range:
+    """Requests of the batch that `rank` decodes under the layout's strategy."""
+    return rules_for(layout).requests(batch, layout, rank)
 
 
 # --- the tail of a step: LM head and sampling ----------------------------------------------------
 def vocab_group(layout: Layout) -> tuple[Axis, ...]:
     """Ranks sharing the LM head's vocabulary rows: all N (dp-ep: none, each rank its own requests)."""
-    return () if layout.strategy is Strategy.DP_EP else ATTENTION_AXES
+    return rules_for(layout).vocab_axes(layout)
 
 
 def tail_plan(model: ModelConfig, layout: Layout, rank: int, batch: int, impl: Implementation) -> list[Op]:
-    """Once per step after the last layer: final RMSNorm, the rank's V / n vocabulary rows of the LM
+    """Once per step after the last layer, on the ranks that run it (`StrategyRules.runs_tail`):
+    final RMSNorm, the rank's V / n vocabulary rows of the LM
     head (bf16: checkpoints keep it unquantised), the logits gathered over those n ranks (fp32),
     then sampling of the next token and its embedding row. Empty when the model has no vocabulary."""
-    if not model.vocab_size:
+    if not model.vocab_size or not rules_for(layout).runs_tail(layout, rank):
         return []
     H, V = model.hidden_size, model.vocab_size
     group = vocab_group(layout)
     n = group_size(layout, group)
     rows = -(-V // n)  # the largest shard (shards differ by at most one row)
-    ops = [compute_op(OpName.LM_HEAD, [_norm(batch, H), Gemm(batch, rows, H, "bf16")])]
+    ops = [compute_op(OpName.LM_HEAD, [norm_kernel(batch, H), Gemm(batch, rows, H, "bf16")])]
     if n > 1:
-        ops.append(_collective(OpName.LOGITS_GATHER, Collective.ALL_GATHER, layout, group, batch * V * LSE_BYTES, (0,)))
+        ops.append(collective_op(OpName.LOGITS_GATHER, Collective.ALL_GATHER, layout, group, batch * V * LSE_BYTES, (0,)))
     sampling = Elementwise(2 * batch * V * LSE_BYTES + batch * H * ACTIVATION_BYTES, count=2)  # softmax + top-k, embed
     return ops + [compute_op(OpName.SAMPLING, [sampling], (len(ops) - 1,))]
 
@@ -380,4 +361,4 @@ def op_collective_fields(op: Op) -> tuple[str, str, int, float]:
     """(collective, group, group_size, bytes) as stored in traces; bytes are HBM bytes for compute."""
     if op.is_collective:
         return op.collective.value, group_name(op.group), op.group_size, op.nbytes
-    return "", "", 1, op.hbm_bytes
+    return "", "", 1, op.nbytes if op.is_stage_transfer else op.hbm_bytes

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig, RunConfig
+from .families import family
 from .kvcache import initial_kv, round_to_storage
 from .sharding import (DenseFFNWeights, GQAWeights, LayerWeights, MLAWeights, MoEWeights, SwiGLUWeights,
                        full_layer_weights, initial_input, rounded_weights)
@@ -27,9 +28,10 @@ def reference_tensors(model: ModelConfig, run: RunConfig) -> ReferenceTensors:
     """The run's unsharded tensors, holding exactly the values its ranks store (--storage)."""
     weights = [rounded_weights(full_layer_weights(model, run.seed, layer), run.storage) for layer in range(run.layers)]
     positions = np.arange(run.context, dtype=np.int64)
-    heads, width = (model.num_kv_heads, model.head_dim) if model.mla is None else (1, model.mla.cache_dim)
+    fam = family(model)
+    heads, width = fam.cache_heads(model), fam.cache_width(model)
     caches = [initial_kv(run.seed, layer, range(run.batch), heads, run.context, width, range(heads), positions,
-                         run.key_scale, with_values=model.mla is None) for layer in range(run.layers)]
+                         run.key_scale, with_values=fam.with_values) for layer in range(run.layers)]
     return ReferenceTensors(weights, [round_to_storage(k, run.storage) for k, _ in caches],
                             [None if v is None else round_to_storage(v, run.storage) for _, v in caches],
                             initial_input(model, run.seed, run.batch))
@@ -66,7 +68,7 @@ def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def _gqa(x: np.ndarray, w: GQAWeights, k_cache: np.ndarray, v_cache: np.ndarray, position: int,
+def gqa_attention(x: np.ndarray, w: GQAWeights, k_cache: np.ndarray, v_cache: np.ndarray, position: int,
          model: ModelConfig, storage: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Attention output [B, H] and the caches with the new token appended."""
     B, D = x.shape[0], model.head_dim
@@ -92,7 +94,7 @@ def _mla_inputs(x: np.ndarray, w: MLAWeights, position: int, model: ModelConfig)
     return q[..., :nope], _rope(q[..., nope:], position, model.rope_theta), np.concatenate([c_kv, k_pe], axis=-1)
 
 
-def _mla(x: np.ndarray, w: MLAWeights, cache: np.ndarray, position: int, model: ModelConfig,
+def mla_attention(x: np.ndarray, w: MLAWeights, cache: np.ndarray, position: int, model: ModelConfig,
          absorbed: bool = True, storage: str = "fp32") -> tuple[np.ndarray, np.ndarray, None]:
     """MLA attention output [B, H]; absorbed (decode) or naive (k, v up-projected per head) form."""
     m, B = model.mla, x.shape[0]
@@ -154,10 +156,8 @@ def reference_layer(x: np.ndarray, w: LayerWeights, k_cache: np.ndarray, v_cache
                     storage: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One decode step of one layer: x [B, H] and the caches with the new token appended (rounded
     as --storage keeps it)."""
-    if model.mla is None:
-        attention, k_cache, v_cache = _gqa(x, w.attn, k_cache, v_cache, position, model, storage)
-    else:
-        attention, k_cache, v_cache = _mla(x, w.attn, k_cache, position, model, storage=storage)
+    attention, k_cache, v_cache = family(model).reference_attention(x, w.attn, k_cache, v_cache, position, model,
+                                                                     storage)
     x = x + attention
     return x + _ffn(x, w.ffn, model), k_cache, v_cache
 
@@ -193,10 +193,10 @@ def _weights_from_group(cls, group) -> object:
 def load_saved_tensors(file, model: ModelConfig) -> ReferenceTensors:
     """ReferenceTensors from the /tensors group a `--save-tensors` run wrote (an open h5py File)."""
     layers = sorted(int(name.split("_")[1]) for name in file["tensors/weights"])
-    weights, k_init, v_init = [], [], []
+    weights, k_init, v_init, fam = [], [], [], family(model)
     for layer in layers:
         group = file[f"tensors/weights/layer_{layer}"]
-        attn = _weights_from_group(MLAWeights if model.mla else GQAWeights, group)
+        attn = _weights_from_group(fam.weights_class(), group)
         if model.is_moe_layer(layer):
             experts = {int(e): _weights_from_group(SwiGLUWeights, g) for e, g in group["experts"].items()}
             shared = _weights_from_group(SwiGLUWeights, group["shared"]) if "shared" in group else None
@@ -205,6 +205,6 @@ def load_saved_tensors(file, model: ModelConfig) -> ReferenceTensors:
             ffn = DenseFFNWeights(group["ffn_norm"][...], _weights_from_group(SwiGLUWeights, group))
         weights.append(LayerWeights(attn, ffn))
         cache = file[f"tensors/kv_init/layer_{layer}"]
-        k_init.append(cache["k"][...] if model.mla is None else cache["latent"][...])
-        v_init.append(cache["v"][...] if model.mla is None else None)
+        k_init.append(cache[fam.cache_key][...])
+        v_init.append(cache["v"][...] if fam.with_values else None)
     return ReferenceTensors(weights, k_init, v_init, file["tensors/inputs"][0])

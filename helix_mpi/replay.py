@@ -37,6 +37,7 @@ from .gpuops import KernelKind
 from .mesh import group_colors
 from .plan import Op, OpName, layer_plan, tail_plan
 from .sharding import shard_classes
+from .strategies import rules_for
 from .timing import GroupMax, LayerSchedule, StreamClocks, TimeModel
 from .topology import (BUILTIN_TOPOLOGY_DIR, PRECISIONS, FabricSpec, GpuSpec, ScaleOutSpec, Topology,
                        load_calibration)
@@ -156,7 +157,7 @@ class OpDurations:
         """Seconds [ops] of one rank's rows of one layer, in plan order."""
         rank, layer = int(rows["rank"][0]), int(rows["layer"][0])
         attention = rows["op"] == OpName.ATTENTION.value.encode()
-        key = (int(self.rank_class[rank]), self._kind(layer), int(rows["requests"][0]),
+        key = (int(self.rank_class[rank]), self._kind(layer), tuple(rows["op"].tolist()), int(rows["requests"][0]),
                tuple(map(tuple, np.stack([rows["request"], rows["requests"], rows["tokens"]], 1)[attention].tolist())),
                tuple(rows["experts_hit"].tolist()), tuple(rows["pairs"].tolist()))
         if key not in self.cache:
@@ -173,7 +174,8 @@ class OpDurations:
             ops = tail_plan(self.model, self.layout, rank, batch, self.timer.impl)
         else:
             kv = np.ones(batch, dtype=np.int64)
-            ops = layer_plan(self.model, self.layout, rank, layer, kv, self.timer.impl, True, self.run.a2a_chunk)
+            ops = layer_plan(self.model, self.layout, rank, layer, kv, self.timer.impl, True, self.run.a2a_chunk,
+                             self.run.layers)
         names = [op.name.value.encode() for op in ops]
         if names != list(rows["op"]):
             raise TraceError(f"step {rows['step'][0]} layer {layer} rank {rank}: the recorded ops are not the plan "
@@ -208,13 +210,15 @@ def collective_seconds(rows: np.ndarray, timer: TimeModel) -> np.ndarray:
 
 
 # --- one layer -------------------------------------------------------------------------------------
-def _layer_grid(rows: np.ndarray, world: int, where: str) -> np.ndarray:
-    """A layer's rows sorted by (index, rank) as a grid [ops, N]; refuses ragged plans."""
+def _layer_grid(rows: np.ndarray, ranks: np.ndarray, where: str) -> np.ndarray:
+    """A layer's rows sorted by (index, rank) as a grid [ops, n] over the `ranks` that run it (all
+    of them, or one pipeline stage's); refuses ragged plans."""
+    world = len(ranks)
     if len(rows) % world:
         raise TraceError(f"{where}: {len(rows)} events are not the same op list on all {world} ranks "
                          "(run `helix-mpi validate`)")
     grid = rows.reshape(-1, world)
-    if not (np.all(grid["rank"] == np.arange(world)) and np.all(grid["index"] == np.arange(len(grid))[:, None])):
+    if not (np.all(grid["rank"] == ranks) and np.all(grid["index"] == np.arange(len(grid))[:, None])):
         raise TraceError(f"{where}: ranks do not share one op list indexed 0..n-1 (run `helix-mpi validate`)")
     return grid
 
@@ -261,7 +265,10 @@ class Retimer:
         self.world, self.hopb = layout.world_size, hopb
         self.timer = TimeModel(topo, run.implementation(), hbm_scale=hbm_scale, nvlink_scale=nvlink_scale)
         self.durations = OpDurations(model, layout, run, self.timer)
-        self.clocks, self.group_max = StreamClocks(self.world), GroupMax(layout)
+        rules = rules_for(layout)
+        self.clocks, self.group_max = StreamClocks(self.world), GroupMax(rules.stage_layout(layout))
+        self.pipelined, self.stage_ranks = rules.pipelined, self.world // layout.pp
+        self.sent = np.zeros(self.world)  # pipeline stages: when each rank's last stage send started
         self.checked_groups: set[tuple[Axis, ...]] = set()
         self.layout = layout
 
@@ -269,6 +276,10 @@ class Retimer:
         """The step's rows (any order) with new start_s, end_s, dep0, dep1 (same order)."""
         order = np.lexsort((rows["rank"], rows["index"], rows["layer"]))
         ordered = rows[order]
+        if self.pipelined:  # every stage starts the step when the previous step ended everywhere
+            start = self.clocks.now().max()
+            for stream in self.clocks.free:
+                self.clocks.free[stream][:] = start
         starts = np.flatnonzero(np.diff(ordered["layer"])) + 1
         for begin, end in zip(np.r_[0, starts], np.r_[starts, len(ordered)]):
             self._layer(ordered[begin:end])  # views: updated in place
@@ -277,24 +288,37 @@ class Retimer:
         return out
 
     def _seconds(self, grid: np.ndarray) -> np.ndarray:
-        """Durations [ops, N] of a layer's grid of rows."""
-        seconds = np.stack([self.durations(grid[:, rank]) for rank in range(self.world)], axis=1)
+        """Durations [ops, n] of a layer's grid of rows."""
+        seconds = np.stack([self.durations(grid[:, column]) for column in range(grid.shape[1])], axis=1)
         comm = grid["collective"] != b""
         seconds[comm] = collective_seconds(grid[comm], self.timer)
         return seconds
 
     def _layer(self, rows: np.ndarray) -> None:
         where = f"step {rows['step'][0]} layer {rows['layer'][0]}"
-        grid = _layer_grid(rows, self.world, where)
+        ranks = np.unique(rows["rank"])  # all, or the pipeline stage that runs the layer
+        if not self.pipelined and len(ranks) != self.world:
+            raise TraceError(f"{where}: {len(ranks)} of the {self.world} ranks record this layer "
+                             "(run `helix-mpi validate`)")
+        grid = _layer_grid(rows, ranks, where)
         durations = self._seconds(grid)
         deps = _deps(grid[:, 0], self.hopb)
         ops = _plan_ops(grid[:, 0], deps)
-        schedule = LayerSchedule(self.clocks, self.clocks.now(), self.group_max)
+        clocks = StreamClocks(len(ranks))  # the stage's clocks (group_max sees stage-local ranks)
+        for stream in clocks.free:
+            clocks.free[stream] = self.clocks.free[stream][ranks]
+        schedule = LayerSchedule(clocks, clocks.now(), self.group_max)
         for index, op in enumerate(ops):
             self._check_group(op, where)
-            start, end = schedule.place(index, op, durations[index])
+            receive = op.name == OpName.STAGE_RECV.value
+            start, end = schedule.place(index, op, durations[index],
+                                        self.sent[ranks - self.stage_ranks] if receive else None)
+            if op.name == OpName.STAGE_SEND.value:
+                self.sent[ranks] = start
             grid["start_s"][index], grid["end_s"][index] = start, end
             grid["dep0"][index], grid["dep1"][index] = (list(op.deps) + [-1, -1])[:2]
+        for stream in clocks.free:
+            self.clocks.free[stream][ranks] = clocks.free[stream]
 
     def _check_group(self, op: Op, where: str) -> None:
         """A collective's group, rebuilt from its axes and the layout, must have its recorded size."""

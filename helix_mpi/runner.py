@@ -18,11 +18,12 @@ import numpy as np
 from . import __version__
 from .analysis import EventStats, shape_of
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
-from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult, request_input, request_kv,
-                       warm_up_kernels)
+from .emulator import EmulationResult, Emulator, warm_up_kernels
+from .serving_emulator import ServingEmulator, ServingResult, request_input, request_kv
 from .hostmem import AUTO_CHECK_MAX_BYTES, reference_bytes, will_check
 from .memory import memory_report
 from .mesh import RankMesh
+from .families import family
 from .reference import reference_decode, reference_layer, reference_tensors, relative_error
 from .serving import Scheduler, ServingSetup, scalar_metrics
 from .kvcache import round_to_storage
@@ -158,8 +159,8 @@ def _write_tensors(writer: TraceWriter, model: ModelConfig, tensors: Any, result
                 writer.write_group(f"{prefix}/experts/{expert}", _arrays(mlp))
             if w.ffn.shared is not None:
                 writer.write_group(f"{prefix}/shared", _arrays(w.ffn.shared))
-        cache = {"k": tensors.k_init[layer]} if model.mla is None else {"latent": tensors.k_init[layer]}
-        if model.mla is None:
+        cache = {family(model).cache_key: tensors.k_init[layer]}
+        if family(model).with_values:
             cache["v"] = tensors.v_init[layer]
         writer.write_group(f"tensors/kv_init/layer_{layer}", cache)
     for layer, (experts, weights) in result.routing.items():
@@ -186,7 +187,8 @@ class ServingOutcome:
 
 def served_reference_reads(model: ModelConfig, run: RunConfig, workload: Workload) -> float:
     """Cache elements the per-request float64 reference reads (tokens x steps x layers x width)."""
-    width = 2 * model.num_kv_heads * model.head_dim if model.mla is None else model.mla.cache_dim
+    fam = family(model)
+    width = fam.cache_heads(model) * fam.cache_width(model) * (2 if fam.with_values else 1)
     return float(sum(r.output_tokens * (r.input_tokens + r.output_tokens) for r in workload.requests)
                  * width * run.layers)
 
@@ -202,7 +204,7 @@ def reference_serving(model: ModelConfig, run: RunConfig, workload: Workload,
     `serving_error` checks separately that each input is the normed previous output."""
     weights = [rounded_weights(full_layer_weights(model, run.seed, layer), run.storage)
                for layer in range(run.layers)]
-    heads = range(model.num_kv_heads if model.mla is None else 1)
+    heads = range(family(model).cache_heads(model))
     outputs = {}
     for r, request in enumerate(workload.requests):
         prompt = np.arange(request.input_tokens, dtype=np.int64)

@@ -12,27 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import synth
-from .axes import Axis
-from .config import Layout, ModelConfig, Strategy
+from .config import Layout, ModelConfig
 from .kernels import from_bf16, to_bf16
 from .mesh import coordinates
+from .strategies import rules_for
+from .strategies.base import even_splits  # noqa: F401 (also imported from here)
 
 TRIVIAL_LAYOUT = Layout(kvp=1, tpa=1, tpf=1)
 UNIT = np.sqrt(3.0)  # uniform [-1, 1) * sqrt(3) has unit variance
-
-
-def even_splits(total: int, parts: int) -> np.ndarray:
-    """Boundaries [parts+1] of `total` items split as evenly as possible (first parts larger)."""
-    sizes = np.full(parts, total // parts, dtype=np.int64)
-    sizes[: total % parts] += 1
-    return np.concatenate([[0], np.cumsum(sizes)])
-
-
-def _piece(total: int, parts: int, index: int) -> range:
-    """Piece `index` of `total` items split as even_splits does (first pieces larger), in O(1)."""
-    size, extra = divmod(total, parts)
-    start = index * size + min(index, extra)
-    return range(start, start + size + (index < extra))
 
 
 @dataclass(frozen=True)
@@ -51,45 +38,12 @@ class RankShard:
 
 @functools.lru_cache(maxsize=65536)
 def rank_shard(model: ModelConfig, layout: Layout, rank: int) -> RankShard:
-    """The index ranges `rank` owns (cached: pure in its arguments; callers must not modify it)."""
-    c = coordinates(layout, rank)
-    strategy = layout.strategy
-    Q, K = model.num_heads, model.num_kv_heads
-    if strategy is Strategy.DP_EP:  # every rank runs whole requests: all heads, all KV heads
-        q_heads, kv_heads, splits = range(Q), range(K), np.array([0, Q])
-    else:
-        q_heads = _piece(Q, layout.tpa, c[Axis.TPA])
-        if layout.tpa <= K:
-            kv_heads = _piece(K, layout.tpa, c[Axis.TPA])
-        else:  # TP beyond K: this rank's heads share one KV head, duplicated N/K times
-            first = q_heads.start // model.group_size
-            kv_heads = range(first, first + 1)
-        splits = even_splits(len(q_heads), layout.kvp)
-    k = c[Axis.KVP] if strategy is not Strategy.DP_EP else 0
+    """The index ranges `rank` owns, as its strategy slices the tensors (`strategies/`); cached:
+    pure in its arguments, callers must not modify it."""
+    rules, c = rules_for(layout), coordinates(layout, rank)
+    q_heads, kv_heads, splits, k = rules.head_pieces(model, layout, c)
     combine = range(q_heads.start + int(splits[k]), q_heads.start + int(splits[k + 1]))
-    return RankShard(q_heads, kv_heads, combine, splits, *_ffn_pieces(model, layout, rank))
-
-
-def _ffn_pieces(model: ModelConfig, layout: Layout, rank: int) -> tuple[range, range, range, range]:
-    """(dense FFN columns, experts, expert columns, shared-expert columns) of a rank."""
-    c = coordinates(layout, rank)
-    strategy, moe = layout.strategy, model.moe
-    expert_width = moe.expert_ffn_size if moe else 0
-    shared_width = moe.n_shared_experts * expert_width if moe else 0
-    n_experts = moe.n_routed_experts if moe else 0
-    if strategy is Strategy.DP_EP:  # dense layers and shared experts replicated, experts over N
-        return (range(model.ffn_size), _piece(n_experts, layout.ep, c[Axis.EP]), range(expert_width),
-                range(shared_width))
-    if strategy is Strategy.KVP:  # FFN stays TP over the TPA ranks, replicated over KVP
-        t, parts = c[Axis.TPA], layout.tpa
-        return (_piece(model.ffn_size, parts, t), range(n_experts), _piece(expert_width, parts, t),
-                _piece(shared_width, parts, t))
-    # Helix and TP: dense FFN and shared experts over all N = TPF x EP ranks; experts over EP,
-    # each expert's width over TPF.
-    n = layout.tpf * layout.ep
-    flat = c[Axis.EP] * layout.tpf + c[Axis.TPF]
-    return (_piece(model.ffn_size, n, flat), _piece(n_experts, layout.ep, c[Axis.EP]),
-            _piece(expert_width, layout.tpf, c[Axis.TPF]), _piece(shared_width, n, flat))
+    return RankShard(q_heads, kv_heads, combine, splits, *rules.ffn_pieces(model, layout, c))
 
 
 # --- weights -------------------------------------------------------------------------------
@@ -238,7 +192,9 @@ def layer_weights(model: ModelConfig, seed: int, layer: int, shard: RankShard,
                   storage: str = "fp32") -> LayerWeights:
     """Generate exactly the rank's slices, in its storage (fp32, or bf16 generated chunk by chunk);
     values do not depend on the layout."""
-    attn = (mla_weights if model.mla else gqa_weights)(model, seed, layer, shard, storage)
+    from .families import family
+
+    attn = family(model).weights(model, seed, layer, shard, storage)
     return LayerWeights(attn, ffn_weights(model, seed, layer, shard, storage))
 
 

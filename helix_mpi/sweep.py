@@ -20,7 +20,9 @@ How it stays fast and still "the same plan":
   at each collective. `tests/test_sweep.py` checks all of it against `analytic.step_time` and
   `helix-mpi model` (relative 1e-9).
 
-PP x TP is not in the plan: it is modeled here on top of TP plans (`TimeModel.send_seconds`, docs/sweep.md).
+PP x TP (series pp-tp) is the pipeline strategy (`strategies/pp.py`) with TP stages: its stage's plan
+is timed as above and the PP - 1 stage sends by `TimeModel.pipeline_sends_seconds`, as `helix-mpi
+model --strategy pp` places them; with PP micro-batches in flight (docs/sweep.md).
 """
 from __future__ import annotations
 
@@ -35,13 +37,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .axes import Axis
-from .config import (PRECISION_BYTES, ConfigError, Implementation, Layout, ModelConfig, Strategy, validate_layout)
+from .config import (PRECISION_BYTES, ConfigError, Implementation, Layout, ModelConfig, validate_layout)
 from .gpuops import ACTIVATION_BYTES
-from .kvcache import tokens_held
-from .mesh import coordinates
 from .plan import ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
 from .sharding import RankShard, even_splits, rank_shard, shard_classes as rank_classes
+from .strategies import rules_for, rules_of
 from .timing import BatchLayerTime, TailTime, TimeModel, layer_kinds
 from .topology import Topology
 
@@ -49,8 +49,7 @@ SCHEMA = "helix_mpi.sweep/1"
 HELIX, HELIX_NO_HOPB, TP, PP_TP, KVP, DP_EP = "helix", "helix-no-hopb", "tp", "pp-tp", "kvp", "dp-ep"
 SERIES = (HELIX, HELIX_NO_HOPB, TP, PP_TP, KVP, DP_EP)
 BASELINES = (TP, PP_TP, KVP, DP_EP)
-_STRATEGY_OF = {HELIX: Strategy.HELIX, HELIX_NO_HOPB: Strategy.HELIX, TP: Strategy.TP, PP_TP: Strategy.TP,
-                KVP: Strategy.KVP, DP_EP: Strategy.DP_EP}
+_STRATEGY_OF = {HELIX: "helix", HELIX_NO_HOPB: "helix", TP: "tp", PP_TP: "pp", KVP: "kvp", DP_EP: "dp-ep"}
 DENSE_BATCH_LIMIT = 1024  # every batch 1..1024 is on the grid; beyond, steps of BATCH_GROWTH
 BATCH_GROWTH = 1.02
 
@@ -174,7 +173,8 @@ def batch_grid(max_batch: int) -> np.ndarray:
 # --- layouts -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Candidate:
-    """One layout of one strategy (series); pp > 1 only for pp-tp (stages of a TP layout)."""
+    """One layout of one strategy (series); pp > 1 only for pp-tp: `layout` is the pipeline layout
+    (strategy pp), or, as advise rebuilds rows, the layout of one stage."""
 
     series: str
     layout: Layout
@@ -185,13 +185,18 @@ class Candidate:
         return self.series == HELIX
 
     @property
+    def stage(self) -> Layout:
+        """The layout of one pipeline stage's ranks (the layout itself without stages)."""
+        return rules_for(self.layout).stage_layout(self.layout)
+
+    @property
     def gpus(self) -> int:
-        return self.layout.world_size * self.pp
+        return self.stage.world_size * self.pp
 
     @property
     def per_gpu_batch(self) -> bool:
         """dp-ep: the grid is over each GPU's own requests."""
-        return self.layout.strategy is Strategy.DP_EP
+        return rules_for(self.layout).data_parallel
 
 
 def _divisors(n: int) -> list[int]:
@@ -207,20 +212,9 @@ def _valid(model: ModelConfig, layout: Layout) -> bool:
 
 
 def _layouts(series: str, model: ModelConfig, n: int) -> list[tuple[Layout, int]]:
-    """(layout, pp) of one series on n GPUs; Helix and KVP-only need KVP >= 2 (KVP = 1 is TP)."""
-    K, moe = model.num_kv_heads, model.moe
-    if series in (HELIX, HELIX_NO_HOPB):
-        eps = [e for e in _divisors(n) if moe and moe.n_routed_experts % e == 0] if moe else [1]
-        return [(Layout(n // tpa, tpa, n // ep, ep, Strategy.HELIX), 1)
-                for tpa in _divisors(n) if K % tpa == 0 and n // tpa >= 2 for ep in eps]
-    if series == KVP:
-        return [(Layout(n // tpa, tpa, tpa, 1, Strategy.KVP), 1)
-                for tpa in _divisors(n) if K % tpa == 0 and n // tpa >= 2]
-    if series == TP:
-        return [(Layout(1, n, n, 1, Strategy.TP), 1)]
-    if series == PP_TP:
-        return [(Layout(1, t, t, 1, Strategy.TP), n // t) for t in _divisors(n) if 2 <= n // t <= model.num_layers]
-    return [(Layout(1, 1, 1, n, Strategy.DP_EP), 1)]
+    """(layout, pp) of one series on n GPUs, as its strategy enumerates them (`strategies/`; Helix
+    and KVP-only need KVP >= 2, KVP = 1 being TP); pp-tp: stages of a TP layout."""
+    return [(layout, layout.pp) for layout in rules_of(_STRATEGY_OF[series]).sweep_layouts(model, n)]
 
 
 def candidates(spec: SweepSpec) -> list[Candidate]:
@@ -245,11 +239,7 @@ class ShardClass:
 def shard_classes(model: ModelConfig, layout: Layout, tokens: int, tokens_per_block: int) -> tuple[ShardClass, ...]:
     """The distinct (shard shape, KV length) classes of a layout's ranks, first rank of each
     (cached: Helix with and without HOP-B, and what-if sweeps, share layouts)."""
-    if layout.strategy is Strategy.DP_EP:
-        held = np.full(layout.world_size, tokens, dtype=np.int64)
-    else:
-        per_kvp = tokens_held(tokens, layout.kvp, tokens_per_block)
-        held = np.array([per_kvp[coordinates(layout, r)[Axis.KVP]] for r in range(layout.world_size)])
+    held = rules_for(layout).kv_tokens_of_ranks(tokens, layout, tokens_per_block)
     rank_class, first = rank_classes(model, layout, held)
     return tuple(ShardClass(rank, int(np.sum(rank_class == c)), int(held[rank]), rank_shard(model, layout, rank))
                  for c, rank in enumerate(first))
@@ -288,12 +278,12 @@ def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, .
     """Token-to-token latency [n] of a candidate at each grid batch (per-GPU batch under dp-ep,
     micro-batch under pp-tp), seconds: every layer in sequence (+ PP - 1 stage sends)."""
     timer = spec.time_model
-    ttl = TailTime(spec.model, cand.layout, timer)(batches)  # LM head and sampling, once per step
+    ttl = TailTime(spec.model, cand.stage, timer)(batches)  # LM head and sampling, once per step
     for first, count in layer_kinds(spec.model):
-        layer = BatchLayerTime(spec.model, cand.layout, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
+        layer = BatchLayerTime(spec.model, cand.stage, classes, first, cand.hopb, timer, spec.whatif.a2a_chunk)
         ttl = ttl + count * layer(batches)
     if cand.pp > 1:  # PP - 1 stage-to-stage sends of the micro-batch's activations
-        ttl = ttl + timer.pipeline_sends_seconds(cand.pp, cand.layout.world_size,
+        ttl = ttl + timer.pipeline_sends_seconds(cand.pp, cand.stage.world_size,
                                                  batches.astype(np.float64) * spec.model.hidden_size * ACTIVATION_BYTES)
     return ttl
 
@@ -301,11 +291,11 @@ def candidate_ttl(spec: SweepSpec, cand: Candidate, classes: tuple[ShardClass, .
 # --- the sweep ---------------------------------------------------------------------------------
 def evaluate(spec: SweepSpec, cand: Candidate, grid: np.ndarray) -> tuple[np.ndarray, int]:
     """(rows of the configurations that fit in HBM, configurations timed) of one candidate."""
-    per_unit = cand.layout.world_size if cand.per_gpu_batch else cand.pp  # requests per grid step
+    per_unit = cand.stage.world_size if cand.per_gpu_batch else cand.pp  # requests per grid step
     batches = grid[grid * per_unit <= spec.max_batch]
     if len(batches) == 0:
         return np.zeros(0, CONFIG_DTYPE), 0
-    classes = shard_classes(spec.model, cand.layout, spec.tokens, spec.tokens_per_block)
+    classes = shard_classes(spec.model, cand.stage, spec.tokens, spec.tokens_per_block)
     held_requests = batches if cand.per_gpu_batch else batches * cand.pp  # requests whose KV each GPU holds
     memory = peak_memory(spec.model, classes, held_requests.astype(np.float64), spec.precision, cand.pp,
                          spec.kv_precision)
@@ -400,7 +390,7 @@ def run_sweep(spec: SweepSpec, progress: Callable[[int], None] | None = None) ->
 def _least_memory(spec: SweepSpec, cand: Candidate) -> float:
     """Busiest GPU's bytes of a candidate at its smallest batch (one request per GPU under dp-ep,
     one micro-batch of one request under pp-tp)."""
-    classes = shard_classes(spec.model, cand.layout, spec.tokens, spec.tokens_per_block)
+    classes = shard_classes(spec.model, cand.stage, spec.tokens, spec.tokens_per_block)
     held = np.array([1.0 if cand.per_gpu_batch else float(cand.pp)])
     return float(peak_memory(spec.model, classes, held, spec.precision, cand.pp, spec.kv_precision)[0])
 

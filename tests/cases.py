@@ -32,10 +32,14 @@ class Case:
     layers: int = 2
     tokens_per_block: int = 4
     key_scale: float = 1.0
+    pp: int | None = None  # pipeline stages (strategy pp): kvp x tpa ranks each
 
     @property
     def ranks(self) -> int:
-        return self.kvp * self.tpa
+        return self.kvp * self.tpa * (self.pp or 1)
+
+
+MLA_MOE_4_LAYERS = str(Path(__file__).resolve().parent / "models" / "tiny-mla-moe-4l.toml")
 
 
 CASES = [
@@ -69,13 +73,20 @@ CASES = [
     # weights and KV kept in bf16 (uint16, upcast in the kernels); the reference holds the same values
     Case("gqa-bf16-storage", "tiny-gqa3", 2, 2, batch=3, storage="bf16"),
     Case("mla-moe-bf16-storage", "tiny-mla-moe", 2, 1, ep=2, layers=3, storage="bf16"),
+    # pipeline stages of consecutive layers, each stage TP (no --kvp) or Helix (KVP >= 2); (kvp, tpa) is a stage
+    Case("pp2-tp2", "tiny", 1, 2, strategy="pp", pp=2, batch=3, layers=4),
+    Case("pp2-tp2-mla-moe", "tiny-mla-moe", 1, 2, strategy="pp", pp=2, layers=3),
+    Case("pp2-helix-kvp2-tpa2", "tiny", 2, 2, strategy="pp", pp=2, layers=4, a2a_chunk=0),
+    Case("pp4-tp2", "tiny", 1, 2, strategy="pp", pp=4, batch=3, layers=4),
+    Case("pp4-helix-kvp2-mla-moe", MLA_MOE_4_LAYERS, 2, 1, strategy="pp", pp=4, ep=2, layers=4),
+    Case("pp2-helix-kvp4-mla-moe", "tiny-mla-moe", 4, 1, strategy="pp", pp=2, ep=2, layers=3),
 ]
 
 
 def check_case(comm, case: Case) -> dict:
     """Run one case on `comm`; return rank 0's measured error (and assert it is within tolerance)."""
     model = load_model(case.model)
-    layout = make_layout(model, case.ranks, case.kvp, case.tpa, case.strategy, case.ep)
+    layout = make_layout(model, case.ranks, case.kvp, case.tpa, case.strategy, case.ep, case.pp)
     validate_layout(model, layout, case.ranks)
     run = RunConfig(batch=case.batch, context=case.context, steps=case.steps, layers=case.layers,
                     tokens_per_block=case.tokens_per_block, key_scale=case.key_scale, a2a_chunk=case.a2a_chunk,

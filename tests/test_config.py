@@ -87,3 +87,33 @@ def test_unknown_preset_suggests_close_name():
 def test_bad_run_config(kwargs):
     with pytest.raises(ConfigError):
         RunConfig(**kwargs)
+
+
+def test_pipeline_layout_lays_out_each_stage_and_keeps_groups_inside_it():
+    import numpy as np
+
+    from helix_mpi.axes import ATTENTION_AXES, FFN_AXES, Axis
+    from helix_mpi.config import Implementation, Strategy
+    from helix_mpi.mesh import coordinates, group_colors
+    from helix_mpi.plan import OpName, layer_plan
+    from helix_mpi.sharding import rank_shard
+    from helix_mpi.strategies import rules_for
+
+    tiny = MODEL_PRESETS["tiny"]
+    layout = make_layout(tiny, 8, 2, 2, "pp", pp=2)  # two stages of Helix KVP=2 x TPA=2
+    assert (layout.kvp, layout.tpa, layout.tpf, layout.ep, layout.pp, layout.world_size) == (2, 2, 4, 1, 2, 8)
+    stage = rules_for(layout).stage_layout(layout)
+    assert stage.strategy is Strategy.HELIX and stage.world_size == 4
+    assert make_layout(tiny, 8, None, None, "pp", pp=4).tpa == 2  # TP inside a stage without --kvp
+    for axes in (ATTENTION_AXES, FFN_AXES, (Axis.KVP,)):
+        colors = group_colors(layout, axes)
+        assert not set(colors[:4]) & set(colors[4:]), axes  # no group spans two stages
+    assert coordinates(layout, 6) == coordinates(stage, 2)
+    assert rank_shard(tiny, layout, 6).q_heads == rank_shard(tiny, stage, 2).q_heads
+    kv, impl = np.array([5, 5]), Implementation()
+    assert layer_plan(tiny, layout, 6, 0, kv, impl, True) == []  # layers 0-1 are stage 0's
+    first = layer_plan(tiny, layout, 6, 2, kv, impl, True)
+    assert first[0].name is OpName.STAGE_RECV and first[0].peer == 2 and first[1].deps == (0,)
+    last = layer_plan(tiny, layout, 2, 1, kv, impl, True)
+    assert last[-1].name is OpName.STAGE_SEND and last[-1].peer == 6 and last[-1].nbytes == 2 * 64 * 2
+    assert not any(op.is_stage_transfer for op in layer_plan(tiny, layout, 2, 0, kv, impl, True))

@@ -11,7 +11,7 @@ from conftest import run_cli
 from helix_mpi.config import MODEL_PRESETS, PRECISION_BYTES, load_model, make_layout
 from helix_mpi.memory import memory_report
 from helix_mpi.model import route
-from helix_mpi.reference import (_mla, load_saved_tensors, reference_decode, reference_route, reference_tensors,
+from helix_mpi.reference import (mla_attention as _mla, load_saved_tensors, reference_decode, reference_route, reference_tensors,
                                  relative_error)
 from helix_mpi.config import RunConfig
 from helix_mpi.sharding import full_layer_weights

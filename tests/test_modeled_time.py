@@ -142,3 +142,44 @@ def test_chunked_exchange_emulated_equals_analytic(tmp_path, chunk):
     a2a = emulated[emulated["op"] == b"all_to_all"]
     per_layer = 3 if chunk == 2 else 1  # chunks of 2, 2 and 1 requests, or one exchange
     assert len(a2a) == 8 * 2 * 2 * per_layer
+
+
+@pytest.mark.parametrize("stage_flags", [["--pp", "2", "--kvp", "2", "--tpa", "2"], ["--pp", "4"]])
+def test_pipeline_emulated_equals_analytic(tmp_path, stage_flags):
+    """Pipeline stages (Helix or TP inside a stage): every event of the emulated run equals the
+    analytic model's, ranks skip the layers of other stages, and `model` gives the same TTL: the
+    stages' layers plus PP - 1 stage sends."""
+    from helix_mpi.config import make_layout
+
+    path = tmp_path / "pp.h5"
+    args = ["--model", "tiny", "--strategy", "pp", *stage_flags, "--batch", "3", "--context", "40", "--steps", "2"]
+    done = run_cli(["run", "-n", "8", *args, "-o", str(path), "--json"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    emulated = _by_rank_layer(_events(path))
+    model = MODEL_PRESETS["tiny"]
+    kvp = int(stage_flags[3]) if "--kvp" in stage_flags else None
+    layout = make_layout(model, 8, kvp, int(stage_flags[5]) if kvp else None, "pp", pp=int(stage_flags[1]))
+    run = RunConfig(batch=3, context=40, steps=2, layers=4)
+    analytic = _by_rank_layer(simulate(model, layout, run, load_topology("gb200-nvl72")))
+    np.testing.assert_array_equal(emulated["op"], analytic["op"])
+    np.testing.assert_array_equal(emulated["start_s"], analytic["start_s"])
+    np.testing.assert_array_equal(emulated["end_s"], analytic["end_s"])
+    stage_ranks = 8 // layout.pp
+    per_stage = 4 // layout.pp
+    for stage in range(layout.pp):  # a stage's ranks record only its layers (and the last stage the tail)
+        layers = set(emulated["layer"][emulated["rank"] // stage_ranks == stage].tolist())
+        own = set(range(stage * per_stage, (stage + 1) * per_stage))
+        assert layers == (own | {4} if stage == layout.pp - 1 else own)
+    assert (emulated["op"] == b"stage_send").sum() == 2 * (layout.pp - 1) * stage_ranks
+    replayed = tmp_path / "replayed.h5"  # replay re-times each layer on the stage that ran it
+    done = run_cli(["replay", str(path), "-o", str(replayed)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(_by_rank_layer(_events(replayed))["end_s"], emulated["end_s"])
+    analytic_cli = run_cli(["model", "--gpus", "8", "--json", *args])
+    assert analytic_cli.returncode == 0, analytic_cli.stderr
+    assert json.loads(analytic_cli.stdout)["ttl_s"] == summary["ttl_s"]
+    stage = run_cli(["model", "--gpus", str(stage_ranks), "--json", "--model", "tiny", "--batch", "3", "--context",
+                     "40", "--steps", "2", *(["--kvp", "2", "--tpa", "2"] if kvp else ["--strategy", "tp"])])
+    send = TimeModel(load_topology("gb200-nvl72"), Implementation()).send_seconds(3 * 64 * 2)
+    assert summary["ttl_s"] == pytest.approx(json.loads(stage.stdout)["ttl_s"] + (layout.pp - 1) * send, rel=1e-12)

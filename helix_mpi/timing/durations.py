@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import Implementation
 from ..costmodel import Collective, collective_seconds, kernel_latency, kernel_seconds
-from ..mesh import stage_crossings
+from ..mesh import stage_crosses, stage_crossings
 from ..topology import Topology
 
 
@@ -42,6 +42,10 @@ class TimeModel:
 
     def op_timing(self, op) -> tuple[float, int]:
         """(seconds, source) of one plan op."""
+        if op.is_stage_transfer:
+            crosses = stage_crosses(op.into_stage, op.stage_ranks, self.topo.fabric.domain_size)
+            seconds, source = self.send_timing(op.nbytes, crosses)
+            return float(seconds), int(source)
         if op.is_collective:
             seconds, source = self.collective_timing(op.collective, op.nbytes, op.group_size, op.group_stride)
             return float(seconds), int(source)
@@ -99,12 +103,15 @@ class TimeModel:
         (arrays broadcast)."""
         return self.collective_timing(kind, nbytes, group_size, stride)[0]
 
-    def send_seconds(self, nbytes, across_domains: bool = False):
-        """One point-to-point send of `nbytes` to a peer (pipeline stages), modeled as a 2-rank
-        all-to-all in which each rank sends that much to the other: over NVLink, or over the
-        scale-out network when the peer is in another NVLink domain."""
+    def send_timing(self, nbytes, across_domains: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds, source) of one point-to-point send of `nbytes` to a peer (pipeline stages),
+        modeled as a 2-rank all-to-all in which each rank sends that much to the other: over
+        NVLink, or over the scale-out network when the peer is in another NVLink domain."""
         stride = self.topo.fabric.domain_size if across_domains else 1
-        return self.collective_seconds(Collective.ALL_TO_ALL, 2 * np.asarray(nbytes, float), 2, stride)
+        return self.collective_timing(Collective.ALL_TO_ALL, 2 * np.asarray(nbytes, float), 2, stride)
+
+    def send_seconds(self, nbytes, across_domains: bool = False):
+        return self.send_timing(nbytes, across_domains)[0]
 
     def pipeline_sends_seconds(self, stages: int, stage_ranks: int, nbytes) -> np.ndarray:
         """The stages - 1 stage-to-stage sends of one step: over NVLink, or over the scale-out

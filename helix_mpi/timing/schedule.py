@@ -71,8 +71,13 @@ class LayerSchedule:
             ready = self.group_max(op.group, ready)
         return ready
 
-    def place(self, index: int, op, duration: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    def place(self, index: int, op, duration: np.ndarray | float,
+              not_before: np.ndarray | float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Place op `index`; `not_before`: when its input exists elsewhere (a stage receive starts
+        when its sender's send starts)."""
         ready = self.ready(op)
+        if not_before is not None:
+            ready = np.maximum(ready, not_before)
         end = ready + duration
         self.finish(index, op.stream, end)
         return ready, end
