@@ -11,7 +11,8 @@ from .costmodel import SOURCES
 from .plan import Op, OpName, layer_plan, op_collective_fields, op_dep_fields, op_shape_fields, tail_plan
 from .sharding import rank_shard, shard_key
 from .strategies import rules_for
-from .timing import GroupMax, LayerSchedule, StreamClocks, TailTime, TimeModel, layer_kinds, place_layer
+from .timing import (GroupMax, LayerSchedule, PipelineSends, StreamClocks, TailTime, TimeModel, layer_kinds,
+                     place_layer)
 from .topology import Topology
 from .trace import EVENT_DTYPE
 
@@ -187,8 +188,11 @@ def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], 
     """Modeled seconds of one decode step over the first `layers` layers (default: all), plus its
     tail (LM head and sampling) unless `tail` is False, given every rank's local KV tokens per
     request (ragged batches allowed). Layers of the same kind take the same time once a step is
-    under way, so each kind is timed once and multiplied."""
+    under way, so each kind is timed once and multiplied. Under pipeline stages: the stage layout's
+    layers, and with the tail the stage sends (`timing.PipelineSends`)."""
     timer = TimeModel(topo, impl)
+    stages = PipelineSends(model, layout, timer)
+    layout, kv_lengths = stages.stage_layout, stages.first_stage(kv_lengths)
     plans_of = _Plans(model, layout, kv_lengths, hopb, timer, a2a_chunk)
     group_max, total = GroupMax(layout), 0.0
     for first, count in layer_kinds(model, layers):
@@ -197,7 +201,8 @@ def step_time(model: ModelConfig, layout: Layout, kv_lengths: list[np.ndarray], 
         place_layer(clocks, group_max, plans[0], durations)
         total += count * float(clocks.now().max())
     if tail:
-        total += float(TailTime(model, layout, timer)(max(len(k) for k in kv_lengths))[0])
+        batch = max(len(k) for k in kv_lengths)
+        total += float(TailTime(model, layout, timer)(batch)[0]) + stages(batch)  # a whole step: its stage sends too
     return total
 
 

@@ -419,7 +419,7 @@ def layer_kinds_note(model, layers: int, why: str | None = None) -> str | None:
 def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context, steps, layers, tokens_per_block,
                  seed, precision, hopb, a2a_chunk, key_scale, topology, storage="fp32", kv_precision="fp8",
                  comm="trtllm", cuda_graphs=True, allow_overflow=False, serving: dict | None = None,
-                 layout_by=None, racks=None, pp=None) -> Resolved:
+                 layout_by=None, racks=None, pp=None, analytic: bool = False) -> Resolved:
     """Model, layout, run config and topology from the flags, validated for `world_size` ranks.
     Layers None: `default_layers`, or every layer of the model for a served trace. With no layout
     flag, the fastest valid layout (layouts.choose_layout; `layout_by` replaces layouts.resolve_layout,
@@ -430,9 +430,9 @@ def _resolve_run(world_size, model_spec, kvp, tpa, ep, strategy, batch, context,
     from .topology import load_topology
 
     served = serving is not None and serving.get("workload") is not None
-    if served and strategy == "pp":
-        raise ConfigError("serving a request trace under pipeline stages (--strategy pp) is not modeled yet: "
-                          "use helix, tp, kvp or dp-ep")
+    if served and strategy == "pp" and not analytic:
+        raise ConfigError("run --workload under pipeline stages (--strategy pp) is not emulated: serve the trace "
+                          "analytically with helix-mpi model --workload, or use helix, tp, kvp or dp-ep")
     model = load_model(model_spec)
     why_dense = None
     if layers is None:  # pipeline stages: every layer, so the stage sends count once each in the TTL
@@ -617,7 +617,7 @@ def model_command(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topolo
     if serving["workload"] is not None:
         _refuse_fixed_batch_flags(False)
         _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json,
-                       gpus, serving, a2a_chunk, kv_precision, comm, cuda_graphs, racks)
+                       gpus, serving, a2a_chunk, kv_precision, comm, cuda_graphs, racks, pp)
         return
     from .analysis import EventStats, exchange_label, format_summary, shape_of
     from .analytic import simulate_layers
@@ -764,17 +764,17 @@ def collectives(topology, op, ranks, sizes, algorithm, measure, as_json) -> None
 
 def _model_serving(model_spec, kvp, tpa, ep, strategy, topology, precision, hopb, tokens_per_block, as_json, gpus,
                    serving: dict, a2a_chunk: int = 0, kv_precision: str = "fp8", comm: str = "trtllm",
-                   cuda_graphs: bool = True, racks: int | None = None) -> None:
-    """`model --workload`: helix_mpi.serving.serve at full model size."""
+                   cuda_graphs: bool = True, racks: int | None = None, pp: int | None = None) -> None:
+    """`model --workload`: helix_mpi.serving.serve at full model size (pipeline stages too)."""
     from .analysis import exchange_label
     from .serving import format_serving, scalar_metrics, serve
 
     try:
         if gpus < 1:
             raise UserError(f"--gpus must be >= 1, got {gpus}")
-        resolved = _resolve_run(gpus, model_spec, kvp, tpa, ep, strategy, 1, 0, 1, 1, tokens_per_block, 0, precision,
+        resolved = _resolve_run(gpus, model_spec, kvp, tpa, ep, strategy, 1, 0, 1, None, tokens_per_block, 0, precision,
                                 hopb, a2a_chunk, 1.0, topology, kv_precision=kv_precision, comm=comm,
-                                cuda_graphs=cuda_graphs, serving=serving, racks=racks)
+                                cuda_graphs=cuda_graphs, serving=serving, racks=racks, pp=pp, analytic=True)
         setup, layout, model, topo = resolved.setup, resolved.layout, resolved.model, resolved.topo
         metrics = serve(resolved.workload, model, layout, topo, setup.impl, hopb, tokens_per_block, setup.max_batch,
                         setup.kv_transfer, kv_capacity_tokens=setup.kv_capacity_tokens, a2a_chunk=a2a_chunk,

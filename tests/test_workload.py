@@ -552,3 +552,45 @@ def test_a_corrupt_gzip_trace_is_one_line(tmp_path):
     path.write_bytes(b"\x1f\x8b\x08\x00not gzip at all")
     with pytest.raises(WorkloadError, match="not a readable gzip file"):
         load_workload(path)
+
+
+# --- pipeline stages ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, n, kvp, tpa, pp", [("tiny", 4, None, None, 2), ("tiny", 8, 2, 2, 2),
+                                                  ("tiny-mla-moe", 8, 4, 1, 2), ("llama-3.1-70b", 32, 4, 2, 4)])
+def test_a_pipeline_step_is_what_model_places_stage_by_stage(name, n, kvp, tpa, pp):
+    """Serving's step time under stages (the stage layout's layers + tail + sends, `PipelineSends`)
+    equals `helix-mpi model`'s schedule, which places every stage's layers on its own ranks' clocks
+    with each stage's receive after the previous stage's send (an independent path: analytic
+    ._simulate_stages). Tolerance 1e-12: the same durations summed in another order."""
+    from helix_mpi.analytic import local_kv_lengths, simulate
+    from helix_mpi.config import RunConfig, load_model
+
+    model = load_model(name)
+    layout = make_layout(model, n, kvp, tpa, "pp", pp=pp)
+    run = RunConfig(batch=3, context=5000, steps=1, layers=model.num_layers)
+    placed = float(simulate(model, layout, run, TOPO)["end_s"].max())
+    kv = [local_kv_lengths(layout, run, r, 0) for r in range(layout.world_size)]
+    assert step_time(model, layout, kv, run.implementation(), True, TOPO) == pytest.approx(placed, rel=1e-12)
+    timer = StepTimer(model, layout, True, TimeModel(TOPO, run.implementation()))
+    assert timer(np.array(kv)) == pytest.approx(placed, rel=1e-12)
+
+
+def test_pipeline_serving_runs_of_steps_equal_the_exact_loop_and_hold_more_kv():
+    model = MODEL_PRESETS["tiny-mla-moe"]
+    layout, stage = make_layout(model, 8, 4, 1, "pp", pp=2), make_layout(model, 4, 4, 1, "helix")
+    w = random_workload(7, 10, 0.003, 400, 12)
+    options = dict(tokens_per_block=4, max_batch=6)
+    fast, exact = serve(w, model, layout, TOPO, **options), serve(w, model, layout, TOPO, exact=True, **options)
+    assert fast["steps"] == exact["steps"] and fast["max_batch"] == exact["max_batch"]
+    np.testing.assert_allclose(fast["ttl_s"], exact["ttl_s"], rtol=1e-12)
+    unstaged = serve(w, model, stage, TOPO, **options)  # the same 4-rank layout holding every layer
+    assert np.median(fast["ttl_s"]) > np.median(unstaged["ttl_s"])  # + the stage send, nothing gained per step
+    assert (kv_capacity(model, layout, "fp4", TOPO).tokens.min()
+            > kv_capacity(model, stage, "fp4", TOPO).tokens.min())  # each stage holds half the layers' KV
+
+
+def test_model_serves_a_trace_under_pipeline_stages():
+    out = run_cli(["model", "--model", "llama-3.1-70b", "--gpus", "16", "--strategy", "pp", "--pp", "2", "--workload",
+                   str(MOONCAKE_SAMPLE), "--json"])
+    data = json.loads(out.stdout)
+    assert data["layout"]["pp"] == 2 and data["requests"] == 200 and data["ttl_p50"] > 0

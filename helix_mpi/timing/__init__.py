@@ -8,8 +8,8 @@ The emulator, `helix-mpi model`, the sweep, serving and replay all time through 
 "emulated equals analytic" holds by construction.
 """
 from .durations import TimeModel
-from .fast import BatchLayerTime, RaggedLayerTime, StepKV, StepTimer, TailTime, layer_kinds
+from .fast import BatchLayerTime, PipelineSends, RaggedLayerTime, StepKV, StepTimer, TailTime, layer_kinds
 from .schedule import GroupMax, LayerSchedule, StreamClocks, place_layer
 
-__all__ = ["TimeModel", "BatchLayerTime", "RaggedLayerTime", "StepKV", "StepTimer", "TailTime", "layer_kinds",
+__all__ = ["TimeModel", "BatchLayerTime", "RaggedLayerTime", "PipelineSends", "StepKV", "StepTimer", "TailTime", "layer_kinds",
            "GroupMax", "LayerSchedule", "StreamClocks", "place_layer"]

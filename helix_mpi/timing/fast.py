@@ -13,7 +13,8 @@ import numpy as np
 
 from ..axes import Axis, Stream
 from ..config import Layout, ModelConfig
-from ..gpuops import KernelKind, expected_hits
+from ..gpuops import ACTIVATION_BYTES, KernelKind, expected_hits
+from ..mesh import stage_ranks
 from ..plan import Op, OpName, all_to_all_index, attention_index, layer_plan, tail_plan
 from ..sharding import shard_classes
 from .durations import TimeModel
@@ -397,6 +398,8 @@ class StepTimer:
     def __init__(self, model: ModelConfig, layout: Layout, hopb: bool, timer: TimeModel, layers: int | None = None,
                  a2a_chunk: int = 0):
         self.attention_memo: dict = {}
+        self.stages = PipelineSends(model, layout, timer)
+        layout = self.stages.stage_layout
         self.parts = [(count, RaggedLayerTime(model, layout, hopb, timer, first, a2a_chunk, self.attention_memo))
                       for first, count in layer_kinds(model, layers)]
         self.tail = TailTime(model, layout, timer)
@@ -408,5 +411,44 @@ class StepTimer:
     def steps(self, kv: StepKV) -> np.ndarray:
         """Modeled seconds [K] of each of the K decode steps of `kv`."""
         self.attention_memo.clear()  # these steps' KV lengths
+        kv = self.stages.first_stage(kv)
         layers = sum(count * timer.steps(kv) for count, timer in self.parts)
-        return layers + float(self.tail(kv.batch)[0])
+        return layers + float(self.tail(kv.batch)[0]) + self.stages(kv.batch)
+
+
+class PipelineSends:
+    """What pipeline stages add to a step (strategies/pp.py): every stage runs its layers on the
+    stage layout, one after the other, so a step is the layers of the stage layout, the tail, and
+    the PP - 1 stage-to-stage sends of the activations [B, H] (over the network where a send leaves
+    an NVLink domain: `TimeModel.pipeline_sends_seconds`). Every stage's ranks hold the same KV
+    tokens (for their own layers), so the first stage's ranks stand for all. Nothing without stages."""
+
+    def __init__(self, model: ModelConfig, layout: Layout, timer: TimeModel):
+        from ..strategies import rules_for
+
+        self.pp, self.ranks = layout.pp, stage_ranks(layout)
+        self.stage_layout = rules_for(layout).stage_layout(layout)
+        self._send = lambda batch: timer.pipeline_sends_seconds(layout.pp, self.ranks,
+                                                                batch * model.hidden_size * ACTIVATION_BYTES)
+
+    def __call__(self, batch: int) -> float:
+        return float(self._send(batch)) if self.pp > 1 else 0.0
+
+    def first_stage(self, kv):
+        """`kv` ([N, B] lengths, a StepKV or serving's run of steps) restricted to the first stage."""
+        if self.pp == 1:
+            return kv
+        if isinstance(kv, (np.ndarray, list)):
+            return kv[:self.ranks]
+        return _FirstRanks(kv, self.ranks)
+
+
+class _FirstRanks:
+    """A StepKV's sums of its first `ranks` ranks only."""
+
+    def __init__(self, kv, ranks: int):
+        self._kv, self._ranks = kv, ranks
+        self.steps, self.batch, self.rank_sizes = kv.steps, kv.batch, None
+
+    def chunk_sums(self, chunks: list[tuple[int, int]]) -> np.ndarray:
+        return self._kv.chunk_sums(chunks)[:self._ranks]
