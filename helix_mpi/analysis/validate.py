@@ -24,8 +24,10 @@ class _EventChecks:
 
     EXAMPLES = 3
 
-    def __init__(self, world_size: int, steps: int):
+    def __init__(self, world_size: int, steps: int, stages: int = 1):
         self.world_size, self.steps = world_size, steps  # steps: rows of /kv_tokens
+        # pipeline stages: a stage's ranks record only its layers, so counts agree within a stage
+        self.stages = stages if stages >= 1 and world_size % stages == 0 else 1
         self.streams = Vocabulary(("stream",))
         self.counts = np.zeros((0, max(world_size, 1)), dtype=np.int64)  # [steps, ranks]
         self.last_end = np.full(0, -np.inf)  # per (rank, stream) track: latest end so far
@@ -97,16 +99,23 @@ class _EventChecks:
         if len(missing):
             out.append(f"steps are not contiguous: no events for step(s) {compact_ranges(missing[:10])} "
                        f"of 0-{len(self.counts) - 1}")
-        uneven = [s for s in present if len(set(self.counts[s])) > 1]
+        blocks = self.counts.reshape(len(self.counts), self.stages, -1)  # [steps, stages, ranks of a stage]
+        uneven = [s for s in present if (blocks[s] != blocks[s][:, :1]).any()]
         for step in uneven[:self.EXAMPLES]:
-            counts = self.counts[step]
-            expected = int(np.bincount(counts).argmax())
-            odd = np.flatnonzero(counts != expected)
-            out.append(f"step {step}: ranks have different numbers of events (most have {expected}; "
-                       + ", ".join(f"rank {r} has {counts[r]}" for r in odd[:4]) + ")")
+            out.append(self._uneven_text(step, blocks[step]))
         if len(uneven) > self.EXAMPLES:
             out.append(f"... and {len(uneven) - self.EXAMPLES} more step(s) with uneven event counts")
         return out
+
+    def _uneven_text(self, step: int, blocks: np.ndarray) -> str:
+        """Which ranks of `step` differ from most ranks of their stage ([stages, ranks of a stage])."""
+        odd = []
+        for stage, counts in enumerate(blocks):
+            expected = int(np.bincount(counts).argmax())
+            odd += [(stage * len(counts) + r, int(counts[r]), expected) for r in np.flatnonzero(counts != expected)]
+        where = "ranks of a pipeline stage" if self.stages > 1 else "ranks"
+        return (f"step {step}: {where} have different numbers of events ("
+                + ", ".join(f"rank {r} has {c}, most have {e}" for r, c, e in odd[:4]) + ")")
 
     def _kv_problems(self, kv_steps: int, kv_ranks: int) -> list[str]:
         out = []
@@ -130,7 +139,8 @@ def validate_trace(path: str | Path, chunk: int = SUMMARY_CHUNK) -> tuple[dict[s
             return {"events": int(file["events"].shape[0])}, problems + [str(exc).split(": ", 1)[-1]]
         facts = {"events": meta.events, "steps": meta.kv_steps, "ranks": meta.world_size,
                  "schema_version": SCHEMA_VERSION, "complete": meta.complete}
-        checks = _EventChecks(meta.world_size, meta.kv_steps)
+        stages = meta.layout.get("pp", 1) if isinstance(meta.layout, dict) else 1
+        checks = _EventChecks(meta.world_size, meta.kv_steps, stages if isinstance(stages, int) else 1)
         try:
             for rows in iter_event_chunks(file, path, chunk):
                 checks.add(rows)
