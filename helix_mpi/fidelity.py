@@ -37,6 +37,7 @@ from .gpuops import ACTIVATION_BYTES, Gemm
 from .kvcache import tokens_held
 from .plan import dp_requests, gemm_dtype
 from .timing import StepTimer, TimeModel
+from .strategies import rules_for
 from .topology import Topology, load_topology
 
 # AIConfigurator system names -> our topologies (B300 runs the GB300's B300 GPU: its tables)
@@ -187,7 +188,7 @@ def decode_step_s(model: ModelConfig, layout: Layout, pp: int, batch: int, conte
     with PP stages, micro-batches of batch / PP flow through the stages one after another."""
     micro = max(batch // pp, 1)
     n = layout.world_size
-    if layout.strategy is Strategy.DP_EP:
+    if rules_for(layout).data_parallel:
         kv = [np.full(len(dp_requests(micro * n, n, r)), context, dtype=np.int64) for r in range(n)]
     else:
         kv = np.full((n, micro), tokens_held(context, layout.kvp, 1)[0], dtype=np.int64)
@@ -201,7 +202,7 @@ def prefill_s(model: ModelConfig, layout: Layout, pp: int, tokens: int, timer: T
     """One prompt of `tokens` tokens through the model (see the module docstring)."""
     if tokens <= 0:
         return 0.0
-    tp = layout.tpa if layout.strategy is not Strategy.DP_EP else 1
+    tp = 1 if rules_for(layout).data_parallel else layout.tpa
     H, wdt = model.hidden_size, gemm_dtype(model, timer.impl)
     heads = max(model.num_heads // tp, 1)
     gemms = [Gemm(tokens, max(n, 1), max(k, 1), wdt) for n, k in _prefill_gemms(model, tp, layout.ep)]
@@ -269,7 +270,7 @@ def predict_tpot(row: E2ERow, topologies: dict[str, Topology] | None = None) -> 
     decode = decode_step_s(model, layout, pp, row.batch, context, timer)
     share = 0.0
     if row.mode == "agg":
-        ranks_in_step = layout.world_size if layout.strategy is Strategy.DP_EP else 1
+        ranks_in_step = layout.world_size if rules_for(layout).data_parallel else 1
         share = ranks_in_step * row.batch / row.osl * prefill_s(model, layout, pp, row.isl, timer)
     prediction.tpot_s, prediction.decode_s, prediction.prefill_share_s = decode + share, decode, share
     prediction.layout = (f"{layout.strategy.value} N={layout.world_size} tpa={layout.tpa} tpf={layout.tpf} "

@@ -56,9 +56,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .axes import Axis
-from .config import Implementation, Layout, ModelConfig, Strategy, validate_layout
+from .config import Implementation, Layout, ModelConfig, validate_layout
 from .memory import rank_memory
 from .mesh import coordinates
+from .strategies import rules_for
 from .timing import StepTimer, TimeModel
 from .topology import Topology
 from .workload import Workload
@@ -91,7 +92,7 @@ class KVCapacity:
 def kv_capacity(model: ModelConfig, layout: Layout, precision: str, topo: Topology,
                 tokens: int | None = None, kv_precision: str | None = None) -> KVCapacity:
     """Per-rank budget; `tokens` overrides the HBM-derived capacity (KV tokens per rank)."""
-    n, dp = layout.world_size, layout.strategy is Strategy.DP_EP
+    n, dp = layout.world_size, rules_for(layout).data_parallel
     # one KV token on every rank: one request per rank under dp-ep, else KVP tokens in blocks of 1
     batch, length = (n, 1) if dp else (1, layout.kvp)
     per_rank = [rank_memory(model, layout, r, batch, length, precision, 1, kv_precision) for r in range(n)]
@@ -161,7 +162,7 @@ class ServingSetup:
 
     @property
     def data_parallel(self) -> bool:
-        return self.layout.strategy is Strategy.DP_EP
+        return rules_for(self.layout).data_parallel
 
 
 @dataclass
