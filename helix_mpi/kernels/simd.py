@@ -12,8 +12,12 @@ LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them 
   together by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
 - ``pv_block_NGxNC(s, g0, t, n, vv, r0, acc)``: acc[g0+g, :] += sum_{j<n} s[g0+g, t+j] *
   vv[r0+j, :]: NG heads x NC 16-lane chunks of D held in registers across the n tokens.
-- ``gemm_block_NBxNC(x, b0, i0, nrows, w, out)``: out[b0+b, :] += sum_{r<nrows} x[b0+b, i0+r] *
-  w[i0+r, :]: NB batch rows x NC 16-lane column chunks in registers across nrows weight rows.
+- ``gemm_block_NBxNC(xt, b0, i0, nrows, w, out, ahead)``: out[b0+b, :] += sum_{r<nrows}
+  xt[i0+r, b0+b] * w[i0+r, :]: NB batch rows x NC 16-lane column chunks in registers across
+  nrows weight rows; if ahead > 0, w rows ``ahead`` further down are prefetched meanwhile.
+  xt [n,B] is x transposed: the NB values one weight row needs share a cache line (rows of x
+  itself lie n*4 bytes apart, a multiple of 4 KiB for usual widths: 16 of them evict each other
+  from one L1 set).
 
 Every array is 2-D C-contiguous; the ``kk`` / ``vv`` / ``w`` operand may be float32 or uint16
 bf16 bits (see bf16.py), widened to float32 in registers as loaded (zero-extend, shift left 16).
@@ -135,6 +139,12 @@ def _column_groups(builder, ncols, nchunks, body):
     with builder.if_then(builder.icmp_signed("<", base, ncols)):
         cols = cols_at(base)
         body(cols, [_lane_mask(builder, builder.sub(ncols, c)) for c in cols])
+
+
+def _prefetch(builder, ptr):
+    """Software prefetch (read, into all cache levels) of the line holding i8* ptr."""
+    fn = _intrinsic_fn(builder, "llvm.prefetch.p0", ir.VoidType(), [_I8P, _I32, _I32, _I32])
+    builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
 
 
 def _fma(builder, a, b, c):
@@ -411,8 +421,8 @@ def _make_pv_block(NG, NC):
 # ----------------------------------------------------------------------------- GEMM block
 def _make_gemm_block(NB, NC):
     @intrinsic
-    def gemm_block(typingctx, x, b0, i0, nrows, w, out):
-        sig = types.void(x, b0, i0, nrows, w, out)
+    def gemm_block(typingctx, xt, b0, i0, nrows, w, out, ahead):
+        sig = types.void(xt, b0, i0, nrows, w, out, ahead)
 
         def codegen(context, builder, signature, args):
             _mark_wide(builder)
@@ -420,7 +430,7 @@ def _make_gemm_block(NB, NC):
             xm = _Mat(context, builder, tys[0], args[0])
             wm = _Mat(context, builder, tys[4], args[4])
             om = _Mat(context, builder, tys[5], args[5])
-            b0_, i0_, nr_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2, 3))
+            b0_, i0_, nr_, ahead_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2, 3, 6))
             regs = _Acc(builder, NB * NC)
             brows = [builder.add(b0_, ir.Constant(_I64, b)) for b in range(NB)]
             def group(cols, masks):
@@ -430,8 +440,11 @@ def _make_gemm_block(NB, NC):
                 with cgutils.for_range(builder, nr_) as r:
                     wrow = builder.add(i0_, r.index)
                     ws = [_load(builder, wm, wrow, cols[c], masks[c]) for c in range(NC)]
+                    with builder.if_then(builder.icmp_signed(">", ahead_, ir.Constant(_I64, 0))):
+                        for c in range(0, NC, 2 if wm.bf16 else 1):   # one per 64 B line
+                            _prefetch(builder, wm.ptr(builder.add(wrow, ahead_), cols[c]))
                     for b in range(NB):
-                        xb = _splat(builder, _scalar(builder, xm, brows[b], wrow), _VF)
+                        xb = _splat(builder, _scalar(builder, xm, wrow, brows[b]), _VF)
                         for c in range(NC):
                             regs.set(b * NC + c, _fma(builder, xb, ws[c], regs.get(b * NC + c)))
                 for b in range(NB):
@@ -465,6 +478,7 @@ pv_block_8x2 = _make_pv_block(8, 2)
 pv_block_4x4 = _make_pv_block(4, 4)
 pv_block_2x4 = _make_pv_block(2, 4)
 pv_block_1x4 = _make_pv_block(1, 4)
+gemm_block_16x1 = _make_gemm_block(16, 1)
 gemm_block_8x2 = _make_gemm_block(8, 2)
 gemm_block_4x4 = _make_gemm_block(4, 4)
 gemm_block_2x4 = _make_gemm_block(2, 4)
