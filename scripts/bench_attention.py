@@ -24,7 +24,7 @@ the same machine state (the machine is shared):
         3 MiB of operands for 268 MFLOP).
     roofline time = max(bytes / R, FLOPs / F); ratio_vs_roofline = roofline time / kernel time
     (the median over repeats of the ratio within each repeat; 1.0 = at the roofline).
-Last line: JSON (medians).
+Last line: JSON (per-case medians; min and median ratio over all cases, per dtype and per G).
 """
 import os
 
@@ -122,6 +122,19 @@ def measure_vs_roofline(kernel, roof, nbytes, flops, repeats):
     }
 
 
+def ratio_summary(cases, groups):
+    """min and median ratio_vs_roofline over all cases and over each named subset of them."""
+    out = {}
+    for name, keep in {"all": lambda c: True, **groups}.items():
+        r = [c["ratio_vs_roofline"] for c in cases if keep(c)]
+        if r:
+            out[f"min_ratio_{name}"] = min(r)
+            out[f"median_ratio_{name}"] = statistics.median(r)
+    out["min_ratio_vs_roofline"] = out.pop("min_ratio_all")
+    out["median_ratio_vs_roofline"] = out.pop("median_ratio_all")
+    return out
+
+
 # ----------------------------------------------------------------------------- attention
 def numpy_attention(q, k, v, lengths):
     """Straightforward NumPy partial attention (matmul + softmax), float32 caches."""
@@ -217,9 +230,9 @@ def main():
                     note = "" if kh == args.kv_heads else f"  (Kh {args.kv_heads}->{kh})"
                     print_row(c, note)
                     cases.append(c)
-    ratios = [c["ratio_vs_roofline"] for c in cases]
-    print(json.dumps({"cases": cases, "min_ratio_vs_roofline": min(ratios),
-                      "median_ratio_vs_roofline": statistics.median(ratios)}))
+    print(json.dumps({"cases": cases, **ratio_summary(cases, {
+        "fp32": lambda c: c["dtype"] == "fp32", "bf16": lambda c: c["dtype"] == "bf16",
+        **{f"G{g}": (lambda c, g=g: c["group"] == g) for g in (1, 4, 8)}})}))
 
 
 if __name__ == "__main__":
