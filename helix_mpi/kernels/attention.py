@@ -2,10 +2,14 @@
 
 Pure functions (no MPI). Single-threaded Numba: each MPI rank is one process.
 
+Per KV group and tile of TILE tokens: scores (simd.py micro-kernels: the G query heads in the
+lanes of 16-wide vectors when G divides 16, else register tiles of dot products), an online
+softmax (vectorised exp), then P.V with up to 8 heads x 32 columns of the output in registers.
+
 Numba flags: we use fastmath *without* the ``nnan``/``ninf`` flags, because the online softmax
 legitimately handles -inf (empty shards) and we must never let LLVM assume it away. Reassociation
-(``reassoc``) and contraction (``contract``) are what let LLVM vectorise the dot products and
-row updates (docs/design.md section 6: strict serial float sums run at a third of memory speed).
+(``reassoc``) and contraction (``contract``) are what let LLVM vectorise the softmax loops
+(docs/design.md section 6: strict serial float sums run at a third of memory speed).
 """
 from __future__ import annotations
 
@@ -356,8 +360,9 @@ def partial_attention(q, k_cache, v_cache, lengths):
     Inputs are converted to C-contiguous float32 only if they are not already (no copy then).
 
     bf16 storage: k_cache and/or v_cache may be uint16 arrays of bf16 bits (see bf16.py); they
-    are upcast row by row inside the kernel while streaming (no float32 copy of the cache), so
-    the result equals that of the float32 caches from_bf16(k_cache), from_bf16(v_cache).
+    are upcast inside the kernel while streaming (no float32 copy of the cache: K blocks of 8
+    rows into an L1 buffer when the heads share vector lanes, else in registers like V), so the
+    result equals that of the float32 caches from_bf16(k_cache), from_bf16(v_cache).
     """
     q = np.ascontiguousarray(q, dtype=np.float32)
     k_cache = _as_cache(k_cache)
