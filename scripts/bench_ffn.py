@@ -18,7 +18,9 @@ bench_attention.py, which holds the probes): R = single-thread read bandwidth ov
 buffer of the case's weight bytes, F = one core's SGEMM FLOP/s (512^3 float32 matmul, 1 thread).
 roofline time = max(bytes / R, FLOPs / F); ratio_vs_roofline = roofline time / kernel time
 (median over repeats of the ratio within each repeat). Also reported (column "blas"): BLAS
-`x @ w` on the float32 weights, as a ratio against the same roofline. Last line: JSON (medians:
+`x @ w` on the float32 weights, as a ratio against the same roofline; and (column "incache",
+linear only) the kernel's FLOP/s on a ~1 MiB weight slice that stays in L2 / F: its compute speed
+without memory traffic. Last line: JSON (medians:
 per case, and over all cases, fp32 and bf16 cases, and batch 1 vs batch 8-16).
 """
 import os
@@ -36,7 +38,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_attention import HostRoofline, measure_vs_roofline, ratio_summary  # noqa: E402
+from bench_attention import (HostRoofline, _seconds, measure_vs_roofline,  # noqa: E402
+                             ratio_summary)
 from helix_mpi.kernels import linear, swiglu, to_bf16  # noqa: E402
 
 # (name, rows, cols): shards a rank holds (llama-3.1-70b/405b widths over 8 ranks)
@@ -60,6 +63,24 @@ def weights(rng, rows, cols, dtype):
     return to_bf16(w) if dtype == "bf16" else w
 
 
+INCACHE_BYTES = 2**20        # in-cache probe: a weight slice of ~1 MiB (L2-resident)
+INCACHE_CALLS = 20
+
+
+def incache_vs_sgemm(fn, rows, cols, dtype, batch, repeats, roof, rng):
+    """Median over repeats of (FLOP/s of fn(x, w) on an L2-resident weight slice with the same
+    columns) / (SGEMM FLOP/s): the kernel's compute speed without memory traffic."""
+    w = weights(rng, max(16, INCACHE_BYTES // (4 * cols)), cols, dtype)
+    x = rng.standard_normal((batch, w.shape[0]), dtype=np.float32)
+    flops = 2 * batch * w.shape[0] * cols
+    fn(x, w)
+    ratios = []
+    for _ in range(repeats):
+        t = _seconds(lambda: fn(x, w), INCACHE_CALLS)
+        ratios.append(flops / t / roof.sgemm_flops())
+    return round(statistics.median(ratios), 3)
+
+
 def linear_case(name, rows, cols, dtype, batch, repeats, rng):
     w = weights(rng, rows, cols, dtype)
     x = rng.standard_normal((batch, rows), dtype=np.float32)
@@ -69,6 +90,7 @@ def linear_case(name, rows, cols, dtype, batch, repeats, rng):
     if dtype == "fp32":   # BLAS x @ w on the same weights, against the same roofline
         blas = measure_vs_roofline(lambda: np.dot(x, w), roof, nbytes, flops, repeats)
         res["blas_ratio_vs_roofline"] = blas["ratio_vs_roofline"]
+    res["incache_vs_sgemm"] = incache_vs_sgemm(linear, rows, cols, dtype, batch, repeats, roof, rng)
     return {"op": "linear", "weights": name, "shape": [rows, cols], "dtype": dtype,
             "batch": batch, **res}
 
@@ -90,7 +112,8 @@ def print_row(c):
           f"{c['bytes'] / 1e6:>7.0f} {c['kernel_ms']:>8.2f} {c['kernel_gbps']:>7.2f} "
           f"{c['kernel_gflops']:>7.1f} {c['read_gbps']:>6.2f} {c['sgemm_gflops']:>6.1f} "
           f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f}"
-          f"{c['blas_ratio_vs_roofline'] if 'blas_ratio_vs_roofline' in c else '':>6}", flush=True)
+          f"{c['blas_ratio_vs_roofline'] if 'blas_ratio_vs_roofline' in c else '':>6} "
+          f"{c.get('incache_vs_sgemm', ''):>7}", flush=True)
 
 
 def main():
@@ -103,7 +126,7 @@ def main():
     rng = np.random.default_rng(0)
     hdr = (f"{'op':>6} {'weights':>14} {'shape':>13} {'dtype':>5} {'B':>3} {'MB':>7} "
            f"{'kern ms':>8} {'GB/s':>7} {'GFLOP/s':>7} {'read':>6} {'sgemm':>6} {'bound':>7} "
-           f"{'ratio':>6} {'blas':>5}")
+           f"{'ratio':>6} {'blas':>5} {'incache':>7}")
     print(hdr)
     print("-" * len(hdr))
     cases = []
