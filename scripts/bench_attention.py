@@ -27,8 +27,8 @@ the same machine state (the machine is shared):
 Diagnosis of a miss, per case: incache_vs_sgemm = the kernel's FLOP/s on an L2-sized cache
 (INCACHE_BATCH requests of one KV head and INCACHE_TOKENS tokens, same G and dtype) / F,
 interleaved with F as above: its compute speed without DRAM traffic (meaningful where compute
-matters, G >= 4: at G = 1 a call is short enough for Python's call overhead to weigh); and kernel_gbps / read_gbps: how close the streaming
-kernel comes to the read bandwidth.
+matters, G >= 4: at G = 1 a call is short enough for Python's call overhead to weigh); and
+kernel_gbps / read_gbps: how close the streaming kernel comes to the read bandwidth.
 Last line: JSON (per-case medians; min and median ratio over all cases, per dtype and per G).
 """
 import os
@@ -226,7 +226,8 @@ def print_row(c, note):
     print(f"{c['dtype']:>5} {c['context']:>7} {c['batch']:>3} {c['group']:>2} {c['kv_heads']:>3} "
           f"{c['bytes'] / 1e6:>8.0f} {c['kernel_ms']:>9.2f} {c['kernel_gbps']:>8.2f} "
           f"{c['kernel_gflops']:>7.1f} {c['read_gbps']:>7.2f} {c['sgemm_gflops']:>7.1f} "
-          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f} {c['kernel_gbps'] / c['read_gbps']:>6.2f} "
+          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f} "
+          f"{c['kernel_gbps'] / c['read_gbps']:>6.2f} "
           f"{c['incache_vs_sgemm']:>7.2f}{note}", flush=True)
 
 

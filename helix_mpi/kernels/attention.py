@@ -24,9 +24,10 @@ from numba.extending import intrinsic, overload
 from .bf16 import is_bf16
 from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
                    bcast_score_block_4x8, bcast_score_block_8x1, bcast_score_block_8x8,
-                   bcast_score_block_16x1, bcast_score_block_16x8, pv_block_1x4, pv_block_2x4, pv_block_4x4, pv_block_8x2, score_block_1x1,
-                   score_block_1x8, score_block_2x1, score_block_2x8, score_block_4x1,
-                   score_block_4x4, row_max, wide_vectors, widen_rows)
+                   bcast_score_block_16x1, bcast_score_block_16x8, pv_block_1x4, pv_block_2x4,
+                   pv_block_4x4, pv_block_8x2, row_max, score_block_1x1, score_block_1x8,
+                   score_block_2x1, score_block_2x8, score_block_4x1, score_block_4x4,
+                   wide_vectors, widen_rows)
 
 __all__ = ["partial_attention", "combine", "TILE"]
 

@@ -22,8 +22,6 @@ from .simd import (gemm_block_1x4, gemm_block_2x4, gemm_block_4x4, gemm_block_8x
 
 __all__ = ["rms_norm", "apply_rope", "swiglu", "linear", "rope_inv_freq"]
 
-# Same fastmath subset as attention.py (no nnan/ninf): reassociation lets LLVM vectorise.
-_FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _RB = 16     # weight rows per block: out is loaded and stored once per _RB rows
 # Above this many rows of x (prefill, not decode) the product is compute-bound and BLAS on
 # upcast panels of _PANEL_ELEMS weights (1 MiB of float32, L2-resident) is faster.
@@ -77,9 +75,10 @@ def apply_rope(x, positions, theta=10000.0):
 @njit(cache=True)
 def _linear_kernel(x, w, out):
     # x [B,n] float32, w [n,m] float32 or uint16 bf16 bits, out [B,m] float32 (overwritten):
-    # out = x @ w, computed from xt = x.T [n,B] (see simd.gemm_block). w is streamed once, in blocks of _RB rows (_RB x m: 114-229 KiB at m = 3584,
-    # L2-resident while every batch row uses it); the next block is prefetched meanwhile. In a
-    # block, up to 8 batch rows x 32 columns of out stay in registers across the _RB rows (simd).
+    # out = x @ w, computed from xt = x.T [n,B] (see simd.gemm_block). w is streamed once, in
+    # blocks of _RB rows (_RB x m: 114-229 KiB at m = 3584, L2-resident while every batch row
+    # uses it); the next block is prefetched meanwhile. In a block, up to 16 batch rows x 16 (or
+    # 8 x 32) columns of out stay in registers across the _RB rows (simd).
     wide_vectors()
     B, n = x.shape
     xt = np.ascontiguousarray(x.T)

@@ -12,6 +12,9 @@ LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them 
   together by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
 - ``pv_block_NGxNC(s, g0, t, n, vv, r0, acc)``: acc[g0+g, :] += sum_{j<n} s[g0+g, t+j] *
   vv[r0+j, :]: NG heads x NC 16-lane chunks of D held in registers across the n tokens.
+- ``bcast_score_block_GxNT(qp, kk, r0, s, t)``: the same scores for all G heads of a group
+  (G divides 16) with the heads in the vector lanes, so no horizontal sum per score (see
+  _make_bcast_score_block).
 - ``gemm_block_NBxNC(xt, b0, i0, nrows, w, out, ahead)``: out[b0+b, :] += sum_{r<nrows}
   xt[i0+r, b0+b] * w[i0+r, :]: NB batch rows x NC 16-lane column chunks in registers across
   nrows weight rows; if ahead > 0, w rows ``ahead`` further down are prefetched meanwhile.
@@ -23,7 +26,11 @@ Every array is 2-D C-contiguous; the ``kk`` / ``vv`` / ``w`` operand may be floa
 bf16 bits (see bf16.py), widened to float32 in registers as loaded (zero-extend, shift left 16).
 A row length that is not a multiple of 16 is handled by masked loads and stores (lanes past the
 end read 0 and are not written), so there is no scalar tail code. ``wide_vectors()`` marks the
-calling kernel so that LLVM's own vectoriser may use 512-bit registers too.
+calling kernel so that LLVM's own vectoriser may use 512-bit registers too; ``row_max`` and
+``widen_rows`` are the vector row max and bf16 -> float32 row copy the attention kernel needs.
+
+Numba's on-disk cache of a kernel is keyed on the kernel's own source file: after editing this
+module, touch attention.py and layers.py (or empty NUMBA_CACHE_DIR), or stale code is loaded.
 """
 from __future__ import annotations
 
@@ -32,7 +39,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["wide_vectors", "row_max", "widen_rows"]  # plus the score_block_*, pv_block_*, gemm_block_* instances below
+# plus the *_block_* instances at the end of the module
+__all__ = ["wide_vectors", "row_max", "widen_rows"]
 
 LANES = 16
 _F32 = ir.FloatType()
@@ -196,7 +204,8 @@ def _reduce_lanes(builder, vecs, labels, width=LANES):
         hi = [k * width + half + i for k in range(LANES // width) for i in range(half)]
         lo_idx = ir.Constant(_VI32, lo + [LANES + j for j in lo])
         hi_idx = ir.Constant(_VI32, hi + [LANES + j for j in hi])
-        vecs = [builder.fadd(builder.shuffle_vector(x, y, lo_idx), builder.shuffle_vector(x, y, hi_idx))
+        vecs = [builder.fadd(builder.shuffle_vector(x, y, lo_idx),
+                             builder.shuffle_vector(x, y, hi_idx))
                 for x, y in zip(vecs[::2], vecs[1::2])]
         labels = [lx + ly for lx, ly in zip(labels[::2], labels[1::2])]
         width = half
@@ -360,14 +369,14 @@ def _make_bcast_score_block(G, NT):
                 col = builder.mul(loop.index, ir.Constant(_I64, seg))
                 for j in range(NT):
                     p = k.ptr(builder.add(r0_, ir.Constant(_I64, j)), col)
-                    if k.bf16:
-                        u16 = ir.VectorType(ir.IntType(16), seg)
+                    if k.bf16:   # widened here (attention.py passes float32 rows instead)
+                        u16, i32 = ir.VectorType(ir.IntType(16), seg), ir.VectorType(_I32, seg)
                         u = builder.load(builder.bitcast(p, u16.as_pointer()), typ=u16, align=2)
-                        kseg = builder.bitcast(builder.shl(builder.zext(u, ir.VectorType(_I32, seg)),
-                                                           ir.Constant(ir.VectorType(_I32, seg), [16] * seg)),
-                                               segty)
+                        bits = builder.shl(builder.zext(u, i32), ir.Constant(i32, [16] * seg))
+                        kseg = builder.bitcast(bits, segty)
                     else:
-                        kseg = builder.load(builder.bitcast(p, segty.as_pointer()), typ=segty, align=4)
+                        kseg = builder.load(builder.bitcast(p, segty.as_pointer()), typ=segty,
+                                            align=4)
                     kb = builder.shuffle_vector(kseg, kseg, spread)
                     acc.set(j, _fma(builder, qv, kb, acc.get(j)))
             labels = [[(h, j) for h in range(G)] for j in range(NT)]
@@ -403,8 +412,8 @@ def _make_pv_block(NG, NC):
                     vrow = builder.add(r0_, tok.index)
                     vs = [_load(builder, v, vrow, cols[c], masks[c]) for c in range(NC)]
                     for g in range(NG):
-                        pg = _splat(builder, _scalar(builder, p, rows[g], builder.add(t_, tok.index)),
-                                    _VF)
+                        pcol = builder.add(t_, tok.index)
+                        pg = _splat(builder, _scalar(builder, p, rows[g], pcol), _VF)
                         for c in range(NC):
                             regs.set(g * NC + c, _fma(builder, pg, vs[c], regs.get(g * NC + c)))
                 for g in range(NG):
