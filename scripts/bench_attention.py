@@ -24,7 +24,12 @@ the same machine state (the machine is shared):
         3 MiB of operands for 268 MFLOP).
     roofline time = max(bytes / R, FLOPs / F); ratio_vs_roofline = roofline time / kernel time
     (the median over repeats of the ratio within each repeat; 1.0 = at the roofline).
-Last line: JSON (medians).
+Diagnosis of a miss, per case: incache_vs_sgemm = the kernel's FLOP/s on an L2-sized cache
+(INCACHE_BATCH requests of one KV head and INCACHE_TOKENS tokens, same G and dtype) / F,
+interleaved with F as above: its compute speed without DRAM traffic (meaningful where compute
+matters, G >= 4: at G = 1 a call is short enough for Python's call overhead to weigh); and
+kernel_gbps / read_gbps: how close the streaming kernel comes to the read bandwidth.
+Last line: JSON (per-case medians; min and median ratio over all cases, per dtype and per G).
 """
 import os
 
@@ -49,6 +54,9 @@ MAX_KV_BYTES = 2**30          # float32 K+V of one case
 READ_COLS = 1024              # row length of the sgemv reader
 SGEMM_N = 512                 # SGEMM probe: n x n @ n x n float32
 SGEMM_CALLS = 4               # matmuls per SGEMM sample (~8 ms)
+INCACHE_TOKENS = 1024         # in-cache probe: 4 requests x 1 KV head x 1024 tokens (K+V: 2 MiB
+INCACHE_BATCH = 4             # fp32, 1 MiB bf16 at D = 128: L2-sized)
+INCACHE_CALLS = 10            # kernel calls per in-cache sample
 
 
 # ----------------------------------------------------------------------------- host roofline
@@ -122,6 +130,19 @@ def measure_vs_roofline(kernel, roof, nbytes, flops, repeats):
     }
 
 
+def ratio_summary(cases, groups):
+    """min and median ratio_vs_roofline over all cases and over each named subset of them."""
+    out = {}
+    for name, keep in {"all": lambda c: True, **groups}.items():
+        r = [c["ratio_vs_roofline"] for c in cases if keep(c)]
+        if r:
+            out[f"min_ratio_{name}"] = min(r)
+            out[f"median_ratio_{name}"] = statistics.median(r)
+    out["min_ratio_vs_roofline"] = out.pop("min_ratio_all")
+    out["median_ratio_vs_roofline"] = out.pop("median_ratio_all")
+    return out
+
+
 # ----------------------------------------------------------------------------- attention
 def numpy_attention(q, k, v, lengths):
     """Straightforward NumPy partial attention (matmul + softmax), float32 caches."""
@@ -157,6 +178,21 @@ def make_cache(rng, shape, dtype):
     return to_bf16(a) if dtype == "bf16" else a
 
 
+def incache_vs_sgemm(dtype, G, D, repeats, roof, rng):
+    """Median over repeats of (kernel FLOP/s on an L2-resident cache) / (SGEMM FLOP/s)."""
+    shape = (INCACHE_BATCH, 1, INCACHE_TOKENS, D)
+    k, v = make_cache(rng, shape, dtype), make_cache(rng, shape, dtype)
+    q = rng.standard_normal((INCACHE_BATCH, G, D), dtype=np.float32)
+    lengths = np.full(INCACHE_BATCH, INCACHE_TOKENS, np.int64)
+    flops = attention_counts(INCACHE_BATCH, G, 1, INCACHE_TOKENS, D, k.itemsize)[1]
+    partial_attention(q, k, v, lengths)
+    ratios = []
+    for _ in range(repeats):
+        t = _seconds(lambda: partial_attention(q, k, v, lengths), INCACHE_CALLS)
+        ratios.append(flops / t / roof.sgemm_flops())
+    return round(statistics.median(ratios), 3)
+
+
 def run_case(dtype, ctx, batch, kh, G, D, repeats, rng):
     Qh = kh * G
     shape = (batch, kh, ctx, D)
@@ -168,6 +204,7 @@ def run_case(dtype, ctx, batch, kh, G, D, repeats, rng):
     roof = HostRoofline(k.nbytes + v.nbytes)
     res = measure_vs_roofline(lambda: partial_attention(q, k, v, lengths), roof, nbytes, flops,
                               repeats)
+    res["incache_vs_sgemm"] = incache_vs_sgemm(dtype, G, D, repeats, roof, rng)
     del roof
     out, _ = partial_attention(q, k, v, lengths)
     if dtype == "bf16":
@@ -189,7 +226,9 @@ def print_row(c, note):
     print(f"{c['dtype']:>5} {c['context']:>7} {c['batch']:>3} {c['group']:>2} {c['kv_heads']:>3} "
           f"{c['bytes'] / 1e6:>8.0f} {c['kernel_ms']:>9.2f} {c['kernel_gbps']:>8.2f} "
           f"{c['kernel_gflops']:>7.1f} {c['read_gbps']:>7.2f} {c['sgemm_gflops']:>7.1f} "
-          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f}{note}", flush=True)
+          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f} "
+          f"{c['kernel_gbps'] / c['read_gbps']:>6.2f} "
+          f"{c['incache_vs_sgemm']:>7.2f}{note}", flush=True)
 
 
 def main():
@@ -204,7 +243,8 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     hdr = (f"{'dtype':>5} {'context':>7} {'B':>3} {'G':>2} {'Kh':>3} {'MB':>8} {'kern ms':>9} "
-           f"{'GB/s':>8} {'GFLOP/s':>7} {'read':>7} {'sgemm':>7} {'bound':>7} {'ratio':>6}")
+           f"{'GB/s':>8} {'GFLOP/s':>7} {'read':>7} {'sgemm':>7} {'bound':>7} {'ratio':>6} "
+           f"{'/read':>6} {'incache':>7}")
     print(hdr)
     print("-" * len(hdr))
     cases = []
@@ -217,9 +257,9 @@ def main():
                     note = "" if kh == args.kv_heads else f"  (Kh {args.kv_heads}->{kh})"
                     print_row(c, note)
                     cases.append(c)
-    ratios = [c["ratio_vs_roofline"] for c in cases]
-    print(json.dumps({"cases": cases, "min_ratio_vs_roofline": min(ratios),
-                      "median_ratio_vs_roofline": statistics.median(ratios)}))
+    print(json.dumps({"cases": cases, **ratio_summary(cases, {
+        "fp32": lambda c: c["dtype"] == "fp32", "bf16": lambda c: c["dtype"] == "bf16",
+        **{f"G{g}": (lambda c, g=g: c["group"] == g) for g in (1, 4, 8)}})}))
 
 
 if __name__ == "__main__":

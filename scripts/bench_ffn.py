@@ -3,8 +3,9 @@
 roofline, one core, at decode batches.
 
 Cases: weight shards one rank holds (Llama-3.1 70B / 405B widths over 8 ranks), stored as
-float32 (BLAS path) and as bf16 (uint16 bits, Numba path up to 16 rows of x, BLAS on upcast
-panels above), batch 1, 8 and 16 (16 = the largest batch of the bf16 Numba path); and SwiGLU (gate and up shards) at batch 1 and 8.
+float32 (BLAS sgemv at batch 1, the Numba GEMM of kernels/layers.py at 2-16 rows) and as bf16
+(uint16 bits, the Numba GEMM up to 16 rows of x, BLAS on upcast panels above), batch 1, 8 and 16
+(16 = the largest batch of the Numba path); and SwiGLU (gate and up shards) at batch 1 and 8.
 
 Counting, per case (s = 4 bytes per weight for float32, 2 for bf16):
     linear x [B,n] @ w [n,m]:   bytes = n*m*s + B*n*4 + B*m*4      FLOPs = 2*B*n*m
@@ -16,8 +17,11 @@ Host roofline, measured in the same run, interleaved with the kernel's repeats (
 bench_attention.py, which holds the probes): R = single-thread read bandwidth over a float32
 buffer of the case's weight bytes, F = one core's SGEMM FLOP/s (512^3 float32 matmul, 1 thread).
 roofline time = max(bytes / R, FLOPs / F); ratio_vs_roofline = roofline time / kernel time
-(median over repeats of the ratio within each repeat). Also reported: BLAS `x @ w` on the float32
-weights, as a ratio against the same roofline. Last line: JSON (medians).
+(median over repeats of the ratio within each repeat). Also reported (column "blas"): BLAS
+`x @ w` on the float32 weights, as a ratio against the same roofline; and (column "incache",
+linear only) the kernel's FLOP/s on a ~1 MiB weight slice that stays in L2 / F: its compute speed
+without memory traffic. Last line: JSON (medians:
+per case, and over all cases, fp32 and bf16 cases, and batch 1 vs batch 8-16).
 """
 import os
 
@@ -34,7 +38,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_attention import HostRoofline, measure_vs_roofline  # noqa: E402
+from bench_attention import (HostRoofline, _seconds, measure_vs_roofline,  # noqa: E402
+                             ratio_summary)
 from helix_mpi.kernels import linear, swiglu, to_bf16  # noqa: E402
 
 # (name, rows, cols): shards a rank holds (llama-3.1-70b/405b widths over 8 ranks)
@@ -58,14 +63,34 @@ def weights(rng, rows, cols, dtype):
     return to_bf16(w) if dtype == "bf16" else w
 
 
+INCACHE_BYTES = 2**20        # in-cache probe: a weight slice of ~1 MiB (L2-resident)
+INCACHE_CALLS = 20
+
+
+def incache_vs_sgemm(fn, rows, cols, dtype, batch, repeats, roof, rng):
+    """Median over repeats of (FLOP/s of fn(x, w) on an L2-resident weight slice with the same
+    columns) / (SGEMM FLOP/s): the kernel's compute speed without memory traffic."""
+    w = weights(rng, max(16, INCACHE_BYTES // (4 * cols)), cols, dtype)
+    x = rng.standard_normal((batch, w.shape[0]), dtype=np.float32)
+    flops = 2 * batch * w.shape[0] * cols
+    fn(x, w)
+    ratios = []
+    for _ in range(repeats):
+        t = _seconds(lambda: fn(x, w), INCACHE_CALLS)
+        ratios.append(flops / t / roof.sgemm_flops())
+    return round(statistics.median(ratios), 3)
+
+
 def linear_case(name, rows, cols, dtype, batch, repeats, rng):
     w = weights(rng, rows, cols, dtype)
     x = rng.standard_normal((batch, rows), dtype=np.float32)
     nbytes, flops = linear_counts(batch, rows, cols, w.itemsize)
     roof = HostRoofline(w.nbytes)
     res = measure_vs_roofline(lambda: linear(x, w), roof, nbytes, flops, repeats)
-    if dtype == "fp32":   # the float32 path is BLAS itself: nothing separate to compare
-        res["blas_ratio_vs_roofline"] = res["ratio_vs_roofline"]
+    if dtype == "fp32":   # BLAS x @ w on the same weights, against the same roofline
+        blas = measure_vs_roofline(lambda: np.dot(x, w), roof, nbytes, flops, repeats)
+        res["blas_ratio_vs_roofline"] = blas["ratio_vs_roofline"]
+    res["incache_vs_sgemm"] = incache_vs_sgemm(linear, rows, cols, dtype, batch, repeats, roof, rng)
     return {"op": "linear", "weights": name, "shape": [rows, cols], "dtype": dtype,
             "batch": batch, **res}
 
@@ -86,7 +111,9 @@ def print_row(c):
     print(f"{c['op']:>6} {c['weights']:>14} {rows:>6}x{cols:<6} {c['dtype']:>5} {c['batch']:>3} "
           f"{c['bytes'] / 1e6:>7.0f} {c['kernel_ms']:>8.2f} {c['kernel_gbps']:>7.2f} "
           f"{c['kernel_gflops']:>7.1f} {c['read_gbps']:>6.2f} {c['sgemm_gflops']:>6.1f} "
-          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f}", flush=True)
+          f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f}"
+          f"{c['blas_ratio_vs_roofline'] if 'blas_ratio_vs_roofline' in c else '':>6} "
+          f"{c.get('incache_vs_sgemm', ''):>7}", flush=True)
 
 
 def main():
@@ -99,7 +126,7 @@ def main():
     rng = np.random.default_rng(0)
     hdr = (f"{'op':>6} {'weights':>14} {'shape':>13} {'dtype':>5} {'B':>3} {'MB':>7} "
            f"{'kern ms':>8} {'GB/s':>7} {'GFLOP/s':>7} {'read':>6} {'sgemm':>6} {'bound':>7} "
-           f"{'ratio':>6}")
+           f"{'ratio':>6} {'blas':>5} {'incache':>7}")
     print(hdr)
     print("-" * len(hdr))
     cases = []
@@ -112,9 +139,9 @@ def main():
             for batch in map(int, args.swiglu_batches.split(",")):
                 cases.append(swiglu_case(name, H, f, dtype, batch, args.repeats, rng))
                 print_row(cases[-1])
-    ratios = [c["ratio_vs_roofline"] for c in cases]
-    print(json.dumps({"cases": cases, "min_ratio_vs_roofline": min(ratios),
-                      "median_ratio_vs_roofline": statistics.median(ratios)}))
+    print(json.dumps({"cases": cases, **ratio_summary(cases, {
+        "fp32": lambda c: c["dtype"] == "fp32", "bf16": lambda c: c["dtype"] == "bf16",
+        "batch1": lambda c: c["batch"] == 1, "batch8_16": lambda c: c["batch"] > 1})}))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 Pure functions (no MPI). Single-threaded Numba: each MPI rank is one process.
 
+Per KV group and tile of TILE tokens: scores (simd.py micro-kernels: the G query heads in the
+lanes of 16-wide vectors when G divides 16, else register tiles of dot products), an online
+softmax (vectorised exp), then P.V with up to 8 heads x 32 columns of the output in registers.
+
 Numba flags: we use fastmath *without* the ``nnan``/``ninf`` flags, because the online softmax
 legitimately handles -inf (empty shards) and we must never let LLVM assume it away. Reassociation
-(``reassoc``) and contraction (``contract``) are what let LLVM vectorise the dot products and
-row updates (docs/design.md section 6: strict serial float sums run at a third of memory speed).
+(``reassoc``) and contraction (``contract``) are what let LLVM vectorise the softmax loops
+(docs/design.md section 6: strict serial float sums run at a third of memory speed).
 """
 from __future__ import annotations
 
@@ -17,7 +21,13 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .bf16 import bf16_to_f32, is_bf16
+from .bf16 import is_bf16
+from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
+                   bcast_score_block_4x8, bcast_score_block_8x1, bcast_score_block_8x8,
+                   bcast_score_block_16x1, bcast_score_block_16x8, pv_block_1x4, pv_block_2x4,
+                   pv_block_4x4, pv_block_8x2, row_max, score_block_1x1, score_block_1x8,
+                   score_block_2x1, score_block_2x8, score_block_4x1, score_block_4x4,
+                   wide_vectors, widen_rows)
 
 __all__ = ["partial_attention", "combine", "TILE"]
 
@@ -137,9 +147,167 @@ def _finish_group(out, lse, b, h0, G, D, acc, l, m):
             out[b, h0 + g, d] = acc[g, d] * inv
 
 
+@njit(cache=True, inline="always")
+def _prefetch_ahead(kk, vv, row, nrows, n):
+    # K and V rows [row+_PF, row+_PF+nrows) of [C,D] caches, if below the length n
+    if row + _PF + nrows <= n:
+        _prefetch_rows(kk, row + _PF, nrows, kk.shape[1])
+        _prefetch_rows(vv, row + _PF, nrows, vv.shape[1])
+
+
+def _k_rows(kk, r0, nrows, kbuf):
+    raise NotImplementedError  # Numba-only (overloaded below)
+
+
+@overload(_k_rows, inline="always")
+def _k_rows_ol(kk, r0, nrows, kbuf):
+    # (float32 [R,D] matrix, first row) holding K rows r0..r0+nrows-1: the cache itself if it is
+    # float32, else those rows widened once into kbuf [>= nrows, D] (then read by every head)
+    if kk.dtype == types.float32:
+        return lambda kk, r0, nrows, kbuf: (kk, r0)
+
+    def impl(kk, r0, nrows, kbuf):
+        widen_rows(kk, r0, nrows, kbuf)
+        return kbuf, 0
+    return impl
+
+
+@njit(cache=True, inline="always")
+def _pack_heads(qs, qp):
+    # qp [D/seg, 16] <- qs [G,D] with head h in lanes h*seg .. h*seg+seg-1 (seg = 16/G):
+    # qp[c, h*seg + i] = qs[h, c*seg + i]
+    G, D = qs.shape
+    seg = 16 // G
+    for h in range(G):
+        for d in range(D):
+            qp[d // seg, h * seg + d % seg] = qs[h, d]
+
+
+@njit(cache=True, inline="always")
+def _bcast_scores_tile(qp, kk, vv, kbuf, t0, tn, n, s):
+    # s[:, :tn] = q @ kk[t0:t0+tn].T for G = 16/seg heads packed in qp [D/seg,16] (see simd):
+    # blocks of 8 tokens, every score in a vector lane, no per-score horizontal sum.
+    G = s.shape[0]
+    t = 0
+    while t + 8 <= tn:
+        _prefetch_ahead(kk, vv, t0 + t, 8, n)
+        kr, r0 = _k_rows(kk, t0 + t, 8, kbuf)
+        if G == 8:
+            bcast_score_block_8x8(qp, kr, r0, s, t)
+        elif G == 4:
+            bcast_score_block_4x8(qp, kr, r0, s, t)
+        elif G == 16:
+            bcast_score_block_16x8(qp, kr, r0, s, t)
+        else:
+            bcast_score_block_2x8(qp, kr, r0, s, t)
+        t += 8
+    for t in range(t, tn):
+        kr, r0 = _k_rows(kk, t0 + t, 1, kbuf)
+        if G == 8:
+            bcast_score_block_8x1(qp, kr, r0, s, t)
+        elif G == 4:
+            bcast_score_block_4x1(qp, kr, r0, s, t)
+        elif G == 16:
+            bcast_score_block_16x1(qp, kr, r0, s, t)
+        else:
+            bcast_score_block_2x1(qp, kr, r0, s, t)
+
+
+@njit(cache=True, inline="always")
+def _dot_scores_tile(qs, kk, vv, t0, tn, n, s):
+    # s[:, :tn] = qs @ kk[t0:t0+tn].T; qs [G,D] pre-scaled queries, kk/vv [C,D], s [G,TILE].
+    # Any G and D: dot products along D (16 lanes, masked tail), NG heads x NT tokens at a time,
+    # summed by one shuffle tree per block. Token blocks outer, head blocks inner: a block of K
+    # rows stays in L1 while every head of the group uses it.
+    G = qs.shape[0]
+    t = 0
+    if G % 4 == 0:
+        while t + 4 <= tn:
+            _prefetch_ahead(kk, vv, t0 + t, 4, n)
+            for g0 in range(0, G, 4):
+                score_block_4x4(qs, g0, kk, t0 + t, s, t)
+            t += 4
+        for t in range(t, tn):
+            for g0 in range(0, G, 4):
+                score_block_4x1(qs, g0, kk, t0 + t, s, t)
+    elif G % 2 == 0:
+        while t + 8 <= tn:
+            _prefetch_ahead(kk, vv, t0 + t, 8, n)
+            for g0 in range(0, G, 2):
+                score_block_2x8(qs, g0, kk, t0 + t, s, t)
+            t += 8
+        for t in range(t, tn):
+            for g0 in range(0, G, 2):
+                score_block_2x1(qs, g0, kk, t0 + t, s, t)
+    else:
+        while t + 8 <= tn:
+            _prefetch_ahead(kk, vv, t0 + t, 8, n)
+            for g in range(G):
+                score_block_1x8(qs, g, kk, t0 + t, s, t)
+            t += 8
+        for t in range(t, tn):
+            for g in range(G):
+                score_block_1x1(qs, g, kk, t0 + t, s, t)
+
+
+def _heads_in_lanes(G, D):
+    """True where the scores are vectorised across heads (_bcast_scores_tile)."""
+    return G in (2, 4, 8, 16) and D % 16 == 0
+
+
+@overload(_heads_in_lanes, inline="always")
+def _heads_in_lanes_ol(G, D):
+    return lambda G, D: (G == 2 or G == 4 or G == 8 or G == 16) and D % 16 == 0
+
+
+@njit(cache=True, inline="always")
+def _pv_tile(s, vv, t0, tn, acc):
+    # acc[g, :] += sum_t s[g, t] * vv[t0+t, :] for t < tn; s [G,TILE], vv [C,D], acc [G,D].
+    # Up to 8 heads x 32 columns of acc stay in registers while the tile's V rows stream past.
+    G = acc.shape[0]
+    if G % 8 == 0:
+        for g0 in range(0, G, 8):
+            pv_block_8x2(s, g0, 0, tn, vv, t0, acc)
+    elif G % 4 == 0:
+        for g0 in range(0, G, 4):
+            pv_block_4x4(s, g0, 0, tn, vv, t0, acc)
+    elif G % 2 == 0:
+        for g0 in range(0, G, 2):
+            pv_block_2x4(s, g0, 0, tn, vv, t0, acc)
+    else:
+        for g in range(G):
+            pv_block_1x4(s, g, 0, tn, vv, t0, acc)
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _softmax_tile(s, tn, first, m, l, acc, ebits, ef):
+    # Online softmax of one tile: s[g, :tn] <- exp(s - m_new), l and m updated, acc rescaled by
+    # exp(m_old - m_new). One vectorised exp per score, one scalar exp per (tile, head).
+    for g in range(s.shape[0]):
+        sg = s[g]
+        mx = row_max(s, g, tn)
+        if first:
+            m_new = mx
+            alpha = np.float32(0.0)
+        else:
+            m_new = max(m[g], mx)
+            alpha = np.float32(math.exp(m[g] - m_new))
+        for t in range(tn):
+            sg[t] = sg[t] - m_new
+        rs = _exp_neg_inplace(sg, tn, ebits, ef)
+        l[g] = l[g] * alpha + rs
+        m[g] = m_new
+        if not first and alpha != 1.0:
+            for d in range(acc.shape[1]):
+                acc[g, d] *= alpha
+
+
 @njit(cache=True, fastmath=_FM)
 def _attn_kernel(q, k, v, lengths, scale, out, lse):
-    # q [B,Qh,D], k/v [B,Kh,C,D], lengths [B] int64, out [B,Qh,D] (written), lse [B,Qh] (written)
+    # q [B,Qh,D] float32; k/v [B,Kh,C,D] float32 or uint16 bf16 bits (each independently: the
+    # simd blocks widen bf16 rows in registers as they load them); lengths [B] int64;
+    # out [B,Qh,D] (written), lse [B,Qh] (written).
+    wide_vectors()
     B, Qh, D = q.shape
     Kh = k.shape[1]
     G = Qh // Kh
@@ -150,6 +318,9 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
     l = np.empty(G, np.float32)              # running sum of exp(score - m)
     ebits = np.empty(TILE, np.int32)         # exponent bits scratch of _exp_neg_inplace
     ef = ebits.view(np.float32)
+    lanes = _heads_in_lanes(G, D)
+    qp = np.empty((D * G // 16 if lanes else 0, 16), np.float32)  # queries, heads in lanes
+    kbuf = np.empty((8, D), np.float32)      # bf16 K rows widened once for every head
     for b in range(B):
         n = lengths[b]
         for kh in range(Kh):
@@ -158,339 +329,18 @@ def _attn_kernel(q, k, v, lengths, scale, out, lse):
                 _write_empty_shard(out, lse, b, h0, G, D)
                 continue
             _start_group(q, b, h0, G, D, scale, qs, acc, l, m)
+            if lanes:
+                _pack_heads(qs, qp)
             kk = k[b, kh]  # [C,D]
             vv = v[b, kh]  # [C,D]
-            first = True
             for t0 in range(0, n, TILE):
                 tn = min(TILE, n - t0)
-                # --- scores s[g,t] = qs[g] . k[t0+t]. Register block: 4 tokens x 2 heads = 8
-                # independent dot products per d sweep (hides FMA latency; 6 loads per 8 FMAs).
-                # 4 K rows (2 KiB) stay in L1 while all G heads use them: each K row is read from
-                # memory once. The same rows of the next tile are prefetched meanwhile.
-                t = 0
-                while t + 3 < tn:
-                    if t0 + _PF + t + 3 < n:
-                        _prefetch_rows(kk, t0 + _PF + t, 4, D)
-                    k0 = kk[t0 + t]
-                    k1 = kk[t0 + t + 1]
-                    k2 = kk[t0 + t + 2]
-                    k3 = kk[t0 + t + 3]
-                    g = 0
-                    while g + 1 < G:
-                        qa = qs[g]
-                        qb = qs[g + 1]
-                        a0 = np.float32(0.0)
-                        a1 = np.float32(0.0)
-                        a2 = np.float32(0.0)
-                        a3 = np.float32(0.0)
-                        b0 = np.float32(0.0)
-                        b1 = np.float32(0.0)
-                        b2 = np.float32(0.0)
-                        b3 = np.float32(0.0)
-                        for d in range(D):
-                            x = qa[d]
-                            y = qb[d]
-                            a0 += x * k0[d]
-                            a1 += x * k1[d]
-                            a2 += x * k2[d]
-                            a3 += x * k3[d]
-                            b0 += y * k0[d]
-                            b1 += y * k1[d]
-                            b2 += y * k2[d]
-                            b3 += y * k3[d]
-                        s[g, t] = a0
-                        s[g, t + 1] = a1
-                        s[g, t + 2] = a2
-                        s[g, t + 3] = a3
-                        s[g + 1, t] = b0
-                        s[g + 1, t + 1] = b1
-                        s[g + 1, t + 2] = b2
-                        s[g + 1, t + 3] = b3
-                        g += 2
-                    if g < G:  # odd G: last head alone
-                        qa = qs[g]
-                        a0 = np.float32(0.0)
-                        a1 = np.float32(0.0)
-                        a2 = np.float32(0.0)
-                        a3 = np.float32(0.0)
-                        for d in range(D):
-                            x = qa[d]
-                            a0 += x * k0[d]
-                            a1 += x * k1[d]
-                            a2 += x * k2[d]
-                            a3 += x * k3[d]
-                        s[g, t] = a0
-                        s[g, t + 1] = a1
-                        s[g, t + 2] = a2
-                        s[g, t + 3] = a3
-                    t += 4
-                while t < tn:  # tile tail (< 4 tokens)
-                    k0 = kk[t0 + t]
-                    for g in range(G):
-                        qa = qs[g]
-                        a0 = np.float32(0.0)
-                        for d in range(D):
-                            a0 += qa[d] * k0[d]
-                        s[g, t] = a0
-                    t += 1
-                # --- online softmax: one exp per score, one scalar exp per (tile, head).
-                for g in range(G):
-                    sg = s[g]
-                    mx = sg[0]
-                    for t in range(1, tn):
-                        mx = max(mx, sg[t])
-                    if first:
-                        m_new = mx
-                        alpha = np.float32(0.0)
-                    else:
-                        m_new = max(m[g], mx)
-                        alpha = np.float32(math.exp(m[g] - m_new))
-                    for t in range(tn):
-                        sg[t] = sg[t] - m_new
-                    rs = _exp_neg_inplace(sg, tn, ebits, ef)
-                    l[g] = l[g] * alpha + rs
-                    m[g] = m_new
-                    if not first and alpha != 1.0:
-                        ag = acc[g]
-                        for d in range(D):
-                            ag[d] *= alpha
-                first = False
-                # --- acc[g] += sum_t p[g,t] v[t0+t]: 2 heads x 4 tokens per d sweep (8 FMAs per
-                # 4 V loads + 2 acc load/stores). Each V row read from memory once.
-                t = 0
-                while t + 3 < tn:
-                    if t0 + _PF + t + 3 < n:
-                        _prefetch_rows(vv, t0 + _PF + t, 4, D)
-                    v0 = vv[t0 + t]
-                    v1 = vv[t0 + t + 1]
-                    v2 = vv[t0 + t + 2]
-                    v3 = vv[t0 + t + 3]
-                    g = 0
-                    while g + 1 < G:
-                        aa = acc[g]
-                        ab = acc[g + 1]
-                        p0 = s[g, t]
-                        p1 = s[g, t + 1]
-                        p2 = s[g, t + 2]
-                        p3 = s[g, t + 3]
-                        r0 = s[g + 1, t]
-                        r1 = s[g + 1, t + 1]
-                        r2 = s[g + 1, t + 2]
-                        r3 = s[g + 1, t + 3]
-                        for d in range(D):
-                            x0 = v0[d]
-                            x1 = v1[d]
-                            x2 = v2[d]
-                            x3 = v3[d]
-                            aa[d] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
-                            ab[d] += r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3
-                        g += 2
-                    if g < G:
-                        aa = acc[g]
-                        p0 = s[g, t]
-                        p1 = s[g, t + 1]
-                        p2 = s[g, t + 2]
-                        p3 = s[g, t + 3]
-                        for d in range(D):
-                            aa[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d]
-                    t += 4
-                while t < tn:
-                    v0 = vv[t0 + t]
-                    for g in range(G):
-                        aa = acc[g]
-                        p0 = s[g, t]
-                        for d in range(D):
-                            aa[d] += p0 * v0[d]
-                    t += 1
-            _finish_group(out, lse, b, h0, G, D, acc, l, m)
-
-
-# ----------------------------------------------------------------------------- bf16 caches
-# K/V caches stored as bf16 (uint16 bits, see bf16.py) take a separate kernel, so the float32
-# kernel above is untouched. Same tiling, online softmax and register blocking, but each block
-# of 4 K (or V) rows is first upcast into a [4,D] float32 buffer (2 KiB, L1) that all G heads then
-# read: every bf16 row is read from memory once and converted once. The hot loops index 2-D
-# arrays directly instead of taking row views: a row view costs Numba an atomic incref/decref
-# (NRT calls) per block, which at half the bytes per token would be a large share of the time.
-def _upcast_rows(src, r0, nr, dst):
-    raise NotImplementedError  # Numba-only (overloaded below)
-
-
-@overload(_upcast_rows, inline="always")
-def _upcast_rows_ol(src, r0, nr, dst):
-    # dst[:nr] <- float32 of src[r0:r0+nr] (src [C,D] uint16 bf16 bits or float32 for a mixed
-    # pair, e.g. bf16 K with float32 V)
-    if src.dtype == types.uint16:
-        def impl(src, r0, nr, dst):
-            for r in range(nr):
-                for d in range(src.shape[1]):
-                    dst[r, d] = bf16_to_f32(src[r0 + r, d])
-        return impl
-    if src.dtype == types.float32:
-        def impl(src, r0, nr, dst):
-            for r in range(nr):
-                for d in range(src.shape[1]):
-                    dst[r, d] = src[r0 + r, d]
-        return impl
-    return None
-
-
-@njit(cache=True, fastmath=_FM)
-def _attn_kernel_bf16(q, k, v, lengths, scale, out, lse):
-    # q [B,Qh,D] float32, k/v [B,Kh,C,D] uint16 bf16 bits (or one of them float32), lengths [B]
-    # int64, out [B,Qh,D] (written), lse [B,Qh] (written). Same math as _attn_kernel.
-    B, Qh, D = q.shape
-    Kh = k.shape[1]
-    G = Qh // Kh
-    qs = np.empty((G, D), np.float32)
-    s = np.empty((G, TILE), np.float32)
-    acc = np.empty((G, D), np.float32)
-    m = np.empty(G, np.float32)
-    l = np.empty(G, np.float32)
-    ebits = np.empty(TILE, np.int32)
-    ef = ebits.view(np.float32)
-    kb = np.empty((4, D), np.float32)        # upcast K rows of one register block
-    vb = np.empty((4, D), np.float32)        # upcast V rows of one register block
-    tm = np.empty(G, np.float32)             # max score of the current tile, per head
-    for b in range(B):
-        n = lengths[b]
-        for kh in range(Kh):
-            h0 = kh * G
-            if n <= 0:
-                _write_empty_shard(out, lse, b, h0, G, D)
-                continue
-            _start_group(q, b, h0, G, D, scale, qs, acc, l, m)
-            kk = k[b, kh]  # [C,D]
-            vv = v[b, kh]  # [C,D]
-            first = True
-            for t0 in range(0, n, TILE):
-                tn = min(TILE, n - t0)
-                for g in range(G):
-                    tm[g] = -np.inf
-                # --- scores: 4 tokens x 2 heads per d sweep, as in _attn_kernel; the tile max
-                # is kept on the fly (a separate serial max pass cost ~10% of the kernel)
-                t = 0
-                while t + 3 < tn:
-                    if t0 + _PF + t + 3 < n:
-                        _prefetch_rows(kk, t0 + _PF + t, 4, D)
-                    _upcast_rows(kk, t0 + t, 4, kb)
-                    g = 0
-                    while g + 1 < G:
-                        a0 = np.float32(0.0)
-                        a1 = np.float32(0.0)
-                        a2 = np.float32(0.0)
-                        a3 = np.float32(0.0)
-                        b0 = np.float32(0.0)
-                        b1 = np.float32(0.0)
-                        b2 = np.float32(0.0)
-                        b3 = np.float32(0.0)
-                        for d in range(D):
-                            x = qs[g, d]
-                            y = qs[g + 1, d]
-                            a0 += x * kb[0, d]
-                            a1 += x * kb[1, d]
-                            a2 += x * kb[2, d]
-                            a3 += x * kb[3, d]
-                            b0 += y * kb[0, d]
-                            b1 += y * kb[1, d]
-                            b2 += y * kb[2, d]
-                            b3 += y * kb[3, d]
-                        s[g, t] = a0
-                        s[g, t + 1] = a1
-                        s[g, t + 2] = a2
-                        s[g, t + 3] = a3
-                        s[g + 1, t] = b0
-                        s[g + 1, t + 1] = b1
-                        s[g + 1, t + 2] = b2
-                        s[g + 1, t + 3] = b3
-                        tm[g] = max(tm[g], max(max(a0, a1), max(a2, a3)))
-                        tm[g + 1] = max(tm[g + 1], max(max(b0, b1), max(b2, b3)))
-                        g += 2
-                    if g < G:
-                        a0 = np.float32(0.0)
-                        a1 = np.float32(0.0)
-                        a2 = np.float32(0.0)
-                        a3 = np.float32(0.0)
-                        for d in range(D):
-                            x = qs[g, d]
-                            a0 += x * kb[0, d]
-                            a1 += x * kb[1, d]
-                            a2 += x * kb[2, d]
-                            a3 += x * kb[3, d]
-                        s[g, t] = a0
-                        s[g, t + 1] = a1
-                        s[g, t + 2] = a2
-                        s[g, t + 3] = a3
-                        tm[g] = max(tm[g], max(max(a0, a1), max(a2, a3)))
-                    t += 4
-                while t < tn:
-                    _upcast_rows(kk, t0 + t, 1, kb)
-                    for g in range(G):
-                        a0 = np.float32(0.0)
-                        for d in range(D):
-                            a0 += qs[g, d] * kb[0, d]
-                        s[g, t] = a0
-                        tm[g] = max(tm[g], a0)
-                    t += 1
-                # --- online softmax (as in _attn_kernel)
-                for g in range(G):
-                    sg = s[g]
-                    mx = tm[g]
-                    if first:
-                        m_new = mx
-                        alpha = np.float32(0.0)
-                    else:
-                        m_new = max(m[g], mx)
-                        alpha = np.float32(math.exp(m[g] - m_new))
-                    for t in range(tn):
-                        sg[t] = sg[t] - m_new
-                    rs = _exp_neg_inplace(sg, tn, ebits, ef)
-                    l[g] = l[g] * alpha + rs
-                    m[g] = m_new
-                    if not first and alpha != 1.0:
-                        for d in range(D):
-                            acc[g, d] *= alpha
-                first = False
-                # --- acc[g] += sum_t p[g,t] v[t0+t]: 2 heads x 4 tokens per d sweep
-                t = 0
-                while t + 3 < tn:
-                    if t0 + _PF + t + 3 < n:
-                        _prefetch_rows(vv, t0 + _PF + t, 4, D)
-                    _upcast_rows(vv, t0 + t, 4, vb)
-                    g = 0
-                    while g + 1 < G:
-                        p0 = s[g, t]
-                        p1 = s[g, t + 1]
-                        p2 = s[g, t + 2]
-                        p3 = s[g, t + 3]
-                        r0 = s[g + 1, t]
-                        r1 = s[g + 1, t + 1]
-                        r2 = s[g + 1, t + 2]
-                        r3 = s[g + 1, t + 3]
-                        for d in range(D):
-                            x0 = vb[0, d]
-                            x1 = vb[1, d]
-                            x2 = vb[2, d]
-                            x3 = vb[3, d]
-                            acc[g, d] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
-                            acc[g + 1, d] += r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3
-                        g += 2
-                    if g < G:
-                        p0 = s[g, t]
-                        p1 = s[g, t + 1]
-                        p2 = s[g, t + 2]
-                        p3 = s[g, t + 3]
-                        for d in range(D):
-                            acc[g, d] += (p0 * vb[0, d] + p1 * vb[1, d] + p2 * vb[2, d]
-                                          + p3 * vb[3, d])
-                    t += 4
-                while t < tn:
-                    _upcast_rows(vv, t0 + t, 1, vb)
-                    for g in range(G):
-                        p0 = s[g, t]
-                        for d in range(D):
-                            acc[g, d] += p0 * vb[0, d]
-                    t += 1
+                if lanes:
+                    _bcast_scores_tile(qp, kk, vv, kbuf, t0, tn, n, s)
+                else:
+                    _dot_scores_tile(qs, kk, vv, t0, tn, n, s)
+                _softmax_tile(s, tn, t0 == 0, m, l, acc, ebits, ef)
+                _pv_tile(s, vv, t0, tn, acc)
             _finish_group(out, lse, b, h0, G, D, acc, l, m)
 
 
@@ -511,8 +361,9 @@ def partial_attention(q, k_cache, v_cache, lengths):
     Inputs are converted to C-contiguous float32 only if they are not already (no copy then).
 
     bf16 storage: k_cache and/or v_cache may be uint16 arrays of bf16 bits (see bf16.py); they
-    are upcast row by row inside the kernel while streaming (no float32 copy of the cache), so
-    the result equals that of the float32 caches from_bf16(k_cache), from_bf16(v_cache).
+    are upcast inside the kernel while streaming (no float32 copy of the cache: K blocks of 8
+    rows into an L1 buffer when the heads share vector lanes, else in registers like V), so the
+    result equals that of the float32 caches from_bf16(k_cache), from_bf16(v_cache).
     """
     q = np.ascontiguousarray(q, dtype=np.float32)
     k_cache = _as_cache(k_cache)
@@ -530,9 +381,7 @@ def partial_attention(q, k_cache, v_cache, lengths):
         raise ValueError(f"lengths must lie in [0, {C}]")
     out = np.empty((B, Qh, D), np.float32)
     lse = np.empty((B, Qh), np.float32)
-    kernel = _attn_kernel_bf16 if k_cache.dtype != np.float32 or v_cache.dtype != np.float32 \
-        else _attn_kernel
-    kernel(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse)
+    _attn_kernel(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse)
     return out, lse
 
 
