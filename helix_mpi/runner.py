@@ -15,15 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .analysis import EventStats, shape_of
+from . import __version__, startup
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import (EmulationResult, Emulator, ServingEmulator, ServingResult, request_input, request_kv,
                        warm_up_kernels)
 from .hostmem import AUTO_CHECK_MAX_BYTES, reference_bytes, will_check
 from .memory import memory_report
 from .mesh import RankMesh
-from .reference import reference_decode, reference_layer, reference_tensors, relative_error
 from .serving import Scheduler, ServingSetup, scalar_metrics
 from .kvcache import round_to_storage
 from .sharding import DenseFFNWeights, full_layer_weights, rounded_weights
@@ -101,16 +99,24 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
             skipped = (f"the unsharded float64 reference would need {need / 1e9:.1f} GB (automatic up to "
                        f"{AUTO_CHECK_MAX_BYTES / 1e9:.1f} GB): --check runs it anyway")
     is_root = comm.Get_rank() == 0
+    if is_root:
+        from .analysis import EventStats, shape_of
     mesh = RankMesh.build(comm, layout)
+    startup.mark("mesh")
     _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
+    startup.mark("kernels")
     _phase(phase, f"building weights and KV caches ({run.layers} layers, batch {run.batch}, context {run.context:,})")
     emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
-    stats, buffered = EventStats(), _StepBuffer(writer)  # rank 0's memory stays flat on long runs
+    startup.mark("data")
+    stats, buffered = (EventStats() if is_root else None), _StepBuffer(writer)  # rank 0's memory stays flat
+    first_step_done: list[float] = []
 
     def sink(step: int, step_events: np.ndarray, kv_tokens: np.ndarray) -> None:
+        if not first_step_done:
+            first_step_done.append(time.time())
         stats.add(step_events)
         buffered.add(step_events, kv_tokens)
         if progress is not None:
@@ -118,15 +124,21 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
 
     try:
         result = emulator.decode(sink if is_root else None)
+        decode_start = startup.wall_of_perf_counter(emulator.host_t0)
+        startup.mark("wait", decode_start)  # the barrier before the first step: every rank ready
+        startup_summary = startup.report(comm, decode_start, first_step_done[0] if first_step_done else None)
         buffered.flush()
         summary = error = None
         if is_root:
             summary = stats.summary(shape_of(layout.world_size, run.batch, run.layers, model))
             summary["host_seconds"] = result.host_seconds
+            summary["startup"] = startup_summary
             summary["memory"] = run_memory(model, layout, run, topo)
             if skipped:
                 summary["reference_skipped"] = skipped
             if check or save_tensors:
+                from .reference import reference_decode, reference_tensors, relative_error
+
                 tensors = reference_tensors(model, run)
                 if check:
                     _, expected = reference_decode(model, tensors, run.steps, run.context, run.storage)
@@ -200,6 +212,8 @@ def reference_serving(model: ModelConfig, run: RunConfig, workload: Workload,
     one by ~1.6x per token (the synthetic model amplifies rounding through every step), past any
     fixed tolerance after ~20 tokens; fed the emulator's inputs, every step is compared alone, and
     `serving_error` checks separately that each input is the normed previous output."""
+    from .reference import reference_layer
+
     weights = [rounded_weights(full_layer_weights(model, run.seed, layer), run.storage)
                for layer in range(run.layers)]
     heads = range(model.num_kv_heads if model.mla is None else 1)
@@ -227,6 +241,8 @@ def serving_error(model: ModelConfig, run: RunConfig, workload: Workload, result
     """Largest relative error (reference.relative_error, per request) of: the outputs against the
     reference, the first input against the request's synthetic input, every later input against
     the float64 RMSNorm of the request's previous output (so no request ever got another's state)."""
+    from .reference import relative_error
+
     if set(result.outputs) != set(expected):
         raise RuntimeError(f"served {len(result.outputs)} requests, expected {len(expected)}")
     errors = []
@@ -265,6 +281,8 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
             skipped = (f"the per-request float64 reference would read {reads:.3g} cache values (automatic up to "
                        f"{AUTO_CHECK_MAX_SERVED_READS:.0e}): --check runs it anyway")
     is_root = comm.Get_rank() == 0
+    if is_root:
+        from .analysis import EventStats
     scheduler = Scheduler(workload, setup)
     mesh = RankMesh.build(comm, layout)
     _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
@@ -273,7 +291,7 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
     emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at)
     writer = TraceWriter(output, serving_attributes(model, layout, run, topo, workload, setup),
                          layout.world_size) if (is_root and output is not None) else None
-    stats, buffered = EventStats(), _StepBuffer(writer)
+    stats, buffered = (EventStats() if is_root else None), _StepBuffer(writer)
 
     def sink(step: int, step_events: np.ndarray, kv_tokens: np.ndarray) -> None:
         stats.add(step_events)
@@ -338,9 +356,11 @@ class _StepBuffer:
         self.events, self.kv = [], []
 
 
-def _serving_summary(stats: EventStats, model: ModelConfig, layout: Layout, run: RunConfig,
+def _serving_summary(stats: Any, model: ModelConfig, layout: Layout, run: RunConfig,
                      result: ServingResult, metrics: dict[str, Any]) -> dict[str, Any]:
     """Event figures (per-op breakdown over all steps) + the serving scalars, which win."""
+    from .analysis import shape_of
+
     summary = stats.summary(shape_of(layout.world_size, metrics["max_batch"], run.layers, model))
     for key in ("ttl_s", "tokens_per_s_per_user", "batch"):  # figures of a fixed batch: not a served trace's
         summary.pop(key, None)
