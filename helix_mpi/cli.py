@@ -80,8 +80,11 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="helix_mpi")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Emulate Helix parallelism for long-context LLM decoding on MPI ranks, and analyse the traces."""
+    if ctx.invoked_subcommand != "run":  # `run` resumes it after its start-up (startup.pause_gc)
+        startup.resume_gc()
 
 
 def _analytic_defaults() -> tuple[str, int]:

@@ -106,6 +106,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
     startup.mark("kernels")
+    startup.resume_gc()
     _phase(phase, f"building weights and KV caches ({run.layers} layers, batch {run.batch}, context {run.context:,})")
     emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
@@ -287,6 +288,7 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
     mesh = RankMesh.build(comm, layout)
     _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
+    startup.resume_gc()
     _phase(phase, f"building weights ({run.layers} layers) and serving {len(workload)} requests")
     emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at)
     writer = TraceWriter(output, serving_attributes(model, layout, run, topo, workload, setup),
