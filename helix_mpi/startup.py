@@ -98,6 +98,7 @@ def report(comm: Any, decode_start: float, first_step_end: float | None) -> dict
     origin = float(launched) if launched else (min(starts) if starts else None)
     summary: dict[str, Any] = {"ranks": len(every), "clock": "launcher" if launched else "first process start"}
     if origin is not None:
+        summary["clock_start"] = origin  # time.time()
         summary["time_to_first_step_s"] = decode_start - origin
         if first_step_end is not None:
             summary["first_step_done_s"] = first_step_end - origin

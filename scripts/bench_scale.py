@@ -55,7 +55,7 @@ def one_start(args: argparse.Namespace, cache: Path, out: Path) -> dict:
                "--context", str(args.context), "--steps", str(args.steps), "--batch", "1", "--storage", "bf16",
                "--no-check", "--json", "-q", "-o", str(out)]
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     sampler = MemorySampler(job.pid)
     sampler.start()
@@ -67,7 +67,10 @@ def one_start(args: argparse.Namespace, cache: Path, out: Path) -> dict:
         raise SystemExit(f"run failed: {stderr[-2000:]}")
     summary = json.loads(stdout.strip().splitlines()[-1])
     startup = summary["startup"]
-    return {"wall_s": wall, "time_to_first_step_s": startup["time_to_first_step_s"],
+    before_launch = startup["clock_start"] - started_at  # the parent checks the flags and the memory first
+    return {"wall_s": wall, "before_launch_s": before_launch,
+            "command_to_first_step_s": before_launch + startup["time_to_first_step_s"],
+            "time_to_first_step_s": startup["time_to_first_step_s"],
             "first_step_done_s": startup["first_step_done_s"], "step_s": summary["host_seconds"] / args.steps,
             "startup_cpu_s": startup["cpu_s"], "phases": startup["phases"],
             "peak_private_total_mb": sampler.peak_total, "peak_private_rank_mb": sampler.peak_rank}
@@ -105,8 +108,9 @@ def data_share_mb(args: argparse.Namespace) -> float:
 
 
 def print_phases(name: str, r: dict, cores: int) -> None:
-    print(f"{name}: first decode step after {r['time_to_first_step_s']:.1f} s (done after "
-          f"{r['first_step_done_s']:.1f} s), {r['step_s']:.2f} s per step; ranks' start-up CPU "
+    print(f"{name}: first decode step {r['time_to_first_step_s']:.1f} s after mpiexec started "
+          f"({r['command_to_first_step_s']:.1f} s after the command; done after {r['first_step_done_s']:.1f} s), "
+          f"{r['step_s']:.2f} s per step; ranks' start-up CPU "
           f"{r['startup_cpu_s']:.1f} s = {r['startup_cpu_s'] / cores:.1f} s on {cores} cores; peak private "
           f"{r['peak_private_total_mb'] / 1024:.1f} GB in all, {r['peak_private_rank_mb']:.0f} MB max per rank")
     print(f"  {'phase':10s} {'wall max s':>10s} {'median s':>9s} {'CPU all s':>10s} {'CPU max s':>10s}")
