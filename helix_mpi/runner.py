@@ -81,9 +81,9 @@ def run_memory(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topolog
 
 def share_calibration(comm: Any, topo: Topology) -> None:
     """Rank 0 reads the topology's measured tables and fits their physical models (calibration:
-    0.2-0.3 s of CPU) and sends them (0.9 MB) to every other rank, which would otherwise redo it in
-    its first decode step (72 ranks on 2 cores: about 10 s of wall time). The values are the same
-    bit for bit (pickled floats and arrays), so no modeled time changes."""
+    0.2-0.3 s of CPU, one process) and sends them (0.9 MB) to every other rank, which would otherwise
+    redo it in its first decode step (72 ranks: some 20 s of CPU). The values are the same bit for
+    bit (pickled floats and arrays), so no modeled time changes."""
     calibration = getattr(topo, "calibration", None)
     if calibration is None or comm.Get_size() == 1:
         return
