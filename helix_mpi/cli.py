@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from . import startup
 from .cliutil import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, DoesNotFitError, UserError, emit, user_error_types
 from .launcher import RELAUNCHED_ENV, JobEnd, default_numba_cache, relaunch, strip_np_option, under_mpiexec
 from .outputs import OutputError
@@ -17,10 +18,40 @@ from .outputs import OutputError
 ABORT_GRACE_S = 0.5  # a failing rank waits this long before MPI_Abort kills every rank
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(dict):
+    """The commands by name; a name not defined in this module registers the trace, sweep, advise
+    and calibration commands first (their modules import h5py, the sweep and matplotlib helpers:
+    the ranks of `run` never need them)."""
+
+    def __missing__(self, name: str) -> Any:
+        _register_commands()
+        return dict.__getitem__(self, name)
+
+
+class _Group(click.Group):
+    """A click group whose other modules' commands are registered on first lookup."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands(self.commands)
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name not in self.commands:
+            _register_commands()
+        return self.commands.get(name)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        _register_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="helix_mpi")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Emulate Helix parallelism for long-context LLM decoding on MPI ranks, and analyse the traces."""
+    if ctx.invoked_subcommand != "run":  # `run` resumes it after its start-up (startup.pause_gc)
+        startup.resume_gc()
 
 
 def _analytic_defaults() -> tuple[str, int]:
@@ -165,13 +196,19 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
         except user_error_types() as exc:
             raise UserError(str(exc)) from None
         sys.exit(_report_job_end(relaunch(ranks, strip_np_option(sys.argv[1:]), announce=not quiet), output))
+    startup.reset()  # an earlier run in this process (tests)
+    startup.mark(startup.PROCESS)
     from mpi4py import MPI
 
+    startup.mark("mpi_init")
     _interrupt_on_sigterm()
     comm = MPI.COMM_WORLD
     is_root = comm.Get_rank() == 0
     show = is_root and not quiet
     try:
+        from . import runner  # noqa: F401 - NumPy, Numba, the emulator: every rank needs them
+
+        startup.mark("imports")
         if ranks is not None and ranks != comm.Get_size():
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
         if serving["workload"] is not None:
@@ -180,6 +217,7 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
                                 **settings)
         if serving["workload"] is None and not force and not os.environ.get(RELAUNCHED_ENV):  # else checked
             _guard_host_memory(resolved.model, resolved.layout, resolved.run_config, check, save_tensors, comm)
+        startup.mark("layout")
         if show:
             _announce_start(comm.Get_size(), resolved)
         if serving["workload"] is not None:
@@ -820,16 +858,20 @@ def _print_serving_run(outcome, resolved: Resolved, as_json: bool) -> None:
     emit(summary, as_json, "\n".join(text))
 
 
+_registered: list[bool] = []
+
+
 def _register_commands() -> None:
+    """The commands of the other CLI modules, registered once, when first looked up (_Group)."""
+    if _registered:
+        return
+    _registered.append(True)
     from . import advisecli, calibcli, sweepcli, tracecli
 
     tracecli.register(cli)
     sweepcli.register(cli)
     advisecli.register(cli)
     calibcli.register(cli)
-
-
-_register_commands()
 
 
 def main() -> None:

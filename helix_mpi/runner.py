@@ -6,6 +6,7 @@ COMM_WORLD), so the same code path is tested both ways.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import time
@@ -15,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .analysis import EventStats, shape_of
+from . import __version__, startup
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import EmulationResult, Emulator, warm_up_kernels
 from .serving_emulator import ServingEmulator, ServingResult, request_input, request_kv
@@ -24,7 +24,6 @@ from .hostmem import AUTO_CHECK_MAX_BYTES, reference_bytes, will_check
 from .memory import memory_report
 from .mesh import RankMesh
 from .families import family
-from .reference import reference_decode, reference_layer, reference_tensors, relative_error
 from .serving import Scheduler, ServingSetup, scalar_metrics
 from .kvcache import round_to_storage
 from .sharding import DenseFFNWeights, full_layer_weights, rounded_weights
@@ -81,6 +80,33 @@ def run_memory(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topolog
                          run.kv_precision)
 
 
+def share_calibration(comm: Any, topo: Topology) -> None:
+    """Rank 0 reads the topology's measured tables and fits their physical models (calibration:
+    0.2-0.3 s of CPU, one process) and sends them (0.9 MB) to every other rank, which would otherwise
+    redo it in its first decode step (72 ranks: some 20 s of CPU). The values are the same bit for
+    bit (pickled floats and arrays), so no modeled time changes."""
+    calibration = getattr(topo, "calibration", None)
+    if calibration is None or comm.Get_size() == 1:
+        return
+    holders = (calibration.tables, calibration.fits, calibration.fits.collectives)
+    values = [_computed_properties(h) for h in holders] if comm.Get_rank() == 0 else None
+    for holder, computed in zip(holders, comm.bcast(values, root=0)):
+        for name, value in computed.items():
+            holder.__dict__.setdefault(name, value)  # where functools.cached_property keeps its value
+
+
+def _computed_properties(holder: Any) -> dict[str, Any]:
+    """Every functools.cached_property of `holder`, computed (those that fail are left to fail later)."""
+    values = {}
+    for name, attribute in vars(type(holder)).items():
+        if isinstance(attribute, functools.cached_property):
+            try:
+                values[name] = getattr(holder, name)
+            except Exception:  # noqa: BLE001 - the rank that needs it raises it then, as before
+                pass
+    return values
+
+
 def _phase(phase: Any, text: str) -> None:
     if phase is not None:
         phase(text)
@@ -102,16 +128,26 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
             skipped = (f"the unsharded float64 reference would need {need / 1e9:.1f} GB (automatic up to "
                        f"{AUTO_CHECK_MAX_BYTES / 1e9:.1f} GB): --check runs it anyway")
     is_root = comm.Get_rank() == 0
+    if is_root:
+        from .analysis import EventStats, shape_of
     mesh = RankMesh.build(comm, layout)
+    share_calibration(comm, topo)
+    startup.mark("mesh")
     _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
+    startup.mark("kernels")
+    startup.resume_gc()
     _phase(phase, f"building weights and KV caches ({run.layers} layers, batch {run.batch}, context {run.context:,})")
     emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
-    stats, buffered = EventStats(), _StepBuffer(writer)  # rank 0's memory stays flat on long runs
+    startup.mark("data")
+    stats, buffered = (EventStats() if is_root else None), _StepBuffer(writer)  # rank 0's memory stays flat
+    first_step_done: list[float] = []
 
     def sink(step: int, step_events: np.ndarray, kv_tokens: np.ndarray) -> None:
+        if not first_step_done:
+            first_step_done.append(time.time())
         stats.add(step_events)
         buffered.add(step_events, kv_tokens)
         if progress is not None:
@@ -119,15 +155,21 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
 
     try:
         result = emulator.decode(sink if is_root else None)
+        decode_start = startup.wall_of_perf_counter(emulator.host_t0)
+        startup.mark("wait", decode_start)  # the barrier before the first step: every rank ready
+        startup_summary = startup.report(comm, decode_start, first_step_done[0] if first_step_done else None)
         buffered.flush()
         summary = error = None
         if is_root:
             summary = stats.summary(shape_of(layout.world_size, run.batch, run.layers, model))
             summary["host_seconds"] = result.host_seconds
+            summary["startup"] = startup_summary
             summary["memory"] = run_memory(model, layout, run, topo)
             if skipped:
                 summary["reference_skipped"] = skipped
             if check or save_tensors:
+                from .reference import reference_decode, reference_tensors, relative_error
+
                 tensors = reference_tensors(model, run)
                 if check:
                     _, expected = reference_decode(model, tensors, run.steps, run.context, run.storage)
@@ -202,6 +244,8 @@ def reference_serving(model: ModelConfig, run: RunConfig, workload: Workload,
     one by ~1.6x per token (the synthetic model amplifies rounding through every step), past any
     fixed tolerance after ~20 tokens; fed the emulator's inputs, every step is compared alone, and
     `serving_error` checks separately that each input is the normed previous output."""
+    from .reference import reference_layer
+
     weights = [rounded_weights(full_layer_weights(model, run.seed, layer), run.storage)
                for layer in range(run.layers)]
     heads = range(family(model).cache_heads(model))
@@ -229,6 +273,8 @@ def serving_error(model: ModelConfig, run: RunConfig, workload: Workload, result
     """Largest relative error (reference.relative_error, per request) of: the outputs against the
     reference, the first input against the request's synthetic input, every later input against
     the float64 RMSNorm of the request's previous output (so no request ever got another's state)."""
+    from .reference import relative_error
+
     if set(result.outputs) != set(expected):
         raise RuntimeError(f"served {len(result.outputs)} requests, expected {len(expected)}")
     errors = []
@@ -267,15 +313,19 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
             skipped = (f"the per-request float64 reference would read {reads:.3g} cache values (automatic up to "
                        f"{AUTO_CHECK_MAX_SERVED_READS:.0e}): --check runs it anyway")
     is_root = comm.Get_rank() == 0
+    if is_root:
+        from .analysis import EventStats
     scheduler = Scheduler(workload, setup)
     mesh = RankMesh.build(comm, layout)
+    share_calibration(comm, topo)
     _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
+    startup.resume_gc()
     _phase(phase, f"building weights ({run.layers} layers) and serving {len(workload)} requests")
     emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at)
     writer = TraceWriter(output, serving_attributes(model, layout, run, topo, workload, setup),
                          layout.world_size) if (is_root and output is not None) else None
-    stats, buffered = EventStats(), _StepBuffer(writer)
+    stats, buffered = (EventStats() if is_root else None), _StepBuffer(writer)
 
     def sink(step: int, step_events: np.ndarray, kv_tokens: np.ndarray) -> None:
         stats.add(step_events)
@@ -340,9 +390,11 @@ class _StepBuffer:
         self.events, self.kv = [], []
 
 
-def _serving_summary(stats: EventStats, model: ModelConfig, layout: Layout, run: RunConfig,
+def _serving_summary(stats: Any, model: ModelConfig, layout: Layout, run: RunConfig,
                      result: ServingResult, metrics: dict[str, Any]) -> dict[str, Any]:
     """Event figures (per-op breakdown over all steps) + the serving scalars, which win."""
+    from .analysis import shape_of
+
     summary = stats.summary(shape_of(layout.world_size, metrics["max_batch"], run.layers, model))
     for key in ("ttl_s", "tokens_per_s_per_user", "batch"):  # figures of a fixed batch: not a served trace's
         summary.pop(key, None)

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 from numba import njit
 
-from .kernels.bf16 import to_bf16
+from .kernels.bf16 import _to_bf16_flat
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -42,25 +42,26 @@ def _fill_rows(key, row_starts, out, scale, offset):
             out[r, c] = offset + scale * _uniform(key, base + np.uint64(c))
 
 
-CHUNK_ELEMENTS = 1 << 20  # float32 scratch per chunk when generating straight into bf16 storage
+@njit(cache=True)
+def _fill_rows_bf16(key, row_starts, out, scale, offset):
+    """out[r, c] = bf16 (kernels.bf16 rounding) of the float32 that _fill_rows would store; out
+    [R, M] uint16, through one float32 row of scratch (no float32 copy of the tensor)."""
+    row = np.empty(out.shape[1], dtype=np.float32)  # [M]
+    bits = row.view(np.uint32)
+    for r in range(out.shape[0]):
+        base = np.uint64(row_starts[r])
+        for c in range(out.shape[1]):
+            row[c] = offset + scale * _uniform(key, base + np.uint64(c))
+        _to_bf16_flat(bits, out[r])
 
 
 def rows(seed: int, name: str, row_starts: np.ndarray, row_length: int, scale: float = 1.0,
          offset: float = 0.0, bf16: bool = False) -> np.ndarray:
     """[R, row_length]: element c of row r has flat index row_starts[r] + c. float32, or with
-    `bf16` rounded to bf16 (uint16) a chunk of rows at a time, so no float32 copy of the whole
-    tensor ever exists."""
+    `bf16` rounded to bf16 (uint16) one row at a time."""
     key, starts = tensor_key(seed, name), np.ascontiguousarray(row_starts, dtype=np.int64)
-    if not bf16:
-        out = np.empty((len(starts), row_length), dtype=np.float32)
-        _fill_rows(key, starts, out, float(scale), float(offset))
-        return out
-    out = np.empty((len(starts), row_length), dtype=np.uint16)
-    step = max(1, CHUNK_ELEMENTS // max(row_length, 1))
-    for first in range(0, len(starts), step):
-        chunk = np.empty((min(step, len(starts) - first), row_length), dtype=np.float32)
-        _fill_rows(key, starts[first:first + len(chunk)], chunk, float(scale), float(offset))
-        out[first:first + len(chunk)] = to_bf16(chunk)
+    out = np.empty((len(starts), row_length), dtype=np.uint16 if bf16 else np.float32)
+    (_fill_rows_bf16 if bf16 else _fill_rows)(key, starts, out, float(scale), float(offset))
     return out
 
 

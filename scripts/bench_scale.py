@@ -3,12 +3,19 @@
 
 Runs `helix-mpi run -n 72 --model llama-3.1-405b --layers 1 --kvp 9 --tpa 8 --context 131072 --storage bf16`
 twice: first with an empty Numba cache (cold start), then again with the cache it filled (warm
-start). For each: wall time, decode time (so start-up = wall - decode), time per step, and the
-ranks' peak private memory (Private_Clean + Private_Dirty, Linux), in all and per rank, against
-the rank's share of the data (its bf16 weights + KV). Last line: JSON.
+start). For each: time to the first decode step (from the launcher starting mpiexec to every rank
+ready for step 0) and to its end, each start-up phase as the ranks report it (`startup` in the
+run's JSON: wall seconds of the slowest and the median rank, CPU seconds of all ranks), the time
+per step, and the ranks' peak private memory (Private_Clean + Private_Dirty, Linux) in all and per
+rank, against the rank's share of the data (its bf16 weights + KV).
+
+Then the floor on this machine: the same number of ranks under the same mpiexec and settings
+doing nothing but `import numpy, numba` and MPI_Init; a start-up can not beat it while every rank
+imports them. Last line: JSON.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,18 +27,21 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from procmem import private_mb, rank_pids  # noqa: E402
 
+FLOOR_CODE = "import numpy, numba; from mpi4py import MPI"
+NO_COLLECTIVE = ("python", "imports", "data")  # start-up phases whose CPU is all work (no MPI waits)
+
 
 class MemorySampler(threading.Thread):
-    """Peak total and per-rank private memory of the ranks, sampled every `period` seconds."""
+    """Peak total and per-rank private memory of the ranks under `parent`, every `period` seconds."""
 
-    def __init__(self, period: float = 1.0):
+    def __init__(self, parent: int, period: float = 1.0):
         super().__init__(daemon=True)
-        self.period, self.stop = period, threading.Event()
+        self.parent, self.period, self.stop = parent, period, threading.Event()
         self.peak_total, self.peak_rank = 0.0, 0.0
 
     def run(self) -> None:
         while not self.stop.is_set():
-            memory = [private_mb(pid) for pid in rank_pids()]
+            memory = [private_mb(pid) for pid in rank_pids(self.parent)]
             if memory:
                 self.peak_total = max(self.peak_total, sum(memory))
                 self.peak_rank = max(self.peak_rank, max(memory))
@@ -44,21 +54,38 @@ def one_start(args: argparse.Namespace, cache: Path, out: Path) -> dict:
     command = [str(BIN / "helix-mpi"), "run", "-n", str(args.ranks), "--model", args.model, "--layers", "1",
                "--kvp", str(args.ranks // args.tpa), "--tpa", str(args.tpa),
                "--context", str(args.context), "--steps", str(args.steps), "--batch", "1", "--storage", "bf16",
-               "--no-check", "--json", "-o", str(out)]
-    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(cache))
-    sampler = MemorySampler()
+               "--no-check", "--json", "-q", "-o", str(out)]
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    started, started_at = time.monotonic(), time.time()
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    sampler = MemorySampler(job.pid)
     sampler.start()
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    stdout, stderr = job.communicate()
     wall = time.monotonic() - started
     sampler.stop.set()
     sampler.join()
-    if done.returncode != 0:
-        raise SystemExit(f"run failed: {done.stderr[-2000:]}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    decode = summary["host_seconds"]
-    return {"wall_s": wall, "decode_s": decode, "startup_s": wall - decode, "step_s": decode / args.steps,
+    if job.returncode != 0:
+        raise SystemExit(f"run failed: {stderr[-2000:]}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    startup = summary["startup"]
+    before_launch = startup["clock_start"] - started_at  # the parent checks the flags and the memory first
+    return {"wall_s": wall, "before_launch_s": before_launch,
+            "command_to_first_step_s": before_launch + startup["time_to_first_step_s"],
+            "time_to_first_step_s": startup["time_to_first_step_s"],
+            "first_step_done_s": startup["first_step_done_s"], "step_s": summary["host_seconds"] / args.steps,
+            "startup_cpu_s": startup["cpu_s"], "phases": startup["phases"],
+            "no_collective_cpu_s": sum(p["cpu_sum_s"] for p in startup["phases"] if p["phase"] in NO_COLLECTIVE),
             "peak_private_total_mb": sampler.peak_total, "peak_private_rank_mb": sampler.peak_rank}
+
+
+def floor_seconds(ranks: int, code: str) -> float:
+    """Wall seconds of `ranks` ranks running `python -c code` under helix-mpi's mpiexec and settings."""
+    from helix_mpi.launcher import mpiexec_path, rank_environment
+
+    started = time.monotonic()
+    subprocess.run([mpiexec_path(), "-n", str(ranks), sys.executable, "-c", code], env=rank_environment(),
+                   check=True, capture_output=True)
+    return time.monotonic() - started
 
 
 def compile_seconds(cache: Path) -> float:
@@ -66,7 +93,7 @@ def compile_seconds(cache: Path) -> float:
     code = ("import time; t = time.perf_counter(); from mpi4py import MPI; from helix_mpi.emulator import warm_up_kernels; "
             "warm_up_kernels(MPI.COMM_SELF, 'fp32'); warm_up_kernels(MPI.COMM_SELF, 'bf16'); "
             "print(time.perf_counter() - t)")
-    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(cache))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -77,9 +104,23 @@ def data_share_mb(args: argparse.Namespace) -> float:
     from helix_mpi.memory import rank_memory
 
     model = load_model(args.model)
-    layout = make_layout(model, args.ranks, None, None)
+    layout = make_layout(model, args.ranks, args.ranks // args.tpa, args.tpa)
     shares = [rank_memory(model, layout, r, 1, args.context + args.steps, "bf16") for r in range(args.ranks)]
     return max(s["weights_bytes"] + s["kv_bytes"] for s in shares) / model.num_layers / 1e6
+
+
+def print_phases(name: str, r: dict, cores: int) -> None:
+    print(f"{name}: first decode step {r['time_to_first_step_s']:.1f} s after mpiexec started "
+          f"({r['command_to_first_step_s']:.1f} s after the command; done after {r['first_step_done_s']:.1f} s), "
+          f"{r['step_s']:.2f} s per step; ranks' start-up CPU {r['startup_cpu_s']:.1f} s (spinning in MPI waits "
+          f"included), {r['no_collective_cpu_s']:.1f} s in phases without collectives "
+          f"({r['no_collective_cpu_s'] / cores:.1f} s on {cores} cores); peak private "
+          f"{r['peak_private_total_mb'] / 1024:.1f} GB in all, {r['peak_private_rank_mb']:.0f} MB max per rank")
+    print(f"  {'phase':10s} {'wall max s':>10s} {'median s':>9s} {'CPU all s':>10s} {'CPU max s':>10s}")
+    for p in r["phases"]:
+        cpu = "-" if p["cpu_sum_s"] is None else f"{p['cpu_sum_s']:.2f}"
+        top = "-" if p["cpu_max_s"] is None else f"{p['cpu_max_s']:.3f}"
+        print(f"  {p['phase']:10s} {p['wall_max_s']:10.2f} {p['wall_median_s']:9.2f} {cpu:>10s} {top:>10s}")
 
 
 def main() -> None:
@@ -89,24 +130,30 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=131072)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--tpa", type=int, default=8, help="attention TP (KVP = ranks / TPA)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare-import floor")
     args = parser.parse_args()
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         compile_cold = compile_seconds(Path(tmp) / "solo")
         compile_warm = compile_seconds(Path(tmp) / "solo")
         cache = Path(tmp) / "numba"
         cold = one_start(args, cache, Path(tmp) / "cold.h5")
         warm = one_start(args, cache, Path(tmp) / "warm.h5")
+    floor = {} if args.no_floor else {"nothing_s": floor_seconds(args.ranks, "pass"),
+                                      "imports_s": floor_seconds(args.ranks, FLOOR_CODE)}
     share = data_share_mb(args)
     for name, r in (("cold cache", cold), ("warm cache", warm)):
-        print(f"{name}: start-up {r['startup_s']:.1f} s, {r['step_s']:.2f} s per step, peak private "
-              f"{r['peak_private_total_mb'] / 1024:.1f} GB in all, {r['peak_private_rank_mb']:.0f} MB max per rank")
+        print_phases(name, r, cores)
     print(f"largest rank's data share (bf16 weights + KV of the layer): {share:.0f} MB; "
           f"beyond it: {warm['peak_private_rank_mb'] - share:.0f} MB per rank")
-    print(f"warm start is {cold['startup_s'] / warm['startup_s']:.2f}x faster than cold; one process importing "
-          f"and compiling every kernel: {compile_cold:.1f} s cold, {compile_warm:.1f} s from the cache")
-    print(json.dumps({"ranks": args.ranks, "context": args.context, "cold": cold, "warm": warm,
-                      "data_share_mb": share, "startup_speedup": cold["startup_s"] / warm["startup_s"],
-                      "solo_compile_cold_s": compile_cold, "solo_compile_warm_s": compile_warm}))
+    print(f"one process importing and compiling every kernel: {compile_cold:.1f} s cold, {compile_warm:.1f} s "
+          "from the cache")
+    if floor:
+        print(f"floor, {args.ranks} ranks under the same mpiexec: `python -c pass` {floor['nothing_s']:.1f} s, "
+              f"`{FLOOR_CODE}` {floor['imports_s']:.1f} s")
+    print(json.dumps({"ranks": args.ranks, "context": args.context, "cores": cores, "cold": cold, "warm": warm,
+                      "floor": floor, "data_share_mb": share, "solo_compile_cold_s": compile_cold,
+                      "solo_compile_warm_s": compile_warm}))
 
 
 if __name__ == "__main__":
