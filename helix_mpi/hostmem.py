@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .axes import Axis
-from .config import Layout, ModelConfig, RunConfig, Strategy
+from .config import Layout, ModelConfig, RunConfig
 from .kvcache import tokens_held
 from .mesh import coordinates
 from .plan import dp_requests, ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
 from .sharding import TRIVIAL_LAYOUT, RankShard, rank_shard
+from .strategies import rules_for
 
 # One rank's interpreter, libraries and compiled kernels: 69-73 MB of private memory measured per
 # rank (tiny, 8 ranks, scripts/bench_hostmem.py); the libraries' code pages (175-195 MB resident per
@@ -57,17 +58,19 @@ class HostMemory:
         return HostMemory(self.weights[which], self.kv[which], self.scratch[which], self.reference[which])
 
 
-def weight_elements(model: ModelConfig, shard: RankShard, layers: int) -> int:
-    """Weights a rank holds for the first `layers` layers (norms and biases aside)."""
+def weight_elements(model: ModelConfig, shard: RankShard, layers: int | range) -> int:
+    """Weights a rank holds for the first `layers` layers, or the layers of a range (a pipeline
+    stage's), norms and biases aside."""
     attention = qkv_weight_elements(model, shard) + out_weight_elements(model, shard)
-    return sum(attention + ffn_weight_elements(model, shard, layer) for layer in range(layers))
+    held = range(layers) if isinstance(layers, int) else layers
+    return sum(attention + ffn_weight_elements(model, shard, layer) for layer in held)
 
 
 def cache_elements(model: ModelConfig, layout: Layout, run: RunConfig, rank: int) -> int:
     """KV elements of one layer on a rank when every request holds context + steps tokens."""
     shard = rank_shard(model, layout, rank)
     tokens = run.context + run.steps
-    if layout.strategy is Strategy.DP_EP:
+    if rules_for(layout).data_parallel:
         requests, held = len(dp_requests(run.batch, layout.world_size, rank)), tokens
     else:
         requests = run.batch
@@ -96,12 +99,14 @@ def estimate_run(model: ModelConfig, layout: Layout, run: RunConfig, with_refere
     """Peak host memory of each rank of a fixed-batch emulation."""
     n, size = layout.world_size, STORAGE_BYTES[run.storage]
     shards = [rank_shard(model, layout, r) for r in range(n)]
-    weights = np.array([weight_elements(model, s, run.layers) * size for s in shards], dtype=float)
+    held = [rules_for(layout).rank_layers(layout, r, run.layers) for r in range(n)]  # a stage's layers under pp
+    weights = np.array([weight_elements(model, s, layers) * size for s, layers in zip(shards, held)], dtype=float)
     cache = np.array([cache_elements(model, layout, run, r) for r in range(n)], dtype=float)
     reference = np.zeros(n)
     reference[0] = reference_bytes(model, run) if with_reference else 0.0
     scratch = cache * (4.0 + (2.0 if run.storage == "bf16" else 0.0))
-    return HostMemory(weights, cache * run.layers * size, scratch, reference)
+    layers_held = np.array([len(layers) for layers in held], dtype=float)
+    return HostMemory(weights, cache * layers_held * size, scratch, reference)
 
 
 def available_bytes() -> float | None:

@@ -46,6 +46,24 @@ def test_estimated_weights_are_the_shards_the_ranks_generate(name, ranks, strate
         assert 0 <= norms <= 4 * 4 * model.hidden_size * run.layers
 
 
+@pytest.mark.parametrize("name, kvp, pp", [("tiny", None, 2), ("tiny-mla-moe", 2, 2), ("tiny", None, 4)])
+def test_pipeline_ranks_are_estimated_for_their_stage_layers_only(name, kvp, pp):
+    """Under pipeline stages a rank generates the weights, and holds the KV, of its stage's layers."""
+    from helix_mpi.strategies import rules_for
+
+    model = load_model(name)
+    layout = make_layout(model, 8, kvp, None, "pp", pp=pp)
+    run = RunConfig(batch=2, context=300, layers=model.num_layers)
+    estimate = estimate_run(model, layout, run, with_reference=False)
+    flat = estimate_run(model, rules_for(layout).stage_layout(layout), run, with_reference=False)  # every layer
+    for rank in range(8):
+        layers = rules_for(layout).rank_layers(layout, rank, run.layers)
+        held = sum(_array_bytes(layer_weights(model, 0, layer, rank_shard(model, layout, rank), "fp32"))
+                   for layer in layers)
+        assert 0 <= held - estimate.weights[rank] <= 4 * 4 * model.hidden_size * len(layers)
+        assert estimate.kv[rank] == flat.kv[rank % (8 // pp)] * len(layers) / run.layers
+
+
 @pytest.mark.parametrize("storage", ["fp32", "bf16"])
 def test_estimated_kv_is_the_cache_the_emulator_allocates(storage):
     model = load_model("tiny-gqa3")
