@@ -16,6 +16,7 @@ from .launcher import RELAUNCHED_ENV, JobEnd, default_numba_cache, relaunch, str
 from .outputs import OutputError
 
 ABORT_GRACE_S = 0.5  # a failing rank waits this long before MPI_Abort kills every rank
+LOCK_SETTLE_S = 3.0  # after mpiexec returns, how long its aborted ranks may take to exit and free the lock
 
 
 class _Commands(dict):
@@ -289,17 +290,30 @@ def _guard_host_memory(model, layout, run_config, check, save_tensors: bool, com
         raise ConfigError(refused[0])
 
 
+def _held_by_another_run(output: str, settle_s: float = LOCK_SETTLE_S) -> bool:
+    """Whether the lock of `output` is still held once this job's ranks are gone: mpiexec may
+    return while its aborted ranks are still exiting (rank 0 holding the lock), so a lock held
+    for `settle_s` after the job ended belongs to another run writing the same output."""
+    from .outputs import is_locked
+
+    deadline = time.monotonic() + settle_s
+    while is_locked(output):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _report_job_end(end: JobEnd, output: str) -> int:
     """After a relaunched job: one line saying how it ended, unless it ended well or a rank has
     already said why it stopped; returns the exit code (128 + signal when interrupted)."""
-    from .outputs import is_locked
     from .trace import settle_partial
 
     if end.code == 0 and end.failure is None:  # it finished (perhaps just as it was interrupted)
         return 0
     if end.reported and end.interrupted is None:
         return end.code
-    trace = "no trace was written by this run" if is_locked(output) else settle_partial(output)
+    trace = "no trace was written by this run" if _held_by_another_run(output) else settle_partial(output)
     if end.interrupted is not None:
         line, code = f"helix-mpi: interrupted; {trace}", 128 + end.interrupted
     elif end.failure is not None:
