@@ -133,3 +133,22 @@ def test_round_robin_placement_is_balanced_and_complete(end, kvp, block):
     np.testing.assert_array_equal(np.bincount(owners, minlength=kvp), held)
     placed = np.concatenate([owned_positions(end, r, kvp, block) for r in range(kvp)])
     np.testing.assert_array_equal(np.sort(placed), np.arange(end))  # every token exactly once
+
+
+@pytest.mark.parametrize("holder_lives_s, held", [(0.4, False), (30.0, True)])
+def test_the_job_end_waits_for_exiting_ranks_to_free_the_output_lock(tmp_path, holder_lives_s, held):
+    """mpiexec may return while an aborted rank 0 is still exiting with the output's lock: a lock
+    freed within the settle time was this job's (its .partial is then reported); one held longer
+    belongs to another run writing the same output."""
+    from helix_mpi.cli import _held_by_another_run
+
+    output = tmp_path / "t.h5"
+    code = (f"import time; from helix_mpi.outputs import OutputLock; lock = OutputLock({str(output)!r}); "
+            f"print('locked', flush=True); time.sleep({holder_lives_s})")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _held_by_another_run(str(output), settle_s=2.0) is held
+    finally:
+        holder.kill()
+        holder.wait()
