@@ -29,8 +29,9 @@ end read 0 and are not written), so there is no scalar tail code. ``wide_vectors
 calling kernel so that LLVM's own vectoriser may use 512-bit registers too; ``row_max`` and
 ``widen_rows`` are the vector row max and bf16 -> float32 row copy the attention kernel needs.
 
-Numba's on-disk cache of a kernel is keyed on the kernel's own source file: after editing this
-module, touch attention.py and layers.py (or empty NUMBA_CACHE_DIR), or stale code is loaded.
+Numba's on-disk cache of a kernel is keyed on the kernel's own source file, not on this module:
+helix-mpi's default NUMBA_CACHE_DIR is therefore one folder per hash of every kernels/*.py source
+(launcher.default_numba_cache); with a NUMBA_CACHE_DIR of your own, empty it after editing this module.
 """
 from __future__ import annotations
 
