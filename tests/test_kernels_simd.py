@@ -14,6 +14,7 @@ from numba import njit
 
 from helix_mpi.kernels import from_bf16, linear, partial_attention, to_bf16
 from helix_mpi.kernels import simd as S
+from test_kernels import ref_attention  # the float64 reference of every kernel test
 
 RNG = np.random.default_rng(16)
 WIDTHS = (128, 20, 5)       # full chunks only, a masked tail, a tail alone
@@ -155,23 +156,6 @@ def test_widen_rows(D):
     np.testing.assert_array_equal(dst[3], 9.0)
 
 
-def _attention64(q, k, v, lengths):
-    """float64 reference: out [B,Qh,D], lse [B,Qh] (empty: 0, -inf)."""
-    B, Qh, D = q.shape
-    G = Qh // k.shape[1]
-    out = np.zeros((B, Qh, D))
-    lse = np.full((B, Qh), -np.inf)
-    for b in range(B):
-        n = int(lengths[b])
-        for h in range(Qh if n else 0):
-            sc = k[b, h // G, :n].astype(np.float64) @ q[b, h].astype(np.float64) / np.sqrt(D)
-            mx = sc.max()
-            e = np.exp(sc - mx)
-            out[b, h] = e @ v[b, h // G, :n].astype(np.float64) / e.sum()
-            lse[b, h] = mx + np.log(e.sum())
-    return out, lse
-
-
 @pytest.mark.parametrize("G", (1, 2, 3, 4, 6, 8, 16))
 @pytest.mark.parametrize("D", (64, 20))
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -183,7 +167,7 @@ def test_attention_every_g_path(G, D, dtype):
     v, vf = _operand((B, Kh, C, D), dtype)
     lengths = np.array([C, 13], np.int64)
     out, lse = partial_attention(q, k, v, lengths)
-    ref_out, ref_lse = _attention64(q, kf, vf, lengths)
+    ref_out, ref_lse = ref_attention(q, kf, vf, lengths)
     np.testing.assert_allclose(out, ref_out, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(lse, ref_lse, rtol=2e-5, atol=2e-5)
 

@@ -390,6 +390,29 @@ def _make_bcast_score_block(G, NT):
     return bcast_score_block
 
 
+# ----------------------------------------------------------------------------- rank-1 tiles
+def _rank1_tile(builder, regs, acc, rows, cols, masks, n, stream, stream_row, scalar_at, prefetch=None):
+    """acc[rows, cols] += sum over k < n of scalar_at(i, k, stream_row(k)) * stream[stream_row(k), cols],
+    the len(rows) x len(cols) accumulator vectors held in `regs` (registers) over the n rows streamed:
+    P V (scalars: probabilities, stream: V rows) and the GEMM (scalars: x columns, stream: W rows)."""
+    NC = len(cols)
+    for i, row in enumerate(rows):
+        for c in range(NC):
+            regs.set(i * NC + c, _load(builder, acc, row, cols[c], masks[c]))
+    with cgutils.for_range(builder, n) as k:
+        srow = stream_row(k.index)
+        vs = [_load(builder, stream, srow, cols[c], masks[c]) for c in range(NC)]
+        if prefetch is not None:
+            prefetch(srow)
+        for i in range(len(rows)):
+            x = _splat(builder, scalar_at(i, k.index, srow), _VF)
+            for c in range(NC):
+                regs.set(i * NC + c, _fma(builder, x, vs[c], regs.get(i * NC + c)))
+    for i, row in enumerate(rows):
+        for c in range(NC):
+            _store(builder, acc, row, cols[c], masks[c], regs.get(i * NC + c))
+
+
 # ----------------------------------------------------------------------------- P V block
 def _make_pv_block(NG, NC):
     @intrinsic
@@ -406,20 +429,8 @@ def _make_pv_block(NG, NC):
             regs = _Acc(builder, NG * NC)
             rows = [builder.add(g0_, ir.Constant(_I64, g)) for g in range(NG)]
             def group(cols, masks):
-                for g in range(NG):
-                    for c in range(NC):
-                        regs.set(g * NC + c, _load(builder, a, rows[g], cols[c], masks[c]))
-                with cgutils.for_range(builder, n_) as tok:
-                    vrow = builder.add(r0_, tok.index)
-                    vs = [_load(builder, v, vrow, cols[c], masks[c]) for c in range(NC)]
-                    for g in range(NG):
-                        pcol = builder.add(t_, tok.index)
-                        pg = _splat(builder, _scalar(builder, p, rows[g], pcol), _VF)
-                        for c in range(NC):
-                            regs.set(g * NC + c, _fma(builder, pg, vs[c], regs.get(g * NC + c)))
-                for g in range(NG):
-                    for c in range(NC):
-                        _store(builder, a, rows[g], cols[c], masks[c], regs.get(g * NC + c))
+                _rank1_tile(builder, regs, a, rows, cols, masks, n_, v, lambda k: builder.add(r0_, k),
+                            lambda g, k, vrow: _scalar(builder, p, rows[g], builder.add(t_, k)))
             _column_groups(builder, a.ncols, NC, group)
             return context.get_dummy_value()
 
@@ -443,23 +454,16 @@ def _make_gemm_block(NB, NC):
             b0_, i0_, nr_, ahead_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2, 3, 6))
             regs = _Acc(builder, NB * NC)
             brows = [builder.add(b0_, ir.Constant(_I64, b)) for b in range(NB)]
+
+            def prefetch(wrow, cols):
+                with builder.if_then(builder.icmp_signed(">", ahead_, ir.Constant(_I64, 0))):
+                    for c in range(0, NC, 2 if wm.bf16 else 1):   # one per 64 B line
+                        _prefetch(builder, wm.ptr(builder.add(wrow, ahead_), cols[c]))
+
             def group(cols, masks):
-                for b in range(NB):
-                    for c in range(NC):
-                        regs.set(b * NC + c, _load(builder, om, brows[b], cols[c], masks[c]))
-                with cgutils.for_range(builder, nr_) as r:
-                    wrow = builder.add(i0_, r.index)
-                    ws = [_load(builder, wm, wrow, cols[c], masks[c]) for c in range(NC)]
-                    with builder.if_then(builder.icmp_signed(">", ahead_, ir.Constant(_I64, 0))):
-                        for c in range(0, NC, 2 if wm.bf16 else 1):   # one per 64 B line
-                            _prefetch(builder, wm.ptr(builder.add(wrow, ahead_), cols[c]))
-                    for b in range(NB):
-                        xb = _splat(builder, _scalar(builder, xm, wrow, brows[b]), _VF)
-                        for c in range(NC):
-                            regs.set(b * NC + c, _fma(builder, xb, ws[c], regs.get(b * NC + c)))
-                for b in range(NB):
-                    for c in range(NC):
-                        _store(builder, om, brows[b], cols[c], masks[c], regs.get(b * NC + c))
+                _rank1_tile(builder, regs, om, brows, cols, masks, nr_, wm, lambda r: builder.add(i0_, r),
+                            lambda b, r, wrow: _scalar(builder, xm, wrow, brows[b]),
+                            lambda wrow: prefetch(wrow, cols))
             _column_groups(builder, om.ncols, NC, group)
             return context.get_dummy_value()
 
