@@ -12,6 +12,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import kernels
+from .kernels import compiled
 from .axes import Axis
 from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
 from .config import Layout, ModelConfig, RunConfig
@@ -82,8 +83,11 @@ class _RowLog:
 
 
 def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
-    """Compile (or load from Numba's cache) on rank 0 first while the others wait (docs/design.md 6),
-    for the storage the run keeps its weights and KV in."""
+    """Ready the compiled kernels, rank 0 first while the others wait (docs/design.md 6): rank 0
+    builds this machine's precompiled library if it has none for these kernel sources (once, with
+    Numba), then every rank loads it without importing Numba (kernels/compiled.py). Under
+    HELIX_MPI_KERNELS=jit, Numba compiles (or loads from its cache) the kernels of the storage the
+    run keeps its weights and KV in, rank 0 first."""
     def compile_all() -> None:
         x = np.ones((1, 4), np.float32)
         q = np.ones((1, 2, 4), np.float32)
@@ -101,9 +105,11 @@ def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
         initial_kv(0, 0, range(1), 1, 1, 4, range(1), np.zeros(1, np.int64))
         synth.matrix_block(0, "warm-up", (2, 2), (0, 2), (0, 2), bf16=storage == "bf16")
     if comm.Get_rank() == 0:
+        compiled.prepare(build=True)
         compile_all()
     comm.Barrier()
     if comm.Get_rank() != 0:
+        compiled.prepare(build=False)
         compile_all()
 
 

@@ -12,7 +12,6 @@ The family is that of the mpiexec found (next to this Python, else on PATH), rea
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import shutil
@@ -61,17 +60,17 @@ RANK_ENV = {**FAMILY_ENV[OPEN_MPI], **THREAD_ENV}
 
 def default_numba_cache() -> str:
     """A folder per version of the kernels' sources: Numba keys a cached kernel on its own file only,
-    so a kernel whose helpers (kernels/simd.py) changed would otherwise load stale machine code."""
+    so a kernel whose helpers (kernels/jit/simd.py) changed would otherwise load stale machine code.
+    The precompiled library (kernels/aot.py) lives there too."""
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "helix_mpi" / "numba"
     return str(root / kernels_fingerprint())
 
 
 def kernels_fingerprint() -> str:
-    """12 hex digits of a hash of every kernels/*.py source (sorted by name)."""
-    digest = hashlib.sha256()
-    for source in sorted((Path(__file__).parent / "kernels").glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()[:12]
+    """12 hex digits of a hash of every kernels/**/*.py source (kernels.aot.sources_fingerprint)."""
+    from .kernels.aot import sources_fingerprint
+
+    return sources_fingerprint()
 
 
 def compile_bytecode() -> bool:

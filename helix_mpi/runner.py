@@ -53,14 +53,18 @@ def _arrays(weights: Any) -> dict[str, np.ndarray]:
 
 
 def versions() -> dict[str, str]:
+    """Of the packages behind a trace; `kernels`: which machine code ran them (kernels.compiled)."""
+    from importlib.metadata import version
+
     import h5py
     import mpi4py
-    import numba
     from mpi4py import MPI
 
+    from .kernels.compiled import backend
+
     return {"helix_mpi": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
-            "mpi": MPI.Get_library_version().splitlines()[0].strip()}
+            "numba": version("numba"), "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
+            "mpi": MPI.Get_library_version().splitlines()[0].strip(), "kernels": backend().name}
 
 
 def trace_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology) -> dict[str, Any]:
@@ -133,7 +137,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     mesh = RankMesh.build(comm, layout)
     share_calibration(comm, topo)
     startup.mark("mesh")
-    _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
+    _phase(phase, "readying the compiled kernels (rank 0 first: built once per machine, kept in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
     startup.mark("kernels")
     startup.resume_gc()
@@ -318,7 +322,7 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
     scheduler = Scheduler(workload, setup)
     mesh = RankMesh.build(comm, layout)
     share_calibration(comm, topo)
-    _phase(phase, "compiling kernels (Numba; rank 0 first, cached in NUMBA_CACHE_DIR)")
+    _phase(phase, "readying the compiled kernels (rank 0 first: built once per machine, kept in NUMBA_CACHE_DIR)")
     warm_up_kernels(comm, run.storage)
     startup.resume_gc()
     _phase(phase, f"building weights ({run.layers} layers) and serving {len(workload)} requests")

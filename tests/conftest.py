@@ -14,7 +14,13 @@ import pytest
 # One Numba cache for the whole session (in-process kernels and every mpiexec rank).
 os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="helix_numba_"))
 
+from helix_mpi.kernels import compiled  # noqa: E402
 from helix_mpi.launcher import mpiexec_path, rank_environment  # noqa: E402
+
+# Kernels called in this process run Numba's JIT (the code the kernel tests check against float64
+# references); ranks started by the tests run the precompiled library, which rank 0 of the first
+# run builds into the session's NUMBA_CACHE_DIR (tests/test_aot.py checks it against the JIT).
+compiled.use("jit")
 
 TESTS = Path(__file__).resolve().parent
 MPI_TIMEOUT_S = 240

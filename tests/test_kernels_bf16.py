@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from helix_mpi.kernels import (TILE, from_bf16, is_bf16, linear, partial_attention, swiglu,
                                to_bf16)
-from helix_mpi.kernels import layers
+from helix_mpi.kernels import tiling
 
 EPS_BF16_HALF = 2.0 ** -8   # half a bf16 ulp, relative (7 stored mantissa bits)
 OUT_ATOL = 1e-6             # bf16 kernel vs float32 kernel on the upcast cache (see docstring)
@@ -286,7 +286,7 @@ def test_linear_bf16_shapes():
     with pytest.raises(ValueError):
         linear(np.zeros((2, 8), np.float32), w)
     # vector-width remainders in the column loop, rows around the 8-row block
-    for n, m in ((layers._RB, 7), (layers._RB + 1, 8), (2 * layers._RB - 1, 17), (16, 257)):
+    for n, m in ((tiling.WEIGHT_ROWS_PER_BLOCK, 7), (tiling.WEIGHT_ROWS_PER_BLOCK + 1, 8), (2 * tiling.WEIGHT_ROWS_PER_BLOCK - 1, 17), (16, 257)):
         w2 = to_bf16(rng.standard_normal((n, m)))
         x2 = rng.standard_normal((3, n)).astype(np.float32)
         assert_linear_close(linear(x2, w2), x2, from_bf16(w2))

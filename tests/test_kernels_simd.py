@@ -13,7 +13,7 @@ from llvmlite import binding
 from numba import njit
 
 from helix_mpi.kernels import from_bf16, linear, partial_attention, to_bf16
-from helix_mpi.kernels import simd as S
+from helix_mpi.kernels.jit import simd as S
 from test_kernels import ref_attention  # the float64 reference of every kernel test
 
 RNG = np.random.default_rng(16)
@@ -190,17 +190,14 @@ def test_linear_decode_batches(rows, m):
 @pytest.mark.skipif("+avx512f" not in binding.get_host_cpu_features().flatten(),
                     reason="the host has no AVX-512")
 def test_kernels_use_512_bit_fmas():
-    from helix_mpi.kernels.attention import _attn_kernel
-    from helix_mpi.kernels.layers import _linear_kernel
-    q = _rand(1, 8, 128)
-    k = _rand(1, 1, 40, 128)
-    partial_attention(q, k, k, np.array([40]))
-    linear(_rand(8, 64), _rand(64, 64))
-    for kernel in (_attn_kernel, _linear_kernel):
-        # a fresh, uncached compile of the same signatures (Numba cannot show cached code)
+    from helix_mpi.kernels.jit.entries import ENTRIES
+
+    for name in ("attention", "linear"):
+        kernel, variants = ENTRIES[name]
+        # a fresh, uncached compile of the signatures the precompiled library is built for
         options = {k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")}
         fresh = njit(**options)(kernel.py_func)
-        for sig in kernel.signatures:
+        for sig in variants:
             fresh.compile(sig)
             asm = fresh.inspect_asm(sig)
             assert len(re.findall(r"vfmadd\w*ps\s[^\n]*zmm", asm)) >= 16, (kernel, sig)

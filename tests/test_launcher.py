@@ -50,16 +50,17 @@ def test_family_of_each_launcher_by_its_version_text(tmp_path):
 
 def test_the_default_numba_cache_follows_the_kernels_sources(tmp_path, monkeypatch):
     """Numba keys a cached kernel on its own file only: the default cache folder changes with any
-    kernels/*.py source (an edited helper module must not load stale machine code)."""
+    kernels/**/*.py source (an edited helper module must not load stale machine code)."""
+    import helix_mpi.kernels.aot as aot
     import helix_mpi.launcher as launcher
 
-    package = tmp_path / "helix_mpi"
-    (package / "kernels").mkdir(parents=True)
-    (package / "kernels" / "attention.py").write_text("x = 1\n")
-    (package / "kernels" / "simd.py").write_text("y = 1\n")
-    monkeypatch.setattr(launcher, "__file__", str(package / "launcher.py"))
+    kernels = tmp_path / "helix_mpi" / "kernels"
+    (kernels / "jit").mkdir(parents=True)
+    (kernels / "attention.py").write_text("x = 1\n")
+    (kernels / "jit" / "simd.py").write_text("y = 1\n")
+    monkeypatch.setattr(aot, "__file__", str(kernels / "aot.py"))
     before = launcher.kernels_fingerprint()
-    (package / "kernels" / "simd.py").write_text("y = 2\n")
+    (kernels / "jit" / "simd.py").write_text("y = 2\n")
     assert launcher.kernels_fingerprint() != before
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert launcher.default_numba_cache() == str(tmp_path / "cache" / "helix_mpi" / "numba" / launcher.kernels_fingerprint())

@@ -1,347 +1,29 @@
 """Flash-decoding partial attention over a local KV shard, and the exact LSE combine.
 
-Pure functions (no MPI). Single-threaded Numba: each MPI rank is one process.
-
-Per KV group and tile of TILE tokens: scores (simd.py micro-kernels: the G query heads in the
-lanes of 16-wide vectors when G divides 16, else register tiles of dot products), an online
-softmax (vectorised exp), then P.V with up to 8 heads x 32 columns of the output in registers.
-
-Numba flags: we use fastmath *without* the ``nnan``/``ninf`` flags, because the online softmax
-legitimately handles -inf (empty shards) and we must never let LLVM assume it away. Reassociation
-(``reassoc``) and contraction (``contract``) are what let LLVM vectorise the softmax loops
-(docs/design.md section 6: strict serial float sums run at a third of memory speed).
+Pure functions (no MPI). `partial_attention` checks and prepares the arrays and runs the
+single-threaded compiled kernel (kernels/jit/attention.py; precompiled or Numba's, see
+kernels/compiled.py): each MPI rank is one process.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
 
 from .bf16 import is_bf16
-from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
-                   bcast_score_block_4x8, bcast_score_block_8x1, bcast_score_block_8x8,
-                   bcast_score_block_16x1, bcast_score_block_16x8, pv_block_1x4, pv_block_2x4,
-                   pv_block_4x4, pv_block_8x2, row_max, score_block_1x1, score_block_1x8,
-                   score_block_2x1, score_block_2x8, score_block_4x1, score_block_4x4,
-                   wide_vectors, widen_rows)
+from .compiled import kernel
+from .tiling import TILE, heads_in_lanes
 
 __all__ = ["partial_attention", "combine", "TILE"]
 
-# Safe fastmath subset: no 'nnan' / 'ninf' (we rely on -inf semantics at the edges).
-_FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
-
-# Tokens per tile: scores of one tile for the G query heads of a KV head live in a [G, TILE]
-# buffer (8 x 128 x 4 B = 4 KiB, L1-resident), so every K and V row is streamed once.
-TILE = 128
-
-
-# Software prefetch distance, in tokens: two tiles ahead (K+V of two tiles = 256 KiB at D=128,
-# well inside L2). Measured on a 2-core Xeon VM: without it the hardware prefetcher does not
-# overlap the DRAM stream with the FMA work and compute time adds to memory time (0.65x STREAM).
-_PF = 2 * TILE
-
-
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Prefetch (read, high locality) the cache line holding arr.data[idx] (flat element index)."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        # i8* so that one declaration serves every dtype (float32 and uint16 caches in one module)
-        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-def _line_elems(a):
-    """Elements of a's dtype per 64 B cache line (a compile-time constant in Numba)."""
-    return 64 // a.itemsize
-
-
-@overload(_line_elems, inline="always")
-def _line_elems_ol(a):
-    n = 512 // a.dtype.bitwidth  # 16 for float32, 32 for uint16
-    return lambda a: n
-
-
-@njit(cache=True, inline="always")
-def _prefetch_rows(a, row, nrows, D):
-    # a [C,D] C-contiguous: prefetch rows row..row+nrows-1 (contiguous), one call per 64 B line
-    base = row * D
-    for j in range(0, nrows * D, _line_elems(a)):
-        _prefetch(a, base + j)
-
-
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)
-_LN2_LO = np.float32(-2.12194440e-4)
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _exp_neg_inplace(x, n, ebits, ef):
-    # x[:n] <- exp(x[:n]) for x <= 0, vectorisable (math.exp is a scalar libm call without
-    # SVML: ~12 ns each, which alone would cap attention below memory speed).
-    # Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, degree-6 Taylor/Horner for e^r
-    # (rel. error < 2e-7), 2^k assembled from exponent bits in ebits (int32) read back through
-    # ef (a float32 view of the same buffer) in a second loop. x < -87 is clamped (e^-87 ~ 1.6e-38:
-    # negligible next to the running max term, which is 1). Returns sum of the results.
-    for t in range(n):
-        xv = max(x[t], np.float32(-87.0))
-        kf = np.floor(xv * _LOG2E + np.float32(0.5))
-        r = xv - kf * _LN2_HI
-        r = r - kf * _LN2_LO
-        p = np.float32(1.0 / 720.0)
-        p = p * r + np.float32(1.0 / 120.0)
-        p = p * r + np.float32(1.0 / 24.0)
-        p = p * r + np.float32(1.0 / 6.0)
-        p = p * r + np.float32(0.5)
-        p = p * r + np.float32(1.0)
-        p = p * r + np.float32(1.0)
-        x[t] = p
-        ebits[t] = (np.int32(kf) + np.int32(127)) << np.int32(23)
-    tot = np.float32(0.0)
-    for t in range(n):
-        e = x[t] * ef[t]
-        x[t] = e
-        tot += e
-    return tot
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _write_empty_shard(out, lse, b, h0, G, D):
-    # An empty shard: out 0 and lse -inf for the G heads [h0, h0+G) of request b.
-    for g in range(G):
-        lse[b, h0 + g] = -np.inf
-        for d in range(D):
-            out[b, h0 + g, d] = 0.0
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _start_group(q, b, h0, G, D, scale, qs, acc, l, m):
-    # Pre-scaled queries of one KV group qs [G,D]; running state acc [G,D], l [G], m [G] reset.
-    for g in range(G):
-        for d in range(D):
-            qs[g, d] = q[b, h0 + g, d] * scale
-            acc[g, d] = 0.0
-        l[g] = 0.0
-        m[g] = 0.0  # overwritten on the first tile (first=True)
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _finish_group(out, lse, b, h0, G, D, acc, l, m):
-    # out = acc / l, lse = m + log(l) for the G heads of one KV group.
-    for g in range(G):
-        inv = np.float32(1.0) / l[g]
-        lse[b, h0 + g] = m[g] + np.float32(math.log(l[g]))
-        for d in range(D):
-            out[b, h0 + g, d] = acc[g, d] * inv
-
-
-@njit(cache=True, inline="always")
-def _prefetch_ahead(kk, vv, row, nrows, n):
-    # K and V rows [row+_PF, row+_PF+nrows) of [C,D] caches, if below the length n
-    if row + _PF + nrows <= n:
-        _prefetch_rows(kk, row + _PF, nrows, kk.shape[1])
-        _prefetch_rows(vv, row + _PF, nrows, vv.shape[1])
-
-
-def _k_rows(kk, r0, nrows, kbuf):
-    raise NotImplementedError  # Numba-only (overloaded below)
-
-
-@overload(_k_rows, inline="always")
-def _k_rows_ol(kk, r0, nrows, kbuf):
-    # (float32 [R,D] matrix, first row) holding K rows r0..r0+nrows-1: the cache itself if it is
-    # float32, else those rows widened once into kbuf [>= nrows, D] (then read by every head)
-    if kk.dtype == types.float32:
-        return lambda kk, r0, nrows, kbuf: (kk, r0)
-
-    def impl(kk, r0, nrows, kbuf):
-        widen_rows(kk, r0, nrows, kbuf)
-        return kbuf, 0
-    return impl
-
-
-@njit(cache=True, inline="always")
-def _pack_heads(qs, qp):
-    # qp [D/seg, 16] <- qs [G,D] with head h in lanes h*seg .. h*seg+seg-1 (seg = 16/G):
-    # qp[c, h*seg + i] = qs[h, c*seg + i]
-    G, D = qs.shape
-    seg = 16 // G
-    for h in range(G):
-        for d in range(D):
-            qp[d // seg, h * seg + d % seg] = qs[h, d]
-
-
-@njit(cache=True, inline="always")
-def _bcast_scores_tile(qp, kk, vv, kbuf, t0, tn, n, s):
-    # s[:, :tn] = q @ kk[t0:t0+tn].T for G = 16/seg heads packed in qp [D/seg,16] (see simd):
-    # blocks of 8 tokens, every score in a vector lane, no per-score horizontal sum.
-    G = s.shape[0]
-    t = 0
-    while t + 8 <= tn:
-        _prefetch_ahead(kk, vv, t0 + t, 8, n)
-        kr, r0 = _k_rows(kk, t0 + t, 8, kbuf)
-        if G == 8:
-            bcast_score_block_8x8(qp, kr, r0, s, t)
-        elif G == 4:
-            bcast_score_block_4x8(qp, kr, r0, s, t)
-        elif G == 16:
-            bcast_score_block_16x8(qp, kr, r0, s, t)
-        else:
-            bcast_score_block_2x8(qp, kr, r0, s, t)
-        t += 8
-    for t in range(t, tn):
-        kr, r0 = _k_rows(kk, t0 + t, 1, kbuf)
-        if G == 8:
-            bcast_score_block_8x1(qp, kr, r0, s, t)
-        elif G == 4:
-            bcast_score_block_4x1(qp, kr, r0, s, t)
-        elif G == 16:
-            bcast_score_block_16x1(qp, kr, r0, s, t)
-        else:
-            bcast_score_block_2x1(qp, kr, r0, s, t)
-
-
-@njit(cache=True, inline="always")
-def _dot_scores_tile(qs, kk, vv, t0, tn, n, s):
-    # s[:, :tn] = qs @ kk[t0:t0+tn].T; qs [G,D] pre-scaled queries, kk/vv [C,D], s [G,TILE].
-    # Any G and D: dot products along D (16 lanes, masked tail), NG heads x NT tokens at a time,
-    # summed by one shuffle tree per block. Token blocks outer, head blocks inner: a block of K
-    # rows stays in L1 while every head of the group uses it.
-    G = qs.shape[0]
-    t = 0
-    if G % 4 == 0:
-        while t + 4 <= tn:
-            _prefetch_ahead(kk, vv, t0 + t, 4, n)
-            for g0 in range(0, G, 4):
-                score_block_4x4(qs, g0, kk, t0 + t, s, t)
-            t += 4
-        for t in range(t, tn):
-            for g0 in range(0, G, 4):
-                score_block_4x1(qs, g0, kk, t0 + t, s, t)
-    elif G % 2 == 0:
-        while t + 8 <= tn:
-            _prefetch_ahead(kk, vv, t0 + t, 8, n)
-            for g0 in range(0, G, 2):
-                score_block_2x8(qs, g0, kk, t0 + t, s, t)
-            t += 8
-        for t in range(t, tn):
-            for g0 in range(0, G, 2):
-                score_block_2x1(qs, g0, kk, t0 + t, s, t)
-    else:
-        while t + 8 <= tn:
-            _prefetch_ahead(kk, vv, t0 + t, 8, n)
-            for g in range(G):
-                score_block_1x8(qs, g, kk, t0 + t, s, t)
-            t += 8
-        for t in range(t, tn):
-            for g in range(G):
-                score_block_1x1(qs, g, kk, t0 + t, s, t)
-
-
-def _heads_in_lanes(G, D):
-    """True where the scores are vectorised across heads (_bcast_scores_tile)."""
-    return G in (2, 4, 8, 16) and D % 16 == 0
-
-
-@overload(_heads_in_lanes, inline="always")
-def _heads_in_lanes_ol(G, D):
-    return lambda G, D: (G == 2 or G == 4 or G == 8 or G == 16) and D % 16 == 0
-
-
-@njit(cache=True, inline="always")
-def _pv_tile(s, vv, t0, tn, acc):
-    # acc[g, :] += sum_t s[g, t] * vv[t0+t, :] for t < tn; s [G,TILE], vv [C,D], acc [G,D].
-    # Up to 8 heads x 32 columns of acc stay in registers while the tile's V rows stream past.
-    G = acc.shape[0]
-    if G % 8 == 0:
-        for g0 in range(0, G, 8):
-            pv_block_8x2(s, g0, 0, tn, vv, t0, acc)
-    elif G % 4 == 0:
-        for g0 in range(0, G, 4):
-            pv_block_4x4(s, g0, 0, tn, vv, t0, acc)
-    elif G % 2 == 0:
-        for g0 in range(0, G, 2):
-            pv_block_2x4(s, g0, 0, tn, vv, t0, acc)
-    else:
-        for g in range(G):
-            pv_block_1x4(s, g, 0, tn, vv, t0, acc)
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _softmax_tile(s, tn, first, m, l, acc, ebits, ef):
-    # Online softmax of one tile: s[g, :tn] <- exp(s - m_new), l and m updated, acc rescaled by
-    # exp(m_old - m_new). One vectorised exp per score, one scalar exp per (tile, head).
-    for g in range(s.shape[0]):
-        sg = s[g]
-        mx = row_max(s, g, tn)
-        if first:
-            m_new = mx
-            alpha = np.float32(0.0)
-        else:
-            m_new = max(m[g], mx)
-            alpha = np.float32(math.exp(m[g] - m_new))
-        for t in range(tn):
-            sg[t] = sg[t] - m_new
-        rs = _exp_neg_inplace(sg, tn, ebits, ef)
-        l[g] = l[g] * alpha + rs
-        m[g] = m_new
-        if not first and alpha != 1.0:
-            for d in range(acc.shape[1]):
-                acc[g, d] *= alpha
-
-
-@njit(cache=True, fastmath=_FM)
-def _attn_kernel(q, k, v, lengths, scale, out, lse):
-    # q [B,Qh,D] float32; k/v [B,Kh,C,D] float32 or uint16 bf16 bits (each independently: the
-    # simd blocks widen bf16 rows in registers as they load them); lengths [B] int64;
-    # out [B,Qh,D] (written), lse [B,Qh] (written).
-    wide_vectors()
-    B, Qh, D = q.shape
-    Kh = k.shape[1]
-    G = Qh // Kh
-    qs = np.empty((G, D), np.float32)        # pre-scaled queries of one KV group
-    s = np.empty((G, TILE), np.float32)      # scores, then probabilities, of one tile
-    acc = np.empty((G, D), np.float32)       # rescaled running sum of p * v
-    m = np.empty(G, np.float32)              # running max of scores
-    l = np.empty(G, np.float32)              # running sum of exp(score - m)
-    ebits = np.empty(TILE, np.int32)         # exponent bits scratch of _exp_neg_inplace
-    ef = ebits.view(np.float32)
-    lanes = _heads_in_lanes(G, D)
-    qp = np.empty((D * G // 16 if lanes else 0, 16), np.float32)  # queries, heads in lanes
-    kbuf = np.empty((8, D), np.float32)      # bf16 K rows widened once for every head
-    for b in range(B):
-        n = lengths[b]
-        for kh in range(Kh):
-            h0 = kh * G
-            if n <= 0:
-                _write_empty_shard(out, lse, b, h0, G, D)
-                continue
-            _start_group(q, b, h0, G, D, scale, qs, acc, l, m)
-            if lanes:
-                _pack_heads(qs, qp)
-            kk = k[b, kh]  # [C,D]
-            vv = v[b, kh]  # [C,D]
-            for t0 in range(0, n, TILE):
-                tn = min(TILE, n - t0)
-                if lanes:
-                    _bcast_scores_tile(qp, kk, vv, kbuf, t0, tn, n, s)
-                else:
-                    _dot_scores_tile(qs, kk, vv, t0, tn, n, s)
-                _softmax_tile(s, tn, t0 == 0, m, l, acc, ebits, ef)
-                _pv_tile(s, vv, t0, tn, acc)
-            _finish_group(out, lse, b, h0, G, D, acc, l, m)
+def attention_scratch(G, D):
+    """The kernel's scratch for groups of G query heads of size D (see jit/attention.py):
+    qs [G,D], s [G,TILE], acc [G,D], m [G], l [G], ebits [TILE] int32, qp [D*G/16,16], kbuf [8,D]."""
+    f32 = np.float32
+    lanes = heads_in_lanes(G, D)
+    return (np.empty((G, D), f32), np.empty((G, TILE), f32), np.empty((G, D), f32), np.empty(G, f32),
+            np.empty(G, f32), np.empty(TILE, np.int32), np.empty((D * G // 16 if lanes else 0, 16), f32),
+            np.empty((8, D), f32))
 
 
 def _as_cache(a):
@@ -381,7 +63,8 @@ def partial_attention(q, k_cache, v_cache, lengths):
         raise ValueError(f"lengths must lie in [0, {C}]")
     out = np.empty((B, Qh, D), np.float32)
     lse = np.empty((B, Qh), np.float32)
-    _attn_kernel(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse)
+    kernel("attention")(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse,
+                        *attention_scratch(Qh // Kh, D))
     return out, lse
 
 

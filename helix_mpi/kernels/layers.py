@@ -1,12 +1,12 @@
 """Dense per-rank layer kernels: RMSNorm, RoPE, SwiGLU (column shard), linear (row shard).
 
-NumPy and Numba (no MPI). RMSNorm, RoPE and SiLU are O(B*H); the projections are GEMV/GEMM at
-decode batch sizes. BLAS threading is whatever the process set (OPENBLAS_NUM_THREADS=1 per
+NumPy and the compiled GEMM (kernels/compiled.py; no MPI). RMSNorm, RoPE and SiLU are O(B*H);
+the projections are GEMV/GEMM at decode batch sizes. BLAS threading is whatever the process set (OPENBLAS_NUM_THREADS=1 per
 rank is recommended when ranks are oversubscribed).
 
 Projections at decode batches (2-16 rows of x; 1-16 for bf16 weights, which BLAS cannot read)
-go through a single-threaded Numba GEMM (_linear_kernel on simd.gemm_block): it streams the
-weight matrix once from memory, 16 rows at a time, bf16 upcast in registers. One row of float32
+go through a single-threaded compiled GEMM (jit/layers.linear_kernel on simd.gemm_block): it
+streams the weight matrix once from memory, 16 rows at a time, bf16 upcast in registers. One row of float32
 (sgemv) and prefill-sized batches use BLAS.
 """
 from __future__ import annotations
@@ -14,15 +14,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
 from .bf16 import from_bf16, is_bf16
-from .simd import (gemm_block_1x4, gemm_block_2x4, gemm_block_4x4, gemm_block_8x2, gemm_block_16x1,
-                   wide_vectors)
+from .compiled import kernel
 
 __all__ = ["rms_norm", "apply_rope", "swiglu", "linear", "rope_inv_freq"]
 
-_RB = 16     # weight rows per block: out is loaded and stored once per _RB rows
 # Above this many rows of x (prefill, not decode) the product is compute-bound and BLAS on
 # upcast panels of _PANEL_ELEMS weights (1 MiB of float32, L2-resident) is faster.
 _GEMM_MAX_ROWS = 16
@@ -72,39 +69,11 @@ def apply_rope(x, positions, theta=10000.0):
     return out
 
 
-@njit(cache=True)
-def _linear_kernel(x, w, out):
-    # x [B,n] float32, w [n,m] float32 or uint16 bf16 bits, out [B,m] float32 (overwritten):
-    # out = x @ w, computed from xt = x.T [n,B] (see simd.gemm_block). w is streamed once, in
-    # blocks of _RB rows (_RB x m: 114-229 KiB at m = 3584, L2-resident while every batch row
-    # uses it); the next block is prefetched meanwhile. In a block, up to 16 batch rows x 16 (or
-    # 8 x 32) columns of out stay in registers across the _RB rows (simd).
-    wide_vectors()
-    B, n = x.shape
-    xt = np.ascontiguousarray(x.T)
-    out[:] = 0.0
-    for i0 in range(0, n, _RB):
-        nr = min(_RB, n - i0)
-        ahead = _RB if i0 + 2 * _RB <= n else 0
-        b = 0
-        while b + 16 <= B:
-            gemm_block_16x1(xt, b, i0, nr, w, out, ahead)
-            ahead = 0
-            b += 16
-        while b + 8 <= B:
-            gemm_block_8x2(xt, b, i0, nr, w, out, ahead)
-            ahead = 0          # the block is in cache for the next batch rows
-            b += 8
-        while b + 4 <= B:
-            gemm_block_4x4(xt, b, i0, nr, w, out, ahead)
-            ahead = 0
-            b += 4
-        while b + 2 <= B:
-            gemm_block_2x4(xt, b, i0, nr, w, out, ahead)
-            ahead = 0
-            b += 2
-        if b < B:
-            gemm_block_1x4(xt, b, i0, nr, w, out, ahead)
+def _gemm(x2, w):
+    """x2 [B,n] (B <= 16) @ w [n,m] through the compiled GEMM -> [B,m] float32."""
+    out = np.empty((x2.shape[0], w.shape[1]), np.float32)
+    kernel("linear")(np.ascontiguousarray(x2.T), w, out)
+    return out
 
 
 def _linear_bf16(x, w):
@@ -115,8 +84,7 @@ def _linear_bf16(x, w):
     x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), n))
     w = np.ascontiguousarray(w)
     if x2.shape[0] <= _GEMM_MAX_ROWS:
-        out = np.empty((x2.shape[0], m), np.float32)
-        _linear_kernel(x2, w, out)
+        out = _gemm(x2, w)
     else:  # prefill-sized batch: compute-bound, BLAS on upcast row panels (never a full copy)
         out = np.zeros((x2.shape[0], m), np.float32)
         step = max(1, _PANEL_ELEMS // max(m, 1))
@@ -128,11 +96,11 @@ def _linear_bf16(x, w):
 def linear(x, w):
     """x [B,n] @ w [n,m] -> [B,m] float32.
 
-    Decode batches (2 to 16 rows of x) of a C-contiguous float32 w use the Numba kernel
-    _linear_kernel (w streamed once, register-blocked: measured 3x faster than BLAS sgemm at 8
-    rows on one core, scripts/bench_ffn.py); one row (sgemv, at memory speed) or more than 16 use
+    Decode batches (2 to 16 rows of x) of a C-contiguous float32 w use the compiled kernel
+    jit/layers.linear_kernel (w streamed once, register-blocked: measured 3x faster than BLAS
+    sgemm at 8 rows on one core, scripts/bench_ffn.py); one row (sgemv, at memory speed) or more than 16 use
     BLAS. w may be bf16 storage (uint16 bits, see bf16.py): the result equals x @ from_bf16(w) up
-    to float32 summation order. Up to 16 rows of x the Numba kernel upcasts w in registers while
+    to float32 summation order. Up to 16 rows of x the compiled kernel upcasts w in registers while
     streaming it once; more rows (prefill) use BLAS on upcast panels of 256K weights.
     """
     if is_bf16(w):
@@ -142,8 +110,7 @@ def linear(x, w):
     if w.ndim == 2 and x.ndim >= 1 and x.shape[-1] == w.shape[0] and w.flags.c_contiguous:
         rows = math.prod(x.shape[:-1])
         if 2 <= rows <= _GEMM_MAX_ROWS:
-            out = np.empty((rows, w.shape[1]), np.float32)
-            _linear_kernel(np.ascontiguousarray(x.reshape(rows, w.shape[0])), w, out)
+            out = _gemm(x.reshape(rows, w.shape[0]), w)
             return out.reshape(x.shape[:-1] + (w.shape[1],))
     return np.dot(x, w)
 

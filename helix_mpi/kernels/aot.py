@@ -1,0 +1,228 @@
+"""Kernels compiled ahead of time, so that a rank runs them without importing Numba.
+
+Why: with Numba's on-disk cache a process still pays `import numba` (~0.2 s of CPU) and loading
+and type-checking each cached kernel (~0.2 s) before its first kernel call: at 72 ranks on a
+2-core laptop that alone is ~10-20 s of the start-up (scripts/bench_scale.py).
+
+How: one process (rank 0 of a run, or `build`) compiles every entry point of jit/entries.py for
+each row of argument types as a C-callable function (`numba.cfunc` over raw pointers and one
+array of shapes), links them into one LLVM module and writes its native object code and a
+manifest into a folder keyed by the kernels' sources, the host CPU and llvmlite's version. Any
+process on that machine then loads the object with llvmlite's MCJIT (llvmlite.binding only: no
+Numba import) and calls the functions through ctypes (`Library.entry`).
+
+The object needs no Numba runtime: the kernels allocate nothing (their scratch comes from the
+wrappers) and raise nothing on checked inputs. Numba's C wrappers still reference its exception
+and allocation helpers on their error paths; where Numba has not bound them in this process they
+are bound to a function that stops the process with one line (reaching one is a bug: rerun with
+HELIX_MPI_KERNELS=jit to see Numba's own error).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1  # of the manifest
+MANIFEST, OBJECT = "manifest.json", "kernels.o"
+_RUNTIME_PREFIXES = ("NRT_", "numba_")  # Numba's helpers: referenced on error paths only
+_SCALAR_CTYPES = {"float32": ctypes.c_float, "float64": ctypes.c_double, "int32": ctypes.c_int32,
+                  "int64": ctypes.c_int64, "uint32": ctypes.c_uint32, "uint64": ctypes.c_uint64}
+_SCALAR_PYTHON = {"float32": float, "float64": float}  # everything else: int
+
+
+def sources_fingerprint() -> str:
+    """12 hex digits of a hash of every kernels/**/*.py source (sorted by path)."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for source in sorted(root.rglob("*.py")):
+        digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def library_folder(cache_root: str | Path) -> Path:
+    """The folder of this machine's library under `cache_root`: one per version of the kernels'
+    sources, host CPU (and Numba's CPU overrides, if set) and llvmlite version."""
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    cpu = os.environ.get("NUMBA_CPU_NAME") or llvm.get_host_cpu_name()
+    features = os.environ.get("NUMBA_CPU_FEATURES") or llvm.get_host_cpu_features().flatten()
+    machine = hashlib.sha256(f"{cpu}|{features}|{llvmlite.__version__}".encode()).hexdigest()[:8]
+    return Path(cache_root) / "aot" / f"{sources_fingerprint()}-{cpu}-{machine}"
+
+
+# ------------------------------------------------------------------------------ building (Numba)
+def build(folder: Path) -> Path:
+    """Compile every entry variant and write `folder`/kernels.o and manifest.json (each under a
+    temporary name, renamed when complete: concurrent builders leave one whole library)."""
+    import llvmlite.binding as llvm
+    from numba.core.registry import cpu_target
+
+    from .jit.entries import ENTRIES
+
+    module, manifest = None, {"format": FORMAT, "entries": {}}
+    for name, (kernel, variants) in ENTRIES.items():
+        for argtypes in variants:
+            compiled = _c_entry(kernel, argtypes)
+            piece = llvm.parse_bitcode(compiled._library._final_module.as_bitcode())
+            if module is None:
+                module = piece
+            else:
+                module.link_in(piece)
+            manifest["entries"].setdefault(name, []).append(
+                {"symbol": compiled.native_name, "args": [_arg_spec(t) for t in argtypes]})
+    manifest["runtime_symbols"] = sorted(f.name for f in module.functions
+                                         if f.is_declaration and f.name.startswith(_RUNTIME_PREFIXES))
+    code = cpu_target.target_context.codegen()._tm.emit_object(module)
+    manifest["object_sha256"] = hashlib.sha256(code).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomically(folder / OBJECT, code)
+    _write_atomically(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    return folder
+
+
+def _c_entry(kernel, argtypes):
+    """numba.cfunc calling `kernel`: each array argument as a typed pointer, then one int64
+    pointer to the arrays' shapes, concatenated in argument order."""
+    from numba import carray, cfunc, types
+
+    params, unpack, call, offset = [], [], [], 0
+    for i, argtype in enumerate(argtypes):
+        params.append(f"a{i}")
+        if isinstance(argtype, types.Array):
+            dims = ", ".join(f"shapes[{offset + d}]" for d in range(argtype.ndim))
+            unpack.append(f"    x{i} = carray(a{i}, ({dims},))")
+            call.append(f"x{i}")
+            offset += argtype.ndim
+        else:
+            call.append(f"a{i}")
+    source = (f"def entry({', '.join(params)}, shapes):\n" + "\n".join(unpack)
+              + f"\n    kernel({', '.join(call)})\n")
+    namespace = {"carray": carray, "kernel": kernel}
+    exec(compile(source, f"<helix_mpi.kernels.aot entry of {kernel.__name__}>", "exec"), namespace)
+    pointer_types = [types.CPointer(t.dtype) if isinstance(t, types.Array) else t for t in argtypes]
+    return cfunc(types.void(*pointer_types, types.CPointer(types.int64)))(namespace["entry"])
+
+
+def _arg_spec(argtype) -> list:
+    """[dtype name, ndim] of an argument type (ndim 0: a scalar passed by value)."""
+    from numba import types
+
+    if isinstance(argtype, types.Array):
+        return [str(np.dtype(argtype.dtype.name)), argtype.ndim]
+    return [str(np.dtype(argtype.name)), 0]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", delete=False) as part:
+        part.write(data)
+    os.replace(part.name, path)
+
+
+# ------------------------------------------------------------------------ loading (no Numba)
+class Library:
+    """The precompiled kernels of `folder`, loaded into this process: `entry(name)` is a callable
+    taking the same arguments as the Numba kernel (C-contiguous arrays, scalars)."""
+
+    def __init__(self, folder: Path):
+        manifest, code = _read(folder)
+        self.folder = folder
+        self._engine = _load_object(code, manifest["runtime_symbols"])
+        self._entries = {name: _Entry(name, [(self._function(v), v["args"]) for v in variants])
+                         for name, variants in manifest["entries"].items()}
+
+    def entry(self, name: str) -> _Entry:
+        return self._entries[name]
+
+    def _function(self, variant: dict):
+        address = self._engine.get_function_address(variant["symbol"])
+        if not address:
+            raise OSError(f"{self.folder}: {variant['symbol']} missing from the object")
+        argtypes = [ctypes.c_void_p if ndim else _SCALAR_CTYPES[dtype] for dtype, ndim in variant["args"]]
+        return ctypes.CFUNCTYPE(None, *argtypes, ctypes.c_void_p)(address)
+
+
+class _Entry:
+    """One entry point: picks the variant compiled for the dtypes of the arrays it is given."""
+
+    def __init__(self, name: str, variants: list):
+        self.name, self._jit = name, None
+        self._by_dtypes = {tuple(dtype for dtype, ndim in args if ndim): (function, args)
+                           for function, args in variants}
+
+    def __call__(self, *values) -> None:
+        dtypes = tuple(str(v.dtype) for v in values if isinstance(v, np.ndarray))
+        if dtypes not in self._by_dtypes:  # not precompiled: Numba's JIT (imported now)
+            return self._jit_kernel()(*values)
+        function, args = self._by_dtypes[dtypes]
+        converted, shapes = [], []
+        for value, (dtype, ndim) in zip(values, args, strict=True):
+            if ndim:
+                if value.ndim != ndim or not value.flags.c_contiguous:
+                    raise TypeError(f"{self.name}: expected a C-contiguous {ndim}-d array, got {value.ndim}-d")
+                converted.append(value.ctypes.data)
+                shapes.extend(value.shape)
+            else:
+                converted.append(_SCALAR_PYTHON.get(dtype, int)(value))
+        dims = np.array(shapes, np.int64)
+        function(*converted, dims.ctypes.data)
+
+    def _jit_kernel(self):
+        if self._jit is None:
+            from .jit.entries import ENTRIES
+
+            self._jit = ENTRIES[self.name][0]
+        return self._jit
+
+
+def _read(folder: Path) -> tuple[dict, bytes]:
+    """(manifest, object code) of a complete library; OSError if missing, partial or stale."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        code = (folder / OBJECT).read_bytes()
+        complete = manifest["format"] == FORMAT and hashlib.sha256(code).hexdigest() == manifest["object_sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OSError(f"{folder}: not a kernel library ({exc})") from None
+    if not complete:
+        raise OSError(f"{folder}: not a complete kernel library")
+    return manifest, code
+
+
+_ENGINES: list = []  # loaded code must outlive every ctypes function pointing into it
+_FATAL: list = []  # the one ctypes callback the runtime symbols are bound to
+
+
+def _load_object(code: bytes, runtime_symbols: list[str]):
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    for name in runtime_symbols:
+        if not llvm.address_of_symbol(name):  # Numba bound its own helper already: keep it
+            llvm.add_symbol(name, _fatal_address())
+    machine = llvm.Target.from_default_triple().create_target_machine()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+    engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+    engine.finalize_object()
+    _ENGINES.append(engine)
+    return engine
+
+
+def _fatal_address() -> int:
+    if not _FATAL:
+        _FATAL.append(ctypes.CFUNCTYPE(None)(_runtime_reached))
+    return ctypes.cast(_FATAL[0], ctypes.c_void_p).value
+
+
+def _runtime_reached() -> None:
+    sys.stderr.write("helix-mpi: error: a precompiled kernel reached Numba's runtime (a kernel bug); "
+                     "rerun with HELIX_MPI_KERNELS=jit to see Numba's own error\n")
+    sys.stderr.flush()
+    os._exit(70)

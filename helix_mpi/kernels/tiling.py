@@ -1,0 +1,15 @@
+"""Tile sizes and layout rules shared by the kernel wrappers and the compiled kernels (jit/)."""
+from __future__ import annotations
+
+# Tokens per attention tile: scores of one tile for the G query heads of a KV head live in a
+# [G, TILE] buffer (8 x 128 x 4 B = 4 KiB, L1-resident), so every K and V row is streamed once.
+TILE = 128
+
+# Weight rows per block of the decode GEMM (jit/layers.py): out is loaded and stored once per block.
+WEIGHT_ROWS_PER_BLOCK = 16
+
+
+def heads_in_lanes(G, D):
+    """True where attention scores are vectorised across heads (the G heads of a group share the
+    16 lanes of a vector: G divides 16)."""
+    return G in (2, 4, 8, 16) and D % 16 == 0
