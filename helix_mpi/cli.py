@@ -184,8 +184,10 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
                     allow_overflow=allow_overflow)
     if ranks is not None and ranks > 1 and not under_mpiexec():
         try:  # refuse bad input here, in one line, before starting any rank
+            from .kernels.compiled import mode
             from .outputs import check_writable
 
+            mode()  # HELIX_MPI_KERNELS names a backend
             if serving["workload"] is not None:
                 _refuse_fixed_batch_flags(save_tensors)
             resolved = _resolve_run(world_size=ranks, serving=serving, **settings)
@@ -210,6 +212,9 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
         from . import runner  # noqa: F401 - NumPy, Numba, the emulator: every rank needs them
 
         startup.mark("imports")
+        from .kernels.compiled import mode
+
+        mode()  # HELIX_MPI_KERNELS names a backend (under the user's own mpiexec)
         if ranks is not None and ranks != comm.Get_size():
             raise UserError(f"-n {ranks} but mpiexec started {comm.Get_size()} ranks: drop -n or make them equal")
         if serving["workload"] is not None:

@@ -36,13 +36,14 @@ class DoesNotFitError(click.ClickException):
 def user_error_types() -> tuple[type[Exception], ...]:
     """The library's exceptions that mean bad input (shown as one UserError line)."""
     from .config import ConfigError
+    from .kernels.compiled import KernelBackendError
     from .outputs import OutputError
     from .serving import ServingError
     from .topology import TopologyError
     from .trace import TraceError
     from .workload import WorkloadError
 
-    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError, OutputError)
+    return (ConfigError, TopologyError, TraceError, WorkloadError, ServingError, OutputError, KernelBackendError)
 
 
 @contextmanager

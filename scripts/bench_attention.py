@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from helix_mpi.kernels import compiled  # noqa: E402
 from helix_mpi.kernels import from_bf16, partial_attention, to_bf16  # noqa: E402
 
 MAX_KV_BYTES = 2**30          # float32 K+V of one case
@@ -240,7 +241,11 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--kernels", choices=("aot", "jit"), default="aot",
+                    help="the precompiled library (what ranks run; built if missing) or Numba's JIT")
     args = ap.parse_args()
+    compiled.use(args.kernels)
+    print(f"kernels: {args.kernels}")
     rng = np.random.default_rng(0)
     hdr = (f"{'dtype':>5} {'context':>7} {'B':>3} {'G':>2} {'Kh':>3} {'MB':>8} {'kern ms':>9} "
            f"{'GB/s':>8} {'GFLOP/s':>7} {'read':>7} {'sgemm':>7} {'bound':>7} {'ratio':>6} "
@@ -257,7 +262,7 @@ def main():
                     note = "" if kh == args.kv_heads else f"  (Kh {args.kv_heads}->{kh})"
                     print_row(c, note)
                     cases.append(c)
-    print(json.dumps({"cases": cases, **ratio_summary(cases, {
+    print(json.dumps({"kernels": args.kernels, "cases": cases, **ratio_summary(cases, {
         "fp32": lambda c: c["dtype"] == "fp32", "bf16": lambda c: c["dtype"] == "bf16",
         **{f"G{g}": (lambda c, g=g: c["group"] == g) for g in (1, 4, 8)}})}))
 

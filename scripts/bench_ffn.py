@@ -3,7 +3,7 @@
 roofline, one core, at decode batches.
 
 Cases: weight shards one rank holds (Llama-3.1 70B / 405B widths over 8 ranks), stored as
-float32 (BLAS sgemv at batch 1, the Numba GEMM of kernels/layers.py at 2-16 rows) and as bf16
+float32 (BLAS sgemv at batch 1, the compiled GEMM of kernels/jit/layers.py at 2-16 rows) and as bf16
 (uint16 bits, the Numba GEMM up to 16 rows of x, BLAS on upcast panels above), batch 1, 8 and 16
 (16 = the largest batch of the Numba path); and SwiGLU (gate and up shards) at batch 1 and 8.
 
@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench_attention import (HostRoofline, _seconds, measure_vs_roofline,  # noqa: E402
                              ratio_summary)
+from helix_mpi.kernels import compiled  # noqa: E402
 from helix_mpi.kernels import linear, swiglu, to_bf16  # noqa: E402
 
 # (name, rows, cols): shards a rank holds (llama-3.1-70b/405b widths over 8 ranks)
@@ -122,7 +123,11 @@ def main():
     ap.add_argument("--batches", default="1,8,16")
     ap.add_argument("--swiglu-batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--kernels", choices=("aot", "jit"), default="aot",
+                    help="the precompiled library (what ranks run; built if missing) or Numba's JIT")
     args = ap.parse_args()
+    compiled.use(args.kernels)
+    print(f"kernels: {args.kernels}")
     rng = np.random.default_rng(0)
     hdr = (f"{'op':>6} {'weights':>14} {'shape':>13} {'dtype':>5} {'B':>3} {'MB':>7} "
            f"{'kern ms':>8} {'GB/s':>7} {'GFLOP/s':>7} {'read':>6} {'sgemm':>6} {'bound':>7} "
@@ -139,7 +144,7 @@ def main():
             for batch in map(int, args.swiglu_batches.split(",")):
                 cases.append(swiglu_case(name, H, f, dtype, batch, args.repeats, rng))
                 print_row(cases[-1])
-    print(json.dumps({"cases": cases, **ratio_summary(cases, {
+    print(json.dumps({"kernels": args.kernels, "cases": cases, **ratio_summary(cases, {
         "fp32": lambda c: c["dtype"] == "fp32", "bf16": lambda c: c["dtype"] == "bf16",
         "batch1": lambda c: c["batch"] == 1, "batch8_16": lambda c: c["batch"] > 1})}))
 

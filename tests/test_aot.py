@@ -9,6 +9,7 @@ it is held to rtol 2e-6, atol 1e-6, far below any difference a kernel bug would 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -92,14 +93,21 @@ def _in_a_fresh_process(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_a_process_with_the_library_never_imports_numba(both):
+    """Every entry, on shapes that take each code path (heads in lanes or not, a partial tile,
+    bf16 and fp32, 1 to 16 rows of x), in a process that loads the library and has no Numba."""
     both(lambda: None)  # the library exists
     code = ("import sys, numpy as np\n"
-            "from helix_mpi.kernels import compiled, partial_attention, linear, to_bf16\n"
+            "from helix_mpi.kernels import compiled, partial_attention, linear, to_bf16, from_bf16\n"
             "from helix_mpi import synth\n"
-            "w = synth.matrix_block(1, 'w', (64, 64), (0, 64), (0, 64), bf16=True)\n"
-            "linear(np.ones((4, 64), np.float32), w)\n"
-            "q = np.ones((1, 8, 64), np.float32); kv = to_bf16(np.ones((1, 1, 9, 64), np.float32))\n"
-            "partial_attention(q, kv, kv, np.array([9]))\n"
+            "for bf16 in (False, True):\n"
+            "    w = synth.matrix_block(1, 'w', (64, 70), (0, 64), (3, 70), bf16=bf16)\n"
+            "    for rows in (2, 7, 16):\n"
+            "        linear(np.ones((rows, 64), np.float32), w)\n"
+            "    for G, D in ((1, 128), (2, 4), (3, 64), (8, 64), (16, 576)):\n"
+            "        q = np.ones((2, 2 * G, D), np.float32); kv = np.ones((2, 2, 130, D), np.float32)\n"
+            "        kv = to_bf16(kv) if bf16 else kv\n"
+            "        partial_attention(q, kv, kv, np.array([130, 0]))\n"
+            "from_bf16(to_bf16(np.ones(5)))\n"
             "print(compiled.backend().name, 'numba' in sys.modules)\n")
     done = _in_a_fresh_process(code, HELIX_MPI_KERNELS="auto")
     assert done.returncode == 0, done.stderr
@@ -108,17 +116,25 @@ def test_a_process_with_the_library_never_imports_numba(both):
     assert done.stdout.split() == ["jit", "True"]
 
 
+def test_the_library_needs_numbas_runtime_only_to_report_errors(both):
+    """Helpers of Numba's runtime bound to the one-line stop must only sit on error paths
+    (a kernel that allocates, or calls Numba's reshape, is refused at build time)."""
+    both(lambda: None)
+    manifest = json.loads((aot.library_folder(compiled.cache_root()) / aot.MANIFEST).read_text())
+    assert manifest["runtime_symbols"] and set(manifest["runtime_symbols"]) <= aot.ERROR_PATH_SYMBOLS
+
+
 def test_a_kernel_error_stops_the_process_with_one_line(both):
     """A kernel that raises inside the library (here: a zero divisor the wrapper would refuse)
     reaches Numba's runtime, which a process without Numba does not have: one line, exit 70."""
     both(lambda: None)
     code = ("import numpy as np\n"
             "from helix_mpi.kernels import compiled\n"
-            "from helix_mpi.kernels.attention import attention_scratch\n"
+            "from helix_mpi.kernels.tiling import attention_work_floats\n"
             "f32 = np.float32\n"
             "q, kv = np.ones((1, 4, 16), f32), np.ones((1, 0, 4, 16), f32)\n"
             "compiled.kernel('attention')(q, kv, kv, np.ones(1, np.int64), f32(1), np.empty((1, 4, 16), f32),\n"
-            "    np.empty((1, 4), f32), *attention_scratch(4, 16))\n")
+            "    np.empty((1, 4), f32), np.empty(attention_work_floats(4, 16), f32))\n")
     done = _in_a_fresh_process(code, HELIX_MPI_KERNELS="auto")
     assert done.returncode == 70, (done.returncode, done.stderr)
     assert done.stderr.strip().splitlines() == [
@@ -153,3 +169,12 @@ def test_a_bad_backend_name_is_one_clear_error(monkeypatch):
     monkeypatch.setenv(compiled.BACKEND_ENV, "fast")
     with pytest.raises(ValueError, match="HELIX_MPI_KERNELS='fast': use one of auto, aot, jit"):
         compiled.mode()
+
+
+def test_run_refuses_a_bad_backend_name_in_one_line():
+    from conftest import run_cli
+
+    done = run_cli(["run", "-n", "2", "--steps", "1"], env={"HELIX_MPI_KERNELS": "fast"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "helix-mpi: error: HELIX_MPI_KERNELS='fast': use one of auto, aot, jit (or unset it)"]

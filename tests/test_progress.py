@@ -21,7 +21,7 @@ def test_run_n_8_through_a_pipe_prints_phases_and_progress_lines(tmp_path):
     done = run_cli(["run", "-n", "8", "--steps", "4", "-o", str(tmp_path / "t.h5")], env=EVERY_UPDATE)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stderr.splitlines()
-    order = ["starting 8 ranks", "8 ranks up after", "compiling kernels", "building weights",
+    order = ["starting 8 ranks", "8 ranks up after", "readying the compiled kernels", "building weights",
              "decode steps 1/4 (25%)", "decode steps 4/4 (100%)"]
     positions = [next(i for i, line in enumerate(lines) if needle in line) for needle in order]
     assert positions == sorted(positions), lines

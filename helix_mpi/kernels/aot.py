@@ -31,7 +31,11 @@ import numpy as np
 
 FORMAT = 1  # of the manifest
 MANIFEST, OBJECT = "manifest.json", "kernels.o"
-_RUNTIME_PREFIXES = ("NRT_", "numba_")  # Numba's helpers: referenced on error paths only
+_RUNTIME_PREFIXES = ("NRT_", "numba_")  # Numba's runtime helpers
+# The ones numba.cfunc's C wrappers reference to report a kernel's exception (and release its
+# reference counts); a kernel needing any other (an allocation, numba's reshape) can not be built
+ERROR_PATH_SYMBOLS = frozenset({"NRT_Free", "NRT_MemInfo_call_dtor", "numba_do_raise", "numba_gil_ensure",
+                                "numba_gil_release", "numba_runtime_build_excinfo_struct", "numba_unpickle"})
 _SCALAR_CTYPES = {"float32": ctypes.c_float, "float64": ctypes.c_double, "int32": ctypes.c_int32,
                   "int64": ctypes.c_int64, "uint32": ctypes.c_uint32, "uint64": ctypes.c_uint64}
 _SCALAR_PYTHON = {"float32": float, "float64": float}  # everything else: int
@@ -80,6 +84,10 @@ def build(folder: Path) -> Path:
                 {"symbol": compiled.native_name, "args": [_arg_spec(t) for t in argtypes]})
     manifest["runtime_symbols"] = sorted(f.name for f in module.functions
                                          if f.is_declaration and f.name.startswith(_RUNTIME_PREFIXES))
+    needed = set(manifest["runtime_symbols"]) - ERROR_PATH_SYMBOLS
+    if needed:
+        raise RuntimeError(f"the kernels call Numba's runtime ({', '.join(sorted(needed))}): a kernel allocates "
+                           "or uses a Numba feature precompiled code can not carry")
     code = cpu_target.target_context.codegen()._tm.emit_object(module)
     manifest["object_sha256"] = hashlib.sha256(code).hexdigest()
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,28 +158,32 @@ class Library:
 
 
 class _Entry:
-    """One entry point: picks the variant compiled for the dtypes of the arrays it is given."""
+    """One entry point: picks the variant compiled for the dtypes of the arrays it is given
+    (dtype characters: `str(dtype)` alone would cost ~2 us per array per call)."""
 
     def __init__(self, name: str, variants: list):
         self.name, self._jit = name, None
-        self._by_dtypes = {tuple(dtype for dtype, ndim in args if ndim): (function, args)
-                           for function, args in variants}
+        self._by_dtypes = {}
+        for function, args in variants:
+            arrays = tuple(np.dtype(dtype).char for dtype, ndim in args if ndim)
+            scalars = [None if ndim else _SCALAR_PYTHON.get(dtype, int) for dtype, ndim in args]
+            self._by_dtypes[arrays] = (function, [ndim for _, ndim in args], scalars)
 
     def __call__(self, *values) -> None:
-        dtypes = tuple(str(v.dtype) for v in values if isinstance(v, np.ndarray))
-        if dtypes not in self._by_dtypes:  # not precompiled: Numba's JIT (imported now)
+        found = self._by_dtypes.get(tuple(v.dtype.char for v in values if isinstance(v, np.ndarray)))
+        if found is None:  # not precompiled: Numba's JIT (imported now)
             return self._jit_kernel()(*values)
-        function, args = self._by_dtypes[dtypes]
+        function, ndims, scalars = found
         converted, shapes = [], []
-        for value, (dtype, ndim) in zip(values, args, strict=True):
-            if ndim:
-                if value.ndim != ndim or not value.flags.c_contiguous:
-                    raise TypeError(f"{self.name}: expected a C-contiguous {ndim}-d array, got {value.ndim}-d")
-                converted.append(value.ctypes.data)
-                shapes.extend(value.shape)
+        for value, ndim, scalar in zip(values, ndims, scalars, strict=True):
+            if scalar is not None:
+                converted.append(scalar(value))
+            elif value.ndim != ndim or not value.flags.c_contiguous:
+                raise TypeError(f"{self.name}: expected a C-contiguous {ndim}-d array, got {value.ndim}-d")
             else:
-                converted.append(_SCALAR_PYTHON.get(dtype, int)(value))
-        dims = np.array(shapes, np.int64)
+                converted.append(value.ctypes.data)
+                shapes += value.shape
+        dims = np.array(shapes, np.int64)  # held until the call returns
         function(*converted, dims.ctypes.data)
 
     def _jit_kernel(self):

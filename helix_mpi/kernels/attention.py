@@ -12,19 +12,9 @@ import numpy as np
 
 from .bf16 import is_bf16
 from .compiled import kernel
-from .tiling import TILE, heads_in_lanes
+from .tiling import TILE, attention_work_floats
 
 __all__ = ["partial_attention", "combine", "TILE"]
-
-def attention_scratch(G, D):
-    """The kernel's scratch for groups of G query heads of size D (see jit/attention.py):
-    qs [G,D], s [G,TILE], acc [G,D], m [G], l [G], ebits [TILE] int32, qp [D*G/16,16], kbuf [8,D]."""
-    f32 = np.float32
-    lanes = heads_in_lanes(G, D)
-    return (np.empty((G, D), f32), np.empty((G, TILE), f32), np.empty((G, D), f32), np.empty(G, f32),
-            np.empty(G, f32), np.empty(TILE, np.int32), np.empty((D * G // 16 if lanes else 0, 16), f32),
-            np.empty((8, D), f32))
-
 
 def _as_cache(a):
     """C-contiguous uint16 (bf16 bits) kept as is, anything else as C-contiguous float32."""
@@ -63,8 +53,8 @@ def partial_attention(q, k_cache, v_cache, lengths):
         raise ValueError(f"lengths must lie in [0, {C}]")
     out = np.empty((B, Qh, D), np.float32)
     lse = np.empty((B, Qh), np.float32)
-    kernel("attention")(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse,
-                        *attention_scratch(Qh // Kh, D))
+    work = np.empty(attention_work_floats(Qh // Kh, D), np.float32)
+    kernel("attention")(q, k_cache, v_cache, lengths, np.float32(1.0 / math.sqrt(D)), out, lse, work)
     return out, lse
 
 

@@ -20,6 +20,10 @@ MODES = ("auto", "aot", "jit")
 _chosen: list = []  # [backend] once chosen
 
 
+class KernelBackendError(ValueError):
+    """HELIX_MPI_KERNELS names no backend (bad input: one line)."""
+
+
 class JitBackend:
     """Numba's JIT: each entry is the Numba dispatcher itself."""
 
@@ -81,7 +85,7 @@ def use(name: str) -> str:
 def mode() -> str:
     value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
     if value not in MODES:
-        raise ValueError(f"{BACKEND_ENV}={value!r}: use one of {', '.join(MODES)}")
+        raise KernelBackendError(f"{BACKEND_ENV}={value!r}: use one of {', '.join(MODES)} (or unset it)")
     return value
 
 

@@ -13,3 +13,11 @@ def heads_in_lanes(G, D):
     """True where attention scores are vectorised across heads (the G heads of a group share the
     16 lanes of a vector: G divides 16)."""
     return G in (2, 4, 8, 16) and D % 16 == 0
+
+
+def attention_work_floats(G, D):
+    """float32 scratch of the attention kernel for groups of G query heads of size D: qs [G,D],
+    s [G,TILE], acc [G,D], m [G], l [G], ebits [TILE], qp [D*G/16,16] (when heads_in_lanes), kbuf
+    [8,D], each starting on a 64-byte boundary (jit/attention.py carves them in this order)."""
+    sizes = (G * D, G * TILE, G * D, G, G, TILE, D * G if heads_in_lanes(G, D) else 0, 8 * D)
+    return sum((n + 15) // 16 * 16 for n in sizes)

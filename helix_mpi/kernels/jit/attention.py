@@ -19,7 +19,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
+from numba.np.arrayobj import populate_array
 
 from ..tiling import TILE, heads_in_lanes
 from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
@@ -294,21 +296,58 @@ def _softmax_tile(s, tn, first, m, l, acc, ebits, ef):
                 acc[g, d] *= alpha
 
 
+@njit(cache=True, inline="always")
+def _carve(work, offset, n):
+    # work[offset:offset+n], and the next offset on a 64-byte boundary (tiling.attention_work_floats)
+    return work[offset:offset + n], offset + (n + 15) // 16 * 16
+
+
+@intrinsic
+def _as_matrix(typingctx, flat, ncols):
+    """Numba: a 1-D C-contiguous array seen as a C-contiguous [len // ncols, ncols] matrix (ncols >
+    0). Numba's own reshape calls a helper of its runtime, which precompiled code cannot (aot.py)."""
+    if not (isinstance(flat, types.Array) and flat.ndim == 1 and flat.layout == "C"):
+        return None
+    matrix = flat.copy(ndim=2, layout="C")
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dst = context.make_array(matrix)(context, builder)
+        cols = context.cast(builder, args[1], signature.args[1], types.intp)
+        rows = builder.sdiv(builder.extract_value(src.shape, 0), cols)
+        itemsize = src.itemsize
+        populate_array(dst, data=src.data, shape=[rows, cols], strides=[builder.mul(cols, itemsize), itemsize],
+                       itemsize=itemsize, meminfo=src.meminfo, parent=src.parent)
+        return impl_ret_borrowed(context, builder, matrix, dst._getvalue())
+
+    return matrix(flat, ncols), codegen
+
+
 @njit(cache=True, fastmath=_FM)
-def attention_kernel(q, k, v, lengths, scale, out, lse, qs, s, acc, m, l, ebits, qp, kbuf):
+def attention_kernel(q, k, v, lengths, scale, out, lse, work):
     # q [B,Qh,D] float32; k/v [B,Kh,C,D] float32 or uint16 bf16 bits (each independently: the
     # simd blocks widen bf16 rows in registers as they load them); lengths [B] int64;
-    # out [B,Qh,D] (written), lse [B,Qh] (written). Scratch (attention.attention_scratch):
-    # qs [G,D] pre-scaled queries of one KV group, s [G,TILE] scores then probabilities of one
-    # tile, acc [G,D] rescaled running sum of p * v, m [G] running max of scores, l [G] running
-    # sum of exp(score - m), ebits [TILE] int32 exponent bits of _exp_neg_inplace, qp [D*G/16,16]
-    # the queries with heads in lanes (0 rows when unused), kbuf [8,D] bf16 K rows widened once.
+    # out [B,Qh,D] (written), lse [B,Qh] (written); work [tiling.attention_work_floats(G, D)]
+    # float32 scratch, carved into: qs [G,D] pre-scaled queries of one KV group, s [G,TILE] scores
+    # then probabilities of one tile, acc [G,D] rescaled running sum of p * v, m [G] running max
+    # of scores, l [G] running sum of exp(score - m), ebits [TILE] int32 exponent bits of
+    # _exp_neg_inplace, qp [D*G/16,16] the queries with heads in lanes (0 rows when unused),
+    # kbuf [8,D] bf16 K rows widened once.
     wide_vectors()
     B, Qh, D = q.shape
     Kh = k.shape[1]
     G = Qh // Kh
-    ef = ebits.view(np.float32)
     lanes = heads_in_lanes(G, D)
+    qs, o = _carve(work, 0, G * D)
+    s, o = _carve(work, o, G * TILE)
+    acc, o = _carve(work, o, G * D)
+    m, o = _carve(work, o, G)
+    l, o = _carve(work, o, G)
+    ef, o = _carve(work, o, TILE)
+    qp, o = _carve(work, o, D * G if lanes else 0)
+    kbuf, o = _carve(work, o, 8 * D)
+    qs, s, acc, ebits = _as_matrix(qs, D), _as_matrix(s, TILE), _as_matrix(acc, D), ef.view(np.int32)
+    qp, kbuf = _as_matrix(qp, 16), _as_matrix(kbuf, D)
     for b in range(B):
         n = lengths[b]
         for kh in range(Kh):

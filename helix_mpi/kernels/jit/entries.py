@@ -13,8 +13,8 @@ from .bf16 import from_bf16_flat, to_bf16_flat
 from .fill import fill_rows, fill_rows_bf16
 from .layers import linear_kernel
 
-F32, F64, I32, I64, U16, U32, U64 = (types.float32, types.float64, types.int32, types.int64, types.uint16,
-                                     types.uint32, types.uint64)
+F32, F64, I64, U16, U32, U64 = (types.float32, types.float64, types.int64, types.uint16, types.uint32,
+                                types.uint64)
 STORAGE = (F32, U16)  # KV caches and weights: float32, or bf16 bits (kernels/bf16.py)
 
 
@@ -23,10 +23,9 @@ def array(dtype, ndim: int) -> types.Array:
 
 
 def _attention(k, v):
-    # q, k, v, lengths, scale, out, lse, then the scratch of kernels.attention.attention_scratch
+    # q, k, v, lengths, scale, out, lse, work (the scratch: tiling.attention_work_floats)
     return (array(F32, 3), array(k, 4), array(v, 4), array(I64, 1), F32, array(F32, 3), array(F32, 2),
-            array(F32, 2), array(F32, 2), array(F32, 2), array(F32, 1), array(F32, 1), array(I32, 1),
-            array(F32, 2), array(F32, 2))
+            array(F32, 1))
 
 
 # name -> (Numba kernel, argument types of each variant compiled ahead of time; other types, such
