@@ -91,6 +91,9 @@ def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
         w = np.ones((4, 2), np.float32)
         if storage == "bf16":
             kv, w = kernels.to_bf16(kv), kernels.to_bf16(w)
+        w.flags.writeable = False  # weights are read-only (sharding.BlockSource): a type of their own to Numba
+        if storage == "bf16":
+            kernels.from_bf16(w)  # MLA's absorbed up-projections, upcast for NumPy
         kernels.rms_norm(x, None, 1e-5)
         kernels.rms_norm(x, np.ones(4, np.float32), 1e-5)
         kernels.apply_rope(q, np.zeros(1, np.int64), 10000.0)
