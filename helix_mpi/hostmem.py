@@ -8,10 +8,12 @@ runtime (Python, NumPy, Numba, h5py, MPI). Rank 0 also holds the float64 referen
 checks or saves tensors. Weight blocks that several ranks of one machine hold alike are counted
 once per machine when the run shares them (blockshare.py, the default): the same plan the ranks
 follow, from the same dry pass over their weights. Compared with what the machine can still give
-(MemAvailable, or the cgroup's limit when lower). Checked against the peak private memory of 8-rank runs of `tiny` at
-4M tokens (scripts/bench_hostmem.py): estimated 6.9 GB (fp32) and 5.9 GB (bf16), measured 5.8 and
-4.2 GB; one Llama-3.1-405B layer on 72 ranks, KVP=9 TPA=8: estimated 18.9 GB, measured 16.2 GB
-(scripts/bench_scale.py). The estimate errs high: a guard should not let a run swap.
+(MemAvailable, or the cgroup's limit when lower). Checked against the peak private memory of
+8-rank runs of `tiny` at 4M tokens (scripts/bench_hostmem.py): estimated 6.9 GB (fp32) and 5.9 GB
+(bf16), measured 5.8 and 4.2 GB; one Llama-3.1-405B layer on 72 ranks, KVP=9 TPA=8: estimated
+14.1 GB, measured 11.8 GB (Pss: the 0.6 GB they share counted once; scripts/bench_scale.py), and
+with private weights 18.9 GB against 16.2 GB. The estimate errs high: a guard should not let a
+run swap.
 """
 from __future__ import annotations
 
