@@ -159,7 +159,9 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
 
     try:
         result = emulator.decode(sink if is_root else None)
-        emulator.release_weights()  # every rank, before anything that only rank 0 does can fail
+        # every rank, before anything that only rank 0 does can fail; not in `finally`: after a
+        # failure the other ranks may never reach the window's collective free (the job is stopped)
+        emulator.release_weights()
         decode_start = startup.wall_of_perf_counter(emulator.host_t0)
         startup.mark("wait", decode_start)  # the barrier before the first step: every rank ready
         startup_summary = startup.report(comm, decode_start, first_step_done[0] if first_step_done else None)
