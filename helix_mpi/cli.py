@@ -166,10 +166,13 @@ def workload_options(fn):
 @click.option("--storage", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="host storage of weights and KV cache (bf16: half the memory, upcast in the kernels)")
 @click.option("--force", is_flag=True, help="run even when the estimated host memory exceeds what is available")
+@click.option("--shared-weights/--private-weights", default=True, show_default=True,
+              help="weight blocks that several ranks of one machine hold alike: generated once into MPI shared "
+                   "memory, or by every rank for itself (no result or modeled time changes)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr (start-up phases, steps or requests done)")
 def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks, precision, kv_precision, comm, cuda_graphs,
         hopb, a2a_chunk, tokens_per_block, allow_overflow, as_json, ranks, steps, layers, seed, key_scale, output,
-        save_tensors, check, fail_at, storage, force, quiet, **serving) -> None:
+        save_tensors, check, fail_at, storage, force, shared_weights, quiet, **serving) -> None:
     """Emulate decode steps of a model under Helix on MPI ranks and write an HDF5 trace.
 
     With --workload, serve a request trace instead: requests join the batch at their (scaled)
@@ -192,7 +195,8 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
                 _refuse_fixed_batch_flags(save_tensors)
             resolved = _resolve_run(world_size=ranks, serving=serving, **settings)
             if serving["workload"] is None and not force:
-                _guard_host_memory(resolved.model, resolved.layout, resolved.run_config, check, save_tensors)
+                _guard_host_memory(resolved.model, resolved.layout, resolved.run_config, check, save_tensors,
+                                   shared_weights)
             check_writable(output, create_folders=True)
         except DoesNotFitError:
             raise
@@ -222,19 +226,21 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
         resolved = _resolve_run(world_size=comm.Get_size(), serving=serving, layout_by=_resolve_on_rank_0(comm),
                                 **settings)
         if serving["workload"] is None and not force and not os.environ.get(RELAUNCHED_ENV):  # else checked
-            _guard_host_memory(resolved.model, resolved.layout, resolved.run_config, check, save_tensors, comm)
+            _guard_host_memory(resolved.model, resolved.layout, resolved.run_config, check, save_tensors,
+                               shared_weights, comm)
         startup.mark("layout")
         if show:
             _announce_start(comm.Get_size(), resolved)
         if serving["workload"] is not None:
-            outcome = _run_serving(comm, resolved, output, check, failure, show)
+            outcome = _run_serving(comm, resolved, output, check, failure, show, shared_weights)
         else:
             from .progress import Progress
             from .runner import run_emulation
 
             with Progress(steps, "decode steps", enabled=show) as progress:
                 outcome = run_emulation(comm, resolved.model, resolved.layout, resolved.run_config, resolved.topo,
-                                        output, save_tensors, check, progress.per_call, failure, progress.phase)
+                                        output, save_tensors, check, progress.per_call, failure, progress.phase,
+                                        shared_weights)
     except OutputError as exc:  # only rank 0 writes: it stops every rank
         click.echo(f"helix-mpi: error: {exc}", err=True)
         sys.stderr.flush()
@@ -272,23 +278,26 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
             sys.exit(1)
 
 
-def _guard_host_memory(model, layout, run_config, check, save_tensors: bool, comm=None) -> None:
+def _guard_host_memory(model, layout, run_config, check, save_tensors: bool, shared_weights: bool,
+                       comm=None) -> None:
     """Refuse (ConfigError, one line) a fixed-batch run whose ranks on this machine need more host
     memory than it has available. Under mpiexec every rank checks its own machine's share and all
     ranks refuse if any does."""
     from .config import ConfigError
     from .hostmem import available_bytes, estimate_run, refusal, will_check
 
-    memory = estimate_run(model, layout, run_config, will_check(model, run_config, check) or save_tensors)
-    here = list(range(layout.world_size))
+    here, first_here = list(range(layout.world_size)), True
     if comm is not None and comm.Get_size() > 1:
         from mpi4py import MPI
 
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        here = node.allgather(comm.Get_rank())
+        here, first_here = node.allgather(comm.Get_rank()), node.Get_rank() == 0
         node.Free()
-    available = available_bytes()
-    reason = None if available is None else refusal(memory.ranks(here), available, run_config)
+    available, reason = available_bytes(), None
+    if first_here and available is not None:  # one rank per machine estimates its ranks' memory
+        memory = estimate_run(model, layout, run_config, will_check(model, run_config, check) or save_tensors,
+                              here, shared_weights)
+        reason = refusal(memory, available, run_config)
     reasons = [reason] if comm is None else comm.allgather(reason)
     refused = [r for r in reasons if r is not None]
     if refused:
@@ -592,14 +601,14 @@ def _serving_setup(resolved: Resolved, serving: dict):
     return setup
 
 
-def _run_serving(comm, resolved: Resolved, output, check, failure, show: bool):
+def _run_serving(comm, resolved: Resolved, output, check, failure, show: bool, shared_weights: bool):
     from .progress import Progress
     from .runner import run_serving
 
     with Progress(len(resolved.workload), "requests served", enabled=show) as progress:
         return run_serving(comm, resolved.model, resolved.layout, resolved.run_config, resolved.topo,
                            resolved.workload, resolved.setup, output, check, progress.absolute, failure,
-                           progress.phase)
+                           progress.phase, shared_weights)
 
 
 def _memory_text(memory) -> str:

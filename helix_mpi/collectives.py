@@ -1,6 +1,8 @@
 """Thin wrappers over mpi4py buffer collectives used by the emulator (real data, real MPI)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from mpi4py import MPI
 
@@ -59,3 +61,11 @@ def group_max(comm: MPI.Comm, value: float) -> float:
     buf = np.array([value], dtype=np.float64)
     comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
     return float(buf[0])
+
+
+def quiet_barrier(comm: MPI.Comm, poll_s: float = 0.005) -> None:
+    """A barrier whose early ranks sleep between tests (every `poll_s`) instead of spinning in MPI's
+    progress loop: with more ranks than cores, spinning ranks take the cores from those still working."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)

@@ -25,7 +25,8 @@ from .costmodel import SOURCES
 from .gpuops import KernelKind, total_bytes, total_flops
 from .plan import (Op, layer_plan, op_collective_fields, op_shape_fields, rank_requests, tail_plan,
                    op_dep_fields)
-from .sharding import initial_input, layer_weights, rank_shard
+from .blockshare import share_blocks
+from .sharding import PRIVATE_BLOCKS, BlockSource, initial_input, layer_weights, rank_shard, weight_blocks
 from .strategies import rules_for
 from .timing import LayerSchedule, StreamClocks, TimeModel
 from .topology import Topology
@@ -95,6 +96,9 @@ def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
         w = np.ones((4, 2), np.float32)
         if storage == "bf16":
             kv, w = kernels.to_bf16(kv), kernels.to_bf16(w)
+        w.flags.writeable = False  # weights are read-only (sharding.BlockSource): a type of their own to Numba
+        if storage == "bf16":
+            kernels.from_bf16(w)  # MLA's absorbed up-projections, upcast for NumPy
         kernels.rms_norm(x, None, 1e-5)
         kernels.rms_norm(x, np.ones(4, np.float32), 1e-5)
         kernels.apply_rope(q, np.zeros(1, np.int64), 10000.0)
@@ -117,15 +121,18 @@ class Emulator:
     """One rank's share of a decode run under any strategy (Helix or a baseline)."""
 
     def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
-                 fail_at: tuple[int, int] | None = None, keep_rows: bool = True):
-        self._setup(model, layout, run, topo, mesh, fail_at)
+                 fail_at: tuple[int, int] | None = None, keep_rows: bool = True, share_weights: bool = False):
+        self._setup(model, layout, run, topo, mesh, fail_at, share_weights)
         self.keep_rows = keep_rows  # rank 0 keeps every step's inputs and outputs (reference check, tensors)
         self.requests = rank_requests(layout, run.batch, mesh.rank)
         self.caches = [self._initial_cache(layer) if layer in self.layers_run else None for layer in range(run.layers)]
 
     def _setup(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
-               fail_at: tuple[int, int] | None) -> None:
-        """What every emulator needs: the rank's shard, its weights, its clocks."""
+               fail_at: tuple[int, int] | None, share_weights: bool) -> None:
+        """What every emulator needs: the rank's shard, its weights, its clocks. With `share_weights`
+        (collective over mesh.comm), blocks that several ranks of one machine hold alike are
+        generated once into the machine's shared memory (blockshare.py); else each rank generates
+        all of its own."""
         self.model, self.layout, self.run, self.topo, self.mesh = model, layout, run, topo, mesh
         self.fail_at = fail_at  # (step, rank): raise there, to test that a failing rank stops the job
         self.shard = rank_shard(model, layout, mesh.rank)
@@ -135,13 +142,27 @@ class Emulator:
         self.data_parallel = rules.data_parallel  # each rank decodes its own requests
         self.pipelined = rules.pipelined  # each stage of ranks runs its own layers
         self.layers_run = rules.rank_layers(layout, mesh.rank, run.layers)
-        self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage) if layer in self.layers_run
-                        else None for layer in range(run.layers)]
+        self.blocks = self._weight_source(share_weights)
+        self.weights = [layer_weights(model, run.seed, layer, self.shard, run.storage, self.blocks)
+                        if layer in self.layers_run else None for layer in range(run.layers)]
         self.not_before: float | None = None  # a stage receive starts no earlier than its send
         self.clocks, self.timer = StreamClocks(1), TimeModel(topo, run.implementation())
         self.step_events: list[tuple] = []
         self.routing_log: dict[int, list] = {}  # MoE layer -> per step (experts [b, k], weights [b, k])
         self.keep_rows = True  # keep what the reference check needs (the routing of MoE layers, ...)
+
+    def _weight_source(self, share_weights: bool) -> BlockSource:
+        if not share_weights:
+            return PRIVATE_BLOCKS
+        wanted = weight_blocks(self.model, self.run.seed, self.layers_run, self.shard, self.run.storage)
+        return share_blocks(self.mesh.comm, wanted)
+
+    def release_weights(self) -> None:
+        """Drop the weights and free the machine's shared window, if any: collective over the
+        machine's ranks then (each calls it once its decode is done). The emulator can not decode
+        after it."""
+        self.weights = None
+        self.blocks.free()
 
     def _initial_cache(self, layer: int) -> ShardedKVCache:
         run, model, layout = self.run, self.model, self.layout

@@ -89,10 +89,10 @@ class GQA(AttentionFamily):
         return [weight_gemm(batch, model.hidden_size, len(shard.combine_heads) * model.head_dim, wdt, impl)]
 
     # --- math hooks ---------------------------------------------------------------------------------
-    def weights(self, model, seed, layer, shard, storage):
+    def weights(self, model, seed, layer, shard, storage, blocks):
         from .sharding import gqa_weights
 
-        return gqa_weights(model, seed, layer, shard, storage)
+        return gqa_weights(model, seed, layer, shard, storage, blocks)
 
     def weights_class(self):
         from .sharding import GQAWeights
@@ -180,10 +180,10 @@ class MLA(AttentionFamily):
                 weight_gemm(batch, model.hidden_size, n * v, wdt, impl)]
 
     # --- math hooks ---------------------------------------------------------------------------------
-    def weights(self, model, seed, layer, shard, storage):
+    def weights(self, model, seed, layer, shard, storage, blocks):
         from .sharding import mla_weights
 
-        return mla_weights(model, seed, layer, shard, storage)
+        return mla_weights(model, seed, layer, shard, storage, blocks)
 
     def weights_class(self):
         from .sharding import MLAWeights

@@ -5,14 +5,19 @@ Per rank: the weight shards of the emulated layers and the KV cache shards at th
 (context + steps), in the storage of --storage (fp32 4 B, bf16 2 B per element), plus the scratch
 of one layer's initial cache while it is generated (float32, and its bf16 rounding), plus the
 runtime (Python, NumPy, Numba, h5py, MPI). Rank 0 also holds the float64 reference when it
-checks or saves tensors. Compared with what the machine can still give (MemAvailable, or the
-cgroup's limit when lower). Checked against the peak private memory of 8-rank runs of `tiny` at
-4M tokens (scripts/bench_hostmem.py): estimated 6.9 GB (fp32) and 5.9 GB (bf16), measured 5.8 and
-4.2 GB; one Llama-3.1-405B layer on 72 ranks, KVP=9 TPA=8: estimated 18.9 GB, measured 16.2 GB
-(scripts/bench_scale.py). The estimate errs high: a guard should not let a run swap.
+checks or saves tensors. Weight blocks that several ranks of one machine hold alike are counted
+once per machine when the run shares them (blockshare.py, the default): the same plan the ranks
+follow, from the same dry pass over their weights. Compared with what the machine can still give
+(MemAvailable, or the cgroup's limit when lower). Checked against the peak private memory of
+8-rank runs of `tiny` at 4M tokens (scripts/bench_hostmem.py): estimated 6.9 GB (fp32) and 5.9 GB
+(bf16), measured 5.8 and 4.2 GB; one Llama-3.1-405B layer on 72 ranks, KVP=9 TPA=8: estimated
+14.1 GB, measured 11.8 GB (Pss: the 0.6 GB they share counted once; scripts/bench_scale.py), and
+with private weights 18.9 GB against 16.2 GB. The estimate errs high: a guard should not let a
+run swap.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,8 @@ from .config import Layout, ModelConfig, RunConfig
 from .kvcache import tokens_held
 from .mesh import coordinates
 from .plan import dp_requests, ffn_weight_elements, kv_elements_per_token, out_weight_elements, qkv_weight_elements
-from .sharding import TRIVIAL_LAYOUT, RankShard, rank_shard
+from .blockshare import plan_sharing
+from .sharding import TRIVIAL_LAYOUT, RankShard, rank_shard, weight_blocks
 from .strategies import rules_for
 
 # One rank's interpreter, libraries and compiled kernels: 69-73 MB of private memory measured per
@@ -38,12 +44,13 @@ GB = 1e9
 
 @dataclass(frozen=True)
 class HostMemory:
-    """Peak host bytes of each rank [N] by part."""
+    """Peak host bytes of the ranks of one machine [n] by part, and what the machine keeps once."""
 
-    weights: np.ndarray  # [N] weight shards of the emulated layers
-    kv: np.ndarray  # [N] KV cache shards at their final length
-    scratch: np.ndarray  # [N] one layer's initial cache while it is generated (float32 + bf16 rounding)
-    reference: np.ndarray  # [N] float64 reference (rank 0, with --check or --save-tensors)
+    weights: np.ndarray  # [n] weight blocks each rank keeps in its own memory (emulated layers)
+    kv: np.ndarray  # [n] KV cache shards at their final length
+    scratch: np.ndarray  # [n] one layer's initial cache while it is generated (float32 + bf16 rounding)
+    reference: np.ndarray  # [n] float64 reference (rank 0, with --check or --save-tensors)
+    shared_weights: float = 0.0  # weight blocks 2+ of its ranks hold alike, kept once in shared memory
 
     @property
     def per_rank(self) -> np.ndarray:
@@ -51,11 +58,7 @@ class HostMemory:
 
     @property
     def total(self) -> float:
-        return float(self.per_rank.sum()) + SHARED_LIBRARY_BYTES
-
-    def ranks(self, which: list[int]) -> "HostMemory":
-        """The part of the job on some ranks (those on one machine)."""
-        return HostMemory(self.weights[which], self.kv[which], self.scratch[which], self.reference[which])
+        return float(self.per_rank.sum()) + self.shared_weights + SHARED_LIBRARY_BYTES
 
 
 def weight_elements(model: ModelConfig, shard: RankShard, layers: int | range) -> int:
@@ -95,18 +98,23 @@ def will_check(model: ModelConfig, run: RunConfig, check: bool | None) -> bool:
     return check if check is not None else reference_bytes(model, run) <= AUTO_CHECK_MAX_BYTES
 
 
-def estimate_run(model: ModelConfig, layout: Layout, run: RunConfig, with_reference: bool) -> HostMemory:
-    """Peak host memory of each rank of a fixed-batch emulation."""
-    n, size = layout.world_size, STORAGE_BYTES[run.storage]
-    shards = [rank_shard(model, layout, r) for r in range(n)]
-    held = [rules_for(layout).rank_layers(layout, r, run.layers) for r in range(n)]  # a stage's layers under pp
-    weights = np.array([weight_elements(model, s, layers) * size for s, layers in zip(shards, held)], dtype=float)
-    cache = np.array([cache_elements(model, layout, run, r) for r in range(n)], dtype=float)
-    reference = np.zeros(n)
-    reference[0] = reference_bytes(model, run) if with_reference else 0.0
+def estimate_run(model: ModelConfig, layout: Layout, run: RunConfig, with_reference: bool,
+                 machine_ranks: Sequence[int] | None = None, share_weights: bool = True) -> HostMemory:
+    """Peak host memory of the ranks of a fixed-batch emulation that run on one machine
+    (`machine_ranks`, world ranks; default: all of them), in that order; with `share_weights`,
+    the blocks 2+ of them hold alike counted once (`shared_weights`)."""
+    ranks = list(range(layout.world_size)) if machine_ranks is None else list(machine_ranks)
+    held = [rules_for(layout).rank_layers(layout, r, run.layers) for r in ranks]  # a stage's layers under pp
+    wanted = [weight_blocks(model, run.seed, layers, rank_shard(model, layout, r), run.storage)
+              for r, layers in zip(ranks, held)]
+    plan = plan_sharing(wanted if share_weights else [])
+    weights = np.array([plan.private_bytes(specs) for specs in wanted], dtype=float)
+    cache = np.array([cache_elements(model, layout, run, r) for r in ranks], dtype=float)
+    reference = np.array([reference_bytes(model, run) if with_reference and r == 0 else 0.0 for r in ranks])
     scratch = cache * (4.0 + (2.0 if run.storage == "bf16" else 0.0))
     layers_held = np.array([len(layers) for layers in held], dtype=float)
-    return HostMemory(weights, cache * layers_held * size, scratch, reference)
+    return HostMemory(weights, cache * layers_held * STORAGE_BYTES[run.storage], scratch, reference,
+                      float(plan.window_bytes))
 
 
 def available_bytes() -> float | None:
@@ -139,8 +147,9 @@ def refusal(memory: HostMemory, available: float, run: RunConfig) -> str | None:
              "float64 reference": memory.reference}
     shown = " + ".join(f"{name} {part[busiest] / GB:.2f}" for name, part in parts.items()
                        if part[busiest] >= 0.01 * memory.per_rank[busiest])
+    shared = f", and {memory.shared_weights / GB:.1f} GB of weights they share" if memory.shared_weights else ""
     return (f"this run needs about {memory.total / GB:.1f} GB of host memory ({len(memory.per_rank)} ranks, "
-            f"the largest {memory.per_rank[busiest] / GB:.2f} GB: {shown} GB) but this machine has "
+            f"the largest {memory.per_rank[busiest] / GB:.2f} GB: {shown} GB{shared}) but this machine has "
             f"{available / GB:.1f} GB available: use {_shrinking_flags(memory, run)}, or --force to run anyway")
 
 
@@ -150,7 +159,7 @@ def _shrinking_flags(memory: HostMemory, run: RunConfig) -> str:
         flags.append("--storage bf16")
     if run.layers > 1:
         flags.append(f"fewer --layers (now {run.layers})")
-    if memory.kv.sum() >= memory.weights.sum():
+    if memory.kv.sum() >= memory.weights.sum() + memory.shared_weights:
         flags.append(f"a smaller --context (now {run.context})")
         if run.batch > 1:
             flags.append(f"a smaller --batch (now {run.batch})")

@@ -49,6 +49,9 @@ FAMILY_ENV = {
         # the libfabric transport probes for network devices for ~1.1 s in every MPI_Init (measured:
         # MPI_Init 1.1 s -> 0.1 s, 2 ranks on this machine); shared memory and TCP stay available
         "OMPI_MCA_btl": "^ofi",
+        # shared-memory windows (blockshare.py) use osc/sm; the UCX one-sided component, probed
+        # first, prints an error line per rank where it finds no UCX device
+        "OMPI_MCA_osc": "^ucx",
     },
     MPICH: {
         "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",  # waiting ranks yield instead of spinning

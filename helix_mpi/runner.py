@@ -119,9 +119,12 @@ def _phase(phase: Any, text: str) -> None:
 def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
                   output: str | Path | None = None, save_tensors: bool = False,
                   check: bool | None = None, progress: Any = None,
-                  fail_at: tuple[int, int] | None = None, phase: Any = None) -> RunOutcome:
+                  fail_at: tuple[int, int] | None = None, phase: Any = None,
+                  share_weights: bool = True) -> RunOutcome:
     """Run on `comm`; rank 0 writes the trace and (optionally) checks against the reference.
-    `phase(text)` (rank 0's callback) hears the start-up steps."""
+    `phase(text)` (rank 0's callback) hears the start-up steps. `share_weights`: blocks that
+    several ranks of one machine hold alike are generated once into its shared memory
+    (blockshare.py); no result or modeled time depends on it."""
     validate_layout(model, layout, comm.Get_size())
     check_run_fits_model(model, run)
     skipped = None
@@ -142,7 +145,8 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     startup.mark("kernels")
     startup.resume_gc()
     _phase(phase, f"building weights and KV caches ({run.layers} layers, batch {run.batch}, context {run.context:,})")
-    emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors)
+    emulator = Emulator(model, layout, run, topo, mesh, fail_at, keep_rows=check or save_tensors,
+                        share_weights=share_weights)
     writer = TraceWriter(output, trace_attributes(model, layout, run, topo), layout.world_size) \
         if (is_root and output is not None) else None
     startup.mark("data")
@@ -159,6 +163,9 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
 
     try:
         result = emulator.decode(sink if is_root else None)
+        # every rank, before anything that only rank 0 does can fail; not in `finally`: after a
+        # failure the other ranks may never reach the window's collective free (the job is stopped)
+        emulator.release_weights()
         decode_start = startup.wall_of_perf_counter(emulator.host_t0)
         startup.mark("wait", decode_start)  # the barrier before the first step: every rank ready
         startup_summary = startup.report(comm, decode_start, first_step_done[0] if first_step_done else None)
@@ -305,8 +312,10 @@ def serving_attributes(model: ModelConfig, layout: Layout, run: RunConfig, topo:
 def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology,
                 workload: Workload, setup: ServingSetup, output: str | Path | None = None,
                 check: bool | None = None, progress: Any = None,
-                fail_at: tuple[int, int] | None = None, phase: Any = None) -> ServingOutcome:
-    """Serve `workload` on `comm` (ServingEmulator); rank 0 writes the trace and checks the outputs."""
+                fail_at: tuple[int, int] | None = None, phase: Any = None,
+                share_weights: bool = True) -> ServingOutcome:
+    """Serve `workload` on `comm` (ServingEmulator); rank 0 writes the trace and checks the outputs.
+    `share_weights`: as in `run_emulation`."""
     validate_layout(model, layout, comm.Get_size())
     check_run_fits_model(model, run)
     skipped = None
@@ -326,7 +335,7 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
     warm_up_kernels(comm, run.storage)
     startup.resume_gc()
     _phase(phase, f"building weights ({run.layers} layers) and serving {len(workload)} requests")
-    emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at)
+    emulator = ServingEmulator(model, layout, run, topo, mesh, scheduler, fail_at, share_weights)
     writer = TraceWriter(output, serving_attributes(model, layout, run, topo, workload, setup),
                          layout.world_size) if (is_root and output is not None) else None
     stats, buffered = (EventStats() if is_root else None), _StepBuffer(writer)
@@ -339,6 +348,7 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
 
     try:
         result = emulator.serve(sink if is_root else None, keep_outputs=bool(check))
+        emulator.release_weights()  # every rank, before anything that only rank 0 does can fail
         summary = metrics = error = None
         if is_root:
             metrics = scheduler.metrics()

@@ -131,8 +131,8 @@ class ServingEmulator(Emulator):
     """
 
     def __init__(self, model: ModelConfig, layout: Layout, run: RunConfig, topo: Topology, mesh: RankMesh,
-                 scheduler: Scheduler, fail_at: tuple[int, int] | None = None):
-        self._setup(model, layout, run, topo, mesh, fail_at)
+                 scheduler: Scheduler, fail_at: tuple[int, int] | None = None, share_weights: bool = False):
+        self._setup(model, layout, run, topo, mesh, fail_at, share_weights)
         self.scheduler = scheduler
         fam = self.family
         self.pool = SlotKVPool(run.layers, len(self.shard.kv_heads), fam.cache_width(model), scheduler.max_held(mesh.rank),

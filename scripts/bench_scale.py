@@ -8,7 +8,8 @@ start: no rank imports Numba). For each: time to the first decode step (from the
 ready for step 0) and to its end, each start-up phase as the ranks report it (`startup` in the
 run's JSON: wall seconds of the slowest and the median rank, CPU seconds of all ranks), the time
 per step, and the ranks' peak private memory (Private_Clean + Private_Dirty, Linux) in all and per
-rank, against the rank's share of the data (its bf16 weights + KV).
+rank, against the rank's share of the data (its bf16 weights + KV), and their peak Pss in all (the
+weights they share in MPI shared memory counted once).
 
 Then the floor on this machine: the same number of ranks under the same mpiexec and settings
 doing nothing but `import numpy` and MPI_Init (what every rank must do); a start-up can not beat
@@ -27,27 +28,32 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from procmem import private_mb, rank_pids  # noqa: E402
+from procmem import private_mb, proportional_mb, rank_pids  # noqa: E402
 
 FLOOR_CODE = "import numpy; from mpi4py import MPI"
 FLOOR_WITH_NUMBA = "import numpy, numba; from mpi4py import MPI"
-NO_COLLECTIVE = ("python", "imports", "data")  # start-up phases whose CPU is all work (no MPI waits)
+# start-up phases whose CPU is all work: no MPI waits, or (data: the shared weights' few collectives,
+# helix_mpi/blockshare.py) waits that sleep instead of spinning
+NO_COLLECTIVE = ("python", "imports", "data")
 
 
 class MemorySampler(threading.Thread):
-    """Peak total and per-rank private memory of the ranks under `parent`, every `period` seconds."""
+    """Peak total and per-rank private memory, and peak total Pss, of the ranks under `parent`,
+    every `period` seconds."""
 
     def __init__(self, parent: int, period: float = 1.0):
         super().__init__(daemon=True)
         self.parent, self.period, self.stop = parent, period, threading.Event()
-        self.peak_total, self.peak_rank = 0.0, 0.0
+        self.peak_total, self.peak_rank, self.peak_pss = 0.0, 0.0, 0.0
 
     def run(self) -> None:
         while not self.stop.is_set():
-            memory = [private_mb(pid) for pid in rank_pids(self.parent)]
+            pids = rank_pids(self.parent)
+            memory = [private_mb(pid) for pid in pids]
             if memory:
                 self.peak_total = max(self.peak_total, sum(memory))
                 self.peak_rank = max(self.peak_rank, max(memory))
+                self.peak_pss = max(self.peak_pss, sum(proportional_mb(pid) for pid in pids))
             self.stop.wait(self.period)
 
 
@@ -78,7 +84,8 @@ def one_start(args: argparse.Namespace, cache: Path, out: Path) -> dict:
             "first_step_done_s": startup["first_step_done_s"], "step_s": summary["host_seconds"] / args.steps,
             "startup_cpu_s": startup["cpu_s"], "phases": startup["phases"],
             "no_collective_cpu_s": sum(p["cpu_sum_s"] for p in startup["phases"] if p["phase"] in NO_COLLECTIVE),
-            "peak_private_total_mb": sampler.peak_total, "peak_private_rank_mb": sampler.peak_rank}
+            "peak_private_total_mb": sampler.peak_total, "peak_private_rank_mb": sampler.peak_rank,
+            "peak_pss_total_mb": sampler.peak_pss}
 
 
 def floor_seconds(ranks: int, code: str) -> float:
@@ -102,15 +109,17 @@ def compile_seconds(cache: Path) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def data_share_mb(args: argparse.Namespace) -> float:
-    """The largest rank's bf16 weights + KV of the emulated layer."""
-    from helix_mpi.config import load_model, make_layout
-    from helix_mpi.memory import rank_memory
+def data_share_mb(args: argparse.Namespace) -> tuple[float, float]:
+    """The largest rank's private data (the bf16 weights it generates for itself + its KV of the
+    emulated layer) and the weights the machine's ranks share (hostmem's estimate: the same plan)."""
+    from helix_mpi.config import RunConfig, load_model, make_layout
+    from helix_mpi.hostmem import estimate_run
 
     model = load_model(args.model)
     layout = make_layout(model, args.ranks, args.ranks // args.tpa, args.tpa)
-    shares = [rank_memory(model, layout, r, 1, args.context + args.steps, "bf16") for r in range(args.ranks)]
-    return max(s["weights_bytes"] + s["kv_bytes"] for s in shares) / model.num_layers / 1e6
+    run = RunConfig(batch=1, context=args.context, steps=args.steps, layers=1, storage="bf16")
+    memory = estimate_run(model, layout, run, with_reference=False)
+    return float((memory.weights + memory.kv).max()) / 1e6, memory.shared_weights / 1e6
 
 
 def print_phases(name: str, r: dict, cores: int) -> None:
@@ -119,7 +128,8 @@ def print_phases(name: str, r: dict, cores: int) -> None:
           f"{r['step_s']:.2f} s per step; ranks' start-up CPU {r['startup_cpu_s']:.1f} s (spinning in MPI waits "
           f"included), {r['no_collective_cpu_s']:.1f} s in phases without collectives "
           f"({r['no_collective_cpu_s'] / cores:.1f} s on {cores} cores); peak private "
-          f"{r['peak_private_total_mb'] / 1024:.1f} GB in all, {r['peak_private_rank_mb']:.0f} MB max per rank")
+          f"{r['peak_private_total_mb'] / 1024:.1f} GB in all, {r['peak_private_rank_mb']:.0f} MB max per rank; "
+          f"peak Pss {r['peak_pss_total_mb'] / 1024:.1f} GB in all (shared memory counted once)")
     print(f"  {'phase':10s} {'wall max s':>10s} {'median s':>9s} {'CPU all s':>10s} {'CPU max s':>10s}")
     for p in r["phases"]:
         cpu = "-" if p["cpu_sum_s"] is None else f"{p['cpu_sum_s']:.2f}"
@@ -146,19 +156,20 @@ def main() -> None:
     floor = {} if args.no_floor else {"nothing_s": floor_seconds(args.ranks, "pass"),
                                       "imports_s": floor_seconds(args.ranks, FLOOR_CODE),
                                       "imports_with_numba_s": floor_seconds(args.ranks, FLOOR_WITH_NUMBA)}
-    share = data_share_mb(args)
+    share, shared = data_share_mb(args)
     for name, r in (("cold cache", cold), ("warm cache", warm)):
         print_phases(name, r, cores)
-    print(f"largest rank's data share (bf16 weights + KV of the layer): {share:.0f} MB; "
-          f"beyond it: {warm['peak_private_rank_mb'] - share:.0f} MB per rank")
+    print(f"largest rank's private data (bf16 weights + KV of the layer): {share:.0f} MB; "
+          f"beyond it: {warm['peak_private_rank_mb'] - share:.0f} MB per rank; weights shared by the ranks: "
+          f"{shared:.0f} MB")
     print(f"one process readying every kernel: {compile_cold:.1f} s building the precompiled library, "
           f"{compile_warm:.1f} s loading it")
     if floor:
         print(f"floor, {args.ranks} ranks under the same mpiexec: `python -c pass` {floor['nothing_s']:.1f} s, "
               f"`{FLOOR_CODE}` {floor['imports_s']:.1f} s, `{FLOOR_WITH_NUMBA}` {floor['imports_with_numba_s']:.1f} s")
     print(json.dumps({"ranks": args.ranks, "context": args.context, "cores": cores, "cold": cold, "warm": warm,
-                      "floor": floor, "data_share_mb": share, "solo_compile_cold_s": compile_cold,
-                      "solo_compile_warm_s": compile_warm}))
+                      "floor": floor, "data_share_mb": share, "shared_weights_mb": shared,
+                      "solo_compile_cold_s": compile_cold, "solo_compile_warm_s": compile_warm}))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,17 @@ def private_mb(pid: int) -> float:
                if line.startswith(("Private_Clean", "Private_Dirty"))) / 1024
 
 
+def proportional_mb(pid: int) -> float:
+    """Pss of a process in MB (its private pages, and each shared page divided among the processes
+    mapping it: summed over the ranks, memory they share, such as a shared-memory window, counts
+    once), 0 if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    return sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")) / 1024
+
+
 def rank_pids(parent: int | None = None) -> list[int]:
     """PIDs of helix-mpi ranks: all of this machine's, or only those descending from `parent`
     (the `helix-mpi run -n N` this script started: other users' runs are left out)."""

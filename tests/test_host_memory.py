@@ -38,12 +38,35 @@ def test_estimated_weights_are_the_shards_the_ranks_generate(name, ranks, strate
     model = load_model(name)
     layout = make_layout(model, ranks, None, None, strategy)
     run = RunConfig(layers=model.num_layers, storage=storage)
-    estimate = estimate_run(model, layout, run, with_reference=False)
+    estimate = estimate_run(model, layout, run, with_reference=False, share_weights=False)
     for rank in range(ranks):
         held = sum(_array_bytes(layer_weights(model, 0, layer, rank_shard(model, layout, rank), storage))
                    for layer in range(run.layers))
-        norms = held - estimate.weights[rank]  # the estimate leaves out norm vectors only
-        assert 0 <= norms <= 4 * 4 * model.hidden_size * run.layers
+        assert estimate.weights[rank] == held
+    assert estimate.shared_weights == 0
+
+
+def test_weights_several_ranks_hold_alike_are_counted_once_per_machine():
+    """Helix KVP=2 x TPA=2 on `tiny`: the two KVP ranks of a TPA shard hold the same W_Q, W_K, W_V
+    (and every rank the same norms), kept once per machine; each holds its own rows of W_O (the
+    heads it combines) and its own columns of the FFN (split over all 4)."""
+    model = load_model("tiny")
+    layout = make_layout(model, 4, 2, 2)
+    run = RunConfig(layers=2)
+    weights = [[layer_weights(model, 0, layer, rank_shard(model, layout, rank)) for layer in range(2)]
+               for rank in range(4)]
+    own = [sum(_array_bytes(w.ffn.mlp) + w.attn.wo.nbytes for w in held) for held in weights]
+    qkv = [sum(w.attn.wq.nbytes + w.attn.wk.nbytes + w.attn.wv.nbytes for w in held) for held in weights]
+    norms = sum(w.attn.attn_norm.nbytes + w.ffn.ffn_norm.nbytes for w in weights[0])
+    assert qkv[0] == qkv[1] != 0 and qkv[2] == qkv[3]  # ranks 2t, 2t+1: TPA shard t
+
+    shared = estimate_run(model, layout, run, with_reference=False)
+    assert list(shared.weights) == own
+    assert shared.shared_weights == qkv[0] + qkv[2] + norms  # every block a multiple of 64 B here
+    private = estimate_run(model, layout, run, with_reference=False, share_weights=False)
+    assert shared.total == private.total - qkv[0] - qkv[2] - 3 * norms
+    alone = estimate_run(model, layout, run, with_reference=False, machine_ranks=[0, 2])  # one KVP rank per shard
+    assert alone.shared_weights == norms and list(alone.weights) == [own[0] + qkv[0], own[2] + qkv[2]]
 
 
 @pytest.mark.parametrize("name, kvp, pp", [("tiny", None, 2), ("tiny-mla-moe", 2, 2), ("tiny", None, 4)])
@@ -54,13 +77,13 @@ def test_pipeline_ranks_are_estimated_for_their_stage_layers_only(name, kvp, pp)
     model = load_model(name)
     layout = make_layout(model, 8, kvp, None, "pp", pp=pp)
     run = RunConfig(batch=2, context=300, layers=model.num_layers)
-    estimate = estimate_run(model, layout, run, with_reference=False)
+    estimate = estimate_run(model, layout, run, with_reference=False, share_weights=False)
     flat = estimate_run(model, rules_for(layout).stage_layout(layout), run, with_reference=False)  # every layer
     for rank in range(8):
         layers = rules_for(layout).rank_layers(layout, rank, run.layers)
         held = sum(_array_bytes(layer_weights(model, 0, layer, rank_shard(model, layout, rank), "fp32"))
                    for layer in layers)
-        assert 0 <= held - estimate.weights[rank] <= 4 * 4 * model.hidden_size * len(layers)
+        assert held == estimate.weights[rank]
         assert estimate.kv[rank] == flat.kv[rank % (8 // pp)] * len(layers) / run.layers
 
 
