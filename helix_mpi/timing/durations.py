@@ -20,6 +20,9 @@ from ..mesh import stage_crosses, stage_crossings
 from ..topology import Topology
 
 
+OP_MEMO_SIZE = 4096  # ops remembered by one TimeModel (a layer plan has ~10-40)
+
+
 @dataclass(frozen=True)
 class TimeModel:
     """Durations of plan ops on one modeled machine under one implementation."""
@@ -35,13 +38,29 @@ class TimeModel:
     nvlink_scale: float = 1.0
     # durations already computed for arrays of batches (the sweep times the same kernels for many layouts)
     memo: dict = field(default_factory=dict, compare=False, repr=False)
+    # (seconds, source) of single ops already timed: the emulator and replay time the same ops at
+    # every step (only the attention op's KV length changes); bounded, so long runs stay flat
+    op_memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def precision(self) -> str:
         return self.impl.precision
 
     def op_timing(self, op) -> tuple[float, int]:
-        """(seconds, source) of one plan op."""
+        """(seconds, source) of one plan op (remembered: evaluating the cost model takes ~1.6 ms,
+        `scripts/bench_overhead.py`)."""
+        try:
+            return self.op_memo[op]
+        except KeyError:
+            pass
+        except TypeError:  # a shape field holds an array: not hashable, timed each time
+            return self._op_timing(op)
+        if len(self.op_memo) >= OP_MEMO_SIZE:
+            self.op_memo.clear()
+        timing = self.op_memo[op] = self._op_timing(op)
+        return timing
+
+    def _op_timing(self, op) -> tuple[float, int]:
         if op.is_stage_transfer:
             crosses = stage_crosses(op.into_stage, op.stage_ranks, self.topo.fabric.domain_size)
             seconds, source = self.send_timing(op.nbytes, crosses)
