@@ -14,7 +14,7 @@ from mpi4py import MPI
 from . import kernels
 from .kernels import compiled
 from .axes import Axis
-from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max
+from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max, quiet_barrier
 from .config import Layout, ModelConfig, RunConfig
 from . import synth
 from .kvcache import ShardedKVCache, initial_kv, owned_positions, storage_dtype, tokens_held
@@ -111,7 +111,7 @@ def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
     if comm.Get_rank() == 0:
         compiled.prepare(build=True)
         compile_all()
-    comm.Barrier()
+    quiet_barrier(comm)  # the others sleep meanwhile: spinning, they took the cores from rank 0's build
     if comm.Get_rank() != 0:
         compiled.prepare(build=False)
         compile_all()
