@@ -95,3 +95,20 @@ def test_a_rank_failing_while_filling_stops_every_rank():
     assert done.returncode != 0
     assert "injected failure while filling shared weights on rank 1" in done.stderr
     assert time.monotonic() - started < 90  # the three ranks at the barrier were stopped, not left waiting
+
+
+@pytest.mark.mpich
+def test_run_private_weights_is_the_same_run(tmp_path):
+    """`run --private-weights` (every rank generates all of its weights) and the default shared
+    weights give the same modeled times and the same reference error, bit for bit."""
+    from conftest import run_cli
+
+    common = ["run", "-n", "4", "--kvp", "2", "--tpa", "2", "--steps", "2", "--json", "-q"]
+    runs = {}
+    for flag in ("--shared-weights", "--private-weights"):
+        done = run_cli([*common, flag, "-o", str(tmp_path / f"{flag[2:]}.h5")])
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[flag] = json.loads(done.stdout.strip().splitlines()[-1])
+    shared, private = runs["--shared-weights"], runs["--private-weights"]
+    assert shared["reference_error"] == private["reference_error"] < shared["reference_tolerance"]
+    assert shared["ttl_s"] == private["ttl_s"] and shared["ops"] == private["ops"]
