@@ -130,6 +130,11 @@ def _file_size_limit(limit: int):
     return apply
 
 
+# Above one append of buffered steps (runner._StepBuffer: at most 65,536 events of 180 B, 11.25 MiB
+# before compression), so some steps reach the disk before it fills, however fast the steps run.
+FULL_DISK_BYTES = 16 << 20
+
+
 def test_a_full_disk_while_the_trace_is_written_gives_one_line_and_exit_2(tmp_path):
     """RLIMIT_FSIZE (`ulimit -f`) makes the trace write fail as a full disk does. Open MPI's shared
     memory transport sizes its segment with ftruncate, which the limit would refuse too, so the
@@ -137,7 +142,7 @@ def test_a_full_disk_while_the_trace_is_written_gives_one_line_and_exit_2(tmp_pa
     output = tmp_path / "full.h5"
     env = rank_environment({**os.environ, "OMPI_MCA_btl": "self,tcp"})
     process = _start(["run", "-q", "-n", "2", "--steps", "100000", "--layers", "4", "-o", str(output)], env=env,
-                     preexec_fn=_file_size_limit(2 << 20))
+                     preexec_fn=_file_size_limit(FULL_DISK_BYTES))
     _, stderr = process.communicate(timeout=START_TIMEOUT_S)
     assert process.returncode == 2
     [line] = _lines(stderr)
