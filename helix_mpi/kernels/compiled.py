@@ -18,6 +18,7 @@ BACKEND_ENV = "HELIX_MPI_KERNELS"
 MODES = ("auto", "aot", "jit")
 
 _chosen: list = []  # [backend] once chosen
+_loaded: dict = {}  # library folder -> aot.Library loaded into this process (loaded once)
 
 
 class KernelBackendError(ValueError):
@@ -66,11 +67,6 @@ def prepare(build: bool = True) -> str:
     return _chosen[0].name
 
 
-def reset() -> None:
-    """Forget the choice (tests switch backends within one process)."""
-    _chosen.clear()
-
-
 def use(name: str) -> str:
     """Make this process run `name` ('jit', or 'aot': built first if missing, errors raised) from
     now on; returns the previous backend's name ('' if none was chosen yet). For tests and
@@ -115,13 +111,16 @@ def _choose(build: bool):
 
 
 def _library(build: bool):
-    """This machine's library, loaded (built first if it is missing or incomplete and `build`)."""
+    """This machine's library, loaded once per process (built first if it is missing or incomplete
+    and `build`)."""
     from . import aot
 
     folder = aot.library_folder(cache_root())
-    try:
-        return aot.Library(folder)
-    except OSError:  # not built yet, or half written by a builder that died
-        if not build:
-            raise FileNotFoundError(folder) from None
-    return aot.Library(aot.build(folder))
+    if folder not in _loaded:
+        try:
+            _loaded[folder] = aot.Library(folder)
+        except OSError:  # not built yet, or half written by a builder that died
+            if not build:
+                raise FileNotFoundError(folder) from None
+            _loaded[folder] = aot.Library(aot.build(folder))
+    return _loaded[folder]
