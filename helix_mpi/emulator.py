@@ -84,11 +84,11 @@ class _RowLog:
 
 
 def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
-    """Ready the compiled kernels, rank 0 first while the others wait (docs/design.md 6): rank 0
-    builds this machine's precompiled library if it has none for these kernel sources (once, with
-    Numba), then every rank loads it without importing Numba (kernels/compiled.py). Under
-    HELIX_MPI_KERNELS=jit, Numba compiles (or loads from its cache) the kernels of the storage the
-    run keeps its weights and KV in, rank 0 first."""
+    """Ready the compiled kernels, rank 0 first while the others wait (docs/design.md 6): if this
+    machine has no precompiled library for these kernel sources, ranks 0 and 1 build it (once,
+    with Numba: `_build_library`), then every rank loads it without importing Numba
+    (kernels/compiled.py). Under HELIX_MPI_KERNELS=jit, Numba compiles (or loads from its cache)
+    the kernels of the storage the run keeps its weights and KV in, rank 0 first."""
     def compile_all() -> None:
         x = np.ones((1, 4), np.float32)
         q = np.ones((1, 2, 4), np.float32)
@@ -108,13 +108,55 @@ def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
         kernels.linear(x, w)
         initial_kv(0, 0, range(1), 1, 1, 4, range(1), np.zeros(1, np.int64))
         synth.matrix_block(0, "warm-up", (2, 2), (0, 2), (0, 2), bf16=storage == "bf16")
+    if comm.Get_size() > 1:
+        missing = comm.bcast(compiled.missing_library() if comm.Get_rank() == 0 else None, root=0)
+        if missing is not None:
+            _build_library(comm, missing)
     if comm.Get_rank() == 0:
-        compiled.prepare(build=True)
+        compiled.prepare(build=True)  # builds alone if the shared build failed (and reports why)
         compile_all()
     quiet_barrier(comm)  # the others sleep meanwhile: spinning, they took the cores from rank 0's build
     if comm.Get_rank() != 0:
         compiled.prepare(build=False)
         compile_all()
+
+
+_BUILD_TAG = 7301  # rank 1's half of the kernel library, sent to rank 0
+
+
+def _build_library(comm: MPI.Comm, folder) -> None:
+    """Ranks 0 and 1 compile half the kernel variants each (one process takes ~20 s: the two
+    attention variants ~7 s each, kernels/aot.py), rank 1 sending its half (LLVM bitcode) to rank
+    0, which links them and writes the library into `folder`. Rank 1 helps where it would build
+    that very library (same kernel sources, CPU and llvmlite: the folder's name), else sends
+    nothing and rank 0 compiles both halves. Both wait for each other asleep; a failure leaves no
+    library, and rank 0's `compiled.prepare` then builds alone and reports it."""
+    from .kernels import aot
+
+    rank = comm.Get_rank()
+    if rank == 1:
+        half = None
+        try:
+            if aot.library_folder(compiled.cache_root()).name == folder.name:
+                half = aot.compile_share(1, 2)
+        except Exception:  # noqa: BLE001 - rank 0 compiles it (and reports the error)
+            half = None
+        request = comm.isend(half, dest=0, tag=_BUILD_TAG)
+        while not request.Test():
+            time.sleep(0.005)
+    elif rank == 0:
+        try:
+            mine = aot.compile_share(0, 2)
+        except Exception:  # noqa: BLE001 - prepare() builds alone and reports it
+            mine = None
+        while not comm.Iprobe(source=1, tag=_BUILD_TAG):
+            time.sleep(0.005)
+        helped = comm.recv(source=1, tag=_BUILD_TAG)
+        if mine is not None:
+            try:
+                aot.link_library(folder, [mine, helped or aot.compile_share(1, 2)])
+            except Exception:  # noqa: BLE001 - as above
+                pass
 
 
 class Emulator:

@@ -111,6 +111,9 @@ def _computed_properties(holder: Any) -> dict[str, Any]:
     return values
 
 
+KERNELS_PHASE = "readying the compiled kernels (built once per machine by ranks 0 and 1, kept in NUMBA_CACHE_DIR)"
+
+
 def _phase(phase: Any, text: str) -> None:
     if phase is not None:
         phase(text)
@@ -140,7 +143,7 @@ def run_emulation(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig,
     mesh = RankMesh.build(comm, layout)
     share_calibration(comm, topo)
     startup.mark("mesh")
-    _phase(phase, "readying the compiled kernels (rank 0 first: built once per machine, kept in NUMBA_CACHE_DIR)")
+    _phase(phase, KERNELS_PHASE)
     warm_up_kernels(comm, run.storage)
     startup.mark("kernels")
     startup.resume_gc()
@@ -331,7 +334,7 @@ def run_serving(comm: Any, model: ModelConfig, layout: Layout, run: RunConfig, t
     scheduler = Scheduler(workload, setup)
     mesh = RankMesh.build(comm, layout)
     share_calibration(comm, topo)
-    _phase(phase, "readying the compiled kernels (rank 0 first: built once per machine, kept in NUMBA_CACHE_DIR)")
+    _phase(phase, KERNELS_PHASE)
     warm_up_kernels(comm, run.storage)
     startup.resume_gc()
     _phase(phase, f"building weights ({run.layers} layers) and serving {len(workload)} requests")

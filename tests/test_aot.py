@@ -87,8 +87,8 @@ def test_synthetic_tensors_are_identical(both, bf16):
     np.testing.assert_array_equal(precompiled, jit)
 
 
-def _in_a_fresh_process(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+def _in_a_fresh_process(code: str, *args: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env})
 
 
@@ -178,3 +178,43 @@ def test_run_refuses_a_bad_backend_name_in_one_line():
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "helix-mpi: error: HELIX_MPI_KERNELS='fast': use one of auto, aot, jit (or unset it)"]
+
+
+def test_two_ranks_build_the_library_together(both, tmp_path):
+    """A run on a machine without the library: ranks 0 and 1 compile half the variants each
+    (emulator._build_library). The library holds every variant of a one-process build, each under
+    its own symbol, and computes what the JIT computes (same tolerances as above)."""
+    from conftest import run_cli
+
+    both(lambda: None)  # the session's library, built by this process alone
+    cache = tmp_path / "cache"
+    done = run_cli(["run", "-n", "2", "--steps", "1", "-o", str(tmp_path / "t.h5"), "-q"],
+                   env={"NUMBA_CACHE_DIR": str(cache)})
+    assert done.returncode == 0, done.stderr
+    assert "reference check" in done.stdout and "OK" in done.stdout
+    assert "warning" not in done.stderr
+    alone, together = (json.loads((aot.library_folder(root) / aot.MANIFEST).read_text())
+                       for root in (compiled.cache_root(), cache))
+    assert {name: [v["args"] for v in variants] for name, variants in together["entries"].items()} == \
+        {name: [v["args"] for v in variants] for name, variants in alone["entries"].items()}
+    assert (alone["processes"], together["processes"]) == (1, 2)
+    symbols = [v["symbol"] for variants in together["entries"].values() for v in variants]
+    assert len(set(symbols)) == len(symbols)
+    code = ("import sys, numpy as np\n"
+            "from helix_mpi.kernels import compiled, partial_attention, linear, to_bf16\n"
+            "rng = np.random.default_rng(3)\n"
+            "q = rng.standard_normal((2, 8, 128)).astype(np.float32)\n"
+            "kv = rng.standard_normal((2, 2, 300, 128)).astype(np.float32)\n"
+            "x, w = rng.standard_normal((5, 64)).astype(np.float32), rng.standard_normal((64, 48)).astype(np.float32)\n"
+            "outs = [partial_attention(q, c, c, np.array([300, 17]))[0] for c in (kv, to_bf16(kv))]\n"
+            "outs += [linear(x, c) for c in (w, to_bf16(w))]\n"
+            "np.savez(sys.argv[1], *outs)\n"
+            "print(compiled.backend().name)\n")
+    results = {}
+    for backend in ("aot", "jit"):
+        done = _in_a_fresh_process(code, str(tmp_path / f"{backend}.npz"), HELIX_MPI_KERNELS=backend,
+                                   NUMBA_CACHE_DIR=str(cache))
+        assert done.returncode == 0 and done.stdout.split() == [backend], done.stderr
+        results[backend] = np.load(tmp_path / f"{backend}.npz")
+    for name in results["jit"].files:
+        np.testing.assert_allclose(results["aot"][name], results["jit"][name], rtol=2e-6, atol=1e-6)

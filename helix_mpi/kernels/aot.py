@@ -4,10 +4,10 @@ Why: with Numba's on-disk cache a process still pays `import numba` (~0.2 s of C
 and type-checking each cached kernel (~0.2 s) before its first kernel call: at 72 ranks on a
 2-core laptop that alone is ~10-20 s of the start-up (scripts/bench_scale.py).
 
-How: one process (rank 0 of a run, or `build`) compiles every entry point of jit/entries.py for
-each row of argument types as a C-callable function (`numba.cfunc` over raw pointers and one
-array of shapes), links them into one LLVM module and writes its native object code and a
-manifest into a folder keyed by the kernels' sources, the host CPU and llvmlite's version. Any
+How: one process (`build`), or ranks 0 and 1 of a run each compiling half (`compile_share`, rank
+0 then `link_library`), compiles every entry point of jit/entries.py for each row of argument
+types as a C-callable function (`numba.cfunc` over raw pointers and one array of shapes), links
+them into one LLVM module and writes its native object code and a manifest into a folder keyed by the kernels' sources, the host CPU and llvmlite's version. Any
 process on that machine then loads the object with llvmlite's MCJIT (llvmlite.binding only: no
 Numba import) and calls the functions through ctypes (`Library.entry`).
 
@@ -63,25 +63,59 @@ def library_folder(cache_root: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ building (Numba)
-def build(folder: Path) -> Path:
+def build(folder: Path, helped: dict | None = None) -> Path:
     """Compile every entry variant and write `folder`/kernels.o and manifest.json (each under a
-    temporary name, renamed when complete: concurrent builders leave one whole library)."""
+    temporary name, renamed when complete: concurrent builders leave one whole library).
+    `helped`: share 1 of 2 (`compile_share(1, 2)`), compiled by another process meanwhile; this
+    process then compiles share 0 only."""
+    pieces = [compile_share(0, 1)] if helped is None else [compile_share(0, 2), helped]
+    return link_library(folder, pieces)
+
+
+def _variants() -> list[tuple[str, object, tuple]]:
+    """(entry name, Numba kernel, argument types) of every variant, in manifest order."""
+    from .jit.entries import ENTRIES
+
+    return [(name, kernel, argtypes) for name, (kernel, variants) in ENTRIES.items() for argtypes in variants]
+
+
+def compile_share(share: int, shares: int) -> dict:
+    """Variants share, share + shares, ... (the two attention variants, ~7 s each, fall into two
+    shares of 2) compiled into one LLVM module: {"bitcode": bytes, "rows": [[variant index, name,
+    symbol, args]]}, a plain dict (sent between ranks as is)."""
+    import llvmlite.binding as llvm
+
+    module, rows = None, []
+    for index, (name, kernel, argtypes) in enumerate(_variants()):
+        if index % shares != share:
+            continue
+        compiled = _c_entry(kernel, argtypes, f"{name}_variant_{index}")
+        piece = llvm.parse_bitcode(compiled._library._final_module.as_bitcode())
+        if module is None:
+            module = piece
+        else:
+            module.link_in(piece)
+        rows.append([index, name, compiled.native_name, [_arg_spec(t) for t in argtypes]])
+    return {"bitcode": module.as_bitcode() if module is not None else b"", "rows": rows}
+
+
+def link_library(folder: Path, pieces: list[dict]) -> Path:
+    """Link the modules of `pieces` (compile_share of every share), emit the object code and write
+    the library into `folder`."""
     import llvmlite.binding as llvm
     from numba.core.registry import cpu_target
 
-    from .jit.entries import ENTRIES
-
-    module, manifest = None, {"format": FORMAT, "entries": {}}
-    for name, (kernel, variants) in ENTRIES.items():
-        for argtypes in variants:
-            compiled = _c_entry(kernel, argtypes)
-            piece = llvm.parse_bitcode(compiled._library._final_module.as_bitcode())
-            if module is None:
-                module = piece
-            else:
-                module.link_in(piece)
-            manifest["entries"].setdefault(name, []).append(
-                {"symbol": compiled.native_name, "args": [_arg_spec(t) for t in argtypes]})
+    rows = sorted(row for piece in pieces for row in piece["rows"])
+    if [row[0] for row in rows] != list(range(len(_variants()))) or len({row[2] for row in rows}) != len(rows):
+        raise RuntimeError("the shares compiled do not hold every kernel variant once, each its own symbol")
+    module = None
+    for piece in pieces:
+        if piece["bitcode"]:
+            part = llvm.parse_bitcode(piece["bitcode"])
+            module = part if module is None else (module.link_in(part) or module)
+    manifest = {"format": FORMAT, "entries": {}, "processes": sum(1 for piece in pieces if piece["rows"])}
+    for _, name, symbol, args in rows:
+        manifest["entries"].setdefault(name, []).append({"symbol": symbol, "args": args})
     manifest["runtime_symbols"] = sorted(f.name for f in module.functions
                                          if f.is_declaration and f.name.startswith(_RUNTIME_PREFIXES))
     needed = set(manifest["runtime_symbols"]) - ERROR_PATH_SYMBOLS
@@ -96,9 +130,10 @@ def build(folder: Path) -> Path:
     return folder
 
 
-def _c_entry(kernel, argtypes):
-    """numba.cfunc calling `kernel`: each array argument as a typed pointer, then one int64
-    pointer to the arrays' shapes, concatenated in argument order."""
+def _c_entry(kernel, argtypes, function_name: str):
+    """numba.cfunc `function_name` calling `kernel`: each array argument as a typed pointer, then
+    one int64 pointer to the arrays' shapes, concatenated in argument order. (Its symbol holds the
+    name: variants compiled in different processes, compile_share, can not collide.)"""
     from numba import carray, cfunc, types
 
     params, unpack, call, offset = [], [], [], 0
@@ -111,12 +146,12 @@ def _c_entry(kernel, argtypes):
             offset += argtype.ndim
         else:
             call.append(f"a{i}")
-    source = (f"def entry({', '.join(params)}, shapes):\n" + "\n".join(unpack)
+    source = (f"def {function_name}({', '.join(params)}, shapes):\n" + "\n".join(unpack)
               + f"\n    kernel({', '.join(call)})\n")
     namespace = {"carray": carray, "kernel": kernel}
     exec(compile(source, f"<helix_mpi.kernels.aot entry of {kernel.__name__}>", "exec"), namespace)
     pointer_types = [types.CPointer(t.dtype) if isinstance(t, types.Array) else t for t in argtypes]
-    return cfunc(types.void(*pointer_types, types.CPointer(types.int64)))(namespace["entry"])
+    return cfunc(types.void(*pointer_types, types.CPointer(types.int64)))(namespace[function_name])
 
 
 def _arg_spec(argtype) -> list:

@@ -7,7 +7,8 @@ backend is chosen once per process, by HELIX_MPI_KERNELS:
 - `aot`: the precompiled library, built first if missing (needs Numba in this process);
 - `jit`: always Numba's JIT.
 `prepare(build=True)` (rank 0 of a run, before the others) builds the library where `auto` would
-fall back to the JIT. The library lives under NUMBA_CACHE_DIR (else helix-mpi's default cache).
+fall back to the JIT; `missing_library()` says beforehand whether it would (a run then splits the
+build between ranks 0 and 1, emulator.warm_up_kernels). The library lives under NUMBA_CACHE_DIR (else helix-mpi's default cache).
 """
 from __future__ import annotations
 
@@ -65,6 +66,20 @@ def prepare(build: bool = True) -> str:
     if not _chosen:
         _chosen.append(_choose(build))
     return _chosen[0].name
+
+
+def missing_library() -> Path | None:
+    """The folder of this machine's library when this process would have to build it (no backend
+    chosen yet, HELIX_MPI_KERNELS auto or aot, and no complete library there), else None."""
+    if _chosen or mode() == "jit":
+        return None
+    try:
+        _library(build=False)
+    except FileNotFoundError as missing:
+        return Path(missing.args[0])
+    except Exception:  # noqa: BLE001 - not loadable for another reason: prepare() reports it
+        return None
+    return None
 
 
 def use(name: str) -> str:
