@@ -28,8 +28,11 @@ Diagnosis of a miss, per case: incache_vs_sgemm = the kernel's FLOP/s on an L2-s
 (INCACHE_BATCH requests of one KV head and INCACHE_TOKENS tokens, same G and dtype) / F,
 interleaved with F as above: its compute speed without DRAM traffic (meaningful where compute
 matters, G >= 4: at G = 1 a call is short enough for Python's call overhead to weigh); and
-kernel_gbps / read_gbps: how close the streaming kernel comes to the read bandwidth.
-Last line: JSON (per-case medians; min and median ratio over all cases, per dtype and per G).
+kernel_gbps / read_gbps: how close the streaming kernel comes to the read bandwidth; and
+kernel_vs_one_stream (column /1strm) = kernel_gbps / one_stream_gbps, the Numba reader's rate
+alone: how close it comes to one sequential stream (the kernel reads one K/V head at a time).
+Last line: JSON (per-case medians; min and median ratio over all cases, per dtype and per G;
+median kernel_vs_one_stream per G).
 """
 import os
 
@@ -93,9 +96,13 @@ class HostRoofline:
 
     def read_seconds(self):
         """Seconds to read the buffer once: the fastest of three single-thread readers."""
-        return min(_seconds(lambda: _numba_read(self.buf)),
-                   _seconds(lambda: self.ones @ self.rows),
-                   _seconds(self.buf.sum))
+        return min(self.read_probes())
+
+    def read_probes(self):
+        """Seconds to read the buffer once by each reader: one sequential stream (the vectorised
+        Numba sum), BLAS sgemv (4-8 rows, i.e. streams, at once), NumPy's sum."""
+        return (_seconds(lambda: _numba_read(self.buf)), _seconds(lambda: self.ones @ self.rows),
+                _seconds(self.buf.sum))
 
     def sgemm_flops(self):
         """FLOP/s of one core's BLAS SGEMM on compute-bound (L2-resident) operands."""
@@ -106,10 +113,12 @@ class HostRoofline:
 def measure_vs_roofline(kernel, roof, nbytes, flops, repeats):
     """Time kernel() against the roofline, interleaved: dict of medians and the ratio."""
     kernel()
-    t_kern, ratios, read_gbps, sgemm = [], [], [], []
+    t_kern, ratios, read_gbps, sgemm, stream_gbps = [], [], [], [], []
     for _ in range(repeats):
         tk = _seconds(kernel)
-        tr = roof.read_seconds()
+        probes = roof.read_probes()
+        tr = min(probes)
+        stream_gbps.append(roof.buf.nbytes / probes[0] / 1e9)
         f = roof.sgemm_flops()
         bw = roof.buf.nbytes / tr
         t_roof = max(nbytes / bw, flops / f)
@@ -125,6 +134,7 @@ def measure_vs_roofline(kernel, roof, nbytes, flops, repeats):
         "kernel_gbps": round(nbytes / tk / 1e9, 3),
         "kernel_gflops": round(flops / tk / 1e9, 2),
         "read_gbps": round(bw, 3),
+        "one_stream_gbps": round(statistics.median(stream_gbps), 3),  # the sequential reader alone
         "sgemm_gflops": round(f, 2),
         "bound": "memory" if nbytes / bw >= flops / f else "compute",
         "ratio_vs_roofline": round(statistics.median(ratios), 3),
@@ -205,6 +215,7 @@ def run_case(dtype, ctx, batch, kh, G, D, repeats, rng):
     roof = HostRoofline(k.nbytes + v.nbytes)
     res = measure_vs_roofline(lambda: partial_attention(q, k, v, lengths), roof, nbytes, flops,
                               repeats)
+    res["kernel_vs_one_stream"] = round(res["kernel_gbps"] / res["one_stream_gbps"], 3)
     res["incache_vs_sgemm"] = incache_vs_sgemm(dtype, G, D, repeats, roof, rng)
     del roof
     out, _ = partial_attention(q, k, v, lengths)
@@ -228,7 +239,7 @@ def print_row(c, note):
           f"{c['bytes'] / 1e6:>8.0f} {c['kernel_ms']:>9.2f} {c['kernel_gbps']:>8.2f} "
           f"{c['kernel_gflops']:>7.1f} {c['read_gbps']:>7.2f} {c['sgemm_gflops']:>7.1f} "
           f"{c['bound']:>7} {c['ratio_vs_roofline']:>6.2f} "
-          f"{c['kernel_gbps'] / c['read_gbps']:>6.2f} "
+          f"{c['kernel_gbps'] / c['read_gbps']:>6.2f} {c['kernel_vs_one_stream']:>6.2f} "
           f"{c['incache_vs_sgemm']:>7.2f}{note}", flush=True)
 
 
@@ -249,7 +260,7 @@ def main():
     rng = np.random.default_rng(0)
     hdr = (f"{'dtype':>5} {'context':>7} {'B':>3} {'G':>2} {'Kh':>3} {'MB':>8} {'kern ms':>9} "
            f"{'GB/s':>8} {'GFLOP/s':>7} {'read':>7} {'sgemm':>7} {'bound':>7} {'ratio':>6} "
-           f"{'/read':>6} {'incache':>7}")
+           f"{'/read':>6} {'/1strm':>6} {'incache':>7}")
     print(hdr)
     print("-" * len(hdr))
     cases = []
@@ -262,7 +273,9 @@ def main():
                     note = "" if kh == args.kv_heads else f"  (Kh {args.kv_heads}->{kh})"
                     print_row(c, note)
                     cases.append(c)
-    print(json.dumps({"kernels": args.kernels, "cases": cases, **ratio_summary(cases, {
+    streams = {f"median_kernel_vs_one_stream_G{g}": statistics.median(
+        c["kernel_vs_one_stream"] for c in cases if c["group"] == g) for g in sorted({c["group"] for c in cases})}
+    print(json.dumps({"kernels": args.kernels, "cases": cases, **streams, **ratio_summary(cases, {
         "fp32": lambda c: c["dtype"] == "fp32", "bf16": lambda c: c["dtype"] == "bf16",
         **{f"G{g}": (lambda c, g=g: c["group"] == g) for g in (1, 4, 8)}})}))
 
