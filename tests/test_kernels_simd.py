@@ -35,20 +35,22 @@ def _operand(shape, dtype):
 
 @njit
 def _scores_4x4_then_1x1(qs, kk, s):
-    S.score_block_4x4(qs, 1, kk, 2, s, 3)      # s[1:5, 3:7] = qs[1:5] . kk[2:6]
-    S.score_block_1x1(qs, 0, kk, 9, s, 0)      # s[0, 0] = qs[0] . kk[9]
+    S.score_block_4x4(qs, 1, kk, 2, 1, s, 3)   # s[1:5, 3:7] = qs[1:5] . kk[2:6]
+    S.score_block_1x1(qs, 0, kk, 9, 1, s, 0)   # s[0, 0] = qs[0] . kk[9]
+    S.score_block_2x8(qs, 4, kk, 1, 3, s, 1)   # s[4:6, 1:9] = qs[4:6] . kk[1:24:3] (strided rows)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("D", WIDTHS)
 def test_score_block_tile_only(dtype, D):
     qs = _rand(6, D)
-    kk, kf = _operand((12, D), dtype)
+    kk, kf = _operand((24, D), dtype)
     s = np.full((6, 10), 7.0, np.float32)
     _scores_4x4_then_1x1(qs, kk, s)
     ref = np.full((6, 10), 7.0)
     ref[1:5, 3:7] = qs[1:5].astype(np.float64) @ kf[2:6].T.astype(np.float64)
     ref[0, 0] = qs[0].astype(np.float64) @ kf[9].astype(np.float64)
+    ref[4:6, 1:9] = qs[4:6].astype(np.float64) @ kf[1:24:3].T.astype(np.float64)
     np.testing.assert_allclose(s, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -63,46 +65,51 @@ def _pack(qs):
 
 
 @njit
-def _bcast_all(qp2, qp4, qp8, qp16, kk, s2, s4, s8, s16):
-    S.bcast_score_block_2x8(qp2, kk, 1, s2, 2)
-    S.bcast_score_block_2x1(qp2, kk, 11, s2, 12)
-    S.bcast_score_block_4x8(qp4, kk, 1, s4, 2)
-    S.bcast_score_block_4x1(qp4, kk, 11, s4, 12)
-    S.bcast_score_block_8x8(qp8, kk, 1, s8, 2)
-    S.bcast_score_block_8x1(qp8, kk, 11, s8, 12)
-    S.bcast_score_block_16x8(qp16, kk, 1, s16, 2)
-    S.bcast_score_block_16x1(qp16, kk, 11, s16, 12)
+def _bcast_all(qp2, qp4, qp8, qp16, kk, s2, s4, s8, s16, stride):
+    # s[:, 2:10] = q . kk[1 + j*stride] (j < 8), s[:, 12] = q . kk[11]
+    S.bcast_score_block_2x8(qp2, kk, 1, stride, s2, 2)
+    S.bcast_score_block_2x1(qp2, kk, 11, 1, s2, 12)
+    S.bcast_score_block_4x8(qp4, kk, 1, stride, s4, 2)
+    S.bcast_score_block_4x1(qp4, kk, 11, 1, s4, 12)
+    S.bcast_score_block_8x8(qp8, kk, 1, stride, s8, 2)
+    S.bcast_score_block_8x1(qp8, kk, 11, 1, s8, 12)
+    S.bcast_score_block_16x8(qp16, kk, 1, stride, s16, 2)
+    S.bcast_score_block_16x1(qp16, kk, 11, 1, s16, 12)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_heads_in_lanes_score_blocks(dtype):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_heads_in_lanes_score_blocks(dtype, stride):
     D = 32
-    kk, kf = _operand((14, D), dtype)
+    kk, kf = _operand((16, D), dtype)
     qs = {G: _rand(G, D) for G in (2, 4, 8, 16)}
     s = {G: np.full((G, 16), 7.0, np.float32) for G in qs}
-    _bcast_all(*(_pack(qs[G]) for G in (2, 4, 8, 16)), kk, *(s[G] for G in (2, 4, 8, 16)))
+    _bcast_all(*(_pack(qs[G]) for G in (2, 4, 8, 16)), kk, *(s[G] for G in (2, 4, 8, 16)), stride)
     for G, q in qs.items():
         ref = np.full((G, 16), 7.0)
-        ref[:, 2:10] = q.astype(np.float64) @ kf[1:9].T.astype(np.float64)
+        ref[:, 2:10] = q.astype(np.float64) @ kf[1:1 + 8 * stride:stride].T.astype(np.float64)
         ref[:, 12] = q.astype(np.float64) @ kf[11].astype(np.float64)
         np.testing.assert_allclose(s[G], ref, rtol=1e-5, atol=1e-5, err_msg=f"G={G}")
 
 
 @njit
 def _pv(s, vv, acc):
-    S.pv_block_8x2(s, 0, 1, 5, vv, 2, acc)     # acc[0:8] += s[0:8, 1:6] @ vv[2:7]
-    S.pv_block_1x4(s, 9, 0, 3, vv, 0, acc)     # acc[9] += s[9, 0:3] @ vv[0:3]
+    S.pv_block_8x2(s, 0, 1, 5, vv, 2, 8, 1, acc)    # acc[0:8] += s[0:8, 1:6] @ vv[2:7]
+    S.pv_block_1x4(s, 9, 0, 3, vv, 0, 8, 1, acc)    # acc[9] += s[9, 0:3] @ vv[0:3]
+    S.pv_block_2x4(s, 12, 0, 11, vv, 1, 1, 2, acc)  # 8 ways: slot k at row 1 + k // 8 + (k % 8) * 2
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("D", WIDTHS + (40,))
 def test_pv_block(dtype, D):
-    s = _rand(11, 8)
-    vv, vf = _operand((9, D), dtype)
-    acc = _rand(11, D)
+    s = _rand(14, 11)
+    vv, vf = _operand((17, D), dtype)
+    acc = _rand(14, D)
     ref = acc.astype(np.float64)
     ref[0:8] += s[0:8, 1:6].astype(np.float64) @ vf[2:7].astype(np.float64)
     ref[9] += s[9, 0:3].astype(np.float64) @ vf[0:3].astype(np.float64)
+    rows = [1 + k // 8 + (k % 8) * 2 for k in range(11)]
+    ref[12:14] += s[12:14, 0:11].astype(np.float64) @ vf[rows].astype(np.float64)
     _pv(s, vv, acc)
     np.testing.assert_allclose(acc, ref, rtol=1e-5, atol=1e-5)
 
@@ -143,16 +150,17 @@ def test_row_max(n):
 
 
 @njit
-def _widen(src, r0, n, dst):
-    S.widen_rows(src, r0, n, dst)
+def _widen(src, r0, stride, n, dst):
+    S.widen_rows(src, r0, stride, n, dst)
 
 
 @pytest.mark.parametrize("D", WIDTHS)
-def test_widen_rows(D):
-    bits, f = _operand((6, D), "bf16")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_widen_rows(D, stride):
+    bits, f = _operand((8, D), "bf16")
     dst = np.full((4, D), 9.0, np.float32)
-    _widen(bits, 2, 3, dst)
-    np.testing.assert_array_equal(dst[:3], f[2:5])
+    _widen(bits, 2, stride, 3, dst)
+    np.testing.assert_array_equal(dst[:3], f[2:2 + 3 * stride:stride])
     np.testing.assert_array_equal(dst[3], 9.0)
 
 
@@ -161,11 +169,13 @@ def test_widen_rows(D):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_attention_every_g_path(G, D, dtype):
     # G | 16 with D % 16 == 0: heads in lanes; else the dot-product blocks (4x4, 2x8, 1x8)
-    B, Kh, C = 2, 2, 300                      # 300 = 2 tiles + 44: token tails of every block
+    # 300 = 8 ways x 37 rows (tiles of 128, 128 and 40 slots) + 4 (an ordinary tile: token tails of
+    # every block); 13 = 8 x 1 + 5; 5: no gathered tile; 256 = 8 x 32: no ordinary tile
+    B, Kh, C = 4, 2, 300
     q = _rand(B, Kh * G, D)
     k, kf = _operand((B, Kh, C, D), dtype)
     v, vf = _operand((B, Kh, C, D), dtype)
-    lengths = np.array([C, 13], np.int64)
+    lengths = np.array([C, 13, 5, 256], np.int64)
     out, lse = partial_attention(q, k, v, lengths)
     ref_out, ref_lse = ref_attention(q, kf, vf, lengths)
     np.testing.assert_allclose(out, ref_out, rtol=2e-4, atol=2e-5)

@@ -5,6 +5,12 @@ from __future__ import annotations
 # [G, TILE] buffer (8 x 128 x 4 B = 4 KiB, L1-resident), so every K and V row is streamed once.
 TILE = 128
 
+# Parts of the sequence an attention tile gathers its tokens from (TILE // WAYS consecutive rows of
+# each): every block of 8 K or V rows the micro-kernels read at once comes from 8 different pages,
+# which the core's prefetchers stream concurrently (one sequential stream: ~2/3 of the read
+# bandwidth, measured in docs/design.md section 6). The micro-kernels' 8-row blocks fix it at 8.
+WAYS = 8
+
 # Weight rows per block of the decode GEMM (jit/layers.py): out is loaded and stored once per block.
 WEIGHT_ROWS_PER_BLOCK = 16
 

@@ -3,6 +3,8 @@
 Per KV group and tile of TILE tokens: scores (simd.py micro-kernels: the G query heads in the
 lanes of 16-wide vectors when G divides 16, else register tiles of dot products), an online
 softmax (vectorised exp), then P.V with up to 8 heads x 32 columns of the output in registers.
+A tile gathers its tokens from WAYS = 8 parts of the sequence (tiling.py), so that the blocks of 8
+K and V rows the micro-kernels read come from 8 pages at once.
 The kernel allocates nothing: its scratch arrays come from the caller (so that it can be
 compiled ahead of time into code that needs no Numba runtime, kernels/aot.py).
 
@@ -16,14 +18,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
-from ..tiling import TILE, heads_in_lanes
+from ..tiling import TILE, WAYS, heads_in_lanes
 from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
                    bcast_score_block_4x8, bcast_score_block_8x1, bcast_score_block_8x8,
                    bcast_score_block_16x1, bcast_score_block_16x8, pv_block_1x4, pv_block_2x4,
@@ -36,49 +36,6 @@ __all__ = ["attention_kernel"]
 # Safe fastmath subset: no 'nnan' / 'ninf' (we rely on -inf semantics at the edges).
 _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-
-
-# Software prefetch distance, in tokens: two tiles ahead (K+V of two tiles = 256 KiB at D=128,
-# well inside L2). Measured on a 2-core Xeon VM: without it the hardware prefetcher does not
-# overlap the DRAM stream with the FMA work and compute time adds to memory time (0.65x STREAM).
-_PF = 2 * TILE
-
-
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Prefetch (read, high locality) the cache line holding arr.data[idx] (flat element index)."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        # i8* so that one declaration serves every dtype (float32 and uint16 caches in one module)
-        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-def _line_elems(a):
-    """Elements of a's dtype per 64 B cache line (a compile-time constant in Numba)."""
-    return 64 // a.itemsize
-
-
-@overload(_line_elems, inline="always")
-def _line_elems_ol(a):
-    n = 512 // a.dtype.bitwidth  # 16 for float32, 32 for uint16
-    return lambda a: n
-
-
-@njit(cache=True, inline="always")
-def _prefetch_rows(a, row, nrows, D):
-    # a [C,D] C-contiguous: prefetch rows row..row+nrows-1 (contiguous), one call per 64 B line
-    base = row * D
-    for j in range(0, nrows * D, _line_elems(a)):
-        _prefetch(a, base + j)
 
 
 _LOG2E = np.float32(1.4426950408889634)
@@ -146,29 +103,29 @@ def _finish_group(out, lse, b, h0, G, D, acc, l, m):
             out[b, h0 + g, d] = acc[g, d] * inv
 
 
-@njit(cache=True, inline="always")
-def _prefetch_ahead(kk, vv, row, nrows, n):
-    # K and V rows [row+_PF, row+_PF+nrows) of [C,D] caches, if below the length n
-    if row + _PF + nrows <= n:
-        _prefetch_rows(kk, row + _PF, nrows, kk.shape[1])
-        _prefetch_rows(vv, row + _PF, nrows, vv.shape[1])
-
-
-def _k_rows(kk, r0, nrows, kbuf):
+def _k_rows(kk, r0, stride, nrows, kbuf):
     raise NotImplementedError  # Numba-only (overloaded below)
 
 
 @overload(_k_rows, inline="always")
-def _k_rows_ol(kk, r0, nrows, kbuf):
-    # (float32 [R,D] matrix, first row) holding K rows r0..r0+nrows-1: the cache itself if it is
-    # float32, else those rows widened once into kbuf [>= nrows, D] (then read by every head)
+def _k_rows_ol(kk, r0, stride, nrows, kbuf):
+    # (float32 [R,D] matrix, first row, row stride) holding K rows r0 + i*stride, i < nrows: the
+    # cache itself if it is float32, else those rows widened once into kbuf [>= nrows, D] (then
+    # read by every head)
     if kk.dtype == types.float32:
-        return lambda kk, r0, nrows, kbuf: (kk, r0)
+        return lambda kk, r0, stride, nrows, kbuf: (kk, r0, stride)
 
-    def impl(kk, r0, nrows, kbuf):
-        widen_rows(kk, r0, nrows, kbuf)
-        return kbuf, 0
+    def impl(kk, r0, stride, nrows, kbuf):
+        widen_rows(kk, r0, stride, nrows, kbuf)
+        return kbuf, 0, 1
     return impl
+
+
+@njit(cache=True, inline="always")
+def _row(base, step, stride, t):
+    # cache row of slot t of a tile that interleaves 8 ways: way t & 7 starts at base + (t & 7) *
+    # stride and advances `step` rows per 8 slots (step 8, stride 1: row base + t; simd._way_row)
+    return base + (t >> 3) * step + (t & 7) * stride
 
 
 @njit(cache=True, inline="always")
@@ -183,70 +140,71 @@ def _pack_heads(qs, qp):
 
 
 @njit(cache=True, inline="always")
-def _bcast_scores_tile(qp, kk, vv, kbuf, t0, tn, n, s):
-    # s[:, :tn] = q @ kk[t0:t0+tn].T for G = 16/seg heads packed in qp [D/seg,16] (see simd):
-    # blocks of 8 tokens, every score in a vector lane, no per-score horizontal sum.
+def _bcast_scores_tile(qp, kk, kbuf, base, step, stride, tn, s):
+    # s[:, :tn] = q @ K[rows of the tile's slots].T for G = 16/seg heads packed in qp [D/seg,16]
+    # (see simd): blocks of 8 slots (one row of each way), every score in a vector lane, no
+    # per-score horizontal sum.
     G = s.shape[0]
     t = 0
     while t + 8 <= tn:
-        _prefetch_ahead(kk, vv, t0 + t, 8, n)
-        kr, r0 = _k_rows(kk, t0 + t, 8, kbuf)
+        kr, r0, rs = _k_rows(kk, _row(base, step, stride, t), stride, 8, kbuf)
         if G == 8:
-            bcast_score_block_8x8(qp, kr, r0, s, t)
+            bcast_score_block_8x8(qp, kr, r0, rs, s, t)
         elif G == 4:
-            bcast_score_block_4x8(qp, kr, r0, s, t)
+            bcast_score_block_4x8(qp, kr, r0, rs, s, t)
         elif G == 16:
-            bcast_score_block_16x8(qp, kr, r0, s, t)
+            bcast_score_block_16x8(qp, kr, r0, rs, s, t)
         else:
-            bcast_score_block_2x8(qp, kr, r0, s, t)
+            bcast_score_block_2x8(qp, kr, r0, rs, s, t)
         t += 8
     for t in range(t, tn):
-        kr, r0 = _k_rows(kk, t0 + t, 1, kbuf)
+        kr, r0, rs = _k_rows(kk, _row(base, step, stride, t), 1, 1, kbuf)
         if G == 8:
-            bcast_score_block_8x1(qp, kr, r0, s, t)
+            bcast_score_block_8x1(qp, kr, r0, rs, s, t)
         elif G == 4:
-            bcast_score_block_4x1(qp, kr, r0, s, t)
+            bcast_score_block_4x1(qp, kr, r0, rs, s, t)
         elif G == 16:
-            bcast_score_block_16x1(qp, kr, r0, s, t)
+            bcast_score_block_16x1(qp, kr, r0, rs, s, t)
         else:
-            bcast_score_block_2x1(qp, kr, r0, s, t)
+            bcast_score_block_2x1(qp, kr, r0, rs, s, t)
 
 
 @njit(cache=True, inline="always")
-def _dot_scores_tile(qs, kk, vv, t0, tn, n, s):
-    # s[:, :tn] = qs @ kk[t0:t0+tn].T; qs [G,D] pre-scaled queries, kk/vv [C,D], s [G,TILE].
-    # Any G and D: dot products along D (16 lanes, masked tail), NG heads x NT tokens at a time,
-    # summed by one shuffle tree per block. Token blocks outer, head blocks inner: a block of K
+def _dot_scores_tile(qs, kk, base, step, stride, tn, s):
+    # s[:, :tn] = qs @ K[rows of the tile's slots].T; qs [G,D] pre-scaled queries, kk [C,D],
+    # s [G,TILE]. Any G and D: dot products along D (16 lanes, masked tail), NG heads x NT slots
+    # at a time (a block of 4 or 8 slots stays within one group of 8 ways: rows r0 + j*stride),
+    # summed by one shuffle tree per block. Slot blocks outer, head blocks inner: a block of K
     # rows stays in L1 while every head of the group uses it.
     G = qs.shape[0]
     t = 0
     if G % 4 == 0:
         while t + 4 <= tn:
-            _prefetch_ahead(kk, vv, t0 + t, 4, n)
+            r0 = _row(base, step, stride, t)
             for g0 in range(0, G, 4):
-                score_block_4x4(qs, g0, kk, t0 + t, s, t)
+                score_block_4x4(qs, g0, kk, r0, stride, s, t)
             t += 4
         for t in range(t, tn):
             for g0 in range(0, G, 4):
-                score_block_4x1(qs, g0, kk, t0 + t, s, t)
+                score_block_4x1(qs, g0, kk, _row(base, step, stride, t), 1, s, t)
     elif G % 2 == 0:
         while t + 8 <= tn:
-            _prefetch_ahead(kk, vv, t0 + t, 8, n)
+            r0 = _row(base, step, stride, t)
             for g0 in range(0, G, 2):
-                score_block_2x8(qs, g0, kk, t0 + t, s, t)
+                score_block_2x8(qs, g0, kk, r0, stride, s, t)
             t += 8
         for t in range(t, tn):
             for g0 in range(0, G, 2):
-                score_block_2x1(qs, g0, kk, t0 + t, s, t)
+                score_block_2x1(qs, g0, kk, _row(base, step, stride, t), 1, s, t)
     else:
         while t + 8 <= tn:
-            _prefetch_ahead(kk, vv, t0 + t, 8, n)
+            r0 = _row(base, step, stride, t)
             for g in range(G):
-                score_block_1x8(qs, g, kk, t0 + t, s, t)
+                score_block_1x8(qs, g, kk, r0, stride, s, t)
             t += 8
         for t in range(t, tn):
             for g in range(G):
-                score_block_1x1(qs, g, kk, t0 + t, s, t)
+                score_block_1x1(qs, g, kk, _row(base, step, stride, t), 1, s, t)
 
 
 @overload(heads_in_lanes, inline="always")
@@ -255,22 +213,23 @@ def _heads_in_lanes_ol(G, D):
 
 
 @njit(cache=True, inline="always")
-def _pv_tile(s, vv, t0, tn, acc):
-    # acc[g, :] += sum_t s[g, t] * vv[t0+t, :] for t < tn; s [G,TILE], vv [C,D], acc [G,D].
-    # Up to 8 heads x 32 columns of acc stay in registers while the tile's V rows stream past.
+def _pv_tile(s, vv, base, step, stride, tn, acc):
+    # acc[g, :] += sum_t s[g, t] * vv[row of slot t, :] for t < tn; s [G,TILE], vv [C,D],
+    # acc [G,D]. Up to 8 heads x 32 columns of acc stay in registers while the tile's V rows
+    # stream past.
     G = acc.shape[0]
     if G % 8 == 0:
         for g0 in range(0, G, 8):
-            pv_block_8x2(s, g0, 0, tn, vv, t0, acc)
+            pv_block_8x2(s, g0, 0, tn, vv, base, step, stride, acc)
     elif G % 4 == 0:
         for g0 in range(0, G, 4):
-            pv_block_4x4(s, g0, 0, tn, vv, t0, acc)
+            pv_block_4x4(s, g0, 0, tn, vv, base, step, stride, acc)
     elif G % 2 == 0:
         for g0 in range(0, G, 2):
-            pv_block_2x4(s, g0, 0, tn, vv, t0, acc)
+            pv_block_2x4(s, g0, 0, tn, vv, base, step, stride, acc)
     else:
         for g in range(G):
-            pv_block_1x4(s, g, 0, tn, vv, t0, acc)
+            pv_block_1x4(s, g, 0, tn, vv, base, step, stride, acc)
 
 
 @njit(cache=True, fastmath=_FM, inline="always")
@@ -294,6 +253,17 @@ def _softmax_tile(s, tn, first, m, l, acc, ebits, ef):
         if not first and alpha != 1.0:
             for d in range(acc.shape[1]):
                 acc[g, d] *= alpha
+
+
+@njit(cache=True, inline="always")
+def _tile(qs, qp, kk, vv, kbuf, base, step, stride, tn, first, s, m, l, acc, ebits, ef, lanes):
+    # One tile of tn slots (rows: _row(base, step, stride, t)): scores, online softmax, P.V.
+    if lanes:
+        _bcast_scores_tile(qp, kk, kbuf, base, step, stride, tn, s)
+    else:
+        _dot_scores_tile(qs, kk, base, step, stride, tn, s)
+    _softmax_tile(s, tn, first, m, l, acc, ebits, ef)
+    _pv_tile(s, vv, base, step, stride, tn, acc)
 
 
 @njit(cache=True, inline="always")
@@ -360,12 +330,17 @@ def attention_kernel(q, k, v, lengths, scale, out, lse, work):
                 _pack_heads(qs, qp)
             kk = k[b, kh]  # [C,D]
             vv = v[b, kh]  # [C,D]
-            for t0 in range(0, n, TILE):
-                tn = min(TILE, n - t0)
-                if lanes:
-                    _bcast_scores_tile(qp, kk, vv, kbuf, t0, tn, n, s)
-                else:
-                    _dot_scores_tile(qs, kk, vv, t0, tn, n, s)
-                _softmax_tile(s, tn, t0 == 0, m, l, acc, ebits, ef)
-                _pv_tile(s, vv, t0, tn, acc)
+            # The first WAYS * L tokens in tiles gathered from WAYS parts of L rows (each block of
+            # 8 slots reads one row of every part: WAYS pages stream at once, which one core reads
+            # ~1.5x faster than one sequential stream, docs/design.md section 6); the last
+            # n % WAYS tokens in one ordinary tile. The softmax does not depend on the order.
+            L = n // WAYS
+            first = True
+            for r in range(0, L, TILE // WAYS):
+                _tile(qs, qp, kk, vv, kbuf, r, 1, L, WAYS * min(TILE // WAYS, L - r), first, s, m, l, acc,
+                      ebits, ef, lanes)
+                first = False
+            if n > WAYS * L:
+                _tile(qs, qp, kk, vv, kbuf, WAYS * L, WAYS, 1, n - WAYS * L, first, s, m, l, acc, ebits, ef,
+                      lanes)
             _finish_group(out, lse, b, h0, G, D, acc, l, m)

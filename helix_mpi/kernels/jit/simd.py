@@ -7,13 +7,16 @@ prefers ymm), i.e. half the FMA width. The blocks below are GEMM-style register 
 LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them into 2 ymm or
 4 xmm on smaller ISAs, same results):
 
-- ``score_block_NGxNT(qs, g0, kk, r0, s, t)``: s[g0+g, t+j] = qs[g0+g, :] . kk[r0+j, :] for
-  g < NG heads, j < NT tokens: NG*NT vector accumulators over 16-lane chunks of D, reduced
-  together by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
-- ``pv_block_NGxNC(s, g0, t, n, vv, r0, acc)``: acc[g0+g, :] += sum_{j<n} s[g0+g, t+j] *
-  vv[r0+j, :]: NG heads x NC 16-lane chunks of D held in registers across the n tokens.
-- ``bcast_score_block_GxNT(qp, kk, r0, s, t)``: the same scores for all G heads of a group
-  (G divides 16) with the heads in the vector lanes, so no horizontal sum per score (see
+- ``score_block_NGxNT(qs, g0, kk, r0, stride, s, t)``: s[g0+g, t+j] = qs[g0+g, :] . kk[r0+j*stride, :]
+  for g < NG heads, j < NT tokens (stride 1: consecutive rows; else rows of NT parts of the
+  sequence, read at once): NG*NT vector accumulators over 16-lane chunks of D, reduced together
+  by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
+- ``pv_block_NGxNC(s, g0, t, n, vv, r0, step, stride, acc)``: acc[g0+g, :] += sum_{k<n} s[g0+g,
+  t+k] * vv[row(k), :], row(k) = r0 + (k >> 3) * step + (k & 7) * stride (a tile of 8 ways:
+  step 8, stride 1 is row r0 + k): NG heads x NC 16-lane chunks of D held in registers across
+  the n tokens.
+- ``bcast_score_block_GxNT(qp, kk, r0, stride, s, t)``: the same scores for all G heads of a
+  group (G divides 16) with the heads in the vector lanes, so no horizontal sum per score (see
   _make_bcast_score_block).
 - ``gemm_block_NBxNC(xt, b0, i0, nrows, w, out, ahead)``: out[b0+b, :] += sum_{r<nrows}
   xt[i0+r, b0+b] * w[i0+r, :]: NB batch rows x NC 16-lane column chunks in registers across
@@ -27,7 +30,8 @@ bf16 bits (see bf16.py), widened to float32 in registers as loaded (zero-extend,
 A row length that is not a multiple of 16 is handled by masked loads and stores (lanes past the
 end read 0 and are not written), so there is no scalar tail code. ``wide_vectors()`` marks the
 calling kernel so that LLVM's own vectoriser may use 512-bit registers too; ``row_max`` and
-``widen_rows`` are the vector row max and bf16 -> float32 row copy the attention kernel needs.
+``widen_rows`` are the vector row max and bf16 -> float32 copy of (strided) rows the attention
+kernel needs.
 
 Numba's on-disk cache of a kernel is keyed on the kernel's own source file, not on this module:
 helix-mpi's default NUMBA_CACHE_DIR is therefore one folder per hash of every kernels/*.py source
@@ -167,6 +171,19 @@ def _scalar(builder, mat, row, col):
     return builder.load(p, typ=_F32, align=4)
 
 
+def _strided_rows(builder, r0, stride, n):
+    """[r0 + j * stride for j < n] (i64 values)."""
+    return [builder.add(r0, builder.mul(stride, ir.Constant(_I64, j))) for j in range(n)]
+
+
+def _way_row(builder, r0, step, stride, k):
+    """i64 row of item k of a tile that interleaves 8 ways (attention.py's `_row`): way k & 7
+    starts at r0 + (k & 7) * stride, its items `step` rows apart (step 8, stride 1: row r0 + k)."""
+    seven, three = ir.Constant(_I64, 7), ir.Constant(_I64, 3)
+    return builder.add(builder.add(r0, builder.mul(builder.ashr(k, three), step)),
+                       builder.mul(builder.and_(k, seven), stride))
+
+
 def _i64(context, builder, ty, value):
     return context.cast(builder, value, ty, types.int64)
 
@@ -285,19 +302,20 @@ def row_max(typingctx, s, row, n):
 
 
 @intrinsic
-def widen_rows(typingctx, src, r0, nrows, dst):
-    """Numba: dst[:nrows, :] = float32 of src[r0:r0+nrows, :] (src bf16 bits or float32)."""
-    sig = types.void(src, r0, nrows, dst)
+def widen_rows(typingctx, src, r0, stride, nrows, dst):
+    """Numba: dst[i, :] = float32 of src[r0 + i * stride, :] for i < nrows (src bf16 bits or
+    float32)."""
+    sig = types.void(src, r0, stride, nrows, dst)
 
     def codegen(context, builder, signature, args):
         _mark_wide(builder)
         tys = signature.args
         a = _Mat(context, builder, tys[0], args[0])
-        d = _Mat(context, builder, tys[3], args[3])
-        r0_, n_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2))
+        d = _Mat(context, builder, tys[4], args[4])
+        r0_, stride_, n_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2, 3))
         with cgutils.for_range(builder, n_) as row:
             def copy(cols, masks):
-                x = _load(builder, a, builder.add(r0_, row.index), cols[0], masks[0])
+                x = _load(builder, a, builder.add(r0_, builder.mul(row.index, stride_)), cols[0], masks[0])
                 _store(builder, d, row.index, cols[0], masks[0], x)
             _column_groups(builder, a.ncols, 1, copy)
         return context.get_dummy_value()
@@ -308,23 +326,23 @@ def widen_rows(typingctx, src, r0, nrows, dst):
 # ----------------------------------------------------------------------------- score block
 def _make_score_block(NG, NT):
     @intrinsic
-    def score_block(typingctx, qs, g0, kk, r0, s, t):
-        sig = types.void(qs, g0, kk, r0, s, t)
+    def score_block(typingctx, qs, g0, kk, r0, stride, s, t):
+        sig = types.void(qs, g0, kk, r0, stride, s, t)
 
         def codegen(context, builder, signature, args):
             _mark_wide(builder)
             tys = signature.args
             q = _Mat(context, builder, tys[0], args[0])
             k = _Mat(context, builder, tys[2], args[2])
-            out = _Mat(context, builder, tys[4], args[4])
-            g0_, r0_, t_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 3, 5))
+            out = _Mat(context, builder, tys[5], args[5])
+            g0_, r0_, stride_, t_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 3, 4, 6))
+            rows = _strided_rows(builder, r0_, stride_, NT)
             acc = _Acc(builder, NG * NT)
             for i in range(NG * NT):
                 acc.set(i, ir.Constant(_VF, None))
             def chunk(cols, masks):
                 col, mask = cols[0], masks[0]
-                krows = [_load(builder, k, builder.add(r0_, ir.Constant(_I64, j)), col, mask)
-                         for j in range(NT)]
+                krows = [_load(builder, k, rows[j], col, mask) for j in range(NT)]
                 for g in range(NG):
                     qv = _load(builder, q, builder.add(g0_, ir.Constant(_I64, g)), col, mask)
                     for j in range(NT):
@@ -349,16 +367,17 @@ def _make_bcast_score_block(G, NT):
     seg = LANES // G
 
     @intrinsic
-    def bcast_score_block(typingctx, qp, kk, r0, s, t):
-        sig = types.void(qp, kk, r0, s, t)
+    def bcast_score_block(typingctx, qp, kk, r0, stride, s, t):
+        sig = types.void(qp, kk, r0, stride, s, t)
 
         def codegen(context, builder, signature, args):
             _mark_wide(builder)
             tys = signature.args
             q = _Mat(context, builder, tys[0], args[0])
             k = _Mat(context, builder, tys[1], args[1])
-            out = _Mat(context, builder, tys[3], args[3])
-            r0_, t_ = (_i64(context, builder, tys[i], args[i]) for i in (2, 4))
+            out = _Mat(context, builder, tys[4], args[4])
+            r0_, stride_, t_ = (_i64(context, builder, tys[i], args[i]) for i in (2, 3, 5))
+            rows = _strided_rows(builder, r0_, stride_, NT)
             acc = _Acc(builder, NT)
             for j in range(NT):
                 acc.set(j, ir.Constant(_VF, None))
@@ -369,7 +388,7 @@ def _make_bcast_score_block(G, NT):
                                                   _VF.as_pointer()), typ=_VF, align=4)
                 col = builder.mul(loop.index, ir.Constant(_I64, seg))
                 for j in range(NT):
-                    p = k.ptr(builder.add(r0_, ir.Constant(_I64, j)), col)
+                    p = k.ptr(rows[j], col)
                     if k.bf16:   # widened here (attention.py passes float32 rows instead)
                         u16, i32 = ir.VectorType(ir.IntType(16), seg), ir.VectorType(_I32, seg)
                         u = builder.load(builder.bitcast(p, u16.as_pointer()), typ=u16, align=2)
@@ -416,20 +435,21 @@ def _rank1_tile(builder, regs, acc, rows, cols, masks, n, stream, stream_row, sc
 # ----------------------------------------------------------------------------- P V block
 def _make_pv_block(NG, NC):
     @intrinsic
-    def pv_block(typingctx, s, g0, t, n, vv, r0, acc):
-        sig = types.void(s, g0, t, n, vv, r0, acc)
+    def pv_block(typingctx, s, g0, t, n, vv, r0, step, stride, acc):
+        sig = types.void(s, g0, t, n, vv, r0, step, stride, acc)
 
         def codegen(context, builder, signature, args):
             _mark_wide(builder)
             tys = signature.args
             p = _Mat(context, builder, tys[0], args[0])
             v = _Mat(context, builder, tys[4], args[4])
-            a = _Mat(context, builder, tys[6], args[6])
-            g0_, t_, n_, r0_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2, 3, 5))
+            a = _Mat(context, builder, tys[8], args[8])
+            g0_, t_, n_, r0_, step_, stride_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2, 3, 5, 6, 7))
             regs = _Acc(builder, NG * NC)
             rows = [builder.add(g0_, ir.Constant(_I64, g)) for g in range(NG)]
             def group(cols, masks):
-                _rank1_tile(builder, regs, a, rows, cols, masks, n_, v, lambda k: builder.add(r0_, k),
+                _rank1_tile(builder, regs, a, rows, cols, masks, n_, v,
+                            lambda k: _way_row(builder, r0_, step_, stride_, k),
                             lambda g, k, vrow: _scalar(builder, p, rows[g], builder.add(t_, k)))
             _column_groups(builder, a.ncols, NC, group)
             return context.get_dummy_value()
