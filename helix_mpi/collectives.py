@@ -66,6 +66,23 @@ def group_max(comm: MPI.Comm, value: float) -> float:
 def quiet_barrier(comm: MPI.Comm, poll_s: float = 0.005) -> None:
     """A barrier whose early ranks sleep between tests (every `poll_s`) instead of spinning in MPI's
     progress loop: with more ranks than cores, spinning ranks take the cores from those still working."""
-    request = comm.Ibarrier()
+    _wait_quietly(comm.Ibarrier(), poll_s)
+
+
+def quiet_bcast(comm: MPI.Comm, value, root: int = 0, poll_s: float = 0.005):
+    """comm.bcast(value, root) (a picklable object) whose waiting ranks sleep between tests, as in
+    quiet_barrier: its size, then its pickle, each in one non-blocking broadcast."""
+    import pickle
+
+    is_root = comm.Get_rank() == root
+    payload = np.frombuffer(pickle.dumps(value), np.uint8) if is_root else None
+    size = np.array([payload.size if is_root else 0], np.int64)
+    _wait_quietly(comm.Ibcast(size, root=root), poll_s)
+    buffer = payload.copy() if is_root else np.empty(int(size[0]), np.uint8)
+    _wait_quietly(comm.Ibcast(buffer, root=root), poll_s)
+    return value if is_root else pickle.loads(buffer.tobytes())
+
+
+def _wait_quietly(request: MPI.Request, poll_s: float) -> None:
     while not request.Test():
         time.sleep(poll_s)

@@ -14,7 +14,8 @@ from mpi4py import MPI
 from . import kernels
 from .kernels import compiled
 from .axes import Axis
-from .collectives import all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max, quiet_barrier
+from .collectives import (all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max, quiet_barrier,
+                          quiet_bcast)
 from .config import Layout, ModelConfig, RunConfig
 from . import synth
 from .kvcache import ShardedKVCache, initial_kv, owned_positions, storage_dtype, tokens_held
@@ -109,7 +110,7 @@ def warm_up_kernels(comm: MPI.Comm, storage: str = "fp32") -> None:
         initial_kv(0, 0, range(1), 1, 1, 4, range(1), np.zeros(1, np.int64))
         synth.matrix_block(0, "warm-up", (2, 2), (0, 2), (0, 2), bf16=storage == "bf16")
     if comm.Get_size() > 1:
-        missing = comm.bcast(compiled.missing_library() if comm.Get_rank() == 0 else None, root=0)
+        missing = quiet_bcast(comm, compiled.missing_library() if comm.Get_rank() == 0 else None)
         if missing is not None:
             _build_library(comm, missing)
     if comm.Get_rank() == 0:

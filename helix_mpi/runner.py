@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, startup
+from .collectives import quiet_bcast
 from .config import Layout, ModelConfig, RunConfig, check_run_fits_model, validate_layout
 from .emulator import EmulationResult, Emulator, warm_up_kernels
 from .serving_emulator import ServingEmulator, ServingResult, request_input, request_kv
@@ -94,7 +95,7 @@ def share_calibration(comm: Any, topo: Topology) -> None:
         return
     holders = (calibration.tables, calibration.fits, calibration.fits.collectives)
     values = [_computed_properties(h) for h in holders] if comm.Get_rank() == 0 else None
-    for holder, computed in zip(holders, comm.bcast(values, root=0)):
+    for holder, computed in zip(holders, quiet_bcast(comm, values)):  # the others sleep meanwhile
         for name, value in computed.items():
             holder.__dict__.setdefault(name, value)  # where functools.cached_property keeps its value
 

@@ -121,3 +121,24 @@ def test_launcher_writes_the_package_bytecode_once():
         pytest.skip("read-only install")
     assert launcher.compile_bytecode()
     assert os.path.exists(importlib.util.cache_from_source(helix_mpi.cli.__file__))
+
+
+QUIET_BCAST = """
+from mpi4py import MPI
+from helix_mpi.collectives import quiet_bcast
+for comm in (MPI.COMM_SELF, MPI.COMM_WORLD):
+    rank, last = comm.Get_rank(), comm.Get_size() - 1
+    for value in (None, "x" * 100000, {"a": [1, 2.5]}):
+        assert quiet_bcast(comm, value if rank == 0 else "not sent") == value, rank
+    assert quiet_bcast(comm, rank * 7 + 1, root=last) == last * 7 + 1
+print("ok")
+"""
+
+
+@pytest.mark.mpich
+def test_quiet_bcast_is_a_bcast():
+    """The broadcast whose waiting ranks sleep (ranks wait in it while rank 0 fits the calibration
+    and looks for the kernel library): same values as comm.bcast, any root, on COMM_SELF too."""
+    done = run_mpi(3, ["-c", QUIET_BCAST])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["ok"] * 3
