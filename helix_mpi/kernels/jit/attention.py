@@ -335,12 +335,12 @@ def attention_kernel(q, k, v, lengths, scale, out, lse, work):
             # ~1.5x faster than one sequential stream, docs/design.md section 6); the last
             # n % WAYS tokens in one ordinary tile. The softmax does not depend on the order.
             L = n // WAYS
-            first = True
-            for r in range(0, L, TILE // WAYS):
-                _tile(qs, qp, kk, vv, kbuf, r, 1, L, WAYS * min(TILE // WAYS, L - r), first, s, m, l, acc,
-                      ebits, ef, lanes)
-                first = False
-            if n > WAYS * L:
-                _tile(qs, qp, kk, vv, kbuf, WAYS * L, WAYS, 1, n - WAYS * L, first, s, m, l, acc, ebits, ef,
-                      lanes)
+            rows = TILE // WAYS  # of each part per gathered tile
+            gathered = (L + rows - 1) // rows
+            for i in range(gathered + (1 if n > WAYS * L else 0)):  # one call site: _tile is inlined
+                if i < gathered:
+                    base, step, stride, tn = i * rows, 1, L, WAYS * min(rows, L - i * rows)
+                else:
+                    base, step, stride, tn = WAYS * L, WAYS, 1, n - WAYS * L
+                _tile(qs, qp, kk, vv, kbuf, base, step, stride, tn, i == 0, s, m, l, acc, ebits, ef, lanes)
             _finish_group(out, lse, b, h0, G, D, acc, l, m)
