@@ -216,6 +216,12 @@ def run(model_spec, kvp, tpa, ep, strategy, pp, batch, context, topology, racks,
         from . import runner  # noqa: F401 - NumPy, Numba, the emulator: every rank needs them
 
         startup.mark("imports")
+        if comm.Get_size() > 1:
+            from .collectives import quiet_barrier
+
+            quiet_barrier(comm)  # every rank here before the first blocking collective, those
+            # waiting asleep: the ranks still starting get the cores (spinning, they took them)
+        startup.mark("arrive")
         from .kernels.compiled import mode
 
         mode()  # HELIX_MPI_KERNELS names a backend (under the user's own mpiexec)
@@ -355,6 +361,7 @@ def _signal_name(signum: int) -> str:
 def _resolve_on_rank_0(comm):
     """layouts.resolve_layout computed once, on rank 0, and broadcast (72 ranks on a few cores would
     otherwise each time every candidate layout); an error raised there is raised on every rank."""
+    from .collectives import quiet_bcast
     from .layouts import resolve_layout
 
     def resolve(*args):
@@ -366,7 +373,7 @@ def _resolve_on_rank_0(comm):
                 result = resolve_layout(*args)
             except Exception as exc:  # noqa: BLE001 - every rank re-raises it below
                 result = exc
-        result = comm.bcast(result, root=0)
+        result = quiet_bcast(comm, result)  # the others sleep while rank 0 times the layouts
         if isinstance(result, Exception):
             raise result
         return result

@@ -10,6 +10,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import synth
+from .collectives import quiet_barrier
 from .config import Layout, ModelConfig, RunConfig
 from .emulator import Emulator, StepBatch, StepSink
 from .families import empty_partials, family
@@ -147,7 +148,7 @@ class ServingEmulator(Emulator):
         sched, comm = self.scheduler, self.mesh.comm
         kept: dict[int, list] = {}  # request -> [(input [H], output [H]) per step]
         now, emulated, step = sched.first_arrival, 0.0, 0
-        comm.Barrier()
+        quiet_barrier(comm)  # ranks done with their data first sleep: the others get the cores
         self.host_t0 = time.perf_counter()
         while not sched.done:
             if self.fail_at == (step, self.mesh.rank):

@@ -13,7 +13,7 @@ import pytest
 from conftest import call_cli, run_cli, run_mpi
 from helix_mpi import launcher, startup
 
-RANK_PHASES = ["python", "mpi_init", "imports", "layout", "mesh", "kernels", "data", "wait"]
+RANK_PHASES = ["python", "mpi_init", "imports", "arrive", "layout", "mesh", "kernels", "data", "wait"]
 
 
 def test_phases_are_the_times_between_marks():
