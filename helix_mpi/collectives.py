@@ -63,13 +63,15 @@ def group_max(comm: MPI.Comm, value: float) -> float:
     return float(buf[0])
 
 
-def quiet_barrier(comm: MPI.Comm, poll_s: float = 0.005) -> None:
-    """A barrier whose early ranks sleep between tests (every `poll_s`) instead of spinning in MPI's
-    progress loop: with more ranks than cores, spinning ranks take the cores from those still working."""
-    _wait_quietly(comm.Ibarrier(), poll_s)
+def quiet_barrier(comm: MPI.Comm, max_poll_s: float = 0.02) -> None:
+    """A barrier whose early ranks sleep between tests instead of spinning in MPI's progress loop:
+    with more ranks than cores, spinning ranks take the cores from those still working. The sleeps
+    grow from 1 ms to `max_poll_s` (72 ranks polling every 5 ms took ~1/3 of a core from the two
+    ranks building the kernel library)."""
+    _wait_quietly(comm.Ibarrier(), max_poll_s)
 
 
-def quiet_bcast(comm: MPI.Comm, value, root: int = 0, poll_s: float = 0.005):
+def quiet_bcast(comm: MPI.Comm, value, root: int = 0, max_poll_s: float = 0.02):
     """comm.bcast(value, root) (a picklable object) whose waiting ranks sleep between tests, as in
     quiet_barrier: its size, then its pickle, each in one non-blocking broadcast."""
     import pickle
@@ -77,12 +79,14 @@ def quiet_bcast(comm: MPI.Comm, value, root: int = 0, poll_s: float = 0.005):
     is_root = comm.Get_rank() == root
     payload = np.frombuffer(pickle.dumps(value), np.uint8) if is_root else None
     size = np.array([payload.size if is_root else 0], np.int64)
-    _wait_quietly(comm.Ibcast(size, root=root), poll_s)
+    _wait_quietly(comm.Ibcast(size, root=root), max_poll_s)
     buffer = payload.copy() if is_root else np.empty(int(size[0]), np.uint8)
-    _wait_quietly(comm.Ibcast(buffer, root=root), poll_s)
+    _wait_quietly(comm.Ibcast(buffer, root=root), max_poll_s)
     return value if is_root else pickle.loads(buffer.tobytes())
 
 
-def _wait_quietly(request: MPI.Request, poll_s: float) -> None:
+def _wait_quietly(request: MPI.Request, max_poll_s: float) -> None:
+    pause = 0.001
     while not request.Test():
-        time.sleep(poll_s)
+        time.sleep(pause)
+        pause = min(pause * 1.5, max_poll_s)
