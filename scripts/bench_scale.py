@@ -2,8 +2,8 @@
 """Scale: one Llama-3.1-405B-shaped layer at a long context on many oversubscribed ranks.
 
 Runs `helix-mpi run -n 72 --model llama-3.1-405b --layers 1 --kvp 9 --tpa 8 --context 131072 --storage bf16`
-twice: first with an empty cache (cold start: rank 0 builds the precompiled kernel library,
-helix_mpi/kernels/aot.py, while the others wait), then again with the library it built (warm
+twice: first with an empty cache (cold start: ranks 0 and 1 build the precompiled kernel library,
+helix_mpi/kernels/aot.py, while the others wait), then again with the library they built (warm
 start: no rank imports Numba). For each: time to the first decode step (from the launcher starting mpiexec to every rank
 ready for step 0) and to its end, each start-up phase as the ranks report it (`startup` in the
 run's JSON: wall seconds of the slowest and the median rank, CPU seconds of all ranks), the time
