@@ -66,9 +66,10 @@ def group_max(comm: MPI.Comm, value: float) -> float:
 def quiet_barrier(comm: MPI.Comm, max_poll_s: float = 0.02) -> None:
     """A barrier whose early ranks sleep between tests instead of spinning in MPI's progress loop:
     with more ranks than cores, spinning ranks take the cores from those still working. The sleeps
-    grow from 1 ms to `max_poll_s` (72 ranks polling every 5 ms took ~1/3 of a core from the two
-    ranks building the kernel library)."""
-    _wait_quietly(comm.Ibarrier(), max_poll_s)
+    grow from 1 ms to `max_poll_s` (with 5 ms polls, 70 ranks waiting while two built the kernel
+    library: that phase took 22.9 s and 40 s of CPU in all; with the growing sleeps 14.9 s and 26 s,
+    scripts/bench_scale.py)."""
+    sleep_until(comm.Ibarrier().Test, max_poll_s)
 
 
 def quiet_bcast(comm: MPI.Comm, value, root: int = 0, max_poll_s: float = 0.02):
@@ -79,14 +80,16 @@ def quiet_bcast(comm: MPI.Comm, value, root: int = 0, max_poll_s: float = 0.02):
     is_root = comm.Get_rank() == root
     payload = np.frombuffer(pickle.dumps(value), np.uint8) if is_root else None
     size = np.array([payload.size if is_root else 0], np.int64)
-    _wait_quietly(comm.Ibcast(size, root=root), max_poll_s)
+    sleep_until(comm.Ibcast(size, root=root).Test, max_poll_s)
     buffer = payload.copy() if is_root else np.empty(int(size[0]), np.uint8)
-    _wait_quietly(comm.Ibcast(buffer, root=root), max_poll_s)
+    sleep_until(comm.Ibcast(buffer, root=root).Test, max_poll_s)
     return value if is_root else pickle.loads(buffer.tobytes())
 
 
-def _wait_quietly(request: MPI.Request, max_poll_s: float) -> None:
+def sleep_until(ready, max_poll_s: float = 0.02) -> None:
+    """Call ready() (a request's Test, an Iprobe: it drives MPI's progress) until it is true,
+    sleeping between calls from 1 ms growing to `max_poll_s`."""
     pause = 0.001
-    while not request.Test():
+    while not ready():
         time.sleep(pause)
         pause = min(pause * 1.5, max_poll_s)

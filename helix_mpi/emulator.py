@@ -15,7 +15,7 @@ from . import kernels
 from .kernels import compiled
 from .axes import Axis
 from .collectives import (all_gather, all_reduce_sum, all_to_all_heads, all_to_all_rows, group_max, quiet_barrier,
-                          quiet_bcast)
+                          quiet_bcast, sleep_until)
 from .config import Layout, ModelConfig, RunConfig
 from . import synth
 from .kvcache import ShardedKVCache, initial_kv, owned_positions, storage_dtype, tokens_held
@@ -142,16 +142,13 @@ def _build_library(comm: MPI.Comm, folder) -> None:
                 half = aot.compile_share(1, 2)
         except Exception:  # noqa: BLE001 - rank 0 compiles it (and reports the error)
             half = None
-        request = comm.isend(half, dest=0, tag=_BUILD_TAG)
-        while not request.Test():
-            time.sleep(0.005)
+        sleep_until(comm.isend(half, dest=0, tag=_BUILD_TAG).Test)
     elif rank == 0:
         try:
             mine = aot.compile_share(0, 2)
         except Exception:  # noqa: BLE001 - prepare() builds alone and reports it
             mine = None
-        while not comm.Iprobe(source=1, tag=_BUILD_TAG):
-            time.sleep(0.005)
+        sleep_until(lambda: comm.Iprobe(source=1, tag=_BUILD_TAG))
         helped = comm.recv(source=1, tag=_BUILD_TAG)
         if mine is not None:
             try:

@@ -14,7 +14,7 @@ variant once, so all see the same machine state):
    Also a fastmath Numba sum of the same bytes ("fast read"): NumPy's a.sum() is not always at
    memory speed (BLAS sgemv has been seen reading faster than it), so both are reported.
 3. linear (GEMV/GEMM at decode batches) on float32 weights (BLAS sgemv at batch 1, the Numba
-   GEMM of kernels/layers.py at 2-16 rows) and bf16 weights (the Numba GEMM),
+   GEMM of kernels/jit/layers.py at 2-16 rows) and bf16 weights (the Numba GEMM),
    the naive `x @ from_bf16(w)` (convert, then BLAS), and NumPy reads of the fp32 and bf16
    bytes; weight bandwidth in bytes of the stored matrix per second and weights per second.
 

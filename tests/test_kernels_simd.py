@@ -1,4 +1,4 @@
-"""The explicit 16-lane micro-kernels (helix_mpi/kernels/simd.py) against NumPy in float64.
+"""The explicit 16-lane micro-kernels (helix_mpi/kernels/jit/simd.py) against NumPy in float64.
 
 Each block writes only its own tile (the rest of the output is checked untouched), handles row
 lengths that are not a multiple of 16 (masked tails) and bf16 operands widened on load; the

@@ -63,13 +63,10 @@ def library_folder(cache_root: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ building (Numba)
-def build(folder: Path, helped: dict | None = None) -> Path:
+def build(folder: Path) -> Path:
     """Compile every entry variant and write `folder`/kernels.o and manifest.json (each under a
-    temporary name, renamed when complete: concurrent builders leave one whole library).
-    `helped`: share 1 of 2 (`compile_share(1, 2)`), compiled by another process meanwhile; this
-    process then compiles share 0 only."""
-    pieces = [compile_share(0, 1)] if helped is None else [compile_share(0, 2), helped]
-    return link_library(folder, pieces)
+    temporary name, renamed when complete: concurrent builders leave one whole library)."""
+    return link_library(folder, [compile_share(0, 1)])
 
 
 def _variants() -> list[tuple[str, object, tuple]]:
@@ -85,18 +82,21 @@ def compile_share(share: int, shares: int) -> dict:
     symbol, args]]}, a plain dict (sent between ranks as is)."""
     import llvmlite.binding as llvm
 
-    module, rows = None, []
+    modules, rows = [], []
     for index, (name, kernel, argtypes) in enumerate(_variants()):
         if index % shares != share:
             continue
         compiled = _c_entry(kernel, argtypes, f"{name}_variant_{index}")
-        piece = llvm.parse_bitcode(compiled._library._final_module.as_bitcode())
-        if module is None:
-            module = piece
-        else:
-            module.link_in(piece)
+        modules.append(llvm.parse_bitcode(compiled._library._final_module.as_bitcode()))
         rows.append([index, name, compiled.native_name, [_arg_spec(t) for t in argtypes]])
-    return {"bitcode": module.as_bitcode() if module is not None else b"", "rows": rows}
+    return {"bitcode": _linked(modules).as_bitcode() if modules else b"", "rows": rows}
+
+
+def _linked(modules: list):
+    """The first LLVM module with every other linked into it."""
+    for other in modules[1:]:
+        modules[0].link_in(other)
+    return modules[0]
 
 
 def link_library(folder: Path, pieces: list[dict]) -> Path:
@@ -108,11 +108,7 @@ def link_library(folder: Path, pieces: list[dict]) -> Path:
     rows = sorted(row for piece in pieces for row in piece["rows"])
     if [row[0] for row in rows] != list(range(len(_variants()))) or len({row[2] for row in rows}) != len(rows):
         raise RuntimeError("the shares compiled do not hold every kernel variant once, each its own symbol")
-    module = None
-    for piece in pieces:
-        if piece["bitcode"]:
-            part = llvm.parse_bitcode(piece["bitcode"])
-            module = part if module is None else (module.link_in(part) or module)
+    module = _linked([llvm.parse_bitcode(piece["bitcode"]) for piece in pieces if piece["bitcode"]])
     manifest = {"format": FORMAT, "entries": {}, "processes": sum(1 for piece in pieces if piece["rows"])}
     for _, name, symbol, args in rows:
         manifest["entries"].setdefault(name, []).append({"symbol": symbol, "args": args})

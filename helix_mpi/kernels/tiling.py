@@ -7,7 +7,7 @@ TILE = 128
 
 # Parts of the sequence an attention tile gathers its tokens from (TILE // WAYS consecutive rows of
 # each): every block of 8 K or V rows the micro-kernels read at once comes from 8 different pages,
-# which the core's prefetchers stream concurrently (one sequential stream: ~2/3 of the read
+# which the core's prefetchers stream concurrently (one sequential stream: ~0.7 of the read
 # bandwidth, measured in docs/design.md section 6). The micro-kernels' 8-row blocks fix it at 8.
 WAYS = 8
 

@@ -332,7 +332,7 @@ def attention_kernel(q, k, v, lengths, scale, out, lse, work):
             vv = v[b, kh]  # [C,D]
             # The first WAYS * L tokens in tiles gathered from WAYS parts of L rows (each block of
             # 8 slots reads one row of every part: WAYS pages stream at once, which one core reads
-            # ~1.5x faster than one sequential stream, docs/design.md section 6); the last
+            # ~1.4x faster than one sequential stream, docs/design.md section 6); the last
             # n % WAYS tokens in one ordinary tile. The softmax does not depend on the order.
             L = n // WAYS
             rows = TILE // WAYS  # of each part per gathered tile
