@@ -55,12 +55,15 @@ def test_score_block_tile_only(dtype, D):
 
 
 def _pack(qs):
+    # the layout of kernels/tiling.py: min(G, 4) heads per vector, G / min(G, 4) vectors per segment
     G, D = qs.shape
-    seg = 16 // G
-    qp = np.empty((D // seg, 16), np.float32)
+    per_vector = min(G, 4)
+    vectors, seg = G // per_vector, 16 // per_vector
+    qp = np.empty((vectors * D // seg, 16), np.float32)
     for h in range(G):
+        r, lane_group = divmod(h, per_vector)
         for d in range(D):
-            qp[d // seg, h * seg + d % seg] = qs[h, d]
+            qp[(d // seg) * vectors + r, lane_group * seg + d % seg] = qs[h, d]
     return qp
 
 
@@ -73,7 +76,8 @@ def _bcast_all(qp2, qp4, qp8, qp16, kk, s2, s4, s8, s16, stride):
     S.bcast_score_block_4x1(qp4, kk, 11, 1, s4, 12)
     S.bcast_score_block_8x8(qp8, kk, 1, stride, s8, 2)
     S.bcast_score_block_8x1(qp8, kk, 11, 1, s8, 12)
-    S.bcast_score_block_16x8(qp16, kk, 1, stride, s16, 2)
+    S.bcast_score_block_16x4(qp16, kk, 1, stride, s16, 2)
+    S.bcast_score_block_16x4(qp16, kk, 1 + 4 * stride, stride, s16, 6)
     S.bcast_score_block_16x1(qp16, kk, 11, 1, s16, 12)
 
 

@@ -15,6 +15,13 @@ WAYS = 8
 WEIGHT_ROWS_PER_BLOCK = 16
 
 
+# Query heads per 16-lane vector in the heads-in-lanes score blocks (jit/simd.py): min(G, 4), so a
+# K segment of 16/min(G, 4) floats, broadcast from memory, feeds G / min(G, 4) FMAs. The queries
+# of a group are packed as qp [G*D/16, 16]: qp[c*NQ + r, h*seg + i] = q[r*GR + h, c*seg + i],
+# GR = min(G, 4) heads per vector, NQ = G / GR vectors, seg = 16 / GR.
+HEADS_PER_VECTOR = 4
+
+
 def heads_in_lanes(G, D):
     """True where attention scores are vectorised across heads (the G heads of a group share the
     16 lanes of a vector: G divides 16)."""

@@ -23,10 +23,10 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
-from ..tiling import TILE, WAYS, heads_in_lanes
+from ..tiling import HEADS_PER_VECTOR, TILE, WAYS, heads_in_lanes
 from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
                    bcast_score_block_4x8, bcast_score_block_8x1, bcast_score_block_8x8,
-                   bcast_score_block_16x1, bcast_score_block_16x8, pv_block_1x4, pv_block_2x4,
+                   bcast_score_block_16x1, bcast_score_block_16x4, pv_block_1x4, pv_block_2x4,
                    pv_block_4x4, pv_block_8x2, row_max, score_block_1x1, score_block_1x8,
                    score_block_2x1, score_block_2x8, score_block_4x1, score_block_4x4,
                    wide_vectors, widen_rows)
@@ -130,20 +130,23 @@ def _row(base, step, stride, t):
 
 @njit(cache=True, inline="always")
 def _pack_heads(qs, qp):
-    # qp [D/seg, 16] <- qs [G,D] with head h in lanes h*seg .. h*seg+seg-1 (seg = 16/G):
-    # qp[c, h*seg + i] = qs[h, c*seg + i]
+    # qp [G*D/16, 16] <- qs [G,D], GR = min(G, 4) heads per vector (tiling.HEADS_PER_VECTOR), NQ
+    # = G/GR vectors per K segment of seg = 16/GR floats: qp[c*NQ + r, h*seg + i] = qs[r*GR + h,
+    # c*seg + i]
     G, D = qs.shape
-    seg = 16 // G
-    for h in range(G):
-        for d in range(D):
-            qp[d // seg, h * seg + d % seg] = qs[h, d]
+    GR = min(G, HEADS_PER_VECTOR)
+    NQ, seg = G // GR, 16 // GR
+    for r in range(NQ):
+        for h in range(GR):
+            for d in range(D):
+                qp[(d // seg) * NQ + r, h * seg + d % seg] = qs[r * GR + h, d]
 
 
 @njit(cache=True, inline="always")
 def _bcast_scores_tile(qp, kk, kbuf, base, step, stride, tn, s):
-    # s[:, :tn] = q @ K[rows of the tile's slots].T for G = 16/seg heads packed in qp [D/seg,16]
-    # (see simd): blocks of 8 slots (one row of each way), every score in a vector lane, no
-    # per-score horizontal sum.
+    # s[:, :tn] = q @ K[rows of the tile's slots].T for the G heads packed in qp [G*D/16,16]
+    # (_pack_heads, simd): blocks of 8 slots (one row of each way; G = 16: two blocks of 4),
+    # every score in a vector lane, no per-score horizontal sum.
     G = s.shape[0]
     t = 0
     while t + 8 <= tn:
@@ -153,7 +156,8 @@ def _bcast_scores_tile(qp, kk, kbuf, base, step, stride, tn, s):
         elif G == 4:
             bcast_score_block_4x8(qp, kr, r0, rs, s, t)
         elif G == 16:
-            bcast_score_block_16x8(qp, kr, r0, rs, s, t)
+            bcast_score_block_16x4(qp, kr, r0, rs, s, t)
+            bcast_score_block_16x4(qp, kr, r0 + 4 * rs, rs, s, t + 4)
         else:
             bcast_score_block_2x8(qp, kr, r0, rs, s, t)
         t += 8

@@ -16,7 +16,8 @@ LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them 
   step 8, stride 1 is row r0 + k): NG heads x NC 16-lane chunks of D held in registers across
   the n tokens.
 - ``bcast_score_block_GxNT(qp, kk, r0, stride, s, t)``: the same scores for all G heads of a
-  group (G divides 16) with the heads in the vector lanes, so no horizontal sum per score (see
+  group (G divides 16) with the heads in the vector lanes (up to 4 heads per vector, so that one
+  broadcast K segment feeds G/4 FMAs), so no horizontal sum per score (see
   _make_bcast_score_block).
 - ``gemm_block_NBxNC(xt, b0, i0, nrows, w, out, ahead)``: out[b0+b, :] += sum_{r<nrows}
   xt[i0+r, b0+b] * w[i0+r, :]: NB batch rows x NC 16-lane column chunks in registers across
@@ -43,6 +44,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ..tiling import HEADS_PER_VECTOR
 
 # plus the *_block_* instances at the end of the module
 __all__ = ["wide_vectors", "row_max", "widen_rows"]
@@ -359,12 +362,17 @@ def _make_score_block(NG, NT):
 
 
 def _make_bcast_score_block(G, NT):
-    """Scores of all G heads (G divides 16) x NT tokens, vectorised across heads: lane
-    h*seg + i (seg = 16/G) accumulates q[h, d] k[t, d] for d = i mod seg. qp [D/seg, 16] holds
-    the queries in that order (qp[c, h*seg+i] = q[h, c*seg+i]); each K segment k[t, c*seg :
-    (c+1)*seg] is broadcast from memory to the G groups. No horizontal sum per score: only
-    log2(seg) merge levels at the end."""
-    seg = LANES // G
+    """Scores of all G heads (G divides 16) x NT tokens, vectorised across heads: GR =
+    heads_per_vector(G) heads share one query vector, lane h*seg + i (seg = 16/GR) of query vector
+    r accumulating q[r*GR + h, d] k[t, d] for d = i mod seg; the NQ = G/GR query vectors of a
+    segment share one load of each K segment k[t, c*seg : (c+1)*seg], broadcast from memory to the
+    GR lane groups. qp [NQ*D/seg, 16]: qp[c*NQ + r, h*seg + i] = q[r*GR + h, c*seg + i]. One K
+    load feeds NQ FMAs (at G = 8: 2; one 8-byte segment per FMA with 8 heads in a vector kept the
+    loads, not the FMAs, the limit), and no horizontal sum per score: log2(seg) merge levels at
+    the end. NQ*NT accumulators (<= 16)."""
+    GR = min(G, HEADS_PER_VECTOR)
+    NQ, seg = G // GR, LANES // GR
+    assert NQ * NT <= 16
 
     @intrinsic
     def bcast_score_block(typingctx, qp, kk, r0, stride, s, t):
@@ -378,35 +386,41 @@ def _make_bcast_score_block(G, NT):
             out = _Mat(context, builder, tys[4], args[4])
             r0_, stride_, t_ = (_i64(context, builder, tys[i], args[i]) for i in (2, 3, 5))
             rows = _strided_rows(builder, r0_, stride_, NT)
-            acc = _Acc(builder, NT)
-            for j in range(NT):
-                acc.set(j, ir.Constant(_VF, None))
-            segty = ir.VectorType(_F32, seg)
+            acc = _Acc(builder, NQ * NT)          # acc[r * NT + j]: query vector r, token j
+            for i in range(NQ * NT):
+                acc.set(i, ir.Constant(_VF, None))
             spread = ir.Constant(_VI32, [i % seg for i in range(LANES)])
-            with cgutils.for_range(builder, q.nrows) as loop:
-                qv = builder.load(builder.bitcast(q.ptr(loop.index, ir.Constant(_I64, 0)),
-                                                  _VF.as_pointer()), typ=_VF, align=4)
+            segments = builder.sdiv(q.nrows, ir.Constant(_I64, NQ))
+            with cgutils.for_range(builder, segments) as loop:
+                qrow = builder.mul(loop.index, ir.Constant(_I64, NQ))
+                qv = [builder.load(builder.bitcast(q.ptr(builder.add(qrow, ir.Constant(_I64, r)),
+                                                         ir.Constant(_I64, 0)), _VF.as_pointer()),
+                                   typ=_VF, align=4) for r in range(NQ)]
                 col = builder.mul(loop.index, ir.Constant(_I64, seg))
                 for j in range(NT):
-                    p = k.ptr(rows[j], col)
-                    if k.bf16:   # widened here (attention.py passes float32 rows instead)
-                        u16, i32 = ir.VectorType(ir.IntType(16), seg), ir.VectorType(_I32, seg)
-                        u = builder.load(builder.bitcast(p, u16.as_pointer()), typ=u16, align=2)
-                        bits = builder.shl(builder.zext(u, i32), ir.Constant(i32, [16] * seg))
-                        kseg = builder.bitcast(bits, segty)
-                    else:
-                        kseg = builder.load(builder.bitcast(p, segty.as_pointer()), typ=segty,
-                                            align=4)
+                    kseg = _load_segment(builder, k, rows[j], col, seg)
                     kb = builder.shuffle_vector(kseg, kseg, spread)
-                    acc.set(j, _fma(builder, qv, kb, acc.get(j)))
-            labels = [[(h, j) for h in range(G)] for j in range(NT)]
-            results = _reduce_lanes(builder, [acc.get(j) for j in range(NT)], labels, seg)
+                    for r in range(NQ):
+                        acc.set(r * NT + j, _fma(builder, qv[r], kb, acc.get(r * NT + j)))
+            labels = [[(r * GR + h, j) for h in range(GR)] for r in range(NQ) for j in range(NT)]
+            results = _reduce_lanes(builder, [acc.get(i) for i in range(NQ * NT)], labels, seg)
             _store_scores(builder, out, ir.Constant(_I64, 0), t_, results)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return bcast_score_block
+
+
+def _load_segment(builder, mat, row, col, seg):
+    """<seg x float> of mat[row, col:col+seg] (bf16 widened; attention.py passes float32 rows)."""
+    p = mat.ptr(row, col)
+    segty = ir.VectorType(_F32, seg)
+    if not mat.bf16:
+        return builder.load(builder.bitcast(p, segty.as_pointer()), typ=segty, align=4)
+    u16, i32 = ir.VectorType(ir.IntType(16), seg), ir.VectorType(_I32, seg)
+    u = builder.load(builder.bitcast(p, u16.as_pointer()), typ=u16, align=2)
+    return builder.bitcast(builder.shl(builder.zext(u, i32), ir.Constant(i32, [16] * seg)), segty)
 
 
 # ----------------------------------------------------------------------------- rank-1 tiles
@@ -500,7 +514,7 @@ score_block_2x8 = _make_score_block(2, 8)
 score_block_2x1 = _make_score_block(2, 1)
 score_block_1x8 = _make_score_block(1, 8)
 score_block_1x1 = _make_score_block(1, 1)
-bcast_score_block_16x8 = _make_bcast_score_block(16, 8)
+bcast_score_block_16x4 = _make_bcast_score_block(16, 4)
 bcast_score_block_16x1 = _make_bcast_score_block(16, 1)
 bcast_score_block_8x8 = _make_bcast_score_block(8, 8)
 bcast_score_block_8x1 = _make_bcast_score_block(8, 1)
