@@ -187,12 +187,14 @@ def test_attention_every_g_path(G, D, dtype):
 
 
 @pytest.mark.parametrize("rows", (1, 2, 3, 8, 13, 16, 17))
-@pytest.mark.parametrize("m", (96, 37))
+@pytest.mark.parametrize("m", (96, 37, 1024))   # 1024: rows 4 KiB apart, padded at 16 rows
 def test_linear_decode_batches(rows, m):
     x = _rand(rows, 70)
     w = _rand(70, m)
     ref = x.astype(np.float64) @ w.astype(np.float64)
-    np.testing.assert_allclose(linear(x, w), ref, rtol=1e-4, atol=1e-4)
+    out = linear(x, w)
+    assert out.shape == (rows, m) and out.flags.c_contiguous   # MPI sends it as one buffer
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(linear(x, to_bf16(w)),
                                x.astype(np.float64) @ from_bf16(to_bf16(w)).astype(np.float64),
                                rtol=1e-4, atol=1e-4)

@@ -70,10 +70,18 @@ def apply_rope(x, positions, theta=10000.0):
 
 
 def _gemm(x2, w):
-    """x2 [B,n] (B <= 16) @ w [n,m] through the compiled GEMM -> [B,m] float32."""
-    out = np.empty((x2.shape[0], w.shape[1]), np.float32)
+    """x2 [B,n] (B <= 16) @ w [n,m] through the compiled GEMM -> [B,m] float32.
+
+    At 16 rows the kernel keeps 16 output rows as accumulators between blocks of weight rows
+    (simd.gemm_block_16x1); rows a multiple of 4 KiB apart (m = 1024, 2048, 8192, ...) all fall in
+    one set of the core's L1 cache (12 ways here) and evict each other, so it then writes rows
+    padded by one cache line and the result is copied out (B*m floats, against n*m weights read;
+    scripts/bench_ffn.py measures it)."""
+    B, m = x2.shape[0], w.shape[1]
+    aliased = B >= 16 and (m * 4) % 4096 == 0
+    out = np.empty((B, m + 16 if aliased else m), np.float32)
     kernel("linear")(np.ascontiguousarray(x2.T), w, out)
-    return out
+    return np.ascontiguousarray(out[:, :m]) if aliased else out
 
 
 def _linear_bf16(x, w):

@@ -19,9 +19,10 @@ LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them 
   group (G divides 16) with the heads in the vector lanes (up to 4 heads per vector, so that one
   broadcast K segment feeds G/4 FMAs), so no horizontal sum per score (see
   _make_bcast_score_block).
-- ``gemm_block_NBxNC(xt, b0, i0, nrows, w, out, ahead)``: out[b0+b, :] += sum_{r<nrows}
-  xt[i0+r, b0+b] * w[i0+r, :]: NB batch rows x NC 16-lane column chunks in registers across
-  nrows weight rows; if ahead > 0, w rows ``ahead`` further down are prefetched meanwhile.
+- ``gemm_block_NBxNC(xt, b0, i0, nrows, w, out, ahead)``: out[b0+b, :m] += sum_{r<nrows}
+  xt[i0+r, b0+b] * w[i0+r, :] (w [n,m]; out [B,>=m], its columns past m untouched): NB batch rows
+  x NC 16-lane column chunks in registers across nrows weight rows; if ahead > 0, w rows
+  ``ahead`` further down are prefetched meanwhile.
   xt [n,B] is x transposed: the NB values one weight row needs share a cache line (rows of x
   itself lie n*4 bytes apart, a multiple of 4 KiB for usual widths: 16 of them evict each other
   from one L1 set).
@@ -498,7 +499,7 @@ def _make_gemm_block(NB, NC):
                 _rank1_tile(builder, regs, om, brows, cols, masks, nr_, wm, lambda r: builder.add(i0_, r),
                             lambda b, r, wrow: _scalar(builder, xm, wrow, brows[b]),
                             lambda wrow: prefetch(wrow, cols))
-            _column_groups(builder, om.ncols, NC, group)
+            _column_groups(builder, wm.ncols, NC, group)   # out may be wider (padded rows)
             return context.get_dummy_value()
 
         return sig, codegen
