@@ -236,7 +236,7 @@ def test_what_if_scales_act_beyond_the_fixed_latency():
 # --- nccl-tests logs ------------------------------------------------------------------------------------------
 def nccl_log(path: Path, op: str = "all_reduce", ranks: int = 4, rows=None, root: bool = True) -> Path:
     rows = rows or [(1024, 10.0), (1 << 20, 20.0), (1 << 26, 300.0)]
-    lines = [f"# nThread 1 nGpus 1 minBytes 8 maxBytes 1G step: 2(factor) warmup iters: 5 iters: 20",
+    lines = ["# nThread 1 nGpus 1 minBytes 8 maxBytes 1G step: 2(factor) warmup iters: 5 iters: 20",
              "#", "# Using devices"]
     lines += [f"#  Rank {r:2d} Group  0 Pid {100 + r} on host device {r} [0x{r}] NVIDIA GB200" for r in range(ranks)]
     columns = "size count type redop root time algbw busbw #wrong time algbw busbw #wrong" if root else \

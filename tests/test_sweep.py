@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from helix_mpi import pareto, sweep
 from helix_mpi.analytic import local_kv_lengths, step_time
 from helix_mpi.cli import cli
-from helix_mpi.config import MODEL_PRESETS, Implementation, Layout, RunConfig, Strategy
+from helix_mpi.config import MODEL_PRESETS, Layout, RunConfig, Strategy
 from helix_mpi.gpuops import ACTIVATION_BYTES
 from helix_mpi.costmodel import Collective
 from helix_mpi.memory import memory_report
-from helix_mpi.timing import BatchLayerTime, TimeModel
+from helix_mpi.timing import BatchLayerTime
 from helix_mpi.timing.schedule import uniform_chain_end
 from helix_mpi.topology import load_topology
 
