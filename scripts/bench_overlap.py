@@ -23,7 +23,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402
@@ -31,7 +30,9 @@ from numba import njit, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench_attention import _seconds  # noqa: E402
 from helix_mpi.kernels.jit.simd import (LANES, _F32, _I32, _I64, _VF, _Acc, _fma, _i64,  # noqa: E402
                                         _load, _Mat, _mark_wide, _splat)
 
@@ -85,12 +86,6 @@ def _make_runner(nf):
     return run
 
 
-def _seconds(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=int, default=256, help="streamed buffer, MB (beyond the caches)")
@@ -114,7 +109,7 @@ def main():
         for nf, run in runners.items():
             times[nf][0].append(_seconds(lambda: run(big, L, 1)))
             times[nf][1].append(_seconds(lambda: run(small, 8, small_reps)))
-        sgemm.append(2 * SGEMM_N ** 3 * SGEMM_CALLS / _seconds(lambda: [sq @ sq for _ in range(SGEMM_CALLS)]))
+        sgemm.append(2 * SGEMM_N ** 3 / _seconds(lambda: sq @ sq, SGEMM_CALLS))
     F = statistics.median(sgemm)
     read_s = statistics.median(times[0][0])
     R = big.nbytes / read_s
