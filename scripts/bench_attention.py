@@ -59,8 +59,8 @@ MAX_KV_BYTES = 2**30          # float32 K+V of one case
 READ_COLS = 1024              # row length of the sgemv reader
 SGEMM_N = 512                 # SGEMM probe: n x n @ n x n float32
 SGEMM_CALLS = 4               # matmuls per SGEMM sample (~8 ms)
-INCACHE_TOKENS = 512          # in-cache probe: 4 requests x 1 KV head x 512 tokens (K+V: 1 MiB
-INCACHE_BATCH = 4             # fp32, 512 KiB bf16 at D = 128: within a 2 MiB L2)
+INCACHE_TOKENS = 512          # in-cache probe: 4 requests x 1 KV head x 512 tokens (K+V: 2 MiB
+INCACHE_BATCH = 4             # fp32, 1 MiB bf16 at D = 128: one core's L2 here)
 INCACHE_CALLS = 20            # kernel calls per in-cache sample
 
 

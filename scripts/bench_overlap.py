@@ -54,7 +54,8 @@ def _make_stream(nf):
             acc = _Acc(builder, 16)
             for i in range(16):
                 acc.set(i, ir.Constant(_VF, None))
-            coef = [_splat(builder, ir.Constant(_F32, 1.0 + 1e-7 * i), _VF) for i in range(16)]
+            # none is 1.0: LLVM would turn fma(x, 1.0, acc) into an add
+            coef = [_splat(builder, ir.Constant(_F32, 1.0 + 1e-7 * (i + 1)), _VF) for i in range(16)]
             with cgutils.for_range(builder, length) as blk:
                 rows = [builder.add(builder.mul(ir.Constant(_I64, w), length), blk.index) for w in range(WAYS)]
                 with cgutils.for_range(builder, ir.Constant(_I64, ROW // LANES)) as chunk:

@@ -18,7 +18,8 @@ WEIGHT_ROWS_PER_BLOCK = 16
 # Query heads per 16-lane vector in the heads-in-lanes score blocks (jit/simd.py): min(G, 4), so a
 # K segment of 16/min(G, 4) floats, broadcast from memory, feeds G / min(G, 4) FMAs. The queries
 # of a group are packed as qp [G*D/16, 16]: qp[c*NQ + r, h*seg + i] = q[r*GR + h, c*seg + i],
-# GR = min(G, 4) heads per vector, NQ = G / GR vectors, seg = 16 / GR.
+# GR = min(G, 4) heads per vector, NQ = G / GR vectors, seg = 16 / GR. Fixed at 4: the blocks' token
+# counts (8 at G = 8, 4 at G = 16) keep NQ x tokens <= 16 accumulator registers for it.
 HEADS_PER_VECTOR = 4
 
 
