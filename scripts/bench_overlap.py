@@ -9,8 +9,8 @@ NF fused multiply-adds (16 lanes, 32 FLOP each, 16 independent accumulators) on 
 vector it loads. NF = 0 only sums the vectors (R, the read rate); the same loop over an
 L1-resident buffer gives its arithmetic alone. Per NF: FLOP per byte = NF / 2, the streamed time,
 and ratio = max(bytes / R, FLOPs / F) / streamed time, F = one core's SGEMM (512^3 float32, as
-in bench_attention.py; the loop's own FMA rate in L1 may exceed it, and the ratio 1). The attention kernel does 4*G*D FLOPs per 2*D elements of K and V: G / 2
-FLOP per byte in float32 (G = 4: 2, G = 8: 4, G = 16: 8) and G FLOP per byte in bf16.
+in bench_attention.py; the loop's own FMA rate in L1 may exceed it, and the ratio 1). The
+attention kernel does 4*G*D FLOPs per 2*D elements of K and V: G / 2 FLOP per byte in float32 (G = 4: 2, G = 8: 4, G = 16: 8) and G FLOP per byte in bf16.
 Medians of interleaved repeats. Last line: JSON.
 """
 import os
@@ -32,14 +32,12 @@ from numba.extending import intrinsic  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_attention import _seconds  # noqa: E402
+from bench_attention import SGEMM_CALLS, SGEMM_N, _seconds  # noqa: E402 - the same SGEMM probe
+from helix_mpi.kernels.tiling import WAYS  # noqa: E402 - rows read at once
 from helix_mpi.kernels.jit.simd import (LANES, _F32, _I32, _I64, _VF, _Acc, _fma, _i64,  # noqa: E402
                                         _load, _Mat, _mark_wide, _splat)
 
-WAYS = 8        # rows read at once (kernels/tiling.py)
 ROW = 128       # floats per row (D = 128: 8 vectors)
-SGEMM_N = 512
-SGEMM_CALLS = 4     # matmuls per SGEMM sample (as bench_attention.py)
 
 
 def _make_stream(nf):

@@ -8,7 +8,8 @@ backend is chosen once per process, by HELIX_MPI_KERNELS:
 - `jit`: always Numba's JIT.
 `prepare(build=True)` (rank 0 of a run, before the others) builds the library where `auto` would
 fall back to the JIT; `missing_library()` says beforehand whether it would (a run then splits the
-build between ranks 0 and 1, emulator.warm_up_kernels). The library lives under NUMBA_CACHE_DIR (else helix-mpi's default cache).
+build between ranks 0 and 1, emulator.warm_up_kernels). The library lives under NUMBA_CACHE_DIR
+(else helix-mpi's default cache).
 """
 from __future__ import annotations
 

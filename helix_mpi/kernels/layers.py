@@ -76,7 +76,7 @@ def _gemm(x2, w):
     (simd.gemm_block_16x1); rows a multiple of 4 KiB apart (m = 1024, 2048, 8192, ...) all fall in
     one set of the core's L1 cache (12 ways here) and evict each other, so it then writes rows
     padded by one cache line and the result is copied out (B*m floats, against n*m weights read;
-    scripts/bench_ffn.py measures it)."""
+    the README's Performance section gives what that changed)."""
     B, m = x2.shape[0], w.shape[1]
     aliased = B >= 16 and (m * 4) % 4096 == 0
     out = np.empty((B, m + 16 if aliased else m), np.float32)

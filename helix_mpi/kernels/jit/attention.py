@@ -1,7 +1,8 @@
 """Numba kernel of the flash-decoding partial attention (the wrapper is kernels/attention.py).
 
 Per KV group and tile of TILE tokens: scores (simd.py micro-kernels: the G query heads in the
-lanes of 16-wide vectors when G divides 16, else register tiles of dot products), an online
+lanes of 16-wide vectors, up to 4 per vector, when G divides 16, else register tiles of dot
+products), an online
 softmax (vectorised exp), then P.V with up to 8 heads x 32 columns of the output in registers.
 A tile gathers its tokens from WAYS = 8 parts of the sequence (tiling.py), so that the blocks of 8
 K and V rows the micro-kernels read come from 8 pages at once.
@@ -132,8 +133,8 @@ def _row(base, step, stride, t):
 def _pack_heads(qs, qp):
     # qp [G*D/16, 16] <- qs [G,D], GR = min(G, 4) heads per vector (tiling.HEADS_PER_VECTOR), NQ
     # = G/GR vectors per K segment of seg = 16/GR floats: qp[c*NQ + r, h*seg + i] = qs[r*GR + h,
-    # c*seg + i]. GR as a literal (G >= 4: 4, G = 2: 2) lets LLVM unroll the segment copies: 3.7x
-    # faster than with GR from G at run time (once per KV group: ~3 us at G = 16 before).
+    # c*seg + i]. GR as a literal (G >= 4: 4, G = 2: 2) lets LLVM unroll the segment copies (with
+    # GR known only at run time they cost ~4x as much, a prototype measured: once per KV group).
     if qs.shape[0] >= HEADS_PER_VECTOR:
         _pack_heads_by(qs, qp, HEADS_PER_VECTOR)
     else:

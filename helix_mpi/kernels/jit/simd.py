@@ -7,8 +7,8 @@ prefers ymm), i.e. half the FMA width. The blocks below are GEMM-style register 
 LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them into 2 ymm or
 4 xmm on smaller ISAs, same results):
 
-- ``score_block_NGxNT(qs, g0, kk, r0, stride, s, t)``: s[g0+g, t+j] = qs[g0+g, :] . kk[r0+j*stride, :]
-  for g < NG heads, j < NT tokens (stride 1: consecutive rows; else rows of NT parts of the
+- ``score_block_NGxNT(qs, g0, kk, r0, stride, s, t)``: s[g0+g, t+j] = qs[g0+g, :] .
+  kk[r0+j*stride, :] for g < NG heads, j < NT tokens (stride 1: consecutive rows; else rows of NT parts of the
   sequence, read at once): NG*NT vector accumulators over 16-lane chunks of D, reduced together
   by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
 - ``pv_block_NGxNC(s, g0, t, n, vv, r0, step, stride, acc)``: acc[g0+g, :] += sum_{k<n} s[g0+g,
@@ -364,8 +364,8 @@ def _make_score_block(NG, NT):
 
 def _make_bcast_score_block(G, NT):
     """Scores of all G heads (G divides 16) x NT tokens, vectorised across heads: GR =
-    min(G, HEADS_PER_VECTOR) heads share one query vector, lane h*seg + i (seg = 16/GR) of query vector
-    r accumulating q[r*GR + h, d] k[t, d] for d = i mod seg; the NQ = G/GR query vectors of a
+    min(G, HEADS_PER_VECTOR) heads share one query vector, lane h*seg + i (seg = 16/GR) of query
+    vector r accumulating q[r*GR + h, d] k[t, d] for d = i mod seg; the NQ = G/GR query vectors of a
     segment share one load of each K segment k[t, c*seg : (c+1)*seg], broadcast from memory to the
     GR lane groups. qp [NQ*D/seg, 16]: qp[c*NQ + r, h*seg + i] = q[r*GR + h, c*seg + i]. One K
     load feeds NQ FMAs (at G = 8: 2; one 8-byte segment per FMA with 8 heads in a vector kept the
