@@ -136,6 +136,23 @@ def test_partial_attention_matches_reference(G, D, B):
     assert_lse_close(lse, rl, LSE_ATOL)
 
 
+@pytest.mark.parametrize("G", [1, 8])
+def test_partial_attention_streamed_shard(G):
+    # K + V of a group beyond tiling.STREAMED_KV_BYTES: P.V prefetches the rest of each V row
+    # (float32) while it reads the row's first columns; the result must not depend on it.
+    from helix_mpi.kernels.tiling import STREAMED_KV_BYTES
+
+    rng = np.random.default_rng(9 + G)
+    D = 128
+    C = STREAMED_KV_BYTES // (2 * D * 4) + 37
+    q, k, v = make_kv(rng, 1, 1, G, D, C)
+    lengths = np.array([C], np.int64)
+    out, lse = partial_attention(q, k, v, lengths)
+    ro, rl = ref_attention(q, k, v, lengths)
+    np.testing.assert_allclose(out, ro, atol=ATT_ATOL, rtol=0)
+    assert_lse_close(lse, rl, LSE_ATOL)
+
+
 def test_partial_attention_ragged_and_empty():
     rng = np.random.default_rng(7)
     B, Kh, G, D, C = 5, 2, 4, 64, 300

@@ -11,6 +11,16 @@ TILE = 128
 # bandwidth, measured in docs/design.md section 6). The micro-kernels' 8-row blocks fix it at 8.
 WAYS = 8
 
+# P.V reads a tile's V rows once per group of columns its registers hold (8 heads x 32 columns at
+# G = 8: 4 groups at D = 128), so from memory a row's first group arrives alone, then the rest.
+# While the first group reads a row it prefetches the row's next PV_PREFETCH_LINES 64-byte lines
+# (6: the rest of a 512-byte row, D = 128 in float32, past the first group's 2 lines), so the
+# rows stream in order. Only for V in float32 whose group (K + V of one request's KV head) exceeds
+# STREAMED_KV_BYTES (~ one core's L2, 2 MiB here): in L2 the prefetches cost 3-8% and gain
+# nothing, and in bf16 they measured within noise (README Performance, 2026-12-02).
+PV_PREFETCH_LINES = 6
+STREAMED_KV_BYTES = 2 << 20
+
 # Weight rows per block of the decode GEMM (jit/layers.py): out is loaded and stored once per block.
 WEIGHT_ROWS_PER_BLOCK = 16
 
