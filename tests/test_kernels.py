@@ -137,9 +137,10 @@ def test_partial_attention_matches_reference(G, D, B):
 
 
 @pytest.mark.parametrize("G", [1, 8])
-def test_partial_attention_streamed_shard(G):
-    # K + V of a group beyond tiling.STREAMED_KV_BYTES: P.V prefetches the rest of each V row
-    # (float32) while it reads the row's first columns; the result must not depend on it.
+def test_partial_attention_long_shard(G):
+    # K + V beyond tiling.STREAMED_KV_BYTES in float32 at D = 128 (as the real models): P.V walks
+    # each tile in chunks of tiling.PV_CHUNK slots (at G = 8 through all 4 column groups), then a
+    # short last tile; the chunks must not change the result.
     from helix_mpi.kernels.tiling import STREAMED_KV_BYTES
 
     rng = np.random.default_rng(9 + G)

@@ -97,16 +97,15 @@ def test_heads_in_lanes_score_blocks(dtype, stride):
 
 
 @njit
-def _pv(s, vv, acc, ahead):
-    S.pv_block_8x2(s, 0, 1, 5, vv, 2, 8, 1, acc, ahead)    # acc[0:8] += s[0:8, 1:6] @ vv[2:7]
-    S.pv_block_1x4(s, 9, 0, 3, vv, 0, 8, 1, acc, 0)        # acc[9] += s[9, 0:3] @ vv[0:3]
-    S.pv_block_2x4(s, 12, 0, 11, vv, 1, 1, 2, acc, ahead)  # 8 ways: slot k at row 1 + k // 8 + (k % 8) * 2
+def _pv(s, vv, acc):
+    S.pv_block_8x2(s, 0, 1, 5, vv, 2, 8, 1, acc)    # acc[0:8] += s[0:8, 1:6] @ vv[2:7]
+    S.pv_block_1x4(s, 9, 0, 3, vv, 0, 8, 1, acc)    # acc[9] += s[9, 0:3] @ vv[0:3]
+    S.pv_block_2x4(s, 12, 0, 11, vv, 1, 1, 2, acc)  # 8 ways: slot k at row 1 + k // 8 + (k % 8) * 2
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("D", WIDTHS + (40,))
-@pytest.mark.parametrize("ahead", [0, 1])  # 1: the first column group prefetches the rest of each row
-def test_pv_block(dtype, D, ahead):
+def test_pv_block(dtype, D):
     s = _rand(14, 11)
     vv, vf = _operand((17, D), dtype)
     acc = _rand(14, D)
@@ -115,7 +114,7 @@ def test_pv_block(dtype, D, ahead):
     ref[9] += s[9, 0:3].astype(np.float64) @ vf[0:3].astype(np.float64)
     rows = [1 + k // 8 + (k % 8) * 2 for k in range(11)]
     ref[12:14] += s[12:14, 0:11].astype(np.float64) @ vf[rows].astype(np.float64)
-    _pv(s, vv, acc, ahead)
+    _pv(s, vv, acc)
     np.testing.assert_allclose(acc, ref, rtol=1e-5, atol=1e-5)
 
 

@@ -11,14 +11,17 @@ TILE = 128
 # bandwidth, measured in docs/design.md section 6). The micro-kernels' 8-row blocks fix it at 8.
 WAYS = 8
 
-# P.V reads a tile's V rows once per group of columns its registers hold (8 heads x 32 columns at
-# G = 8: 4 groups at D = 128), so from memory a row's first group arrives alone, then the rest.
-# While the first group reads a row it prefetches the row's next PV_PREFETCH_LINES 64-byte lines
-# (6: the rest of a 512-byte row, D = 128 in float32, past the first group's 2 lines), so the
-# rows stream in order. Only for V in float32 whose group (K + V of one request's KV head) exceeds
-# STREAMED_KV_BYTES (~ one core's L2, 2 MiB here): in L2 the prefetches cost 3-8% and gain
-# nothing, and in bf16 they measured within noise (README Performance, 2026-12-02).
-PV_PREFETCH_LINES = 6
+# P.V holds G x (32 to 64) columns of the output in registers, so it reads each V row once per
+# group of columns (4 times at G = 8, D = 128). It walks a tile in chunks of PV_CHUNK tokens, every
+# column group of one chunk before the next chunk: a chunk's V rows (32 x 512 B = 16 KiB in float32)
+# come from memory once, during the first group, and stay in L1 for the others, so the reads are
+# spread over the whole P.V work instead of all falling in its first quarter (a whole tile's V rows,
+# 64 KiB, do not fit in L1). One multiple of the 8 ways; the accumulators are reloaded per chunk,
+# which costs ~4% where it gains nothing, so whole tiles are kept (jit/attention.py `_pv_chunk`)
+# where a tile's V rows fit in L1_V_BYTES (bf16 at D = 128: 32 KiB) or a group's K + V in
+# STREAMED_KV_BYTES (~ one core's L2: read from cache, not memory). Measured: README Performance.
+PV_CHUNK = 32
+L1_V_BYTES = 32 << 10
 STREAMED_KV_BYTES = 2 << 20
 
 # Weight rows per block of the decode GEMM (jit/layers.py): out is loaded and stored once per block.

@@ -24,7 +24,8 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
-from ..tiling import HEADS_PER_VECTOR, STREAMED_KV_BYTES, TILE, WAYS, heads_in_lanes
+from ..tiling import (HEADS_PER_VECTOR, L1_V_BYTES, PV_CHUNK, STREAMED_KV_BYTES, TILE, WAYS,
+                      heads_in_lanes)
 from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
                    bcast_score_block_4x8, bcast_score_block_8x1, bcast_score_block_8x8,
                    bcast_score_block_16x1, bcast_score_block_16x4, pv_block_1x4, pv_block_2x4,
@@ -229,24 +230,37 @@ def _heads_in_lanes_ol(G, D):
 
 
 @njit(cache=True, inline="always")
-def _pv_tile(s, vv, base, step, stride, tn, acc, ahead):
+def _pv_chunk(n, vv):
+    # slots per P.V chunk (tiling.PV_CHUNK) for a group of n tokens of V rows vv [C,D]: whole tiles
+    # when a tile's V rows fit in L1 or the group's K + V (as many bytes again) in L2
+    row_bytes = vv.shape[1] * vv.itemsize
+    if TILE * row_bytes <= L1_V_BYTES or 2 * n * row_bytes <= STREAMED_KV_BYTES:
+        return TILE
+    return PV_CHUNK
+
+
+@njit(cache=True, inline="always")
+def _pv_tile(s, vv, base, step, stride, tn, acc, chunk):
     # acc[g, :] += sum_t s[g, t] * vv[row of slot t, :] for t < tn; s [G,TILE], vv [C,D],
-    # acc [G,D]. Up to 8 heads x 32 columns of acc stay in registers while the tile's V rows
-    # stream past; ahead > 0: the first heads' first columns prefetch the rest of each V row
-    # (tiling.PV_PREFETCH_LINES).
+    # acc [G,D]. Up to 8 heads x 32 columns of acc stay in registers while V rows stream past,
+    # chunk by chunk of `chunk` slots (a multiple of 8, _pv_chunk): slot t0 + k of a chunk is at
+    # row r0 + (k >> 3) * step + (k & 7) * stride with r0 = base + (t0 >> 3) * step.
     G = acc.shape[0]
-    if G % 8 == 0:
-        for g0 in range(0, G, 8):
-            pv_block_8x2(s, g0, 0, tn, vv, base, step, stride, acc, ahead if g0 == 0 else 0)
-    elif G % 4 == 0:
-        for g0 in range(0, G, 4):
-            pv_block_4x4(s, g0, 0, tn, vv, base, step, stride, acc, ahead if g0 == 0 else 0)
-    elif G % 2 == 0:
-        for g0 in range(0, G, 2):
-            pv_block_2x4(s, g0, 0, tn, vv, base, step, stride, acc, ahead if g0 == 0 else 0)
-    else:
-        for g in range(G):
-            pv_block_1x4(s, g, 0, tn, vv, base, step, stride, acc, ahead if g == 0 else 0)
+    for t0 in range(0, tn, chunk):
+        n = min(chunk, tn - t0)
+        r0 = base + (t0 >> 3) * step
+        if G % 8 == 0:
+            for g0 in range(0, G, 8):
+                pv_block_8x2(s, g0, t0, n, vv, r0, step, stride, acc)
+        elif G % 4 == 0:
+            for g0 in range(0, G, 4):
+                pv_block_4x4(s, g0, t0, n, vv, r0, step, stride, acc)
+        elif G % 2 == 0:
+            for g0 in range(0, G, 2):
+                pv_block_2x4(s, g0, t0, n, vv, r0, step, stride, acc)
+        else:
+            for g in range(G):
+                pv_block_1x4(s, g, t0, n, vv, r0, step, stride, acc)
 
 
 @njit(cache=True, fastmath=_FM, inline="always")
@@ -273,14 +287,14 @@ def _softmax_tile(s, tn, first, m, l, acc, ebits, ef):
 
 
 @njit(cache=True, inline="always")
-def _tile(qs, qp, kk, vv, kbuf, base, step, stride, tn, first, s, m, l, acc, ebits, ef, lanes, ahead):
+def _tile(qs, qp, kk, vv, kbuf, base, step, stride, tn, first, s, m, l, acc, ebits, ef, lanes, chunk):
     # One tile of tn slots (rows: _row(base, step, stride, t)): scores, online softmax, P.V.
     if lanes:
         _bcast_scores_tile(qp, kk, kbuf, base, step, stride, tn, s)
     else:
         _dot_scores_tile(qs, kk, base, step, stride, tn, s)
     _softmax_tile(s, tn, first, m, l, acc, ebits, ef)
-    _pv_tile(s, vv, base, step, stride, tn, acc, ahead)
+    _pv_tile(s, vv, base, step, stride, tn, acc, chunk)
 
 
 @njit(cache=True, inline="always")
@@ -347,7 +361,7 @@ def attention_kernel(q, k, v, lengths, scale, out, lse, work):
                 _pack_heads(qs, qp)
             kk = k[b, kh]  # [C,D]
             vv = v[b, kh]  # [C,D]
-            ahead = 1 if vv.itemsize == 4 and 2 * n * D * 4 > STREAMED_KV_BYTES else 0
+            chunk = _pv_chunk(n, vv)
             # The first WAYS * L tokens in tiles gathered from WAYS parts of L rows (each block of
             # 8 slots reads one row of every part: WAYS pages stream at once, which one core reads
             # ~1.4x faster than one sequential stream, docs/design.md section 6); the last
@@ -361,5 +375,5 @@ def attention_kernel(q, k, v, lengths, scale, out, lse, work):
                 else:
                     base, step, stride, tn = WAYS * L, WAYS, 1, n - WAYS * L
                 _tile(qs, qp, kk, vv, kbuf, base, step, stride, tn, i == 0, s, m, l, acc, ebits, ef, lanes,
-                      ahead)
+                      chunk)
             _finish_group(out, lse, b, h0, G, D, acc, l, m)

@@ -11,12 +11,10 @@ LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them 
   kk[r0+j*stride, :] for g < NG heads, j < NT tokens (stride 1: consecutive rows; else rows of NT parts of the
   sequence, read at once): NG*NT vector accumulators over 16-lane chunks of D, reduced together
   by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
-- ``pv_block_NGxNC(s, g0, t, n, vv, r0, step, stride, acc, ahead)``: acc[g0+g, :] += sum_{k<n}
-  s[g0+g, t+k] * vv[row(k), :], row(k) = r0 + (k >> 3) * step + (k & 7) * stride (a tile of 8
-  ways: step 8, stride 1 is row r0 + k): NG heads x NC 16-lane chunks of D held in registers
-  across the n tokens, one group of NC chunks after the other; if ahead > 0, while the first group
-  reads a V row it prefetches the row's next PV_PREFETCH_LINES cache lines (tiling.py), so that
-  rows stream from memory in order rather than a group's columns at a time.
+- ``pv_block_NGxNC(s, g0, t, n, vv, r0, step, stride, acc)``: acc[g0+g, :] += sum_{k<n} s[g0+g,
+  t+k] * vv[row(k), :], row(k) = r0 + (k >> 3) * step + (k & 7) * stride (a tile of 8 ways:
+  step 8, stride 1 is row r0 + k): NG heads x NC 16-lane chunks of D held in registers across
+  the n tokens.
 - ``bcast_score_block_GxNT(qp, kk, r0, stride, s, t)``: the same scores for all G heads of a
   group (G divides 16) with the heads in the vector lanes (up to 4 heads per vector, so that one
   broadcast K segment feeds G/4 FMAs), so no horizontal sum per score (see
@@ -48,7 +46,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..tiling import HEADS_PER_VECTOR, PV_PREFETCH_LINES
+from ..tiling import HEADS_PER_VECTOR
 
 # plus the *_block_* instances at the end of the module
 __all__ = ["wide_vectors", "row_max", "widen_rows"]
@@ -432,10 +430,9 @@ class _Rank1Tile:
     len(rows) x len(cols) accumulator vectors held in `regs` (registers) meanwhile: P V (scalars:
     probabilities, stream: V rows) and the GEMM (scalars: x columns, stream: W rows)."""
 
-    def __init__(self, builder, regs, acc, rows, cols, masks, stream, scalar_at, prefetch_lines=0):
+    def __init__(self, builder, regs, acc, rows, cols, masks, stream, scalar_at):
         self.b, self.regs, self.acc, self.rows = builder, regs, acc, rows
         self.cols, self.masks, self.stream, self.scalar_at = cols, masks, stream, scalar_at
-        self.prefetch_lines = prefetch_lines  # 64-byte lines of each streamed row past cols, fetched ahead
         nc = len(cols)
         for i, row in enumerate(rows):
             for c in range(nc):
@@ -445,10 +442,6 @@ class _Rank1Tile:
         """Accumulate streamed row srow (i64) as item k (i64) of the scalars."""
         b, nc = self.b, len(self.cols)
         vs = [_load(b, self.stream, srow, self.cols[c], self.masks[c]) for c in range(nc)]
-        if self.prefetch_lines:
-            end = _i8_ptr_at(b, self.stream, srow, self.cols[-1], LANES)  # just past the last chunk
-            for line in range(self.prefetch_lines):
-                _prefetch(b, b.gep(end, [ir.Constant(_I64, 64 * line)]))
         for i in range(len(self.rows)):
             x = _splat(b, self.scalar_at(i, k), _VF)
             for c in range(nc):
@@ -459,12 +452,6 @@ class _Rank1Tile:
         for i, row in enumerate(self.rows):
             for c in range(nc):
                 _store(self.b, self.acc, row, self.cols[c], self.masks[c], self.regs.get(i * nc + c))
-
-
-def _i8_ptr_at(builder, mat, row, col, offset):
-    """i8* to element [row, col + offset] of mat (no bounds: a prefetch address may lie past it)."""
-    itemsize = 2 if mat.bf16 else 4
-    return builder.gep(mat.ptr(row, col), [ir.Constant(_I64, offset * itemsize)])
 
 
 def _rank1_tile(builder, tile, n, stream_row, prefetch=None):
@@ -498,8 +485,8 @@ def _rank1_tile_8_ways(builder, tile, n, r0, step, stride):
 # ----------------------------------------------------------------------------- P V block
 def _make_pv_block(NG, NC):
     @intrinsic
-    def pv_block(typingctx, s, g0, t, n, vv, r0, step, stride, acc, ahead):
-        sig = types.void(s, g0, t, n, vv, r0, step, stride, acc, ahead)
+    def pv_block(typingctx, s, g0, t, n, vv, r0, step, stride, acc):
+        sig = types.void(s, g0, t, n, vv, r0, step, stride, acc)
 
         def codegen(context, builder, signature, args):
             _mark_wide(builder)
@@ -507,24 +494,13 @@ def _make_pv_block(NG, NC):
             p = _Mat(context, builder, tys[0], args[0])
             v = _Mat(context, builder, tys[4], args[4])
             a = _Mat(context, builder, tys[8], args[8])
-            g0_, t_, n_, r0_, step_, stride_, ahead_ = (_i64(context, builder, tys[i], args[i])
-                                                        for i in (1, 2, 3, 5, 6, 7, 9))
+            g0_, t_, n_, r0_, step_, stride_ = (_i64(context, builder, tys[i], args[i]) for i in (1, 2, 3, 5, 6, 7))
             regs = _Acc(builder, NG * NC)
             rows = [builder.add(g0_, ir.Constant(_I64, g)) for g in range(NG)]
-
-            def tile_pass(cols, masks, prefetch_lines):
-                tile = _Rank1Tile(builder, regs, a, rows, cols, masks, v,
-                                  lambda g, k: _scalar(builder, p, rows[g], builder.add(t_, k)), prefetch_lines)
-                _rank1_tile_8_ways(builder, tile, n_, r0_, step_, stride_)
-
             def group(cols, masks):
-                first = builder.and_(builder.icmp_signed("==", cols[0], ir.Constant(_I64, 0)),
-                                     builder.icmp_signed(">", ahead_, ir.Constant(_I64, 0)))
-                with builder.if_else(first) as (fetching, plain):
-                    with fetching:
-                        tile_pass(cols, masks, PV_PREFETCH_LINES)
-                    with plain:
-                        tile_pass(cols, masks, 0)
+                tile = _Rank1Tile(builder, regs, a, rows, cols, masks, v,
+                                  lambda g, k: _scalar(builder, p, rows[g], builder.add(t_, k)))
+                _rank1_tile_8_ways(builder, tile, n_, r0_, step_, stride_)
             _column_groups(builder, a.ncols, NC, group)
             return context.get_dummy_value()
 
