@@ -36,15 +36,24 @@ WEIGHT_ROWS_PER_BLOCK = 16
 HEADS_PER_VECTOR = 4
 
 
-def heads_in_lanes(G, D):
+# bf16 K rows are scored with the heads in lanes only from this group size on: those blocks read K
+# from an L1 buffer the rows are widened into first, which at G = 2 and 4 (one or two FMAs per
+# widened value) costs more than dot products over rows widened in registers and their lane sums
+# (one-process A/B at 64K tokens: x0.92 streamed, x0.73-0.82 in L2; at G >= 8 the reverse, x1.1).
+MIN_LANES_GROUP_BF16 = 8
+
+
+def heads_in_lanes(G, D, k_itemsize=4):
     """True where attention scores are vectorised across heads (the G heads of a group share the
-    16 lanes of a vector: G divides 16)."""
-    return G in (2, 4, 8, 16) and D % 16 == 0
+    16 lanes of a vector: G divides 16), for K stored with k_itemsize bytes per element (4:
+    float32, 2: bf16, MIN_LANES_GROUP_BF16)."""
+    return G in (2, 4, 8, 16) and D % 16 == 0 and (k_itemsize == 4 or G >= MIN_LANES_GROUP_BF16)
 
 
 def attention_work_floats(G, D):
     """float32 scratch of the attention kernel for groups of G query heads of size D: qs [G,D],
-    s [G,TILE], acc [G,D], m [G], l [G], ebits [TILE], qp [D*G/16,16] (when heads_in_lanes), kbuf
-    [8,D], each starting on a 64-byte boundary (jit/attention.py carves them in this order)."""
+    s [G,TILE], acc [G,D], m [G], l [G], ebits [TILE], qp [D*G/16,16] (when heads_in_lanes for
+    float32 K: enough for either storage), kbuf [8,D], each starting on a 64-byte boundary
+    (jit/attention.py carves them in this order)."""
     sizes = (G * D, G * TILE, G * D, G, G, TILE, D * G if heads_in_lanes(G, D) else 0, 8 * D)
     return sum((n + 15) // 16 * 16 for n in sizes)

@@ -1,8 +1,8 @@
 """Numba kernel of the flash-decoding partial attention (the wrapper is kernels/attention.py).
 
 Per KV group and tile of TILE tokens: scores (simd.py micro-kernels: the G query heads in the
-lanes of 16-wide vectors, up to 4 per vector, when G divides 16, else register tiles of dot
-products), an online
+lanes of 16-wide vectors, up to 4 per vector, when G divides 16 (bf16 K: and G >= 8,
+tiling.heads_in_lanes), else register tiles of dot products), an online
 softmax (vectorised exp), then P.V with up to 8 heads x 32 columns of the output in registers.
 A tile gathers its tokens from WAYS = 8 parts of the sequence (tiling.py), so that the blocks of 8
 K and V rows the micro-kernels read come from 8 pages at once.
@@ -24,8 +24,8 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
-from ..tiling import (HEADS_PER_VECTOR, L1_V_BYTES, PV_CHUNK, STREAMED_KV_BYTES, TILE, WAYS,
-                      heads_in_lanes)
+from ..tiling import (HEADS_PER_VECTOR, L1_V_BYTES, MIN_LANES_GROUP_BF16, PV_CHUNK, STREAMED_KV_BYTES,
+                      TILE, WAYS, heads_in_lanes)
 from .simd import (bcast_score_block_2x1, bcast_score_block_2x8, bcast_score_block_4x1,
                    bcast_score_block_4x8, bcast_score_block_8x1, bcast_score_block_8x8,
                    bcast_score_block_16x1, bcast_score_block_16x4, pv_block_1x4, pv_block_2x4,
@@ -225,8 +225,11 @@ def _dot_scores_tile(qs, kk, base, step, stride, tn, s):
 
 
 @overload(heads_in_lanes, inline="always")
-def _heads_in_lanes_ol(G, D):
-    return lambda G, D: (G == 2 or G == 4 or G == 8 or G == 16) and D % 16 == 0
+def _heads_in_lanes_ol(G, D, k_itemsize=4):
+    def impl(G, D, k_itemsize=4):
+        return ((G == 2 or G == 4 or G == 8 or G == 16) and D % 16 == 0
+                and (k_itemsize == 4 or G >= MIN_LANES_GROUP_BF16))
+    return impl
 
 
 @njit(cache=True, inline="always")
@@ -338,7 +341,7 @@ def attention_kernel(q, k, v, lengths, scale, out, lse, work):
     B, Qh, D = q.shape
     Kh = k.shape[1]
     G = Qh // Kh
-    lanes = heads_in_lanes(G, D)
+    lanes = heads_in_lanes(G, D, k.itemsize)
     qs, o = _carve(work, 0, G * D)
     s, o = _carve(work, o, G * TILE)
     acc, o = _carve(work, o, G * D)
