@@ -8,8 +8,10 @@ interleaved in the same run: does a block keep the core's vector units busy (rat
 a whole kernel's miss lies in how its arithmetic overlaps its reads, not in the arithmetic?
 
 Blocks (D = 128, as the 405B/70B/8B models):
-- scores, heads in lanes: all G heads of a KV group x 8 tokens from 8 K rows (G = 16: two blocks
-  of 4 tokens); bf16: the 8 rows are first widened into an L1 buffer, as the attention kernel does;
+- scores as the attention kernel computes them (tiling.heads_in_lanes): heads in lanes, all G heads
+  of a KV group x 8 tokens from 8 K rows (G = 16: two blocks of 4 tokens; bf16: the 8 rows are
+  first widened into an L1 buffer), or for bf16 K below G = 8 dot products of 4 heads x 4 tokens
+  over rows widened in registers;
 - P.V: G heads x 64 tokens of V rows (32 KiB in float32) into G accumulator rows;
 - decode GEMM: B batch rows x 32 weight rows of 256 columns (32 KiB in float32).
 FLOPs: 2 per multiply-add. Medians of interleaved repeats. Last line: JSON.
@@ -33,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench_attention import SGEMM_CALLS, SGEMM_N, _seconds  # noqa: E402 - the same SGEMM probe
 from helix_mpi.kernels import to_bf16  # noqa: E402
 from helix_mpi.kernels.jit import simd as S  # noqa: E402
+from helix_mpi.kernels.tiling import heads_in_lanes  # noqa: E402 - which score blocks the kernel uses
 
 D = 128
 PV_TOKENS = 64      # V rows of a P.V call: 64 x 128 float32 = 32 KiB (L1 here: 48 KiB)
@@ -62,6 +65,17 @@ def _scores(qp, kk, s, calls):
 
 
 @njit(fastmath=True)
+def _scores_dot(qs, kk, s, calls):
+    # qs [G, D] queries (G a multiple of 4), kk [8, D] K rows widened in registers: dot products of
+    # 4 heads x 4 tokens, as the attention kernel scores bf16 K below tiling.MIN_LANES_GROUP_BF16
+    S.wide_vectors()
+    for _ in range(calls):
+        for t in range(0, 8, 4):
+            for g0 in range(0, s.shape[0], 4):
+                S.score_block_4x4(qs, g0, kk, t, 1, s, t)
+
+
+@njit(fastmath=True)
 def _scores_bf16(qp, kk, kbuf, s, calls):
     # kk [8, D] bf16 K rows, widened into kbuf [8, D] first, as the attention kernel does
     S.wide_vectors()
@@ -78,9 +92,9 @@ def _pv(p, vv, acc, calls):
     for _ in range(calls):
         for g0 in range(0, G, 8 if G % 8 == 0 else 4):
             if G % 8 == 0:
-                S.pv_block_8x2(p, g0, 0, PV_TOKENS, vv, 0, 8, 1, acc, 0)
+                S.pv_block_8x2(p, g0, 0, PV_TOKENS, vv, 0, 8, 1, acc)
             else:
-                S.pv_block_4x4(p, g0, 0, PV_TOKENS, vv, 0, 8, 1, acc, 0)
+                S.pv_block_4x4(p, g0, 0, PV_TOKENS, vv, 0, 8, 1, acc)
 
 
 @njit(fastmath=True)
@@ -106,10 +120,14 @@ def _cases(rng):
         for G in (4, 8, 16):
             qp = rng.random((G * D // 16, 16), dtype=np.float32)
             kk, kbuf, s = store(rng.random((8, D), dtype=np.float32)), np.zeros((8, D), np.float32), np.zeros((G, 8), np.float32)
-            score = (lambda c, a=(qp, kk, kbuf, s): _scores_bf16(*a, c)) if dtype == "bf16" else \
-                (lambda c, a=(qp, kk, s): _scores(*a, c))
-            cases.append((f"scores G={G}", dtype, score,
-                          2 * G * 8 * D, 8))
+            if dtype == "fp32":
+                score, how = (lambda c, a=(qp, kk, s): _scores(*a, c)), "lanes"
+            elif heads_in_lanes(G, D, 2):
+                score, how = (lambda c, a=(qp, kk, kbuf, s): _scores_bf16(*a, c)), "lanes"
+            else:
+                qs = rng.random((G, D), dtype=np.float32)
+                score, how = (lambda c, a=(qs, kk, s): _scores_dot(*a, c)), "dot"
+            cases.append((f"scores G={G} {how}", dtype, score, 2 * G * 8 * D, 8))
         for G in (4, 8):
             p = rng.random((G, PV_TOKENS), dtype=np.float32) * np.float32(0.01)
             vv, acc = store(rng.random((PV_TOKENS, D), dtype=np.float32)), np.zeros((G, D), np.float32)
@@ -139,7 +157,7 @@ def main():
     F = statistics.median(sgemm)
     print(f"one core's SGEMM: {F / 1e9:.1f} GFLOP/s (median of {args.repeats}, "
           f"{min(sgemm) / 1e9:.0f}-{max(sgemm) / 1e9:.0f})")
-    print(f"{'block':>14} {'dtype':>5} {'ns/call':>8} {'ns/token':>8} {'GFLOP/s':>8} {'/sgemm':>7}")
+    print(f"{'block':>18} {'dtype':>5} {'ns/call':>8} {'ns/token':>8} {'GFLOP/s':>8} {'/sgemm':>7}")
     rows = []
     for (name, dtype, _, flops, tokens), t in zip(cases, times):
         sec = statistics.median(t)
@@ -148,7 +166,7 @@ def main():
                      "ns_per_token": round(sec * 1e9 / tokens, 2) if tokens else None,
                      "gflops": round(rate / 1e9, 1), "vs_sgemm": round(rate / F, 3)})
         per_token = f"{sec * 1e9 / tokens:8.2f}" if tokens else f"{'-':>8}"
-        print(f"{name:>14} {dtype:>5} {sec * 1e9:8.1f} {per_token} {rate / 1e9:8.1f} {rate / F:7.2f}")
+        print(f"{name:>18} {dtype:>5} {sec * 1e9:8.1f} {per_token} {rate / 1e9:8.1f} {rate / F:7.2f}")
     print(json.dumps({"sgemm_gflops": round(F / 1e9, 1), "blocks": rows,
                       "median_vs_sgemm": round(statistics.median(r["vs_sgemm"] for r in rows), 3)}))
 
