@@ -8,8 +8,9 @@ How: one process (`build`), or ranks 0 and 1 of a run each compiling half (`comp
 0 then `link_library`), compiles every entry point of jit/entries.py for each row of argument
 types as a C-callable function (`numba.cfunc` over raw pointers and one array of shapes), links
 them into one LLVM module and writes its native object code and a manifest into a folder keyed
-by the kernels' sources, the host CPU and llvmlite's version. Any process on that machine then loads the object with llvmlite's MCJIT (llvmlite.binding only: no
-Numba import) and calls the functions through ctypes (`Library.entry`).
+by the kernels' sources, the host CPU and llvmlite's version. Any process on that machine then
+loads the object with llvmlite's MCJIT (llvmlite.binding only: no Numba import) and calls the
+functions through ctypes (`Library.entry`).
 
 The object needs no Numba runtime: the kernels allocate nothing (their scratch comes from the
 wrappers) and raise nothing on checked inputs. Numba's C wrappers still reference its exception

@@ -19,9 +19,9 @@ __all__ = ["linear_kernel"]
 def linear_kernel(xt, w, out):
     # xt [n,B] float32 (x transposed, see simd.gemm_block), w [n,m] float32 or uint16 bf16 bits,
     # out [B,>=m] float32 (overwritten): out[:, :m] = x @ w (wider rows: see layers._gemm). w is
-    # streamed once, in blocks of _RB rows (_RB x m: 114-229 KiB at m = 3584, L2-resident while every batch row uses it); the next
-    # block is prefetched meanwhile. In a block, up to 16 batch rows x 16 (or 8 x 32) columns of
-    # out stay in registers across the _RB rows (simd).
+    # streamed once, in blocks of _RB rows (_RB x m: 114-229 KiB at m = 3584, L2-resident while
+    # every batch row uses it); the next block is prefetched meanwhile. In a block, up to 16 batch
+    # rows x 16 (or 8 x 32) columns of out stay in registers across the _RB rows (simd).
     wide_vectors()
     n, B = xt.shape
     out[:] = 0.0

@@ -8,9 +8,9 @@ LLVM IR with <16 x float> values (zmm registers under AVX-512; LLVM splits them 
 4 xmm on smaller ISAs, same results):
 
 - ``score_block_NGxNT(qs, g0, kk, r0, stride, s, t)``: s[g0+g, t+j] = qs[g0+g, :] .
-  kk[r0+j*stride, :] for g < NG heads, j < NT tokens (stride 1: consecutive rows; else rows of NT parts of the
-  sequence, read at once): NG*NT vector accumulators over 16-lane chunks of D, reduced together
-  by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
+  kk[r0+j*stride, :] for g < NG heads, j < NT tokens (stride 1: consecutive rows; else rows of NT
+  parts of the sequence, read at once): NG*NT vector accumulators over 16-lane chunks of D,
+  reduced together by a shuffle tree (15 adds for 16 sums instead of 16 separate horizontal sums).
 - ``pv_block_NGxNC(s, g0, t, n, vv, r0, step, stride, acc)``: acc[g0+g, :] += sum_{k<n} s[g0+g,
   t+k] * vv[row(k), :], row(k) = r0 + (k >> 3) * step + (k & 7) * stride (a tile of 8 ways:
   step 8, stride 1 is row r0 + k): NG heads x NC 16-lane chunks of D held in registers across
@@ -533,7 +533,8 @@ def _make_gemm_block(NB, NC):
             def group(cols, masks):
                 tile = _Rank1Tile(builder, regs, om, brows, cols, masks, wm,
                                   lambda b, r: _scalar(builder, xm, builder.add(i0_, r), brows[b]))
-                _rank1_tile(builder, tile, nr_, lambda r: builder.add(i0_, r), lambda wrow: prefetch(wrow, cols))
+                _rank1_tile(builder, tile, nr_, lambda r: builder.add(i0_, r),
+                            lambda wrow: prefetch(wrow, cols))
             _column_groups(builder, wm.ncols, NC, group)   # out may be wider (padded rows)
             return context.get_dummy_value()
 
